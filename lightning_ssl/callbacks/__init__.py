@@ -1,0 +1,6 @@
+"""Callbacks usable with any method that has ``embed``."""
+
+from lightning_ssl.callbacks.knn import KNNMonitor
+from lightning_ssl.callbacks.probe import OnlineLinearProbe
+
+__all__ = ["KNNMonitor", "OnlineLinearProbe"]

@@ -1,0 +1,108 @@
+"""Online linear probe: a linear classifier trained on detached backbone features during pretraining."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_ssl.modules.distributed import is_distributed, world_size
+
+
+class OnlineLinearProbe(L.Callback):
+    """Trains ``nn.Linear(num_features, num_classes)`` on the ``features`` a method's ``training_step``
+    returns (detached: no gradient reaches the backbone) with its own AdamW, and evaluates it on val
+    dataloader 0. Logs ``train/probe_loss``, ``val/probe_top1`` and ``val/probe_top5``.
+
+    Under DDP the probe's gradients are averaged over processes, so every process keeps the same probe.
+    Its weights and optimizer state are saved in the checkpoint. ``num_classes`` defaults to the
+    datamodule's. ``enabled=False`` turns it off.
+    """
+
+    def __init__(self, num_classes: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0, enabled: bool = True) -> None:
+        self.num_classes, self.lr, self.weight_decay, self.enabled = num_classes, lr, weight_decay, enabled
+        self.probe: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending_state: dict | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.enabled or self.probe is not None:
+            return
+        if self.num_classes is None and trainer.datamodule is not None:
+            self.num_classes = getattr(trainer.datamodule, "num_classes", None)
+        if not self.num_classes:
+            self.enabled = False  # unlabelled data: nothing to probe
+            return
+        dim = getattr(pl_module, "num_features")
+        self.probe = nn.Linear(dim, self.num_classes)
+        self.optimizer = torch.optim.AdamW(self.probe.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self.top1 = MulticlassAccuracy(self.num_classes, top_k=1)
+        self.top5 = MulticlassAccuracy(self.num_classes, top_k=min(5, self.num_classes))
+        if self._pending_state is not None:
+            self._restore(self._pending_state)
+
+    def _to(self, device: torch.device) -> None:
+        # the model reaches its device after ``setup``: follow it (re-casting any optimizer state)
+        if self.probe.weight.device != device:
+            self.probe.to(device), self.top1.to(device), self.top5.to(device)
+            self.optimizer.load_state_dict(self.optimizer.state_dict())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
+        if not self.enabled or self.probe is None or not isinstance(outputs, dict) or "features" not in outputs:
+            return
+        self._to(pl_module.device)
+        labels = batch[1]
+        keep = labels >= 0
+        if not keep.any():
+            return
+        with torch.enable_grad():
+            logits = self.probe(outputs["features"].detach().float()[keep])
+            loss = F.cross_entropy(logits, labels[keep])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        if is_distributed():
+            for p in self.probe.parameters():
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world_size()
+        self.optimizer.step()
+        pl_module.log("train/probe_loss", loss.detach(), on_step=True, on_epoch=False)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self.enabled and self.probe is not None:
+            self._to(pl_module.device)
+            self.top1.reset(), self.top5.reset()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self.enabled or self.probe is None or dataloader_idx != 0 or not isinstance(outputs, dict):
+            return
+        with torch.no_grad():
+            logits = self.probe(outputs["features"].float())
+        self.top1.update(logits, outputs["labels"]), self.top5.update(logits, outputs["labels"])
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not self.enabled or self.probe is None or trainer.sanity_checking or self.top1.update_count == 0:
+            return
+        pl_module.log("val/probe_top1", self.top1.compute(), prog_bar=True)
+        pl_module.log("val/probe_top5", self.top5.compute())
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.probe is None:
+            return {}
+        return {"probe": self.probe.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.probe is None:
+            self._pending_state = state_dict  # restored in setup, once the probe exists
+        else:
+            self._restore(state_dict)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.probe.load_state_dict(state["probe"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._pending_state = None

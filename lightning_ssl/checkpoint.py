@@ -1,0 +1,74 @@
+"""Loading checkpoints and state dicts safely (never unpickling code) and with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weights file that cannot be used, with the reason in the message."""
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only.
+
+    Raises ``CheckpointError`` naming the file for a missing, truncated or corrupt file, or one that
+    contains pickled code (classes, functions) which we refuse to execute."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path {str(path)!r} is a directory, expected a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint file {str(path)!r} is empty")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r} contains pickled Python objects that are not plain data "
+            f"(refusing to execute them; weights_only=True): {str(e).splitlines()[0]}"
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint file {str(path)!r} is truncated or corrupt: {e}") from e
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A plain ``{name: tensor}`` state dict from ``path``; accepts a Lightning checkpoint too (its
+    ``state_dict``) and the common ``{"model": sd}`` / ``{"state_dict": sd}`` wrappers."""
+    obj = safe_load(path)
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{str(path)!r} does not hold a state dict of tensors (got {type(obj).__name__})")
+    return obj
+
+
+def load_method(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any):
+    """Rebuild the LightningModule saved in a checkpoint of this library (its class and constructor
+    arguments are in the checkpoint's hyperparameters) and load its weights, with ``weights_only=True``.
+
+    A model that was built in Python rather than from a config needs the objects it was given, e.g.
+    ``load_method(path, backbone=SmallCNN(1))``."""
+    import importlib
+
+    ckpt = safe_load(path, map_location)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
+    class_path = ckpt.get("hyper_parameters", {}).get("_class_path")
+    if class_path is None:
+        raise CheckpointError(
+            f"{str(path)!r} does not record which method wrote it (no '_class_path' hyperparameter); "
+            "load it with <MethodClass>.load_from_checkpoint(path, weights_only=True, ...) instead"
+        )
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True, **overrides)

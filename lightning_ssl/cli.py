@@ -1,0 +1,100 @@
+"""``lightning-ssl``: a LightningCLI for every method and datamodule of the library (fit/validate/test/predict).
+
+Two things are added to the plain LightningCLI:
+
+* **Data facts flow to the model.** ``image_size``, ``channels`` (as ``in_channels``) and ``num_classes`` of the
+  datamodule are written into every component of the model config whose constructor takes a parameter of that
+  name (the backbone, a classifier head, ...), so a YAML names an architecture without repeating the dataset.
+  They are written into the config itself, so ``config.yaml`` and the checkpoint's hyperparameters hold them.
+* **Monitoring callbacks are always there**, configured at the top level: ``knn:`` (KNNMonitor), ``probe:``
+  (OnlineLinearProbe) and ``checkpoint:`` (ModelCheckpoint, ``save_last: true`` so ``--ckpt_path last``
+  resumes). Set ``knn.every_n_epochs: 0`` / ``probe.enabled: false`` to turn them off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import lightning as L
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import lightning_ssl.data  # noqa: F401  (registers the datamodules so configs can name them briefly)
+import lightning_ssl.loggers  # noqa: F401
+import lightning_ssl.methods  # noqa: F401
+from lightning_ssl.callbacks import KNNMonitor, OnlineLinearProbe
+
+DATA_TO_MODEL = {"image_size": "image_size", "channels": "in_channels", "num_classes": "num_classes"}
+
+
+def _import(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _to_dict(ns: Any) -> dict:
+    return ns.as_dict() if isinstance(ns, Namespace) else dict(ns or {})
+
+
+def inject(config: Namespace, values: dict[str, Any]) -> list[str]:
+    """Set ``values`` on every class config (``class_path`` + ``init_args``) in ``config`` whose init_args
+    has the key (recursively). Returns the dotted keys that were set."""
+    done: list[str] = []
+
+    def walk(ns: Any, prefix: str) -> None:
+        if isinstance(ns, Namespace) and "class_path" in ns and isinstance(ns.get("init_args"), Namespace):
+            init = ns.init_args
+            for key, value in values.items():
+                if value is not None and key in vars(init):
+                    init[key] = value
+                    done.append(f"{prefix}init_args.{key}")
+            for key, value in vars(init).items():  # top-level entries (keys() would be flattened)
+                walk(value, f"{prefix}init_args.{key}.")
+        elif isinstance(ns, (list, tuple)):
+            for i, item in enumerate(ns):
+                walk(item, f"{prefix}{i}.")
+
+    walk(config, "")
+    return done
+
+
+class SSLCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(KNNMonitor, "knn")
+        parser.add_lightning_class_args(OnlineLinearProbe, "probe")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
+                             "checkpoint.auto_insert_metric_name": False})
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.get("data") is None or cfg.get("model") is None:
+            return
+        data_cls = _import(cfg.data.class_path)
+        if hasattr(data_cls, "describe"):
+            info = data_cls.describe(_to_dict(cfg.data.get("init_args")))
+            inject(cfg.model, {DATA_TO_MODEL[k]: v for k, v in info.items()})
+
+
+def cli(args: list[str] | None = None, **kwargs: Any) -> SSLCLI:
+    """Run the CLI on ``args`` (default: the command line) and return it (``cli.trainer``, ``cli.model``...)."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return SSLCLI(args=args if args is not None else sys.argv[1:], **kwargs)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

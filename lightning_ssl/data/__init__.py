@@ -1,0 +1,27 @@
+"""Data: multi-view transforms and presets, datasets, datamodules."""
+
+from lightning_ssl.data.datamodules import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    FashionMNISTDataModule,
+    ImageDataModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    STL10DataModule,
+    SyntheticDataModule,
+)
+from lightning_ssl.data.transforms import (
+    MedicalViews,
+    MultiViewTransform,
+    SatelliteViews,
+    SimCLRViews,
+    ViewPreset,
+    augmented_view,
+    eval_transform,
+)
+
+__all__ = [
+    "CIFAR10DataModule", "CIFAR100DataModule", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule",
+    "MNISTDataModule", "STL10DataModule", "SyntheticDataModule", "MedicalViews", "MultiViewTransform",
+    "SatelliteViews", "SimCLRViews", "ViewPreset", "augmented_view", "eval_transform",
+]

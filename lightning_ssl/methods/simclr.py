@@ -1,0 +1,46 @@
+"""SimCLR: A Simple Framework for Contrastive Learning of Visual Representations (Chen et al., ICML 2020).
+
+For each image, two augmented views x1, x2:
+    h = f(x)          backbone (the representation kept for downstream tasks)
+    z = g(h)          2-layer MLP projector (dropped after pretraining)
+    loss = NT-Xent(z1, z2, tau)   the other view is the positive, the other 2N-2 views are negatives
+Negatives come from the global batch under DDP (gathered with gradients). The two views are forwarded as
+one batch, so BatchNorm statistics cover both (as in the reference implementation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from lightning_ssl.losses.info_nce import NTXentLoss
+from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.heads import ProjectionHead
+from lightning_ssl.optim import WarmupCosineLR
+
+
+class SimCLR(SSLMethod):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        temperature: float = 0.1,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
+        super().__init__(backbone, optimizer, scheduler)
+        self.save_hyperparameters()
+        self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=2)
+        self.criterion = NTXentLoss(temperature)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        (x1, x2), _ = batch
+        h = self.backbone(torch.cat([x1, x2]))  # (2B, D)
+        z1, z2 = self.projector(h).chunk(2)
+        loss = self.criterion(z1, z2)
+        self.log("train/loss", loss, prog_bar=True)
+        return {"loss": loss, "features": h[: len(x1)].detach()}

@@ -1,0 +1,1 @@
+"""Building blocks: backbones, heads, distributed helpers."""

@@ -1,0 +1,148 @@
+"""Backbones: every one maps images (B, C, H, W) to features (B, num_features).
+
+``in_channels`` and ``image_size`` are filled in from the datamodule by the CLI, so a YAML names only the
+architecture. Prefer torchvision / timm architectures; ``SmallCNN`` exists for CPU demos and tests.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+
+class SmallCNN(nn.Module):
+    """A VGG-style CNN sized for CPUs: ``stages`` stages of two 3x3 conv-BN-ReLU, 2x2 max-pool between stages,
+    channel width doubling per stage, then global average pooling. ~0.3M parameters at width 32."""
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 32, stages: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for s in range(stages):
+            c_out = width * 2**s
+            for _ in range(2):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+                c_in = c_out
+            if s < stages - 1:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = c_in
+        self.in_channels, self.image_size = in_channels, image_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
+class ResNet(nn.Module):
+    """torchvision ResNet without its classifier, for any channel count.
+
+    ``small_input`` (default: ``image_size <= 64``) swaps the 7x7/2 stem and max-pool for a 3x3/1 conv, as
+    done for CIFAR in SimCLR (Chen et al., 2020, appendix B.9). ``weights`` takes a torchvision weights name
+    (e.g. ``IMAGENET1K_V1``, downloaded by torchvision) or a local state-dict path.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        in_channels: int = 3,
+        image_size: int = 224,
+        small_input: bool | None = None,
+        zero_init_residual: bool = True,
+        weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not hasattr(torchvision.models, arch) or not arch.startswith(("resnet", "resnext", "wide_resnet")):
+            raise ValueError(f"unknown ResNet architecture {arch!r}")
+        tv_weights = weights if weights and weights.isupper() else None  # enum names are upper case
+        net = getattr(torchvision.models, arch)(weights=tv_weights, zero_init_residual=zero_init_residual)
+        if weights and tv_weights is None:
+            from lightning_ssl.checkpoint import load_state_dict_file
+
+            net.load_state_dict(load_state_dict_file(weights), strict=False)
+        small_input = image_size <= 64 if small_input is None else small_input
+        if small_input:
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            old = net.conv1
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+            if tv_weights or weights:  # keep pretrained filters: average over RGB, repeat over new channels
+                with torch.no_grad():
+                    net.conv1.weight.copy_(old.weight.mean(1, keepdim=True).repeat(1, in_channels, 1, 1))
+        self.num_features = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+        self.in_channels, self.image_size = in_channels, image_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class TimmBackbone(nn.Module):
+    """Any ``timm`` model by name, as a pooled-feature backbone (``num_classes=0``).
+
+    ``checkpoint_path`` loads local weights (a timm/torchvision-style state dict) without network access;
+    ``pretrained=True`` uses timm's hub download. Extra ``model_kwargs`` go to ``timm.create_model``
+    (e.g. ``patch_size`` for a ViT); ``image_size`` is passed as ``img_size`` to models that take one.
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet18",
+        in_channels: int = 3,
+        image_size: int = 224,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        model_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        kwargs = dict(model_kwargs or {})
+        if "img_size" not in kwargs and _accepts_img_size(name):
+            kwargs["img_size"] = image_size
+        self.model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_channels, **kwargs)
+        if checkpoint_path:
+            from lightning_ssl.checkpoint import load_state_dict_file
+
+            load_into_timm(self.model, load_state_dict_file(checkpoint_path))
+        self.num_features = self.model.num_features
+        self.in_channels, self.image_size = in_channels, image_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+def _accepts_img_size(name: str) -> bool:
+    return any(k in name for k in ("vit", "deit", "beit", "eva", "swin", "cait", "xcit", "mixer", "pit"))
+
+
+def load_into_timm(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Load ``state_dict`` into a timm model, ignoring the classifier it was created without; a state dict
+    whose names differ but whose shapes line up in order (e.g. a converted checkpoint) is matched by order."""
+    own = model.state_dict()
+    sd = {k: v for k, v in state_dict.items() if k in own}
+    if len(sd) < len(own):
+        src = [(k, v) for k, v in state_dict.items() if not k.startswith(("classifier.", "fc.", "head."))]
+        if len(src) == len(own) and all(v.shape == own[k].shape for (_, v), k in zip(src, own)):
+            sd = {k: v for (_, v), k in zip(src, own)}
+    missing = sorted(set(own) - set(sd))
+    if missing:
+        raise ValueError(f"checkpoint does not fit {type(model).__name__}: {len(missing)} missing keys, e.g. {missing[:5]}")
+    model.load_state_dict(sd)
+
+
+def feature_dim(backbone: nn.Module, in_channels: int = 3, image_size: int = 32) -> int:
+    """The backbone's output width: its ``num_features`` attribute, else measured with one dummy forward."""
+    if isinstance(getattr(backbone, "num_features", None), int):
+        return backbone.num_features
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        out = backbone(torch.zeros(2, in_channels, image_size, image_size))
+    backbone.train(was_training)
+    if out.ndim != 2:
+        raise ValueError(f"a backbone must return (B, D) features, got shape {tuple(out.shape)}")
+    return out.shape[1]

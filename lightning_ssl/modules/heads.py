@@ -1,0 +1,41 @@
+"""Projection and prediction heads, configured by integers so they are expressible in YAML."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class ProjectionHead(nn.Sequential):
+    """MLP head: ``num_layers`` Linear layers with BatchNorm + ReLU between them.
+
+    ``last_batch_norm`` adds a non-affine BatchNorm on the output (SimSiam, MoCo v3 projectors).
+    Presets used by the methods:
+      SimCLR  projector: 2 layers, BN            MoCo v2 projector: 2 layers, no BN
+      BYOL    projector/predictor: 2 layers, BN  SimSiam projector: 3 layers, BN, last BN
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int = 2048,
+        out_dim: int = 128,
+        num_layers: int = 2,
+        batch_norm: bool = True,
+        last_batch_norm: bool = False,
+    ) -> None:
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            last = i == num_layers - 1
+            bias = not last_batch_norm if last else not batch_norm  # a BatchNorm right after makes a bias redundant
+            layers.append(nn.Linear(d_in, d_out, bias=bias))
+            if not last:
+                if batch_norm:
+                    layers.append(nn.BatchNorm1d(d_out))
+                layers.append(nn.ReLU(inplace=True))
+            elif last_batch_norm:
+                layers.append(nn.BatchNorm1d(d_out, affine=False))
+        super().__init__(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim

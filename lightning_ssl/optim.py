@@ -1,0 +1,73 @@
+"""Optimizer helpers: parameter groups without weight decay on biases/norms, and a warmup + cosine LR schedule
+driven by the optimizer step count. LARS comes from timm (``timm.optim.Lars``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def param_groups(modules: Iterable[nn.Module] | nn.Module, weight_decay_1d: bool = False) -> list[dict]:
+    """Split parameters into a decayed group (weights, ndim >= 2) and a group with ``weight_decay=0``
+    (biases and normalization parameters), as in SimCLR/BYOL/MAE. Frozen parameters are left out."""
+    if isinstance(modules, nn.Module):
+        modules = [modules]
+    decay, no_decay, seen = [], [], set()
+    for m in modules:
+        for p in m.parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (decay if p.ndim >= 2 or weight_decay_1d else no_decay).append(p)
+    groups = [{"params": decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warmup over ``warmup_steps`` (starting at 1/warmup_steps, not 0), then cosine
+    decay from 1 to ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosineLR(LambdaLR):
+    """Linear warmup then cosine decay, stepped once per optimizer step.
+
+    ``warmup_steps`` < 1 is read as a fraction of the total. ``total_steps=None`` lets the method fill in
+    ``trainer.estimated_stepping_batches`` (which accounts for epochs, limits and gradient accumulation).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_steps: float = 0.05,
+        total_steps: int | None = None,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        if warmup_steps < 0 or min_lr_ratio < 0:
+            raise ValueError("warmup_steps and min_lr_ratio must be >= 0")
+        self.warmup, self.min_lr_ratio = warmup_steps, min_lr_ratio
+        self.total_steps: int | None = None
+        self.warmup_steps = 0
+        super().__init__(optimizer, self._factor)
+        if total_steps is not None:
+            self.set_total_steps(total_steps)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(round(self.warmup * total_steps)) if self.warmup < 1 else int(self.warmup)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * self._factor(self.last_epoch)
+
+    def _factor(self, step: int) -> float:
+        if self.total_steps is None:
+            return 1.0
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.min_lr_ratio)

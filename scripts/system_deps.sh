@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Optional system packages, installed only when running as root with apt-get: jemalloc (faster CPU training)
+# and the Debian Fashion-MNIST package. Anything that fails here has a fallback, so this never stops the run.
+[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || exit 0
+want=""
+[ -f /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] || [ -f /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 ] || want="$want libjemalloc2"
+[ -d /usr/share/datasets/fashion-mnist ] || want="$want dataset-fashion-mnist"
+[ -z "$want" ] && exit 0
+export DEBIAN_FRONTEND=noninteractive
+echo ">> apt-get install$want"
+apt-get install -y -q $want >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1; apt-get install -y -q $want >/dev/null 2>&1; } \
+  || echo ">> could not install$want with apt-get (continuing: jemalloc is optional, the data step has fallbacks)"
+exit 0

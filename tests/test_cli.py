@@ -1,0 +1,80 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_ssl.checkpoint import load_method
+from lightning_ssl.cli import cli
+from lightning_ssl.methods import SimCLR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(tmp_path, *extra):
+    return [
+        "--model=SimCLR", "--model.backbone=lightning_ssl.modules.backbones.SmallCNN",
+        "--model.backbone.init_args.width=4", "--model.proj_hidden_dim=16", "--model.proj_dim=8",
+        "--data=SyntheticDataModule", "--data.num_samples=32", "--data.batch_size=8", "--data.num_workers=0",
+        "--data.image_size=16", "--data.channels=1", "--data.num_classes=4",
+        "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path}/ckpt",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
+        *extra,
+    ]
+
+
+def test_print_config_works():
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_ssl.cli", "fit", "--config", "configs/simclr/fashion_mnist.yaml", "--print_config"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "class_path: lightning_ssl.methods.SimCLR" in out.stdout
+    assert "class_path: lightning_ssl.data.FashionMNISTDataModule" in out.stdout and "knn:" in out.stdout
+
+
+def test_console_script_exit_code_and_help():
+    exe = Path(sys.executable).with_name("lightning-ssl")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "fit" in out.stdout and "validate" in out.stdout
+
+
+def test_fit_resume_and_reload(tmp_path):
+    c = cli(["fit", *tiny_args(tmp_path, "--trainer.max_epochs=2")])
+    model = c.model
+    assert model.backbone.in_channels == 1 and model.backbone.image_size == 16  # from the data
+    saved = (tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text()
+    assert "in_channels: 1" in saved and "image_size: 16" in saved
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert last.exists()
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    knn = [float(r["val/knn_top1"]) for r in rows if r.get("val/knn_top1")]
+    assert len(knn) == 2 and all(0.0 <= a <= 1.0 for a in knn)
+    assert any(r.get("val/probe_top1") for r in rows)
+
+    reloaded = load_method(last)
+    assert isinstance(reloaded, SimCLR)
+    for (k, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+    c2 = cli(["fit", *tiny_args(tmp_path, "--trainer.max_epochs=3"), "--ckpt_path=last"])
+    assert c2.trainer.current_epoch == 3 and c2.trainer.global_step == 3 * 4  # 32 images / 8 per batch
+
+
+def test_simclr_loss_decreases_and_embed_excludes_projector(tmp_path):
+    c = cli(["fit", *tiny_args(tmp_path, "--trainer.max_epochs=6", "--model.optimizer=torch.optim.Adam",
+                                "--model.optimizer.lr=0.01", "--knn.every_n_epochs=0", "--trainer.log_every_n_steps=1")])
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
+    x = torch.randn(3, 1, 16, 16)
+    c.model.eval()
+    assert c.model.embed(x).shape == (3, c.model.backbone.num_features)
+
+
+def test_bad_hyperparameter_from_cli_names_it(tmp_path):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        cli(["fit", *tiny_args(tmp_path, "--model.temperature=0")])
