@@ -17,6 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_ssl.data.datasets import FileImageDataset, TensorImageDataset, list_image_folder, read_idx
+from lightning_ssl.data.sampling import ResumableDataLoader, SeededSampler, mix_seed
+from lightning_ssl.modules.distributed import rank
 from lightning_ssl.data.transforms import SimCLRViews, ViewPreset, eval_transform
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -164,7 +166,19 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if len(self.train_set) < self.batch_size:
             raise ValueError(f"the training set has {len(self.train_set)} images, fewer than one batch ({self.batch_size})")
-        return self._loader(self.train_set, shuffle=True, drop_last=True)  # equal batches for DDP gathers
+        # drop_last: equal batches on every process for the DDP gathers. The sampler makes order and
+        # augmentations a function of (seed, epoch, index) and lets a mid-epoch checkpoint resume exactly.
+        return ResumableDataLoader(
+            self.train_set, batch_size=self.batch_size, sampler=SeededSampler(self.train_set, self.seed), drop_last=True,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+        )
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Reseed the training randomness that runs in this process (batched augmentation, masks, dropout)
+        from (seed, batch index, rank): runs are reproducible and resume exactly, also mid-epoch."""
+        if self.trainer is not None and self.trainer.training:
+            torch.manual_seed(mix_seed(self.seed, self.trainer.fit_loop.total_batch_idx, rank()))
+        return batch
 
     def val_dataloader(self) -> list[DataLoader]:
         if not self.labelled:

@@ -33,8 +33,21 @@ def match_channels(image: Tensor, channels: int) -> Tensor:
     raise ValueError(f"cannot convert an image with {c} channels to {channels} channels")
 
 
+def apply_transform(transform: Callable | None, x: Tensor, seed: int | None) -> Tensor:
+    """``transform(x)``; with a ``seed`` (from ``SeededSampler``) its random draws are a function of the seed
+    alone, without disturbing the caller's random state."""
+    if transform is None:
+        return x
+    if seed is None:
+        return transform(x)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(x)
+
+
 class TensorImageDataset(Dataset):
-    """Images as a uint8 tensor (N, C, H, W) or (N, H, W), labels as (N,) (or None for unlabelled data)."""
+    """Images as a uint8 tensor (N, C, H, W) or (N, H, W), labels as (N,) (or None for unlabelled data).
+    Indexed by ``i`` or by ``(i, augmentation_seed)``."""
 
     def __init__(self, images: Tensor, labels: Tensor | None = None, transform: Callable | None = None,
                  channels: int | None = None) -> None:
@@ -52,10 +65,9 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
-        x = match_channels(self.images[i], self.channels)
-        if self.transform is not None:
-            x = self.transform(x)
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        x = apply_transform(self.transform, match_channels(self.images[i], self.channels), seed)
         return x, (int(self.labels[i]) if self.labels is not None else -1)
 
 
@@ -106,10 +118,9 @@ class FileImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
-        x = read_image(self.paths[i], self.channels)
-        if self.transform is not None:
-            x = self.transform(x)
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        x = apply_transform(self.transform, read_image(self.paths[i], self.channels), seed)
         return x, (self.labels[i] if self.labels is not None else -1)
 
 

@@ -3,7 +3,7 @@
 - ``nt_xent_loss``: SimCLR's loss over 2N views (Chen et al., 2020, eq. 1): every view's positive is the other
   view of the same image, its negatives are the other 2N-2 views.
 - ``info_nce_loss``: one-directional InfoNCE (van den Oord et al., 2018) between queries and keys, with the
-  positive of query i at key i and optional extra negatives (MoCo's queue). MoCo v3 and CLIP use it.
+  positive of query i at key i, negatives from the batch and/or a queue. MoCo v2/v3 and CLIP use it.
 
 Under DDP, keys are gathered from all processes *with gradients* (see ``modules.distributed.gather``) and each
 process computes the loss for its own rows only, so memory stays linear in the local batch.
@@ -53,14 +53,24 @@ def info_nce_loss(
     key: Tensor,
     temperature: float = 0.1,
     negatives: Tensor | None = None,
+    in_batch_negatives: bool = True,
     gather_distributed: bool = True,
 ) -> Tensor:
-    """InfoNCE of ``query`` (B, D) against ``key`` (B, D): the positive of query i is key i, the negatives are
-    all other keys of the global batch and the rows of ``negatives`` (K, D) if given. Inputs are L2-normalized
-    here; pass ``key`` detached for a momentum encoder (MoCo)."""
+    """InfoNCE of ``query`` (B, D) against ``key`` (B, D): the positive of query i is key i.
+
+    Negatives are the other keys of the global batch (``in_batch_negatives``, MoCo v3 / CLIP) and/or the rows
+    of ``negatives`` (K, D), e.g. MoCo's queue (MoCo v2 uses the queue only: ``in_batch_negatives=False``).
+    Inputs are L2-normalized here; pass ``key`` detached for a momentum encoder."""
     _check_temperature(temperature)
     query, key = F.normalize(query.float(), dim=1), F.normalize(key.float(), dim=1)
     b = query.shape[0]
+    if not in_batch_negatives:
+        if negatives is None:
+            raise ValueError("without in-batch negatives, InfoNCE needs explicit negatives")
+        pos = (query * key).sum(1, keepdim=True)  # (B, 1)
+        neg = query @ F.normalize(negatives.float(), dim=1).T  # (B, K)
+        logits = torch.cat([pos, neg], dim=1) / temperature
+        return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=query.device))
     keys = gather(key) if gather_distributed else key  # (N, D)
     offset = rank() * b if keys.shape[0] != b else 0
     if negatives is not None:
@@ -85,5 +95,5 @@ class InfoNCELoss(nn.Module):
         _check_temperature(temperature)
         self.temperature, self.gather_distributed = temperature, gather_distributed
 
-    def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None) -> Tensor:
-        return info_nce_loss(query, key, self.temperature, negatives, self.gather_distributed)
+    def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None, in_batch_negatives: bool = True) -> Tensor:
+        return info_nce_loss(query, key, self.temperature, negatives, in_batch_negatives, self.gather_distributed)

@@ -1,6 +1,10 @@
 """Self-supervised methods: one LightningModule per file, each reading like its paper's algorithm."""
 
-from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.methods.base import MomentumMethod, SSLMethod
+from lightning_ssl.methods.byol import BYOL
+from lightning_ssl.methods.moco import MoCo
+from lightning_ssl.methods.mocov3 import MoCoV3
 from lightning_ssl.methods.simclr import SimCLR
+from lightning_ssl.methods.simsiam import SimSiam
 
-__all__ = ["SSLMethod", "SimCLR"]
+__all__ = ["BYOL", "MoCo", "MoCoV3", "MomentumMethod", "SSLMethod", "SimCLR", "SimSiam"]

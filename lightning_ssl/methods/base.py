@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_ssl.modules.backbones import feature_dim
+from lightning_ssl.modules.momentum import cosine_momentum, update_momentum
 from lightning_ssl.optim import WarmupCosineLR, param_groups
 
 
@@ -50,6 +51,13 @@ class SSLMethod(L.LightningModule):
         for key in [k for k, v in self._hparams.items() if not _is_plain(v)]:
             self._hparams.pop(key)
 
+    def on_train_start(self) -> None:
+        # A resumable dataloader's position is restored by Lightning only when it sets the data up after the
+        # checkpoint is loaded; ``estimated_stepping_batches`` in ``configure_optimizers`` sets it up earlier.
+        loop = self.trainer.fit_loop
+        if getattr(loop, "_combined_loader_states_to_load", None):
+            loop._load_combined_loader_states()
+
     def embed(self, x: Tensor) -> Tensor:
         """Representation used downstream: backbone features (B, num_features), no projector."""
         return self.backbone(x)
@@ -80,6 +88,48 @@ class SSLMethod(L.LightningModule):
         if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
             scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class MomentumMethod(SSLMethod):
+    """A method with momentum (EMA) teachers. Subclasses list ``(student, teacher)`` module pairs in
+    ``momentum_pairs``; after every *optimizer* step (so once per accumulated batch under
+    ``accumulate_grad_batches``) each teacher moves towards its student with momentum m, which follows
+    ``cosine_momentum`` from ``momentum`` to ``momentum_end`` over ``trainer.estimated_stepping_batches``
+    (``momentum_end == momentum`` keeps it constant). m depends only on the optimizer step count, so a
+    resumed run continues the schedule exactly; teachers are ordinary submodules, saved in checkpoints.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+        momentum: float = 0.996,
+        momentum_end: float = 1.0,
+    ) -> None:
+        super().__init__(backbone, optimizer, scheduler)
+        for name, m in (("momentum", momentum), ("momentum_end", momentum_end)):
+            if not 0.0 <= m <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {m}")
+        self.momentum, self.momentum_end = momentum, momentum_end
+        self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        raise NotImplementedError
+
+    def current_momentum(self) -> float:
+        """m for the update that follows the current optimizer step."""
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        return cosine_momentum(self.trainer.global_step if self._trainer is not None else 0, int(total),
+                               self.momentum, self.momentum_end)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        m = self.current_momentum()
+        for student, teacher in self.momentum_pairs():
+            update_momentum(student, teacher, m)
+        self.teacher_updates += 1
+        self.log("train/momentum", m)
 
 
 def _is_plain(v: Any) -> bool:

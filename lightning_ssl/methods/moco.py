@@ -1,0 +1,109 @@
+"""MoCo v2: Momentum Contrast (He et al., CVPR 2020; v2: Chen et al., 2020, arXiv:2003.04297).
+
+    q = g_q(f_q(x_q))                      query encoder (backbone + 2-layer MLP head), trained
+    k = g_k(f_k(x_k))                      key encoder: momentum copy of the query encoder, no gradient
+    loss = InfoNCE(q, k+, queue)           the key of the same image is the positive, the K keys in the
+                                           queue (from earlier batches) are the negatives
+    enqueue(k); dequeue the oldest         the queue is a ring buffer, saved in checkpoints
+    f_k <- m f_k + (1 - m) f_q             after every optimizer step (m = 0.999)
+
+Under DDP the keys of all processes are enqueued, and "shuffling BN" (sec. 3.3) forwards the keys through the
+key encoder in a batch order shuffled across processes, so BatchNorm cannot leak which key is the positive.
+(With one process, use ``trainer.sync_batchnorm`` with several devices, or accept the leak on small data.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_ssl.losses.info_nce import info_nce_loss
+from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.distributed import gather, is_distributed, rank, world_size
+from lightning_ssl.modules.heads import ProjectionHead
+from lightning_ssl.modules.momentum import make_teacher
+from lightning_ssl.optim import WarmupCosineLR
+
+
+class MoCo(MomentumMethod):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        queue_size: int = 65536,
+        temperature: float = 0.2,
+        momentum: float = 0.999,
+        momentum_end: float = 0.999,
+        symmetric: bool = False,
+        shuffle_bn: bool = True,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
+        super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
+        self.save_hyperparameters()
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature, self.symmetric, self.shuffle_bn = temperature, symmetric, shuffle_bn
+        self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=2, batch_norm=False)
+        self.key_backbone, self.key_projector = make_teacher(self.backbone), make_teacher(self.projector)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.key_backbone), (self.projector, self.key_projector)]
+
+    def on_fit_start(self) -> None:
+        batch = getattr(self.trainer.datamodule, "batch_size", None) if self.trainer.datamodule is not None else None
+        if batch is not None and batch * self.trainer.world_size > len(self.queue):
+            raise ValueError(
+                f"MoCo queue_size={len(self.queue)} is smaller than the global batch "
+                f"({batch} x {self.trainer.world_size} processes): keys would overwrite each other"
+            )
+
+    @torch.no_grad()
+    def keys(self, x: Tensor) -> Tensor:
+        """Normalized keys from the momentum encoder (with shuffled BN under DDP)."""
+        if self.shuffle_bn and is_distributed():
+            x_all = gather(x, with_grad=False)
+            perm = torch.randperm(len(x_all), device=x.device)
+            dist.broadcast(perm, src=0)
+            k_all = gather(self.key_projector(self.key_backbone(x_all[perm.view(world_size(), -1)[rank()]])), with_grad=False)
+            k = k_all[torch.argsort(perm).view(world_size(), -1)[rank()]]
+        else:
+            k = self.key_projector(self.key_backbone(x))
+        return F.normalize(k.float(), dim=1)
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Write the keys of all processes into the ring buffer at ``queue_ptr`` (wrapping around)."""
+        keys = gather(keys, with_grad=False)
+        n, size = len(keys), len(self.queue)
+        if n > size:
+            raise ValueError(f"{n} keys do not fit in a queue of {size}")
+        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + n) % size)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        (x_q, x_k), _ = batch
+        h = self.backbone(x_q)
+        q = self.projector(h)
+        k = self.keys(x_k)
+        negatives = self.queue.clone()  # the keys enqueued below must not be their own negatives
+        loss = info_nce_loss(q, k, self.temperature, negatives, in_batch_negatives=False)
+        if self.symmetric:  # the symmetrized variant: swap the roles of the two views too
+            k2 = self.keys(x_q)
+            loss = (loss + info_nce_loss(self.projector(self.backbone(x_k)), k2, self.temperature, negatives,
+                                         in_batch_negatives=False)) / 2
+            self.enqueue(k2)
+        self.enqueue(k)
+        self.log("train/loss", loss, prog_bar=True)
+        return {"loss": loss, "features": h.detach()}

@@ -1,0 +1,58 @@
+"""MoCo v3 (Chen, Xie & He, ICCV 2021): a momentum encoder without a queue.
+
+    q1, q2 = pred(proj(f(x1))), pred(proj(f(x2)))          query encoder + predictor
+    k1, k2 = proj_m(f_m(x1)), proj_m(f_m(x2))              momentum encoder (no gradient)
+    loss = 2 tau * (InfoNCE(q1, k2) + InfoNCE(q2, k1))     negatives: the other keys of the global batch
+    f_m <- m f_m + (1 - m) f                                m from 0.99 to 1 on a cosine schedule
+Projector: 3 layers with BN (last BN without affine); predictor: 2 layers with BN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_ssl.losses.info_nce import info_nce_loss
+from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.heads import ProjectionHead
+from lightning_ssl.modules.momentum import make_teacher
+from lightning_ssl.optim import WarmupCosineLR
+
+
+class MoCoV3(MomentumMethod):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        proj_hidden_dim: int = 4096,
+        proj_dim: int = 256,
+        pred_hidden_dim: int = 4096,
+        temperature: float = 0.2,
+        momentum: float = 0.99,
+        momentum_end: float = 1.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
+        super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
+        self.save_hyperparameters()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=3, last_batch_norm=True)
+        self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, num_layers=2, last_batch_norm=True)
+        self.momentum_backbone, self.momentum_projector = make_teacher(self.backbone), make_teacher(self.projector)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        (x1, x2), _ = batch
+        h1 = self.backbone(x1)
+        q1, q2 = self.predictor(self.projector(h1)), self.predictor(self.projector(self.backbone(x2)))
+        with torch.no_grad():
+            k1, k2 = (self.momentum_projector(self.momentum_backbone(x)) for x in (x1, x2))
+        loss = 2 * self.temperature * (info_nce_loss(q1, k2, self.temperature) + info_nce_loss(q2, k1, self.temperature))
+        self.log("train/loss", loss, prog_bar=True)
+        return {"loss": loss, "features": h1.detach()}

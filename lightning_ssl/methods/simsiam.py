@@ -1,0 +1,44 @@
+"""SimSiam: Exploring Simple Siamese Representation Learning (Chen & He, CVPR 2021).
+
+    z = h(f(x))                      backbone + 3-layer projector (BN on every layer, output included)
+    p = pred(z)                      2-layer bottleneck predictor
+    loss = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2,   D = negative cosine similarity
+No momentum encoder and no negatives: the stop-gradient alone prevents collapse (sec. 4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_ssl.losses.negative_cosine import negative_cosine_similarity
+from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.heads import ProjectionHead
+from lightning_ssl.optim import WarmupCosineLR
+
+
+class SimSiam(SSLMethod):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        proj_dim: int = 2048,
+        pred_hidden_dim: int = 512,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
+        super().__init__(backbone, optimizer, scheduler)
+        self.save_hyperparameters()
+        self.projector = ProjectionHead(self.num_features, proj_dim, proj_dim, num_layers=3, last_batch_norm=True)
+        self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, num_layers=2)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        (x1, x2), _ = batch
+        h1 = self.backbone(x1)
+        z1, z2 = self.projector(h1), self.projector(self.backbone(x2))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        loss = (negative_cosine_similarity(p1, z2) + negative_cosine_similarity(p2, z1)) / 2
+        self.log("train/loss", loss, prog_bar=True)
+        return {"loss": loss, "features": h1.detach()}

@@ -1,0 +1,48 @@
+"""Momentum (EMA) teachers, shared by MoCo, BYOL and DINO.
+
+    teacher <- m * teacher + (1 - m) * student        (after every optimizer step)
+
+``make_teacher`` copies a student and freezes the copy; ``update_momentum`` applies the rule to all
+parameters at once (fused ``torch._foreach_*`` kernels); ``cosine_momentum`` is the schedule of BYOL
+(Grill et al., 2020, sec. 3.2) and DINO, m rising from ``base`` to ``end`` over training by optimizer step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def make_teacher(student: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``student``: same weights, ``requires_grad=False`` everywhere."""
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def update_momentum(student: nn.Module, teacher: nn.Module, m: float) -> None:
+    """``teacher = m * teacher + (1 - m) * student`` for every parameter (buffers such as BatchNorm running
+    statistics are the teacher's own, as in the MoCo and BYOL reference code)."""
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum must lie in [0, 1], got {m}")
+    t_params = [p for p in teacher.parameters()]
+    s_params = [p.detach() for p in student.parameters()]
+    if len(t_params) != len(s_params):
+        raise ValueError(f"student and teacher differ: {len(s_params)} vs {len(t_params)} parameter tensors")
+    if m == 1.0:
+        return
+    torch._foreach_mul_(t_params, m)
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - m)
+
+
+def cosine_momentum(step: int, total_steps: int, base: float = 0.996, end: float = 1.0) -> float:
+    """``end - (end - base) * (cos(pi * step / total) + 1) / 2``: ``base`` at step 0, ``end`` at the last step."""
+    if total_steps <= 1:
+        return base
+    progress = min(1.0, max(0.0, step / (total_steps - 1)))
+    return end - (end - base) * (math.cos(math.pi * progress) + 1) / 2
