@@ -15,14 +15,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+quiet() { "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true; return "${PIPESTATUS[0]}"; }
 CONSTRAINTS=requirements/constraints.txt
 if [ "$(uname -m)" = "aarch64" ]; then  # no torch 2.14.1 wheel with a matching torchvision on aarch64 here
   sed -e 's/^torch==.*/torch==2.9.1/' -e 's/^torchvision==.*/torchvision==0.24.1/' $CONSTRAINTS > "$VENV/constraints.txt"
   CONSTRAINTS="$VENV/constraints.txt"
 fi
 echo ">> installing torch + torchvision"
-$PIP install -q $(grep -E '^torch(vision)?==' "$CONSTRAINTS")
+quiet $PIP install -q $(grep -E '^torch(vision)?==' "$CONSTRAINTS")
 echo ">> installing lightning-ssl and its dependencies"
-$PIP install -q -c "$CONSTRAINTS" -e ".[dev]"
+quiet $PIP install -q -c "$CONSTRAINTS" -e ".[dev]"
 $VENV/bin/python -c "import torch, torchvision, lightning; print(f'>> torch {torch.__version__}, torchvision {torchvision.__version__}, lightning {lightning.__version__}')"
 touch "$STAMP"

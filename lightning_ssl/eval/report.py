@@ -16,14 +16,35 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lightning_ssl.checkpoint import load_method
 from lightning_ssl.eval.features import extract_features
 from lightning_ssl.eval.knn import knn_accuracy
 
 
-def _pixels(loader, batch_transform) -> tuple[torch.Tensor, torch.Tensor]:
-    return extract_features(torch.nn.Flatten(), loader, batch_transform=batch_transform)
+def evaluate_knn(model: nn.Module | None, datamodule, ks=(20, 200), temperature: float = 0.07, device: str = "cpu") -> dict:
+    """Weighted kNN top-1 of ``model.embed`` (raw pixels if ``model`` is None) on the datamodule's test split,
+    with all labelled training images as the bank. Returns ``{"dim", "k=..": accuracy, "seconds"}``."""
+    t = time.time()
+    datamodule.val_bank_size = None
+    if not hasattr(datamodule, "val_set"):
+        datamodule.prepare_data()
+        datamodule.setup("validate")
+    test_loader, bank_loader = datamodule.test_dataloader()
+    fn = model if model is not None else nn.Flatten()
+    qf, ql = extract_features(fn, test_loader, device, batch_transform=datamodule.on_after_batch_transfer)
+    bf, bl = extract_features(fn, bank_loader, device, batch_transform=datamodule.on_after_batch_transfer)
+    acc = knn_accuracy(qf, ql, bf, bl, datamodule.num_classes, list(ks), temperature)
+    return {"dim": qf.shape[1], **{f"k={k}": a for k, a in acc.items()}, "seconds": round(time.time() - t, 1),
+            "queries": len(ql), "bank": len(bl)}
+
+
+def markdown_table(rows: dict[str, dict], ks) -> str:
+    lines = ["| representation | dim | " + " | ".join(f"kNN top-1, k={k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 2)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['dim']} | " + " | ".join(f"{100 * r[f'k={k}']:.2f}%" for k in ks) + " |")
+    return "\n".join(lines)
 
 
 def run(config: list[str], ckpt: str, ks: list[int], temperature: float = 0.07, device: str = "cpu",
@@ -32,33 +53,17 @@ def run(config: list[str], ckpt: str, ks: list[int], temperature: float = 0.07, 
 
     args = sum((["--config", c] for c in config), []) + list(overrides or []) + ["--trainer.logger=false"]
     cli = SSLCLI(args=args, run=False)
-    dm = cli.datamodule
-    dm.val_bank_size = None  # the whole labelled training set is the bank
-    dm.prepare_data()
-    dm.setup("validate")
-    test_loader, bank_loader = dm.test_dataloader()
-    num_classes = dm.num_classes
-
-    rows = {}
-    t0 = time.time()
-    for name, model in [("learned (" + type(cli.model).__name__ + ")", load_method(ckpt)), ("random init", cli.model), ("raw pixels", None)]:
-        t = time.time()
-        if model is None:
-            (qf, ql), (bf, bl) = _pixels(test_loader, dm.on_after_batch_transfer), _pixels(bank_loader, dm.on_after_batch_transfer)
-        else:
-            qf, ql = extract_features(model, test_loader, device, batch_transform=dm.on_after_batch_transfer)
-            bf, bl = extract_features(model, bank_loader, device, batch_transform=dm.on_after_batch_transfer)
-        acc = knn_accuracy(qf, ql, bf, bl, num_classes, ks, temperature)
-        rows[name] = {"dim": qf.shape[1], **{f"k={k}": a for k, a in acc.items()}, "seconds": round(time.time() - t, 1)}
-    header = "| representation | dim | " + " | ".join(f"kNN top-1, k={k}" for k in ks) + " |"
-    lines = [header, "|" + "---|" * (len(ks) + 2)]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['dim']} | " + " | ".join(f"{100 * r[f'k={k}']:.2f}%" for k in ks) + " |")
-    table = "\n".join(lines)
-    print(f"\nkNN on {type(dm).__name__} test ({len(test_loader.dataset)} queries, bank of "
-          f"{len(bank_loader.dataset)} training images, cosine, T={temperature}):\n\n{table}\n")
+    learned = load_method(ckpt)
+    rows = {
+        f"learned ({type(learned).__name__})": evaluate_knn(learned, cli.datamodule, ks, temperature, device),
+        "random init (same architecture)": evaluate_knn(cli.model, cli.datamodule, ks, temperature, device),
+        "raw pixels": evaluate_knn(None, cli.datamodule, ks, temperature, device),
+    }
+    r = next(iter(rows.values()))
+    print(f"\nkNN on {type(cli.datamodule).__name__} test ({r['queries']} queries, bank of {r['bank']} training "
+          f"images, cosine, T={temperature}):\n\n{markdown_table(rows, ks)}\n")
     out = Path(ckpt).with_name("knn_report.json")
-    out.write_text(json.dumps({"rows": rows, "temperature": temperature, "seconds": round(time.time() - t0, 1)}, indent=2))
+    out.write_text(json.dumps({"rows": rows, "temperature": temperature}, indent=2))
     return rows
 
 
