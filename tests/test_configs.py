@@ -1,5 +1,6 @@
-"""Every YAML under configs/ (except the shared layers) runs one training and one validation batch on generated
-data with the config's own image size, channels and number of classes."""
+"""Every YAML under configs/ (except the shared layers) runs on generated data with the config's own image size,
+channels and number of classes: training configs one training and one validation batch (fast_dev_run), the
+lightning-ssl-eval configs a kNN evaluation."""
 
 from pathlib import Path
 
@@ -7,24 +8,52 @@ import pytest
 import yaml
 
 from lightning_ssl.cli import _import, cli
+from lightning_ssl.eval.cli import main as eval_main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "shared")
+ALL = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "shared")
+TRAIN = [p for p in ALL if "model" in yaml.safe_load(p.read_text())]
+EVAL = [p for p in ALL if "backbone" in yaml.safe_load(p.read_text())]
 
 
-def test_there_are_configs():
-    assert len(CONFIGS) >= 2
+def _ids(p):
+    return str(p.relative_to(ROOT / "configs"))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_config_fast_dev_run(config, tmp_path):
-    data = yaml.safe_load(config.read_text())["data"]
+def _synthetic(data: dict, tmp_path: Path) -> list[str]:
+    if data["class_path"].endswith("TextClassificationDataModule"):
+        rows = ["text,label"] + [f"{w} number {i},{w}" for i in range(10) for w in ("cats", "stocks")]
+        (tmp_path / "text.csv").write_text("\n".join(rows))
+        return [f"--data.source={tmp_path / 'text.csv'}"]
     info = _import(data["class_path"]).describe(data.get("init_args") or {})
-    cli([
-        "fit", "--config", str(config),
-        "--data=lightning_ssl.data.SyntheticDataModule", f"--data.image_size={info['image_size']}",
-        f"--data.channels={info['channels']}", f"--data.num_classes={info['num_classes'] or 4}",
-        "--data.num_samples=16", "--data.batch_size=4", "--data.num_workers=0",
-        "--trainer.fast_dev_run=true", "--trainer.logger=false", "--trainer.accelerator=cpu",
-        f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path}/ckpt",
-    ])
+    return ["--data=lightning_ssl.data.SyntheticDataModule", f"--data.image_size={info['image_size']}",
+            f"--data.channels={info['channels']}", f"--data.num_classes={info['num_classes'] or 4}",
+            "--data.num_samples=16", "--data.batch_size=4", "--data.num_workers=0"]
+
+
+def test_every_config_is_covered():
+    assert len(TRAIN) >= 10 and set(TRAIN) | set(EVAL) == set(ALL)
+
+
+@pytest.mark.parametrize("config", TRAIN, ids=_ids)
+def test_config_fast_dev_run(config, tmp_path):
+    cfg = yaml.safe_load(config.read_text())
+    extra = []
+    backbone = cfg["model"]["init_args"].get("backbone", {})
+    if backbone.get("class_path", "").endswith("CheckpointBackbone"):  # no pretrained checkpoint here
+        extra = ["--model.init_args.backbone=lightning_ssl.modules.backbones.SmallCNN",
+                 "--model.init_args.backbone.init_args.width=4"]
+    cli(["fit", "--config", str(config), *_synthetic(cfg["data"], tmp_path), *extra, "--trainer.fast_dev_run=true",
+         "--trainer.logger=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
+         f"--checkpoint.dirpath={tmp_path}/ckpt"])
+
+
+@pytest.mark.parametrize("config", EVAL, ids=_ids)
+def test_eval_config_knn(config, tmp_path):
+    cfg = yaml.safe_load(config.read_text())
+    extra = []
+    if cfg["backbone"]["class_path"].endswith("CheckpointBackbone"):
+        extra = ["--backbone=lightning_ssl.modules.pretrained.Pixels"]
+    res = eval_main(["knn", "--config", str(config), *_synthetic(cfg["data"], tmp_path), *extra, "--k=[3]", "--wandb=false",
+                     f"--out_dir={tmp_path}"])
+    assert 0.0 <= res["knn"]["k=3"] <= 1.0

@@ -10,7 +10,9 @@ from lightning_ssl.data.datamodules import (
     STL10DataModule,
     SyntheticDataModule,
 )
+from lightning_ssl.data.text import TextClassificationDataModule
 from lightning_ssl.data.transforms import (
+    ClassifierViews,
     MedicalViews,
     MultiViewTransform,
     SatelliteViews,
@@ -21,7 +23,7 @@ from lightning_ssl.data.transforms import (
 )
 
 __all__ = [
-    "CIFAR10DataModule", "CIFAR100DataModule", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule",
+    "CIFAR10DataModule", "ClassifierViews", "CIFAR100DataModule", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule",
     "MNISTDataModule", "STL10DataModule", "SyntheticDataModule", "MedicalViews", "MultiViewTransform",
-    "SatelliteViews", "SimCLRViews", "ViewPreset", "augmented_view", "eval_transform",
+    "SatelliteViews", "SimCLRViews", "TextClassificationDataModule", "ViewPreset", "augmented_view", "eval_transform",
 ]

@@ -51,6 +51,8 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         batch_augment: bool = False,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
     ) -> None:
         """
         Args:
@@ -63,6 +65,8 @@ class ImageDataModule(L.LightningDataModule):
             batch_augment: run the view transforms batched on the device after transfer (kornia, per-sample
                 random parameters) instead of per image in the workers; evaluation images are normalized there
                 too. Much cheaper per image, and keeps a GPU fed with few CPU workers.
+            mean, std: normalization (default: the dataset's statistics). Pretrained models expect the
+                statistics they were trained with, e.g. ImageNet's (0.485, 0.456, 0.406), (0.229, 0.224, 0.225).
         """
         super().__init__()
         if batch_size < 1:
@@ -77,6 +81,10 @@ class ImageDataModule(L.LightningDataModule):
         self.views = views if views is not None else SimCLRViews()
         self.val_bank_size, self.download, self.seed, self.pin_memory = val_bank_size, download, seed, pin_memory
         self.batch_augment = batch_augment
+        if mean is not None:
+            self.mean = tuple(mean)
+        if std is not None:
+            self.std = tuple(std)
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._batched_views = None
 
@@ -368,13 +376,12 @@ class ImageFolderDataModule(ImageDataModule):
     def __init__(self, train_dir: str, val_dir: str | None = None, labelled: bool = True, image_size: int = 224,
                  channels: int = 3, num_classes: int | None = None, verify_files: bool = True,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, **kwargs) -> None:
-        super().__init__(image_size=image_size, channels=channels, **kwargs)
+        super().__init__(image_size=image_size, channels=channels, mean=mean, std=std, **kwargs)
         if self.batch_augment:
             raise ValueError("batch_augment needs equally sized images; ImageFolderDataModule decodes files of any size")
         self.train_dir, self.val_dir, self.verify_files = train_dir, val_dir, verify_files
         self.train_labelled = labelled  # class sub-folders give training labels (for the online probe)
         self.labelled = labelled and val_dir is not None  # evaluation needs a labelled val_dir
-        self.mean, self.std = tuple(mean), tuple(std)
         self.native_size = image_size  # files vary in size: always resize
         self._num_classes = num_classes
 

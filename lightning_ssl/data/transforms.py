@@ -212,3 +212,11 @@ class SatelliteViews(ViewPreset):
 
     def build_batched(self, image_size, channels, mean, std):
         return super().build_batched(image_size, 1, mean, std)
+
+
+class ClassifierViews(ViewPreset):
+    """One augmented view for supervised training (fine-tuning, linear evaluation): random resized crop and
+    horizontal flip, no colour distortion."""
+
+    def __init__(self, min_scale: float = 0.08, flip_prob: float = 0.5) -> None:
+        super().__init__([dict(min_scale=min_scale, flip_prob=flip_prob, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)])

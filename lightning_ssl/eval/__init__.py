@@ -1,5 +1,13 @@
 """Evaluation protocols on frozen or fine-tuned backbones."""
 
+from lightning_ssl.eval.export import export_backbone
+from lightning_ssl.eval.features import extract_features
+from lightning_ssl.eval.finetune import Classifier
 from lightning_ssl.eval.knn import knn_accuracy, knn_predict
+from lightning_ssl.eval.linear import few_shot, linear_probe, sample_few_shot, train_linear_probe
+from lightning_ssl.eval.plots import embedding_plot
 
-__all__ = ["knn_accuracy", "knn_predict"]
+__all__ = [
+    "Classifier", "embedding_plot", "export_backbone", "extract_features", "few_shot", "knn_accuracy",
+    "knn_predict", "linear_probe", "sample_few_shot", "train_linear_probe",
+]

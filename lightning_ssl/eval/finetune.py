@@ -1,0 +1,102 @@
+"""Supervised training of a pretrained backbone (image or text) with a new linear head: fine-tuning, or linear
+evaluation with the backbone frozen. Runs through the same CLI as pretraining (``lightning-ssl fit --config
+configs/eval/finetune_fashion_mnist.yaml``), with DDP, mixed precision, W&B and resume for free.
+
+Layer-wise learning-rate decay (BEiT/MAE fine-tuning): with ``layer_decay=d`` the head gets the base lr, the
+last transformer block d x lr, the one before d^2 x lr, ... down to the patch embedding (timm's
+``param_groups_layer_decay`` assigns the layers; any timm model that defines ``group_matcher`` works).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.optim import WarmupCosineLR, param_groups
+
+
+class Classifier(SSLMethod):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        freeze_backbone: bool = False,
+        layer_decay: float | None = None,
+        head_batch_norm: bool = False,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
+        super().__init__(backbone, optimizer, scheduler)
+        self.save_hyperparameters()
+        if num_classes is None:  # the CLI fills it in from the datamodule
+            raise ValueError("num_classes is not set and the datamodule does not say how many classes it has")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay must lie in (0, 1], got {layer_decay}")
+        self.freeze_backbone, self.layer_decay, self.label_smoothing = freeze_backbone, layer_decay, label_smoothing
+        # MAE's linear probing puts a BatchNorm without affine parameters before the head (He et al. 2021, A.2)
+        self.head = nn.Sequential(nn.BatchNorm1d(self.num_features, affine=False) if head_batch_norm else nn.Identity(),
+                                  nn.Linear(self.num_features, num_classes))
+        nn.init.trunc_normal_(self.head[1].weight, std=0.01)
+        nn.init.zeros_(self.head[1].bias)
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.embed(x))
+
+    def on_train_epoch_start(self) -> None:
+        if self.freeze_backbone:
+            self.backbone.eval()  # frozen means frozen BatchNorm statistics too
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        if isinstance(x, (list, tuple)) and isinstance(x[0], Tensor):
+            x = x[0]  # a one-view preset yields [view]
+        loss = F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        x, y = batch
+        features = self.embed(x)
+        if dataloader_idx == 0:
+            logits = self.head(features)
+            self.val_top1.update(logits, y), self.val_top5.update(logits, y)
+            self.log("val/top1", self.val_top1, prog_bar=True, add_dataloader_idx=False)
+            self.log("val/top5", self.val_top5, add_dataloader_idx=False)
+        return {"features": features, "labels": y}
+
+    def configure_optimizers(self) -> Any:
+        if self.layer_decay is None or self.freeze_backbone:
+            groups = param_groups([self.head] if self.freeze_backbone else [self])
+        else:
+            from timm.optim import param_groups_layer_decay
+
+            inner = getattr(self.backbone, "model", self.backbone)
+            if not hasattr(inner, "group_matcher"):
+                raise ValueError(f"layer_decay needs a timm model with group_matcher, not {type(inner).__name__}")
+            groups = param_groups_layer_decay(inner, weight_decay=1.0, layer_decay=self.layer_decay)
+            for g in groups:  # decayed groups take the optimizer's own weight decay; biases/norms get none
+                if g["weight_decay"] == 1.0:
+                    del g["weight_decay"]
+            groups += param_groups([self.head])
+        optimizer = self.optimizer_fn(groups)
+        for g in optimizer.param_groups:  # layer-wise decay: scale each group's lr once, the schedule follows
+            g["lr"] *= g.get("lr_scale", 1.0)
+        if self.scheduler_fn is None:
+            return optimizer
+        scheduler = self.scheduler_fn(optimizer)
+        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
+            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

