@@ -10,6 +10,7 @@ from lightning_ssl.data.datamodules import (
     STL10DataModule,
     SyntheticDataModule,
 )
+from lightning_ssl.data.emoji import EmojiDataModule, load_emoji
 from lightning_ssl.data.text import TextClassificationDataModule
 from lightning_ssl.data.transforms import (
     ClassifierViews,
@@ -23,7 +24,7 @@ from lightning_ssl.data.transforms import (
 )
 
 __all__ = [
-    "CIFAR10DataModule", "ClassifierViews", "CIFAR100DataModule", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule",
+    "CIFAR10DataModule", "ClassifierViews", "EmojiDataModule", "load_emoji", "CIFAR100DataModule", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule",
     "MNISTDataModule", "STL10DataModule", "SyntheticDataModule", "MedicalViews", "MultiViewTransform",
     "SatelliteViews", "SimCLRViews", "TextClassificationDataModule", "ViewPreset", "augmented_view", "eval_transform",
 ]
