@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class CheckpointError(RuntimeError):
@@ -72,3 +73,31 @@ def load_method(path: str | os.PathLike, map_location: str | torch.device = "cpu
     module, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True, **overrides)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the same directory, flushes it to disk and renames it over
+    the target (``os.replace`` is atomic on POSIX): a process killed while saving leaves the previous file
+    intact and at worst a stray ``.*.tmp`` file. Loads with ``weights_only=True`` (``safe_load``)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = True) -> dict[str, Any]:
+        return safe_load(path, map_location or "cpu")

@@ -6,9 +6,11 @@ Two things are added to the plain LightningCLI:
   datamodule are written into every component of the model config whose constructor takes a parameter of that
   name (the backbone, a classifier head, ...), so a YAML names an architecture without repeating the dataset.
   They are written into the config itself, so ``config.yaml`` and the checkpoint's hyperparameters hold them.
-* **Monitoring callbacks are always there**, configured at the top level: ``knn:`` (KNNMonitor), ``probe:``
-  (OnlineLinearProbe) and ``checkpoint:`` (ModelCheckpoint, ``save_last: true`` so ``--ckpt_path last``
-  resumes). Set ``knn.every_n_epochs: 0`` / ``probe.enabled: false`` to turn them off.
+* **Monitoring and safety callbacks are always there**, configured at the top level: ``knn:`` (KNNMonitor),
+  ``probe:`` (OnlineLinearProbe), ``collapse:`` (CollapseMonitor), ``nonfinite:`` (NonFiniteGuard) and
+  ``checkpoint:`` (ModelCheckpoint, ``save_last: true`` so ``--ckpt_path last`` resumes). Turn the monitors off
+  with ``knn.every_n_epochs: 0``, ``probe.enabled: false``, ``collapse.every_n_steps: 0``.
+* **Safe checkpoints**: written atomically (``AtomicCheckpointIO``) and loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import lightning_ssl.data  # noqa: F401  (registers the datamodules so configs can name them briefly)
 import lightning_ssl.eval.finetune  # noqa: F401
 import lightning_ssl.loggers  # noqa: F401
 import lightning_ssl.methods  # noqa: F401
 import lightning_ssl.modules.pretrained  # noqa: F401
-from lightning_ssl.callbacks import KNNMonitor, OnlineLinearProbe
+from lightning_ssl.callbacks import CollapseMonitor, KNNMonitor, NonFiniteGuard, OnlineLinearProbe
+from lightning_ssl.checkpoint import AtomicCheckpointIO
 
 DATA_TO_MODEL = {"image_size": "image_size", "channels": "in_channels", "num_classes": "num_classes"}
 
@@ -74,12 +78,22 @@ class SSLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(KNNMonitor, "knn")
         parser.add_lightning_class_args(OnlineLinearProbe, "probe")
+        parser.add_lightning_class_args(CollapseMonitor, "collapse")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
                              "checkpoint.auto_insert_metric_name": False})
 
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make it atomic
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if "weights_only" in cfg and cfg.get("weights_only") is None:
+            cfg.weights_only = True  # resuming (--ckpt_path) never unpickles code
         if cfg.get("data") is None or cfg.get("model") is None:
             return
         data_cls = _import(cfg.data.class_path)

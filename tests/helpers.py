@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import pickle
+import time
 import socket
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+import lightning as L
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -25,7 +28,9 @@ def _worker(fn: Callable, rank: int, world_size: int, port: int, queue, args: tu
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         out = fn(rank, world_size, *args)
-        queue.put((rank, out, None))
+        # plain pickling copies tensors into the message (torch's queue pickler would share them through file
+        # descriptors, which break once this process exits)
+        queue.put((rank, pickle.dumps(out), None))
     except BaseException:  # report, don't hang the parent
         queue.put((rank, None, traceback.format_exc()))
     finally:
@@ -49,7 +54,17 @@ def run_distributed(fn: Callable, *args: Any, world_size: int = 2, timeout: floa
             for p in procs:
                 p.kill()
             raise RuntimeError(f"rank {rank} failed:\n{err}")
-        results[rank] = out
+        results[rank] = pickle.loads(out)
     for p in procs:
         p.join(timeout)
     return [results[r] for r in range(world_size)]
+
+
+class Throttle(L.Callback):
+    """Sleeps after every training batch (makes a run last long enough to be killed mid-epoch)."""
+
+    def __init__(self, seconds: float = 0.2) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        time.sleep(self.seconds)

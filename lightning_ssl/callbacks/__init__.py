@@ -1,6 +1,7 @@
 """Callbacks usable with any method that has ``embed``."""
 
+from lightning_ssl.callbacks.guards import CollapseMonitor, NonFiniteError, NonFiniteGuard
 from lightning_ssl.callbacks.knn import KNNMonitor
 from lightning_ssl.callbacks.probe import OnlineLinearProbe
 
-__all__ = ["KNNMonitor", "OnlineLinearProbe"]
+__all__ = ["CollapseMonitor", "KNNMonitor", "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe"]

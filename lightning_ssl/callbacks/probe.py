@@ -37,6 +37,9 @@ class OnlineLinearProbe(L.Callback):
         if not self.num_classes:
             self.enabled = False  # unlabelled data: nothing to probe
             return
+        data_classes = getattr(trainer.datamodule, "num_classes", None) if trainer.datamodule is not None else None
+        if isinstance(data_classes, int) and data_classes > self.num_classes:
+            raise ValueError(f"OnlineLinearProbe(num_classes={self.num_classes}) but the data has {data_classes} classes")
         dim = getattr(pl_module, "num_features")
         self.probe = nn.Linear(dim, self.num_classes)
         self.optimizer = torch.optim.AdamW(self.probe.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -55,6 +55,13 @@ class Classifier(SSLMethod):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.embed(x))
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        dm = self.trainer.datamodule
+        n = getattr(dm, "num_classes", None) if dm is not None else None
+        if isinstance(n, int) and n != self.head[-1].out_features:
+            raise ValueError(f"the head has {self.head[-1].out_features} classes but the data has {n} (num_classes mismatch)")
+
     def on_train_epoch_start(self) -> None:
         if self.freeze_backbone:
             self.backbone.eval()  # frozen means frozen BatchNorm statistics too

@@ -51,6 +51,46 @@ class SSLMethod(L.LightningModule):
         for key in [k for k, v in self._hparams.items() if not _is_plain(v)]:
             self._hparams.pop(key)
 
+    def on_fit_start(self) -> None:
+        self._check_input_shape()
+
+    def _check_input_shape(self) -> None:
+        """Fail before training, with a clear message, if the backbone cannot take the data's images."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        c, s = getattr(dm, "channels", None), getattr(dm, "image_size", None)
+        if not isinstance(c, int) or not isinstance(s, int):
+            return
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                self.embed(torch.zeros(2, c, s, s, device=self.device))
+        except (RuntimeError, ValueError, AssertionError) as e:
+            raise ValueError(
+                f"{type(self).__name__}: the backbone cannot take the data's images ({c} channels, {s}x{s} px): {e}. "
+                f"Check the backbone's in_channels / image_size / patch size against data.channels / data.image_size."
+            ) from e
+        finally:
+            self.train(was_training)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        written_by = checkpoint.get("hyper_parameters", {}).get("_class_path")
+        if not written_by:
+            return
+        try:
+            from lightning_ssl.cli import _import
+
+            same = _import(written_by) is type(self)
+        except (ImportError, AttributeError, ValueError):
+            same = written_by.rpartition(".")[2] == type(self).__name__
+        if not same:
+            from lightning_ssl.checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"this checkpoint was written by {written_by}, but this run is {type(self).__name__}: resume with the "
+                f"same method, or take its weights as a backbone (lightning_ssl.modules.pretrained.CheckpointBackbone)"
+            )
+
     def on_train_start(self) -> None:
         # A resumable dataloader's position is restored by Lightning only when it sets the data up after the
         # checkpoint is loaded; ``estimated_stepping_batches`` in ``configure_optimizers`` sets it up earlier.

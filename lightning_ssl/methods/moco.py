@@ -61,6 +61,7 @@ class MoCo(MomentumMethod):
         return [(self.backbone, self.key_backbone), (self.projector, self.key_projector)]
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         batch = getattr(self.trainer.datamodule, "batch_size", None) if self.trainer.datamodule is not None else None
         if batch is not None and batch * self.trainer.world_size > len(self.queue):
             raise ValueError(

@@ -1,0 +1,140 @@
+"""Guards that make failures visible: non-finite losses/gradients, and representation collapse."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+class NonFiniteGuard(L.Callback):
+    """Stops training (``action="stop"``, default) or skips the optimizer step (``action="skip"``) when the loss
+    or a gradient is not finite, with a message naming the step and the method, and refuses to write a
+    checkpoint whose weights or buffers contain NaN/inf.
+
+    Checked before the optimizer step, so the weights are still the last finite ones when training stops. A
+    skipped step sets every gradient to None: the optimizer then leaves all parameters (and its moments) as
+    they were. With a 16-bit GradScaler, infinite gradients are the scaler's business and only the loss is
+    checked.
+    """
+
+    def __init__(self, action: str = "stop", check_gradients: bool = True, max_skips: int = 100) -> None:
+        if action not in ("stop", "skip"):
+            raise ValueError(f"action must be 'stop' or 'skip', got {action!r}")
+        self.action, self.check_gradients, self.max_skips = action, check_gradients, max_skips
+        self.skipped = 0
+        self._bad: str | None = None
+
+    def _where(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
+        return (f"{type(pl_module).__name__} at optimizer step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx})")
+
+    def on_before_backward(self, trainer, pl_module, loss: Tensor) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            self._bad = f"the loss is {loss.detach().float().item()}"
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        bad = self._bad
+        self._bad = None
+        if bad is None and self.check_gradients and getattr(trainer.precision_plugin, "scaler", None) is None:
+            names = [n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            if names:
+                bad = f"gradients are not finite in {len(names)} parameter tensors, e.g. {names[:3]}"
+        if bad is None:
+            return
+        where = self._where(trainer, pl_module)
+        if self.action == "stop" or self.skipped >= self.max_skips:
+            extra = f" after skipping {self.skipped} steps" if self.skipped else ""
+            raise NonFiniteError(
+                f"{where}: {bad}{extra}. Training stopped before the optimizer step, so the weights are the last finite "
+                f"ones and no checkpoint with NaNs was written. Lower the learning rate, use bf16 instead of fp16, "
+                f"clip gradients (trainer.gradient_clip_val), or set nonfinite.action=skip to skip such steps."
+            )
+        for p in pl_module.parameters():
+            p.grad = None  # the optimizer skips parameters without a gradient: nothing moves
+        self.skipped += 1
+        warnings.warn(f"{where}: {bad}; skipped this optimizer step ({self.skipped} so far)", stacklevel=2)
+        pl_module.log("train/skipped_steps", float(self.skipped))
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
+               if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteError(
+                f"refusing to write a checkpoint of {type(pl_module).__name__} at step {trainer.global_step}: "
+                f"{len(bad)} tensors contain NaN/inf, e.g. {bad[:3]}. The previous checkpoints are untouched."
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+
+
+def embedding_std(z: Tensor) -> float:
+    """Mean over dimensions of the per-dimension std of L2-normalized embeddings (SimSiam, sec. 4.1):
+    about 1/sqrt(D) for well-spread embeddings, 0 when they have collapsed to one point."""
+    return F.normalize(z.float(), dim=1).std(0).mean().item()
+
+
+def rankme(z: Tensor, eps: float = 1e-7) -> float:
+    """RankMe effective rank (Garrido et al., ICML 2023): exp of the entropy of the normalized singular values of
+    the (N, D) embedding matrix. D for isotropic embeddings, 1 for a complete collapse."""
+    s = torch.linalg.svdvals(z.float())
+    p = s / (s.sum() + eps) + eps
+    return math.exp(-(p * p.log()).sum().item())
+
+
+class CollapseMonitor(L.Callback):
+    """Logs ``train/embedding_std`` (x sqrt(D): 1 is healthy, 0 collapsed), ``train/rankme`` and
+    ``train/rankme_ratio`` (RankMe / min(N, D)) from the ``features`` a method's ``training_step`` returns,
+    every ``every_n_steps`` optimizer steps on the last ``window`` samples, and warns (once per epoch) when
+    the embeddings look collapsed. ``every_n_steps=0`` turns it off."""
+
+    def __init__(self, every_n_steps: int = 50, window: int = 1024, std_threshold: float = 0.1,
+                 rank_threshold: float = 0.05) -> None:
+        self.every_n_steps, self.window = every_n_steps, window
+        self.std_threshold, self.rank_threshold = std_threshold, rank_threshold
+        self._buffer: list[Tensor] = []
+        self._warned_epoch = -1
+        self.last: dict[str, float] = {}
+
+    def measure(self, z: Tensor) -> dict[str, float]:
+        d = z.shape[1]
+        r = rankme(z)
+        return {"embedding_std": embedding_std(z) * math.sqrt(d), "rankme": r, "rankme_ratio": r / min(z.shape)}
+
+    def is_collapsed(self, stats: dict[str, float]) -> bool:
+        return stats["embedding_std"] < self.std_threshold or stats["rankme_ratio"] < self.rank_threshold
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
+        if self.every_n_steps <= 0 or not isinstance(outputs, dict) or "features" not in outputs:
+            return
+        self._buffer.append(outputs["features"].detach().float().flatten(1))
+        if sum(len(b) for b in self._buffer) > self.window:
+            self._buffer = [torch.cat(self._buffer)[-self.window :]]
+        if trainer.global_step % self.every_n_steps != 0:
+            return
+        z = torch.cat(self._buffer)
+        if len(z) < 2:
+            return
+        self.last = stats = self.measure(z)
+        for k, v in stats.items():
+            pl_module.log(f"train/{k}", v)
+        if self.is_collapsed(stats) and self._warned_epoch != trainer.current_epoch:
+            self._warned_epoch = trainer.current_epoch
+            warnings.warn(
+                f"{type(pl_module).__name__} looks collapsed at step {trainer.global_step}: std of normalized "
+                f"embeddings x sqrt(D) = {stats['embedding_std']:.3f} (healthy ~1), effective rank {stats['rankme']:.1f} "
+                f"of {min(z.shape)}. Check the augmentations, the learning rate, the predictor/stop-gradient and "
+                f"the EMA momentum.", stacklevel=2)

@@ -1,0 +1,264 @@
+"""Bad input, tried systematically: impossible hyperparameters, broken data and broken checkpoints each give an
+error that names the problem, raised before training starts where possible, and leave what was already written
+intact. Add a case by adding one entry to CASES: (id, function of tmp_path that must raise, exception, regex)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+
+from lightning_ssl.callbacks import KNNMonitor, NonFiniteGuard, OnlineLinearProbe
+from lightning_ssl.checkpoint import CheckpointError, load_method, safe_load
+from lightning_ssl.data import (
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
+    SimCLRViews,
+    SyntheticDataModule,
+    TextClassificationDataModule,
+)
+from lightning_ssl.data.datasets import TensorImageDataset
+from lightning_ssl.eval import Classifier, export_backbone
+from lightning_ssl.losses import InfoNCELoss, NTXentLoss
+from lightning_ssl.methods import BYOL, MoCo, MoCoV3, SimCLR
+from lightning_ssl.modules.backbones import ResNet, SmallCNN
+from lightning_ssl.modules.heads import ProjectionHead
+from lightning_ssl.modules.pretrained import CheckpointBackbone
+from lightning_ssl.optim import WarmupCosineLR
+
+
+def cnn(c=1):
+    return SmallCNN(c, 16, width=4)
+
+
+def data(**kw):
+    kw = {"num_samples": 32, "batch_size": 8, "num_workers": 0, "image_size": 16, "channels": 1, "num_classes": 4,
+          "val_bank_size": 0, **kw}
+    return SyntheticDataModule(**kw)
+
+
+def fit(model, dm, tmp_path, **kw):
+    """Run fit and check that the error came before any optimizer step."""
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, **kw)
+    try:
+        trainer.fit(model, datamodule=dm)
+    finally:
+        assert trainer.global_step == 0, "the error came after training had started"
+
+
+def _png(path: Path, size=(12, 12)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (10, 200, 30)).save(path)
+    return path
+
+
+def corrupt_image(tmp_path):
+    _png(tmp_path / "f" / "a" / "0.png")
+    (tmp_path / "f" / "a" / "2.jpg").write_bytes(b"not an image at all")
+    ImageFolderDataModule(train_dir=str(tmp_path / "f"), num_workers=0).setup("fit")
+
+
+def truncated_image(tmp_path):
+    p = _png(tmp_path / "f" / "a" / "0.png", (64, 64))
+    p.write_bytes(p.read_bytes()[:60])
+    dm = ImageFolderDataModule(train_dir=str(tmp_path / "f"), num_workers=0, image_size=8)
+    dm.setup("fit")
+    dm.train_set[0]
+
+
+def gray_data_rgb_backbone(tmp_path):
+    fit(SimCLR(cnn(3), proj_hidden_dim=8, proj_dim=4), data(channels=1), tmp_path)
+
+
+def rgb_checkpoint_on_gray_data(tmp_path):
+    model = SimCLR(ResNet("resnet18", in_channels=3, image_size=16), proj_hidden_dim=8, proj_dim=4)
+    fit(model, data(channels=1), tmp_path)
+
+
+def empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    ImageFolderDataModule(train_dir=str(tmp_path / "empty"), num_workers=0).setup("fit")
+
+
+def class_folders_without_images(tmp_path):
+    (tmp_path / "f" / "cats").mkdir(parents=True)
+    ImageFolderDataModule(train_dir=str(tmp_path / "f"), num_workers=0).setup("fit")
+
+
+def missing_folder(tmp_path):
+    ImageFolderDataModule(train_dir=str(tmp_path / "nope"), num_workers=0).prepare_data()
+
+
+def missing_fmnist(tmp_path):
+    dm = FashionMNISTDataModule(root=str(tmp_path))
+    dm.system_dir = str(tmp_path / "not-installed")
+    dm.prepare_data()
+
+
+def fewer_images_than_a_batch(tmp_path):
+    dm = data(num_samples=4, batch_size=8)
+    dm.setup("fit")
+    dm.train_dataloader()
+
+
+def missing_caption_file(tmp_path):
+    TextClassificationDataModule(source=str(tmp_path / "captions.csv")).prepare_data()
+
+
+def caption_file_without_columns(tmp_path):
+    (tmp_path / "t.csv").write_text("sentence,topic\nhello,a\n")
+    TextClassificationDataModule(source=str(tmp_path / "t.csv")).setup()
+
+
+def undecodable_caption_file(tmp_path):
+    (tmp_path / "t.jsonl").write_bytes(b'{"text": "ok", "label": 1}\n\xff\xfe{broken')
+    TextClassificationDataModule(source=str(tmp_path / "t.jsonl")).setup()
+
+
+def queue_smaller_than_batch(tmp_path):
+    fit(MoCo(cnn(), proj_hidden_dim=8, proj_dim=4, queue_size=4), data(), tmp_path)
+
+
+def num_classes_mismatch(tmp_path):
+    fit(Classifier(cnn(), num_classes=3), data(num_classes=4), tmp_path)
+
+
+def probe_num_classes_mismatch(tmp_path):
+    fit(SimCLR(cnn(), proj_hidden_dim=8, proj_dim=4), data(num_classes=4), tmp_path,
+        callbacks=[OnlineLinearProbe(num_classes=2)])
+
+
+def _ckpt(tmp_path, model):
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=data())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def resume_with_wrong_method(tmp_path):
+    from lightning_ssl.cli import cli
+
+    common = ["--model.backbone=SmallCNN", "--model.backbone.width=4", "--model.proj_hidden_dim=8", "--model.proj_dim=4",
+              "--data=SyntheticDataModule", "--data.num_samples=32", "--data.batch_size=8", "--data.num_workers=0",
+              "--data.image_size=16", "--data.channels=1", "--trainer.max_steps=2", "--trainer.logger=false",
+              "--trainer.enable_progress_bar=false", f"--checkpoint.dirpath={tmp_path}", "--knn.every_n_epochs=0",
+              f"--trainer.default_root_dir={tmp_path}"]
+    cli(["fit", "--model=MoCo", "--model.queue_size=64", *common])
+    before = (tmp_path / "last.ckpt").read_bytes()
+    try:
+        cli(["fit", "--model=BYOL", *common, "--ckpt_path=last"])
+    finally:
+        assert (tmp_path / "last.ckpt").read_bytes() == before  # the checkpoint is left as it was
+        assert safe_load(tmp_path / "last.ckpt")["global_step"] == 2
+
+
+def truncated_checkpoint(tmp_path):
+    path = _ckpt(tmp_path, SimCLR(cnn(), proj_hidden_dim=8, proj_dim=4))
+    path.write_bytes(path.read_bytes()[:1000])
+    load_method(path)
+
+
+def pickled_code_checkpoint(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Payload()}}, tmp_path / "evil.ckpt")
+    load_method(tmp_path / "evil.ckpt")
+
+
+def raw_pickle_checkpoint(tmp_path):
+    with open(tmp_path / "x.ckpt", "wb") as f:
+        pickle.dump({"a": 1}, f)
+    safe_load(tmp_path / "x.ckpt")
+
+
+def missing_checkpoint(tmp_path):
+    load_method(tmp_path / "nope.ckpt")
+
+
+def empty_checkpoint(tmp_path):
+    (tmp_path / "e.ckpt").write_bytes(b"")
+    CheckpointBackbone(str(tmp_path / "e.ckpt"))
+
+
+def not_a_lightning_checkpoint(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "w.pt")
+    load_method(tmp_path / "w.pt")
+
+
+def export_from_plain_state_dict(tmp_path):
+    torch.save({"conv.weight": torch.zeros(2)}, tmp_path / "w.pt")
+    export_backbone(str(tmp_path / "w.pt"), str(tmp_path / "out.pt"))
+
+
+CASES = [
+    # impossible hyperparameters
+    ("simclr-temperature-0", lambda t: SimCLR(cnn(), temperature=0.0), ValueError, r"temperature must be > 0"),
+    ("moco-temperature-negative", lambda t: MoCo(cnn(), temperature=-0.1), ValueError, r"temperature must be > 0"),
+    ("mocov3-temperature-0", lambda t: MoCoV3(cnn(), temperature=0), ValueError, r"temperature must be > 0"),
+    ("ntxent-temperature-0", lambda t: NTXentLoss(0.0), ValueError, r"temperature must be > 0"),
+    ("infonce-temperature-0", lambda t: InfoNCELoss(0.0), ValueError, r"temperature must be > 0"),
+    ("knn-temperature-0", lambda t: KNNMonitor(temperature=0), ValueError, r"temperature must be > 0"),
+    ("knn-k-0", lambda t: KNNMonitor(k=0), ValueError, r"k must be a positive integer"),
+    ("byol-momentum-above-1", lambda t: BYOL(cnn(), momentum=1.5), ValueError, r"momentum must lie in \[0, 1\]"),
+    ("byol-momentum-end-negative", lambda t: BYOL(cnn(), momentum_end=-0.1), ValueError, r"momentum_end must lie in \[0, 1\]"),
+    ("moco-momentum-negative", lambda t: MoCo(cnn(), momentum=-0.5), ValueError, r"momentum must lie in \[0, 1\]"),
+    ("moco-queue-size-0", lambda t: MoCo(cnn(), queue_size=0), ValueError, r"queue_size must be >= 1"),
+    ("moco-queue-smaller-than-batch", queue_smaller_than_batch, ValueError, r"queue_size=4 is smaller than the global batch"),
+    ("crop-scale-above-1", lambda t: SimCLRViews(min_scale=1.2).build(16, 1, (0.5,), (0.5,)), ValueError,
+     r"crop scale must satisfy 0 < min_scale <= max_scale <= 1"),
+    ("crop-scale-inverted", lambda t: SimCLRViews(min_scale=0.9, max_scale=0.5).build(16, 1, (0.5,), (0.5,)), ValueError,
+     r"crop scale must satisfy"),
+    ("zero-views", lambda t: SimCLRViews(num_views=0), ValueError, r"num_views must be >= 1"),
+    ("batch-size-0", lambda t: data(batch_size=0), ValueError, r"batch_size must be >= 1"),
+    ("channels-2", lambda t: data(channels=2), ValueError, r"channels must be 1 or 3"),
+    ("negative-warmup", lambda t: WarmupCosineLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1), -1),
+     ValueError, r"warmup_steps and min_lr_ratio must be >= 0"),
+    ("head-without-layers", lambda t: ProjectionHead(4, 4, 4, num_layers=0), ValueError, r"num_layers must be >= 1"),
+    ("nonfinite-action", lambda t: NonFiniteGuard("ignore"), ValueError, r"action must be 'stop' or 'skip'"),
+    ("classifier-num-classes-mismatch", num_classes_mismatch, ValueError, r"head has 3 classes but the data has 4"),
+    ("probe-num-classes-mismatch", probe_num_classes_mismatch, ValueError, r"OnlineLinearProbe\(num_classes=2\) but the data has 4"),
+    ("classifier-one-class", lambda t: Classifier(cnn(), num_classes=1), ValueError, r"num_classes must be >= 2"),
+    # broken data
+    ("corrupt-image", corrupt_image, ValueError, r"not a PNG/JPEG/GIF/BMP/WEBP/TIFF image"),
+    ("truncated-image", truncated_image, ValueError, r"cannot decode image file .*0\.png"),
+    ("grayscale-data-rgb-backbone", gray_data_rgb_backbone, ValueError, r"cannot take the data's images \(1 channels"),
+    ("grayscale-data-rgb-resnet", rgb_checkpoint_on_gray_data, ValueError, r"cannot take the data's images"),
+    ("empty-image-folder", empty_folder, ValueError, r"no class sub-folders"),
+    ("class-folders-without-images", class_folders_without_images, ValueError, r"no images in them"),
+    ("empty-tensor-dataset", lambda t: TensorImageDataset(torch.zeros(0, 1, 4, 4, dtype=torch.uint8)), ValueError,
+     r"dataset is empty"),
+    ("missing-image-folder", missing_folder, FileNotFoundError, r"does not exist"),
+    ("missing-fashion-mnist", missing_fmnist, FileNotFoundError, r"dataset-fashion-mnist"),
+    ("fewer-images-than-a-batch", fewer_images_than_a_batch, ValueError, r"fewer than one batch"),
+    ("missing-caption-file", missing_caption_file, FileNotFoundError, r"captions\.csv.*does not exist"),
+    ("caption-file-without-columns", caption_file_without_columns, ValueError, r"needs 'text' and 'label' fields"),
+    ("undecodable-caption-file", undecodable_caption_file, ValueError, r"cannot read .*t\.jsonl"),
+    # broken checkpoints
+    ("resume-with-another-method", resume_with_wrong_method, CheckpointError, r"written by lightning_ssl\.methods\.MoCo"),
+    ("truncated-checkpoint", truncated_checkpoint, CheckpointError, r"truncated or corrupt"),
+    ("pickled-code", pickled_code_checkpoint, CheckpointError, r"refusing to execute"),
+    ("raw-pickle", raw_pickle_checkpoint, CheckpointError, r"model\.ckpt|x\.ckpt"),
+    ("missing-checkpoint", missing_checkpoint, CheckpointError, r"does not exist"),
+    ("empty-checkpoint", empty_checkpoint, CheckpointError, r"is empty"),
+    ("not-a-lightning-checkpoint", not_a_lightning_checkpoint, CheckpointError, r"not a Lightning checkpoint"),
+    ("export-plain-state-dict", export_from_plain_state_dict, CheckpointError, r"not a lightning_ssl checkpoint"),
+]
+
+
+@pytest.mark.parametrize("fn,exc,pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_named(fn, exc, pattern, tmp_path):
+    with pytest.raises(exc, match=pattern):
+        fn(tmp_path)
+
+
+def test_case_ids_are_unique():
+    assert len({c[0] for c in CASES}) == len(CASES)
