@@ -1,7 +1,11 @@
 """Callbacks usable with any method that has ``embed``."""
 
 from lightning_ssl.callbacks.guards import CollapseMonitor, NonFiniteError, NonFiniteGuard
+from lightning_ssl.callbacks.images import AttentionMapLogger, MAEReconstructionLogger
 from lightning_ssl.callbacks.knn import KNNMonitor
 from lightning_ssl.callbacks.probe import OnlineLinearProbe
 
-__all__ = ["CollapseMonitor", "KNNMonitor", "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe"]
+__all__ = [
+    "AttentionMapLogger", "CollapseMonitor", "KNNMonitor", "MAEReconstructionLogger", "NonFiniteError",
+    "NonFiniteGuard", "OnlineLinearProbe",
+]

@@ -15,6 +15,7 @@ from lightning_ssl.data.text import TextClassificationDataModule
 from lightning_ssl.data.transforms import (
     ClassifierViews,
     MedicalViews,
+    MultiCropViews,
     MultiViewTransform,
     SatelliteViews,
     SimCLRViews,
@@ -24,7 +25,8 @@ from lightning_ssl.data.transforms import (
 )
 
 __all__ = [
-    "CIFAR10DataModule", "ClassifierViews", "EmojiDataModule", "load_emoji", "CIFAR100DataModule", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule",
-    "MNISTDataModule", "STL10DataModule", "SyntheticDataModule", "MedicalViews", "MultiViewTransform",
-    "SatelliteViews", "SimCLRViews", "TextClassificationDataModule", "ViewPreset", "augmented_view", "eval_transform",
+    "augmented_view", "CIFAR100DataModule", "CIFAR10DataModule", "ClassifierViews", "EmojiDataModule",
+    "eval_transform", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule", "load_emoji",
+    "MedicalViews", "MNISTDataModule", "MultiCropViews", "MultiViewTransform", "SatelliteViews", "SimCLRViews",
+    "STL10DataModule", "SyntheticDataModule", "TextClassificationDataModule", "ViewPreset",
 ]

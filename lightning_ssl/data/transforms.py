@@ -57,13 +57,16 @@ def augmented_view(
     grayscale_prob: float = 0.2,
     blur_prob: float = 0.5,
     solarize_prob: float = 0.0,
+    size: int | None = None,
 ) -> v2.Compose:
     """One SimCLR-style view: random resized crop, flips, colour jitter (0.8s, 0.8s, 0.8s, 0.2s) with
     probability ``jitter_prob``, grayscale, Gaussian blur, solarization; then float + normalize.
 
-    For ``channels != 3`` colour jitter keeps only brightness and contrast, and grayscale is skipped."""
+    For ``channels != 3`` colour jitter keeps only brightness and contrast, and grayscale is skipped.
+    ``size``: this view's output side (default ``image_size``), e.g. the small local crops of multi-crop."""
     if not 0 < min_scale <= max_scale <= 1:
         raise ValueError(f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
+    image_size = size or image_size
     t: list[Any] = [v2.RandomResizedCrop(image_size, scale=(min_scale, max_scale), antialias=True)]
     if flip_prob > 0:
         t.append(v2.RandomHorizontalFlip(flip_prob))
@@ -107,13 +110,15 @@ def batched_view(
     grayscale_prob: float = 0.2,
     blur_prob: float = 0.5,
     solarize_prob: float = 0.0,
+    size: int | None = None,
 ) -> nn.Module:
     """The same view as ``augmented_view`` for a whole batch at once (kornia), each sample drawing its own
-    random parameters. Takes float images in [0, 1] (B, C, H, W) on any device."""
+    random parameters. Takes float images in [0, 1] (B, C, H, W) on any device; outputs (B, C, size, size)."""
     import kornia.augmentation as K
 
     if not 0 < min_scale <= max_scale <= 1:
         raise ValueError(f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
+    image_size = size or image_size
     t: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=(min_scale, max_scale))]
     if flip_prob > 0:
         t.append(K.RandomHorizontalFlip(p=flip_prob))
@@ -220,3 +225,53 @@ class ClassifierViews(ViewPreset):
 
     def __init__(self, min_scale: float = 0.08, flip_prob: float = 0.5) -> None:
         super().__init__([dict(min_scale=min_scale, flip_prob=flip_prob, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)])
+
+
+class MultiCropViews(ViewPreset):
+    """Multi-crop views of DINO (Caron et al., 2021, sec. 3.1 and appendix; after SwAV): ``global_crops`` large
+    crops (area ``global_scale`` of the image, side ``global_size``, default the image size) followed by
+    ``local_crops`` small ones (area ``local_scale``, side ``local_size``; default 3/7 of the image side rounded
+    to a multiple of 4, i.e. 96 px for 224 px images, 12 px for 28 px). The teacher sees the global crops only.
+
+    DINO's asymmetric recipe: flip, colour jitter w.p. ``jitter_prob`` (strength 0.5: (0.4, 0.4, 0.4, 0.1)),
+    grayscale w.p. 0.2; Gaussian blur w.p. ``global_blur[0]`` on the first global crop and ``global_blur[1]`` on
+    the others, which are also solarized w.p. ``solarize_prob``; blur w.p. ``local_blur`` on local crops."""
+
+    def __init__(
+        self,
+        global_crops: int = 2,
+        local_crops: int = 6,
+        global_size: int | None = None,
+        local_size: int | None = None,
+        global_scale: tuple[float, float] = (0.4, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.4),
+        flip_prob: float = 0.5,
+        jitter_prob: float = 0.8,
+        jitter_strength: float = 0.5,
+        grayscale_prob: float = 0.2,
+        global_blur: tuple[float, float] = (1.0, 0.1),
+        local_blur: float = 0.5,
+        solarize_prob: float = 0.2,
+    ) -> None:
+        if global_crops < 1 or local_crops < 0:
+            raise ValueError(f"need global_crops >= 1 and local_crops >= 0, got {global_crops} and {local_crops}")
+        common = dict(flip_prob=flip_prob, jitter_prob=jitter_prob, jitter_strength=jitter_strength,
+                      grayscale_prob=grayscale_prob)
+        views = [dict(common, min_scale=global_scale[0], max_scale=global_scale[1], size=global_size,
+                      blur_prob=global_blur[0] if i == 0 else global_blur[1],
+                      solarize_prob=0.0 if i == 0 else solarize_prob) for i in range(global_crops)]
+        views += [dict(common, min_scale=local_scale[0], max_scale=local_scale[1], size=local_size, blur_prob=local_blur)
+                  for _ in range(local_crops)]
+        super().__init__(views)
+        self.global_crops, self.local_crops, self.local_size = global_crops, local_crops, local_size
+
+    def views_for(self, image_size: int) -> list[dict[str, Any]]:
+        """The per-view settings with the default local crop size filled in for ``image_size``."""
+        local = self.local_size or max(4, 4 * round(image_size * 3 / 28))
+        return [dict(v, size=local) if i >= self.global_crops else v for i, v in enumerate(self.views)]
+
+    def build(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
+        return MultiViewTransform([augmented_view(image_size, channels, mean, std, **v) for v in self.views_for(image_size)])
+
+    def build_batched(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
+        return MultiViewTransform([batched_view(image_size, channels, mean, std, **v) for v in self.views_for(image_size)])

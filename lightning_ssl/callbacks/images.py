@@ -1,0 +1,176 @@
+"""Pictures of what a model does: MAE reconstructions and DINO's CLS attention maps.
+
+Both callbacks keep a fixed set of images (the first validation batch, or until one has been seen, the first
+view of the first training batch), render a grid every ``every_n_epochs`` training epochs on global rank 0,
+save it as a PNG under ``out_dir`` (default ``<trainer log dir>/images``) and log it to W&B when a
+``WandbLogger`` is attached. The rendering functions work on their own, e.g. in a notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+# a few control points of the "viridis" colormap (dark blue -> green -> yellow), interpolated linearly
+_VIRIDIS = torch.tensor([[0.267, 0.005, 0.329], [0.231, 0.322, 0.545], [0.129, 0.565, 0.553],
+                         [0.369, 0.788, 0.384], [0.993, 0.906, 0.144]])
+
+
+def to_unit_range(x: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Tensor:
+    """Normalized images (B, C, H, W) -> [0, 1]: undo ``(x - mean) / std`` when given, else min-max per image."""
+    x = x.detach().float().cpu()
+    if mean is not None and std is not None:
+        m, s = (torch.tensor(list(v)).view(1, -1, 1, 1) for v in (mean, std))
+        return (x * s + m).clamp(0, 1)
+    lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp(min=1e-8)
+
+
+def colorize(maps: Tensor) -> Tensor:
+    """Maps in [0, 1] (B, H, W) -> RGB (B, 3, H, W) with a viridis-like colormap."""
+    pos = maps.clamp(0, 1) * (len(_VIRIDIS) - 1)
+    lo = pos.floor().long().clamp(max=len(_VIRIDIS) - 2)
+    frac = (pos - lo).unsqueeze(-1)
+    rgb = _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac  # (B, H, W, 3)
+    return rgb.permute(0, 3, 1, 2)
+
+
+def keep_mass(attn: Tensor, threshold: float) -> Tensor:
+    """DINO's thresholded maps (``visualize_attention.py``): 1 on the smallest set of patches holding
+    ``threshold`` of each map's attention mass, 0 elsewhere. attn (..., h, w)."""
+    flat = attn.flatten(-2)
+    values, idx = flat.sort(dim=-1)  # ascending, as in the reference
+    cum = (values / values.sum(-1, keepdim=True)).cumsum(-1)
+    keep = torch.zeros_like(flat).scatter(-1, idx, (cum > 1 - threshold).to(flat.dtype))
+    return keep.view_as(attn)
+
+
+def render_attention(images: Tensor, attn: Tensor, threshold: float | None = None, alpha: float = 0.6) -> Tensor:
+    """One row per image: the image, then the mean over heads and each head's CLS attention map, upsampled to
+    the image (nearest: one block per patch, as in DINO's figures) and blended over it.
+
+    Args:
+        images: (B, C, H, W) in [0, 1] (see ``to_unit_range``).
+        attn: (B, heads, h, w) CLS -> patch attention (``ViT.last_attention``).
+        threshold: show DINO's binarized maps keeping this fraction of the attention mass (e.g. 0.6).
+    Returns: a grid image (3, rows * H', columns * W') in [0, 1].
+    """
+    b, _, hh, ww = images.shape
+    attn = attn.detach().float().cpu()
+    maps = torch.cat([attn.mean(1, keepdim=True), attn], dim=1)  # (B, 1 + heads, h, w)
+    maps = keep_mass(maps, threshold) if threshold is not None else maps
+    maps = F.interpolate(maps, size=(hh, ww), mode="nearest")
+    lo, hi = maps.amin(dim=(2, 3), keepdim=True), maps.amax(dim=(2, 3), keepdim=True)
+    maps = (maps - lo) / (hi - lo).clamp(min=1e-8)
+    rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+    heat = colorize(maps.flatten(0, 1)).view(b, -1, 3, hh, ww)
+    overlay = (1 - alpha) * rgb.unsqueeze(1) + alpha * heat  # (B, 1 + heads, 3, H, W)
+    tiles = torch.cat([rgb.unsqueeze(1), overlay], dim=1).flatten(0, 1)
+    return make_grid(tiles, nrow=maps.shape[1] + 1, padding=1, pad_value=1.0)
+
+
+def render_reconstructions(original: Tensor, masked: Tensor, reconstruction: Tensor) -> Tensor:
+    """One row per image: original | masked | reconstruction, all (B, C, H, W) in [0, 1] -> grid (3, H', W')."""
+    tiles = torch.stack([original, masked, reconstruction], dim=1).flatten(0, 1)
+    if tiles.shape[1] == 1:
+        tiles = tiles.expand(-1, 3, -1, -1)
+    return make_grid(tiles.clamp(0, 1), nrow=3, padding=1, pad_value=1.0)
+
+
+def publish(trainer: L.Trainer, grid: Tensor, name: str, out_dir: str | Path | None, caption: str) -> Path:
+    """Save ``grid`` (3, H, W) as ``<out_dir>/<name>_epoch<NNN>.png`` and log it to every W&B logger."""
+    root = Path(out_dir) if out_dir is not None else Path(trainer.log_dir or trainer.default_root_dir) / "images"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{name}_epoch{trainer.current_epoch:03d}.png"
+    save_image(grid, path)
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            image = (grid.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            logger.log_image(key=f"images/{name}", images=[image], caption=[caption], step=trainer.global_step)
+    return path
+
+
+class _ImageCallback(L.Callback):
+    name = "images"
+
+    def __init__(self, num_images: int = 8, every_n_epochs: int = 1, out_dir: str | None = None) -> None:
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        self.num_images, self.every_n_epochs, self.out_dir = num_images, every_n_epochs, out_dir
+        self._val: Tensor | None = None
+        self._train: Tensor | None = None
+        self.last_path: Path | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._val is None and dataloader_idx == 0 and isinstance(batch, (list, tuple)):
+            self._val = batch[0][: self.num_images].detach().cpu()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._train is None and self._val is None:
+            x = batch[0][0] if isinstance(batch[0], (list, tuple)) else batch[0]
+            self._train = x[: self.num_images].detach().cpu()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        images = self._val if self._val is not None else self._train
+        if (self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs or images is None
+                or not trainer.is_global_zero):
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            grid, caption = self.render(pl_module, images.to(pl_module.device), trainer)
+        finally:
+            pl_module.train(was_training)
+        self.last_path = publish(trainer, grid, self.name, self.out_dir, caption)
+
+    def render(self, pl_module, images: Tensor, trainer) -> tuple[Tensor, str]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _norm_stats(trainer) -> tuple[Any, Any]:
+        dm = trainer.datamodule
+        return dm.norm_stats() if hasattr(dm, "norm_stats") else (None, None)
+
+
+class MAEReconstructionLogger(_ImageCallback):
+    """Grid of original | masked | reconstruction (visible patches pasted back) for an MAE model, with a fixed
+    masking seed so epochs compare."""
+
+    name = "mae_reconstruction"
+
+    def __init__(self, num_images: int = 8, every_n_epochs: int = 1, out_dir: str | None = None, seed: int = 0) -> None:
+        super().__init__(num_images, every_n_epochs, out_dir)
+        self.seed = seed
+
+    def render(self, pl_module, images, trainer):
+        masked, recon = pl_module.reconstruct(images, torch.Generator().manual_seed(self.seed))
+        mean, std = self._norm_stats(trainer)
+        grid = render_reconstructions(*(to_unit_range(t, mean, std) for t in (images, masked, recon)))
+        return grid, f"original | masked ({pl_module.mask_ratio:.0%}) | reconstruction, epoch {trainer.current_epoch}"
+
+
+class AttentionMapLogger(_ImageCallback):
+    """Grid of DINO's CLS attention maps of the last block (teacher ViT): image | mean over heads | each head.
+    ``threshold`` (e.g. 0.6) shows the binarized maps of the paper's figures instead."""
+
+    name = "attention_maps"
+
+    def __init__(self, num_images: int = 8, every_n_epochs: int = 1, out_dir: str | None = None,
+                 threshold: float | None = None) -> None:
+        super().__init__(num_images, every_n_epochs, out_dir)
+        self.threshold = threshold
+
+    def render(self, pl_module, images, trainer):
+        attn = pl_module.attention_maps(images)
+        mean, std = self._norm_stats(trainer)
+        grid = render_attention(to_unit_range(images, mean, std), attn, self.threshold)
+        return grid, f"image | mean over heads | heads 1-{attn.shape[1]}, epoch {trainer.current_epoch}"

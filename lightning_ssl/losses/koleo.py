@@ -1,0 +1,49 @@
+"""The KoLeo regularizer (Sablayrolles et al., "Spreading vectors for similarity search", ICLR 2019), as used
+in DINOv2 (Oquab et al., 2023, sec. 4) on the student's CLS features of each global crop:
+
+    x_i <- x_i / ||x_i||,   d_i = min_{j != i} ||x_i - x_j||,   loss = -(1/B) sum_i log(d_i + eps)
+
+It is the Kozachenko-Leonenko entropy estimator (up to constants): minimizing it spreads the features
+uniformly within the batch. DINOv2 searches the neighbours within each GPU's batch, so its regularizer changes
+with the number of GPUs; here the neighbours are searched over the global batch by default (features gathered
+with gradients), which gives the same loss and gradients on any number of processes. ``local=True`` restores
+the per-process search.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_ssl.losses._utils import full_precision
+from lightning_ssl.modules.distributed import gather, rank
+
+
+@full_precision
+def koleo_loss(x: Tensor, eps: float = 1e-8, local: bool = False) -> Tensor:
+    """x: (B, D) features of this process. Returns the mean negative log distance of each row to its nearest
+    neighbour among the rows of all processes (``local``: of this process only); at least 2 rows in all."""
+    if x.ndim != 2:
+        raise ValueError(f"KoLeo needs (B, D) features, got {tuple(x.shape)}")
+    x = F.normalize(x.float(), dim=-1, eps=eps)
+    others = x if local else gather(x)
+    if others.shape[0] < 2:
+        raise ValueError(f"KoLeo needs at least 2 rows to find neighbours, got {others.shape[0]}")
+    offset = 0 if local else rank() * x.shape[0]
+    with torch.no_grad():  # the nearest neighbour is an index: found without gradient, as in DINOv2
+        dots = x @ others.T
+        own = torch.arange(x.shape[0], device=x.device)
+        dots[own, own + offset] = -2.0  # below any cosine: a row is not its own neighbour
+        nearest = dots.argmax(dim=1)
+    distances = (x - others[nearest]).norm(dim=-1)
+    return -torch.log(distances + eps).mean()
+
+
+class KoLeoLoss(nn.Module):
+    def __init__(self, eps: float = 1e-8, local: bool = False) -> None:
+        super().__init__()
+        self.eps, self.local = eps, local
+
+    def forward(self, x: Tensor) -> Tensor:
+        return koleo_loss(x, self.eps, self.local)
