@@ -21,6 +21,8 @@ from lightning_ssl.cli import cli
 from lightning_ssl.eval.report import evaluate_knn
 
 NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "mocov3": "MoCo v3", "byol": "BYOL", "simsiam": "SimSiam"}
+NAMES.update({"rotation": "RotNet (rotation)", "jigsaw": "Jigsaw"})
+NAMES.update({"mae": "MAE (ViT)", "dino": "DINO (ViT)"})
 
 
 class TrainThroughput(L.Callback):

@@ -1,11 +1,12 @@
 """Callbacks usable with any method that has ``embed``."""
 
+from lightning_ssl.callbacks.colorization import ColorizationImages
 from lightning_ssl.callbacks.guards import CollapseMonitor, NonFiniteError, NonFiniteGuard
 from lightning_ssl.callbacks.images import AttentionMapLogger, MAEReconstructionLogger
 from lightning_ssl.callbacks.knn import KNNMonitor
 from lightning_ssl.callbacks.probe import OnlineLinearProbe
 
 __all__ = [
-    "AttentionMapLogger", "CollapseMonitor", "KNNMonitor", "MAEReconstructionLogger", "NonFiniteError",
-    "NonFiniteGuard", "OnlineLinearProbe",
+    "AttentionMapLogger", "CollapseMonitor", "ColorizationImages", "KNNMonitor", "MAEReconstructionLogger",
+    "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe",
 ]

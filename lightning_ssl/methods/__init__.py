@@ -2,13 +2,17 @@
 
 from lightning_ssl.methods.base import MomentumMethod, SSLMethod
 from lightning_ssl.methods.byol import BYOL
+from lightning_ssl.methods.colorization import Colorization
 from lightning_ssl.methods.dino import DINO
+from lightning_ssl.methods.jigsaw import Jigsaw
 from lightning_ssl.methods.mae import MAE
 from lightning_ssl.methods.moco import MoCo
 from lightning_ssl.methods.mocov3 import MoCoV3
+from lightning_ssl.methods.rotation import RotNet
 from lightning_ssl.methods.simclr import SimCLR
 from lightning_ssl.methods.simsiam import SimSiam
 
 __all__ = [
-    "BYOL", "DINO", "MAE", "MoCo", "MoCoV3", "MomentumMethod", "SimCLR", "SimSiam", "SSLMethod",
+    "BYOL", "Colorization", "DINO", "Jigsaw", "MAE", "MoCo", "MoCoV3", "MomentumMethod", "RotNet", "SimCLR",
+    "SimSiam", "SSLMethod",
 ]
