@@ -21,6 +21,16 @@ def _ids(p):
 
 
 def _synthetic(data: dict, tmp_path: Path) -> list[str]:
+    if data["class_path"].endswith("ImageTextDataModule"):  # a table of generated pictures with captions
+        from PIL import Image
+
+        rows = ["image,caption,label,group,subgroup"]
+        for i in range(16):
+            colour = ("red", "blue")[i % 2]
+            Image.new("RGB", (24, 24), colour).save(tmp_path / f"{i}.png")
+            rows.append(f"{i}.png,a {colour} square number {i},{colour},{colour} things,squares")
+        (tmp_path / "pairs.csv").write_text("\n".join(rows))
+        return [f"--data.source={tmp_path / 'pairs.csv'}", "--data.batch_size=4", "--data.num_workers=0"]
     if data["class_path"].endswith("TextClassificationDataModule"):
         rows = ["text,label"] + [f"{w} number {i},{w}" for i in range(10) for w in ("cats", "stocks")]
         (tmp_path / "text.csv").write_text("\n".join(rows))

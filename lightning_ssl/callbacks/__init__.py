@@ -1,5 +1,6 @@
 """Callbacks usable with any method that has ``embed``."""
 
+from lightning_ssl.callbacks.clip import CLIPEmbeddingPlot
 from lightning_ssl.callbacks.colorization import ColorizationImages
 from lightning_ssl.callbacks.guards import CollapseMonitor, NonFiniteError, NonFiniteGuard
 from lightning_ssl.callbacks.images import AttentionMapLogger, MAEReconstructionLogger
@@ -7,6 +8,6 @@ from lightning_ssl.callbacks.knn import KNNMonitor
 from lightning_ssl.callbacks.probe import OnlineLinearProbe
 
 __all__ = [
-    "AttentionMapLogger", "CollapseMonitor", "ColorizationImages", "KNNMonitor", "MAEReconstructionLogger",
-    "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe",
+    "AttentionMapLogger", "CLIPEmbeddingPlot", "CollapseMonitor", "ColorizationImages", "KNNMonitor",
+    "MAEReconstructionLogger", "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe",
 ]

@@ -11,6 +11,7 @@ from lightning_ssl.data.datamodules import (
     SyntheticDataModule,
 )
 from lightning_ssl.data.emoji import EmojiDataModule, load_emoji
+from lightning_ssl.data.image_text import ImageTextDataModule, ImageTextDataset, read_image_text_table
 from lightning_ssl.data.text import TextClassificationDataModule
 from lightning_ssl.data.transforms import (
     ClassifierViews,
@@ -26,7 +27,8 @@ from lightning_ssl.data.transforms import (
 
 __all__ = [
     "augmented_view", "CIFAR100DataModule", "CIFAR10DataModule", "ClassifierViews", "EmojiDataModule",
-    "eval_transform", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule", "load_emoji",
-    "MedicalViews", "MNISTDataModule", "MultiCropViews", "MultiViewTransform", "SatelliteViews", "SimCLRViews",
-    "STL10DataModule", "SyntheticDataModule", "TextClassificationDataModule", "ViewPreset",
+    "eval_transform", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule", "ImageTextDataModule",
+    "ImageTextDataset", "load_emoji", "MedicalViews", "MNISTDataModule", "MultiCropViews", "MultiViewTransform",
+    "read_image_text_table", "SatelliteViews", "SimCLRViews", "STL10DataModule", "SyntheticDataModule",
+    "TextClassificationDataModule", "ViewPreset",
 ]

@@ -1,5 +1,6 @@
 """Losses: pure functions plus thin ``nn.Module`` wrappers. No Lightning imports here."""
 
+from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.losses.dino import DINOLoss, dino_loss, updated_center
 from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_loss
@@ -9,7 +10,8 @@ from lightning_ssl.losses.mae import MAELoss, mae_loss
 from lightning_ssl.losses.negative_cosine import NegativeCosineSimilarity, byol_loss, negative_cosine_similarity
 
 __all__ = [
-    "ab_regression_loss", "byol_loss", "colorization_loss", "dino_loss", "DINOLoss", "ibot_loss", "IBOTPatchLoss",
-    "info_nce_loss", "InfoNCELoss", "koleo_loss", "KoLeoLoss", "mae_loss", "MAELoss", "negative_cosine_similarity",
-    "NegativeCosineSimilarity", "nt_xent_loss", "NTXentLoss", "updated_center",
+    "ab_regression_loss", "byol_loss", "clip_logits", "clip_loss", "CLIPLoss", "colorization_loss", "dino_loss",
+    "DINOLoss", "ibot_loss", "IBOTPatchLoss", "info_nce_loss", "InfoNCELoss", "koleo_loss", "KoLeoLoss", "mae_loss",
+    "MAELoss", "negative_cosine_similarity", "NegativeCosineSimilarity", "nt_xent_loss", "NTXentLoss",
+    "updated_center",
 ]

@@ -2,6 +2,7 @@
 
 from lightning_ssl.methods.base import MomentumMethod, SSLMethod
 from lightning_ssl.methods.byol import BYOL
+from lightning_ssl.methods.clip import CLIP
 from lightning_ssl.methods.colorization import Colorization
 from lightning_ssl.methods.dino import DINO
 from lightning_ssl.methods.jigsaw import Jigsaw
@@ -13,6 +14,6 @@ from lightning_ssl.methods.simclr import SimCLR
 from lightning_ssl.methods.simsiam import SimSiam
 
 __all__ = [
-    "BYOL", "Colorization", "DINO", "Jigsaw", "MAE", "MoCo", "MoCoV3", "MomentumMethod", "RotNet", "SimCLR",
+    "BYOL", "CLIP", "Colorization", "DINO", "Jigsaw", "MAE", "MoCo", "MoCoV3", "MomentumMethod", "RotNet", "SimCLR",
     "SimSiam", "SSLMethod",
 ]

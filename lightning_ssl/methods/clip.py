@@ -1,0 +1,198 @@
+"""CLIP: Learning Transferable Visual Models From Natural Language Supervision (Radford et al., ICML 2021).
+
+For a batch of N (image, caption) pairs:
+    I = normalize(W_i f(image))       image tower f (any backbone) + linear projection, (N, D)
+    T = normalize(W_t g(caption))     text tower g (``modules.text.TextTransformer`` or a pretrained
+                                      ``HFTextEncoder``) + linear projection, (N, D)
+    loss = symmetric InfoNCE of s * I @ T.T    s = exp(t) learned, t initialized to ln(1/0.07), s <= 100
+Negatives come from the global batch under DDP (gathered with gradients; ``local_loss`` keeps the logits
+linear in the global batch per process, see ``losses.clip``). ``lock_text`` freezes a pretrained text tower
+and ``lock_image`` the image tower (LiT, Zhai et al., CVPR 2022, locks a pretrained image tower); the
+projections still learn.
+
+Validation (val dataloader 0 of an ``ImageTextDataModule``: held-out images, their captions and labels) logs
+``val/zeroshot_top1`` (class names x prompt templates, ensembled), ``val/i2t_recall@{1,5,10}`` and
+``val/t2i_recall@{1,5,10}``; ``validation_step`` also returns the backbone ``features`` and ``labels`` for
+the kNN monitor and online probe, and the two embeddings for ``callbacks.CLIPEmbeddingPlot``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_ssl.eval.zeroshot import DEFAULT_TEMPLATES, recall_at_k, zero_shot_accuracy
+from lightning_ssl.losses.clip import CLIPLoss
+from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.distributed import gather
+from lightning_ssl.optim import WarmupCosineLR
+
+
+class CLIP(SSLMethod):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        text_encoder: nn.Module,
+        embed_dim: int = 256,
+        temperature: float = 0.07,
+        max_logit_scale: float = 100.0,
+        learn_logit_scale: bool = True,
+        lock_image: bool = False,
+        lock_text: bool = False,
+        local_loss: bool = True,
+        cache_locked_text: bool = True,
+        zeroshot_templates: list[str] | None = None,
+        recall_ks: list[int] | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
+        """
+        Args:
+            text_encoder: a module mapping ``list[str]`` to (B, num_features); one with ``fit_tokenizer`` and no
+                tokenizer yet gets one trained on the datamodule's ``train_captions()`` when fitting starts.
+            embed_dim: width of the shared image-text space.
+            temperature, max_logit_scale, learn_logit_scale: s = exp(t), t starts at ln(1/temperature),
+                s is clamped at ``max_logit_scale``.
+            cache_locked_text: with ``lock_text``, remember the text features of every caption seen (the locked
+                tower is deterministic), so each distinct caption goes through a large pretrained model once.
+            zeroshot_templates: prompts with one ``{}`` for the class name; default: the datamodule's.
+        """
+        super().__init__(backbone, optimizer, scheduler)
+        self.save_hyperparameters()
+        self.text_encoder = text_encoder
+        text_dim = getattr(text_encoder, "num_features", None)
+        if not isinstance(text_dim, int):
+            raise ValueError(f"the text encoder {type(text_encoder).__name__} must have an int num_features")
+        self.image_proj = nn.Linear(self.num_features, embed_dim, bias=False)
+        self.text_proj = nn.Linear(text_dim, embed_dim, bias=False)
+        self.criterion = CLIPLoss(temperature, max_logit_scale, learn_logit_scale, local_loss)
+        self.lock_image, self.lock_text = lock_image, lock_text
+        if lock_image:
+            self.backbone.requires_grad_(False)
+        if lock_text:
+            self.text_encoder.requires_grad_(False)
+        self.cache_locked_text = cache_locked_text
+        self._text_cache: dict[str, Tensor] = {}
+        self.zeroshot_templates = zeroshot_templates
+        self.recall_ks = list(recall_ks or (1, 5, 10))
+        self._eval_store: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    # -- the two towers ---------------------------------------------------------------------------------------
+    @property
+    def logit_scale(self) -> Tensor:
+        """s = exp(t), clamped at ``max_logit_scale``."""
+        return self.criterion.scale()
+
+    def train(self, mode: bool = True) -> CLIP:
+        super().train(mode)
+        # locked towers stay in eval mode: no dropout, frozen BatchNorm statistics (as LiT)
+        if self.lock_image:
+            self.backbone.eval()
+        if self.lock_text:
+            self.text_encoder.eval()
+        return self
+
+    def image_features(self, x: Tensor) -> Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_image):
+            return self.backbone(x)  # (B, num_features)
+
+    def text_features(self, texts: list[str]) -> Tensor:
+        texts = list(texts)
+        if not (self.lock_text and self.cache_locked_text):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.lock_text):
+                return self.text_encoder(texts)  # (B, text num_features)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if missing:
+            with torch.no_grad():
+                self._text_cache.update(zip(missing, self.text_encoder(missing).float()))
+        return torch.stack([self._text_cache[t] for t in texts]).to(self.text_proj.weight.device)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self._text_cache.clear()  # new text-tower weights: cached features are stale
+        return super().load_state_dict(*args, **kwargs)
+
+    def encode_image(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> L2-normalized (B, embed_dim)."""
+        return F.normalize(self.image_proj(self.image_features(x)), dim=-1)
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """B strings -> L2-normalized (B, embed_dim)."""
+        return F.normalize(self.text_proj(self.text_features(texts)), dim=-1)
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        fit = getattr(self.text_encoder, "fit_tokenizer", None)
+        if stage != "fit" or fit is None or getattr(self.text_encoder, "tokenizer", None) is not None:
+            return  # a resumed run gets the tokenizer back from the checkpoint's state_dict
+        dm = self.trainer.datamodule
+        if not hasattr(dm, "train_captions"):
+            raise ValueError(f"{type(self.text_encoder).__name__} has no tokenizer and the datamodule "
+                             f"{type(dm).__name__} has no train_captions() to train one on: give tokenizer_path")
+        from lightning_ssl.modules.text import BPETokenizer
+
+        # rank 0 trains the BPE and every process takes its copy: identical vocabularies under DDP
+        state = self.trainer.strategy.broadcast(fit(dm.train_captions()).to_str() if self.global_rank == 0 else None, src=0)
+        self.text_encoder.set_tokenizer(BPETokenizer.from_str(state))
+        if self.global_rank == 0:
+            ckpt = self.trainer.checkpoint_callback
+            folder = Path(getattr(ckpt, "dirpath", None) or self.trainer.default_root_dir)
+            self.text_encoder.tokenizer.save(folder / "tokenizer.json")  # also stored in every checkpoint
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        x, _, captions = batch
+        h = self.image_features(x)
+        loss = self.criterion(self.image_proj(h), self.text_proj(self.text_features(captions)))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/logit_scale", self.logit_scale.detach())
+        return {"loss": loss, "features": h.detach()}
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.criterion.clamp_()
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        x, y = batch[0], batch[1]
+        h = self.image_features(x)
+        out = {"features": h, "labels": y}
+        if dataloader_idx == 0 and len(batch) > 2:  # held-out pairs: retrieval and zero-shot
+            out["image_emb"] = F.normalize(self.image_proj(h), dim=-1)
+            out["text_emb"] = self.encode_text(batch[2])
+            self._eval_store.append((out["image_emb"].float(), out["text_emb"].float(), y))
+        return out
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_store = []
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_store = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._log_clip_metrics("val")
+        self._eval_store = []
+
+    def on_test_epoch_end(self) -> None:
+        self._log_clip_metrics("test")
+        self._eval_store = []
+
+    def _log_clip_metrics(self, prefix: str) -> None:
+        if not self._eval_store:
+            return
+        img, txt, labels = (gather(torch.cat(t), with_grad=False) for t in zip(*self._eval_store))
+        for name, q, t in (("i2t", img, txt), ("t2i", txt, img)):
+            for k, r in recall_at_k(q, t, self.recall_ks).items():
+                self.log(f"{prefix}/{name}_recall@{k}", r, rank_zero_only=True)
+        dm = self.trainer.datamodule
+        class_names = list(getattr(dm, "class_names", None) or [])
+        if class_names and (labels >= 0).all():
+            templates = self.zeroshot_templates or getattr(dm, "zeroshot_templates", None) or DEFAULT_TEMPLATES
+            acc = zero_shot_accuracy(self, None, labels.cpu(), class_names, templates, image_embeddings=img.cpu())
+            self.log(f"{prefix}/zeroshot_top1", acc[1], prog_bar=True, rank_zero_only=True)
+            if 5 in acc:
+                self.log(f"{prefix}/zeroshot_top5", acc[5], rank_zero_only=True)

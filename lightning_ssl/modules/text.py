@@ -1,0 +1,169 @@
+"""A small text tower of our own for CLIP: a byte-level BPE tokenizer trained on the captions (Hugging Face
+``tokenizers``) and a transformer encoder (Radford et al., 2021, sec. 2.4: causal masking, the final state of
+the end-of-text token as the text feature; or bidirectional with mean pooling).
+
+The tokenizer is part of the model's state: ``TextTransformer`` stores its JSON in the ``state_dict`` (as a
+uint8 tensor, so checkpoints still load with ``weights_only=True``), and ``CLIP`` trains it on the
+datamodule's captions when a fit starts without one. Byte-level BPE has no unknown tokens: any string
+round-trips (up to lowercasing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+PAD, SOT, EOT = "<pad>", "<sot>", "<eot>"
+
+
+class BPETokenizer:
+    """Byte-level BPE (GPT-2 style) with ``<pad>`` = 0, ``<sot>`` and ``<eot>`` special tokens.
+
+    ``encode`` gives (B, context_length) ids ``<sot> text <eot> <pad>...``; text too long is truncated but
+    keeps its ``<eot>`` (the token a causal text tower reads the feature from)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.pad_id, self.sot_id, self.eot_id = (tokenizer.token_to_id(t) for t in (PAD, SOT, EOT))
+        if self.pad_id != 0 or self.sot_id is None or self.eot_id is None:
+            raise ValueError("not a BPETokenizer: <pad> must be id 0 and <sot>/<eot> must exist")
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, lowercase: bool = True) -> BPETokenizer:
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        norms = [normalizers.NFC()] + ([normalizers.Lowercase()] if lowercase else [])
+        tok.normalizer = normalizers.Sequence(norms)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                      special_tokens=[PAD, SOT, EOT],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # no unknown bytes
+        texts = list(texts)
+        if not texts:
+            raise ValueError("cannot train a tokenizer on no text")
+        tok.train_from_iterator(texts, trainer)
+        return cls(tok)
+
+    @classmethod
+    def from_str(cls, s: str) -> BPETokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_str(s))
+
+    @classmethod
+    def load(cls, path: str | Path) -> BPETokenizer:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"tokenizer file {str(p)!r} does not exist")
+        return cls.from_str(p.read_text(encoding="utf-8"))
+
+    def to_str(self) -> str:
+        return self.tokenizer.to_str()
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(self.to_str(), encoding="utf-8")
+        return p
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, texts: list[str], context_length: int) -> Tensor:
+        """(B, context_length) int64 ids."""
+        if context_length < 3:
+            raise ValueError(f"context_length must be >= 3, got {context_length}")
+        out = torch.zeros(len(texts), context_length, dtype=torch.long)
+        for i, enc in enumerate(self.tokenizer.encode_batch([str(t) for t in texts], add_special_tokens=False)):
+            ids = [self.sot_id, *enc.ids[: context_length - 2], self.eot_id]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def decode(self, ids: Tensor | list[int]) -> str:
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        return self.tokenizer.decode([i for i in ids if i not in (self.pad_id, self.sot_id, self.eot_id)])
+
+
+class TextTransformer(nn.Module):
+    """Token + learned position embeddings, ``layers`` pre-norm transformer blocks, final LayerNorm.
+
+    ``causal=True`` with ``pooling="eot"`` is CLIP's text tower; ``causal=False`` with ``pooling="mean"`` a
+    BERT-like one. ``forward(list[str]) -> (B, width)``. ``vocab_size`` fixes the embedding table; the
+    tokenizer (``tokenizer_path``, or trained later with ``fit_tokenizer``) must not be larger.
+    """
+
+    def __init__(self, vocab_size: int = 4096, width: int = 256, layers: int = 4, heads: int = 4,
+                 context_length: int = 32, causal: bool = True, pooling: str = "eot", dropout: float = 0.0,
+                 tokenizer_path: str | None = None, min_frequency: int = 2, lowercase: bool = True) -> None:
+        super().__init__()
+        if pooling not in ("eot", "mean"):
+            raise ValueError(f"pooling must be 'eot' or 'mean', got {pooling!r}")
+        if width % heads:
+            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+        self.vocab_size, self.context_length, self.causal, self.pooling = vocab_size, context_length, causal, pooling
+        self.min_frequency, self.lowercase = min_frequency, lowercase
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.pos_embedding = nn.Parameter(torch.randn(context_length, width) * 0.01)
+        block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.transformer = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.ln_final = nn.LayerNorm(width)
+        self.num_features = width
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.tokenizer: BPETokenizer | None = None
+        if tokenizer_path:
+            self.set_tokenizer(BPETokenizer.load(tokenizer_path))
+
+    # -- the tokenizer --------------------------------------------------------------------------------------
+    def set_tokenizer(self, tokenizer: BPETokenizer) -> None:
+        if tokenizer.vocab_size > self.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the embedding table "
+                             f"(vocab_size={self.vocab_size})")
+        self.tokenizer = tokenizer
+
+    def fit_tokenizer(self, texts: Iterable[str]) -> BPETokenizer:
+        """Train the BPE on ``texts`` (e.g. all training captions) with at most ``vocab_size`` tokens."""
+        self.set_tokenizer(BPETokenizer.train(texts, self.vocab_size, self.min_frequency, self.lowercase))
+        return self.tokenizer
+
+    def get_extra_state(self) -> Tensor:
+        # the tokenizer travels in the state_dict as UTF-8 bytes: a tensor, so weights_only loading accepts it
+        data = self.tokenizer.to_str().encode("utf-8") if self.tokenizer is not None else b""
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        if isinstance(state, Tensor) and state.numel():
+            self.set_tokenizer(BPETokenizer.from_str(bytes(state.cpu().tolist()).decode("utf-8")))
+
+    def tokenize(self, texts: list[str]) -> Tensor:
+        if self.tokenizer is None:
+            raise RuntimeError("TextTransformer has no tokenizer yet: give tokenizer_path, or call "
+                               "fit_tokenizer(captions) (CLIP does this from the datamodule when fit starts)")
+        return self.tokenizer.encode(list(texts), self.context_length)
+
+    # -- the encoder ----------------------------------------------------------------------------------------
+    def encode_ids(self, ids: Tensor) -> Tensor:
+        """(B, T) token ids -> (B, width)."""
+        t = ids.shape[1]
+        x = self.token_embedding(ids) + self.pos_embedding[:t]  # (B, T, W)
+        pad = ids == 0
+        mask = torch.triu(torch.ones(t, t, dtype=torch.bool, device=ids.device), 1) if self.causal else None
+        # a causal tower never attends to the padding after <eot> anyway; a bidirectional one must be told
+        x = self.transformer(x, mask=mask, src_key_padding_mask=None if self.causal else pad, is_causal=self.causal)
+        x = self.ln_final(x)
+        if self.pooling == "eot":
+            eot = (~pad).sum(1) - 1  # <sot> text <eot> <pad>...: the last non-padding position
+            return x[torch.arange(len(x), device=x.device), eot]
+        keep = (~pad).unsqueeze(-1).to(x.dtype)
+        return (x * keep).sum(1) / keep.sum(1).clamp_min(1)
+
+    def forward(self, texts: list[str] | Tensor) -> Tensor:
+        ids = texts if isinstance(texts, Tensor) else self.tokenize(texts)
+        return self.encode_ids(ids.to(self.token_embedding.weight.device))
+
