@@ -24,7 +24,13 @@ from lightning_ssl.data import (
 from lightning_ssl.data.datasets import TensorImageDataset
 from lightning_ssl.eval import Classifier, export_backbone
 from lightning_ssl.losses import InfoNCELoss, NTXentLoss
-from lightning_ssl.methods import BYOL, MoCo, MoCoV3, SimCLR
+from lightning_ssl.data import ImageTextDataModule, MultiCropViews
+from lightning_ssl.losses import CLIPLoss, DINOLoss
+from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, SimCLR
+from lightning_ssl.modules.color import rgb_to_lab
+from lightning_ssl.modules.masking import block_masking, patchify
+from lightning_ssl.modules.text import BPETokenizer, TextTransformer
+from lightning_ssl.modules.vit import ViT
 from lightning_ssl.modules.backbones import ResNet, SmallCNN
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.pretrained import CheckpointBackbone
@@ -118,6 +124,30 @@ def caption_file_without_columns(tmp_path):
 def undecodable_caption_file(tmp_path):
     (tmp_path / "t.jsonl").write_bytes(b'{"text": "ok", "label": 1}\n\xff\xfe{broken')
     TextClassificationDataModule(source=str(tmp_path / "t.jsonl")).setup()
+
+
+def vit():
+    return ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+
+
+def image_text_table(tmp_path, text: str | None):
+    if text is not None:
+        (tmp_path / "pairs.csv").write_text(text)
+    ImageTextDataModule(source=str(tmp_path / "pairs.csv"), num_workers=0).setup("fit")
+
+
+def missing_image_in_table(tmp_path):
+    _png(tmp_path / "a.png")
+    image_text_table(tmp_path, "image,caption\na.png,a green square\nb.png,a missing picture\n")
+
+
+def clip_text_without_tokenizer(tmp_path):
+    model = CLIP(cnn(), TextTransformer(vocab_size=64, width=8, layers=1, heads=2), embed_dim=4)
+    model.text_features(["a caption"])
+
+
+def colorization_on_grey_data(tmp_path):
+    fit(Colorization(cnn()), data(), tmp_path)
 
 
 def queue_smaller_than_batch(tmp_path):
@@ -251,6 +281,39 @@ CASES = [
     ("empty-checkpoint", empty_checkpoint, CheckpointError, r"is empty"),
     ("not-a-lightning-checkpoint", not_a_lightning_checkpoint, CheckpointError, r"not a Lightning checkpoint"),
     ("export-plain-state-dict", export_from_plain_state_dict, CheckpointError, r"not a lightning_ssl checkpoint"),
+    # vision transformers, MAE, DINO / iBOT
+    ("vit-patch-not-dividing-image", lambda t: ViT(image_size=28, patch_size=5), ValueError, r"28 is not a multiple of patch_size 5"),
+    ("patchify-patch-not-dividing", lambda t: patchify(torch.zeros(1, 1, 16, 16), 5), ValueError, r"not divisible by the patch size 5"),
+    ("mae-mask-ratio-1", lambda t: MAE(vit(), mask_ratio=1.0), ValueError, r"mask_ratio must lie in \[0, 1\)"),
+    ("mae-mask-ratio-negative", lambda t: MAE(vit(), mask_ratio=-0.1), ValueError, r"mask_ratio must lie in \[0, 1\)"),
+    ("mae-on-a-cnn", lambda t: MAE(cnn()), ValueError, r"MAE needs a ViT backbone"),
+    ("mae-wrong-image-size", lambda t: MAE(vit(), decoder_dim=8, decoder_depth=1, decoder_heads=2).forward_mae(
+        torch.zeros(2, 1, 20, 20)), ValueError, r"built for 16 px images"),
+    ("dino-teacher-temp-0", lambda t: DINO(vit(), teacher_temp=0.0), ValueError, r"teacher_temp must be > 0"),
+    ("dino-student-temp-negative", lambda t: DINO(vit(), student_temp=-1), ValueError, r"student_temp must be > 0"),
+    ("dino-loss-temp-0", lambda t: DINOLoss(out_dim=8, student_temp=0), ValueError, r"temperatures must be > 0"),
+    ("dino-center-momentum-above-1", lambda t: DINOLoss(out_dim=8, center_momentum=1.5), ValueError,
+     r"center momentum must lie in \[0, 1\]"),
+    ("dino-no-global-crops", lambda t: DINO(vit(), num_global_crops=0), ValueError, r"num_global_crops must be >= 1"),
+    ("ibot-on-a-cnn", lambda t: DINO(cnn(), ibot_weight=1.0), ValueError, r"iBOT"),
+    ("ibot-mask-ratio-above-1", lambda t: block_masking(2, (4, 4), (0.1, 1.2)), ValueError, r"mask ratio range"),
+    ("multicrop-no-global-crops", lambda t: MultiCropViews(global_crops=0), ValueError, r"global_crops >= 1"),
+    # pretext tasks
+    ("jigsaw-too-many-permutations", lambda t: Jigsaw(cnn(), grid=2, num_permutations=30), ValueError,
+     r"num_permutations must lie in \[2, 24\]"),
+    ("jigsaw-grid-1", lambda t: Jigsaw(cnn(), grid=1), ValueError, r"grid must be >= 2"),
+    ("colorization-on-grey-data", colorization_on_grey_data, ValueError, r"needs colour images"),
+    ("lab-of-a-grey-image", lambda t: rgb_to_lab(torch.zeros(1, 1, 4, 4)), ValueError, r"colour images"),
+    ("colorization-unknown-mode", lambda t: Colorization(cnn(), mode="gan"), ValueError, r"mode must be 'classification' or 'regression'"),
+    # CLIP
+    ("clip-temperature-0", lambda t: CLIPLoss(temperature=0.0), ValueError, r"temperature and max_scale must be > 0"),
+    ("clip-text-without-tokenizer", clip_text_without_tokenizer, RuntimeError, r"no tokenizer"),
+    ("tokenizer-on-no-text", lambda t: BPETokenizer.train([]), ValueError, r"cannot train a tokenizer on no text"),
+    ("missing-image-text-table", lambda t: image_text_table(t, None), FileNotFoundError, r"does not exist"),
+    ("image-text-table-without-caption", lambda t: image_text_table(t, "image,text\na.png,hi\n"), ValueError,
+     r"needs a 'caption' column"),
+    ("image-text-table-empty-caption", lambda t: image_text_table(t, "image,caption\na.png,\n"), ValueError, r"empty caption"),
+    ("image-text-missing-image", missing_image_in_table, FileNotFoundError, r"b\.png.*does not exist"),
 ]
 
 

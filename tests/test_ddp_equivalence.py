@@ -2,7 +2,12 @@
 batch, gives the same loss and the same parameter gradients as one process holding the whole batch.
 
 BatchNorm is put in eval mode so the comparison is exact (per-process batch statistics are a property of
-BatchNorm, not of the loss). A new method is covered by adding one entry to ``CASES``."""
+BatchNorm, not of the loss); the ``*_syncbn`` cases keep it in training mode and synchronize it across the
+processes instead (``DistributedBatchNorm``). A new method is covered by adding one entry to ``CASES``.
+
+Methods that draw random numbers inside the step (MAE's masks, iBOT's block masks, jigsaw's permutations and
+tile offsets) make both runs draw them for the whole batch from one seed; each process keeps its own rows
+(``SHARDED_DRAWS``), so the comparison is between the same computations."""
 
 from __future__ import annotations
 
@@ -11,8 +16,18 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lightning_ssl.methods import BYOL, MoCo, MoCoV3, SimCLR, SimSiam
+import inspect
+from contextlib import ExitStack
+from unittest import mock
+
+import lightning_ssl.methods.dino as dino_module
+import lightning_ssl.methods.jigsaw as jigsaw_module
+import lightning_ssl.methods.mae as mae_module
+from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, RotNet, SimCLR, SimSiam
 from lightning_ssl.modules.backbones import SmallCNN
+from lightning_ssl.modules.text import TextTransformer
+from lightning_ssl.modules.vit import ViT
+from lightning_ssl.modules.sync_bn import convert_batchnorm
 from tests.helpers import run_distributed
 
 N, C, S = 8, 1, 16  # global batch, channels, image size
@@ -36,6 +51,39 @@ def one_view(g: torch.Generator):
     return [torch.randn(N, C, S, S, generator=g)], torch.arange(N) % 4
 
 
+def vit():
+    return ViT(in_channels=C, image_size=S, patch_size=4, embed_dim=16, depth=2, num_heads=2)
+
+
+def multi_crop(g: torch.Generator):  # DINO: 2 global crops of 16 px, 2 local crops of 8 px
+    views = [torch.randn(N, C, S, S, generator=g) for _ in range(2)] + [torch.randn(N, C, 8, 8, generator=g) for _ in range(2)]
+    return views, torch.arange(N) % 4
+
+
+def colour_view(g: torch.Generator):
+    return [torch.rand(N, 3, S, S, generator=g)], torch.arange(N) % 4
+
+
+CAPTIONS = ["a red circle", "a blue square", "a green star", "a big yellow heart", "the letter a", "two dogs",
+            "a cat face", "hot coffee"]
+
+
+def clip():
+    text = TextTransformer(vocab_size=300, width=16, layers=1, heads=2, context_length=8)
+    text.fit_tokenizer(CAPTIONS * 2)
+    return CLIP(SmallCNN(in_channels=C, image_size=S, width=4), text, embed_dim=8, local_loss=False)
+
+
+def clip_local():
+    model = clip()
+    model.criterion.local_loss = True
+    return model
+
+
+def image_text(g: torch.Generator):
+    return torch.randn(N, C, S, S, generator=g), torch.arange(N) % 4, list(CAPTIONS)
+
+
 # name: (model factory, batch factory)
 CASES = {
     "simclr": (lambda: SimCLR(cnn(), proj_hidden_dim=16, proj_dim=8), two_views),
@@ -45,7 +93,75 @@ CASES = {
     "byol": (lambda: BYOL(cnn(), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16), two_views),
     "simsiam": (lambda: SimSiam(cnn(), proj_dim=8, pred_hidden_dim=4), two_views),
     "classifier": (classifier, one_view),
+    "mae": (lambda: MAE(vit(), decoder_dim=16, decoder_depth=1, decoder_heads=2), one_view),
+    "dino": (lambda: DINO(vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32), multi_crop),
+    "dino_ibot": (lambda: DINO(vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32, ibot_weight=1.0), multi_crop),
+    "dino_ibot_koleo": (lambda: DINO(vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32, ibot_weight=1.0,
+                                     koleo_weight=0.1), multi_crop),
+    "dino_resnet": (lambda: DINO(cnn(), hidden_dim=16, bottleneck_dim=8, out_dim=32), multi_crop),
+    "rotation": (lambda: RotNet(cnn()), one_view),
+    "jigsaw": (lambda: Jigsaw(SmallCNN(in_channels=C, image_size=4, width=4), num_permutations=10, head_hidden_dim=16),
+               one_view),
+    "colorization": (lambda: Colorization(SmallCNN(in_channels=1, image_size=S, width=4)), colour_view),
+    "colorization_regression": (lambda: Colorization(SmallCNN(in_channels=1, image_size=S, width=4),
+                                                     mode="regression"), colour_view),
+    "clip": (clip, image_text),
+    "clip_local_loss": (clip_local, image_text),
 }
+SYNC_BN = {  # BatchNorm in training mode, synchronized over the processes
+    "simclr_syncbn": CASES["simclr"],
+    "byol_syncbn": CASES["byol"],
+}
+CASES.update(SYNC_BN)
+
+
+def _rows(full, rank: int, world: int, groups: int = 1):
+    """This process's rows of a whole-batch draw laid out as ``groups`` stacked views of the global batch."""
+    if isinstance(full, (tuple, list)):
+        return tuple(_rows(f, rank, world, groups) for f in full)
+    n = full.shape[0] // (groups * world)
+    return full.view(groups, world, n, *full.shape[1:])[:, rank].reshape(groups * n, *full.shape[1:])
+
+
+def _sharded(fn, rank: int, world: int, groups: int = 1, seed: int = 7):
+    """``fn(batch, *args)`` drawn for ``world`` times the batch from a fixed seed; this process's rows returned."""
+    def draw(batch_size, *args, **kwargs):
+        bound = inspect.signature(fn).bind(batch_size * world, *args, **kwargs)
+        bound.arguments["generator"] = torch.Generator().manual_seed(seed)
+        return _rows(fn(*bound.args, **bound.kwargs), rank, world, groups)
+    return draw
+
+
+def _jigsaw_draws(rank: int, world: int):
+    real_randint, real_tiles = torch.randint, jigsaw_module.extract_tiles
+
+    def randint(high, size, device=None):  # the permutation index of every sample
+        full = real_randint(high, (size[0] * world,), generator=torch.Generator().manual_seed(7))
+        return _rows(full, rank, world).to(device)
+
+    def tiles(x, grid, t, jitter):  # the tile offsets of every sample
+        full = real_randint(0, x.shape[-1] // grid - t + 1, (len(x) * world, 2, grid * grid),
+                            generator=torch.Generator().manual_seed(8))
+        return real_tiles(x, grid, t, jitter=jitter, offsets=_rows(full, rank, world).transpose(0, 1))
+
+    return [mock.patch.object(torch, "randint", randint), mock.patch.object(jigsaw_module, "extract_tiles", tiles)]
+
+
+SHARDED_DRAWS = {  # name prefix: patches that make a process draw its rows of the whole batch's random numbers
+    "mae": lambda r, w: [mock.patch.object(mae_module, "random_masking", _sharded(mae_module.random_masking, r, w))],
+    "dino_ibot": lambda r, w: [mock.patch.object(dino_module, "block_masking",
+                                                 _sharded(dino_module.block_masking, r, w, groups=2))],
+    "jigsaw": _jigsaw_draws,
+}
+
+
+def _draws(name: str, rank: int, world: int) -> ExitStack:
+    stack = ExitStack()
+    for prefix, patches in SHARDED_DRAWS.items():
+        if name.startswith(prefix):
+            for p in patches(rank, world):
+                stack.enter_context(p)
+    return stack
 
 
 class _Step(nn.Module):
@@ -60,9 +176,11 @@ class _Step(nn.Module):
         return out["loss"] if isinstance(out, dict) else out
 
 
-def _build(name: str) -> nn.Module:
+def _build(name: str, distributed: bool = False) -> nn.Module:
     torch.manual_seed(0)
     model = CASES[name][0]()
+    if name in SYNC_BN:
+        return convert_batchnorm(model) if distributed else model
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
@@ -75,6 +193,8 @@ def _batch(name: str):
 
 def _slice(obj, sl):
     if isinstance(obj, torch.Tensor):
+        return obj[sl]
+    if isinstance(obj, list) and all(isinstance(o, str) for o in obj):  # captions
         return obj[sl]
     if isinstance(obj, (list, tuple)):
         return type(obj)(_slice(o, sl) for o in obj)
@@ -89,10 +209,11 @@ def _ddp_step(rank: int, world_size: int, name: str):
     import warnings
 
     warnings.filterwarnings("ignore")
-    model = _build(name)
+    model = _build(name, distributed=True)
     ddp = DistributedDataParallel(_Step(model), find_unused_parameters=True)
     n = N // world_size
-    loss = ddp(_slice(_batch(name), slice(rank * n, (rank + 1) * n)))
+    with _draws(name, rank, world_size):
+        loss = ddp(_slice(_batch(name), slice(rank * n, (rank + 1) * n)))
     loss.backward()
     total = loss.detach().clone()
     torch.distributed.all_reduce(total)
@@ -102,15 +223,18 @@ def _ddp_step(rank: int, world_size: int, name: str):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_ddp_matches_single_process(name):
     model = _build(name)
-    loss = _Step(model)(_batch(name))
+    with _draws(name, 0, 1):
+        loss = _Step(model)(_batch(name))
     loss.backward()
     ref_grads, ref_buffers = _grads(model), dict(model.named_buffers())
     assert ref_grads, "the method produced no gradients"
     for ddp_loss, grads, buffers in run_distributed(_ddp_step, name):
         assert ddp_loss == pytest.approx(loss.item(), rel=1e-5, abs=1e-6)
         assert grads.keys() == ref_grads.keys()
+        # synchronized BatchNorm computes the same statistics by another sum (E[x^2] - E[x]^2), hence the looser bound
+        tol = dict(rtol=1e-3, atol=1e-5) if name in SYNC_BN else dict(rtol=1e-4, atol=1e-6)
         for k in ref_grads:
-            torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-6, msg=lambda m: f"grad of {k}: {m}")
-        for k in ("queue", "queue_ptr", "center"):  # state every process must agree on
+            torch.testing.assert_close(grads[k], ref_grads[k], **tol, msg=lambda m: f"grad of {k}: {m}")
+        for k in [b for b in ref_buffers if b in ("queue", "queue_ptr", "center") or "running_" in b]:
             if k in ref_buffers:
-                torch.testing.assert_close(buffers[k], ref_buffers[k], msg=lambda m: f"{k}: {m}")
+                torch.testing.assert_close(buffers[k].float(), ref_buffers[k].float(), **tol, msg=lambda m: f"{k}: {m}")
