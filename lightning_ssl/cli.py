@@ -9,8 +9,10 @@ Two things are added to the plain LightningCLI:
 * **Monitoring and safety callbacks are always there**, configured at the top level: ``knn:`` (KNNMonitor),
   ``probe:`` (OnlineLinearProbe), ``collapse:`` (CollapseMonitor), ``nonfinite:`` (NonFiniteGuard) and
   ``checkpoint:`` (ModelCheckpoint, ``save_last: true`` so ``--ckpt_path last`` resumes). Turn the monitors off
-  with ``knn.every_n_epochs: 0``, ``probe.enabled: false``, ``collapse.every_n_steps: 0``.
+  with ``knn.every_n_epochs: 0``, ``probe.enabled: false``, ``collapse.every_n_steps: 0``; speed switches
+  under ``performance:`` (``channels_last``, ``compile``).
 * **Safe checkpoints**: written atomically (``AtomicCheckpointIO``) and loaded with ``weights_only=True``.
+* ``trainer.sync_batchnorm: true`` also works on CPU (``DistributedBatchNorm`` over gloo).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 
 import lightning_ssl.data  # noqa: F401  (registers the datamodules so configs can name them briefly)
 import lightning_ssl.eval.finetune  # noqa: F401
@@ -32,7 +36,9 @@ import lightning_ssl.loggers  # noqa: F401
 import lightning_ssl.methods  # noqa: F401
 import lightning_ssl.modules.pretrained  # noqa: F401
 from lightning_ssl.callbacks import CollapseMonitor, KNNMonitor, NonFiniteGuard, OnlineLinearProbe
+from lightning_ssl.callbacks.performance import Performance
 from lightning_ssl.checkpoint import AtomicCheckpointIO
+from lightning_ssl.modules.sync_bn import DistributedBatchNormSync
 
 DATA_TO_MODEL = {"image_size": "image_size", "channels": "in_channels", "num_classes": "num_classes"}
 
@@ -80,6 +86,7 @@ class SSLCLI(LightningCLI):
         parser.add_lightning_class_args(OnlineLinearProbe, "probe")
         parser.add_lightning_class_args(CollapseMonitor, "collapse")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(Performance, "performance")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
                              "checkpoint.auto_insert_metric_name": False})
@@ -88,6 +95,9 @@ class SSLCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make it atomic
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if isinstance(getattr(trainer.strategy, "_layer_sync", None), TorchSyncBatchNorm) and isinstance(
+                trainer.accelerator, CPUAccelerator):  # torch's SyncBatchNorm is GPU-only
+            trainer.strategy._layer_sync = DistributedBatchNormSync()
         return trainer
 
     def before_instantiate_classes(self) -> None:

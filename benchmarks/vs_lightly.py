@@ -1,0 +1,210 @@
+"""lightning-ssl against the `lightly` package: the same method (SimCLR, BYOL), backbone, views, batch size,
+optimizer, LR schedule, precision and number of epochs on Fashion-MNIST; training images/s and kNN top-1 of each,
+in one table. `lightly` is a benchmark-only dependency:
+
+    .venv/bin/pip install -c requirements/constraints.txt -r requirements/bench.txt
+    scripts/with_jemalloc.sh .venv/bin/python benchmarks/vs_lightly.py [--epochs 3]
+
+Both sides train with the same Lightning Trainer settings. The lightly modules follow lightly's documented
+examples (projection/prediction heads, NTXentLoss / NegativeCosineSimilarity, update_momentum with
+cosine_schedule in training_step). Rows "same views" feed both the identical batches (our datamodule, batched
+augmentation); the row "own views" gives lightly its own per-image SimCLRTransform in a dataloader worker, which
+is how lightly is normally used. kNN: weighted, cosine, T=0.07, bank = all 60k training images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_ssl.data import FashionMNISTDataModule, SimCLRViews
+from lightning_ssl.eval.report import evaluate_knn
+from lightning_ssl.methods import BYOL, SimCLR
+from lightning_ssl.modules.backbones import SmallCNN
+from lightning_ssl.optim import WarmupCosineLR, param_groups
+
+LR, WD, TEMPERATURE = 2e-3, 1e-4, 0.2
+
+
+def backbone() -> nn.Module:
+    return SmallCNN(1, 28, width=16, stages=4)
+
+
+def optimizers(module: L.LightningModule):
+    opt = torch.optim.AdamW(param_groups(module), lr=LR, weight_decay=WD)
+    sched = WarmupCosineLR(opt, warmup_steps=0.05, total_steps=module.trainer.estimated_stepping_batches)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class LightlySimCLR(L.LightningModule):
+    def __init__(self) -> None:
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import SimCLRProjectionHead
+
+        super().__init__()
+        self.backbone = backbone()
+        self.projection_head = SimCLRProjectionHead(self.backbone.num_features, 512, 128)
+        self.criterion = NTXentLoss(temperature=TEMPERATURE)
+
+    def forward(self, x):
+        return self.projection_head(self.backbone(x).flatten(start_dim=1))
+
+    def training_step(self, batch, batch_idx):
+        x0, x1 = batch[0]
+        loss = self.criterion(self.forward(x0), self.forward(x1))
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return optimizers(self)
+
+
+class LightlyBYOL(L.LightningModule):
+    def __init__(self) -> None:
+        from lightly.loss import NegativeCosineSimilarity
+        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+        from lightly.models.utils import deactivate_requires_grad
+
+        super().__init__()
+        self.backbone = backbone()
+        self.projection_head = BYOLProjectionHead(self.backbone.num_features, 512, 128)
+        self.prediction_head = BYOLPredictionHead(128, 512, 128)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+        self.criterion = NegativeCosineSimilarity()
+
+    def forward(self, x):
+        return self.prediction_head(self.projection_head(self.backbone(x).flatten(start_dim=1)))
+
+    def forward_momentum(self, x):
+        return self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1)).detach()
+
+    def training_step(self, batch, batch_idx):
+        from lightly.models.utils import update_momentum
+        from lightly.utils.scheduler import cosine_schedule
+
+        m = cosine_schedule(self.global_step, int(self.trainer.estimated_stepping_batches), 0.99, 1.0)
+        update_momentum(self.backbone, self.backbone_momentum, m=m)
+        update_momentum(self.projection_head, self.projection_head_momentum, m=m)
+        x0, x1 = batch[0]
+        p0, p1 = self.forward(x0), self.forward(x1)
+        z0, z1 = self.forward_momentum(x0), self.forward_momentum(x1)
+        loss = 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return optimizers(self)
+
+
+class OursSimCLR(SimCLR):
+    def configure_optimizers(self):
+        return optimizers(self)
+
+
+class OursBYOL(BYOL):
+    def configure_optimizers(self):
+        return optimizers(self)
+
+
+class LightlyViews(Dataset):
+    """Fashion-MNIST through lightly's own per-image transform (PIL), as lightly's examples do."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        from lightly.transforms import SimCLRTransform
+        from PIL import Image
+
+        self.images, self.labels, self.pil = images, labels, Image
+        self.transform = SimCLRTransform(input_size=28, cj_strength=0.5, cj_sat=0.0, cj_hue=0.0, min_scale=0.4,
+                                         random_gray_scale=0.0, gaussian_blur=0.0,
+                                         normalize={"mean": [0.2860], "std": [0.3530]})
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.pil.fromarray(self.images[i].squeeze(0).numpy(), mode="L")), int(self.labels[i])
+
+
+class Throughput(L.Callback):
+    def __init__(self) -> None:
+        self.images, self.seconds, self._t = 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seconds += time.perf_counter() - self._t
+        self.images += len(batch[1])
+
+
+def datamodule(batch_size: int) -> FashionMNISTDataModule:
+    dm = FashionMNISTDataModule(root="data", batch_size=batch_size, num_workers=0, batch_augment=True, val_bank_size=0,
+                                views=SimCLRViews(min_scale=0.4, jitter_strength=0.5, blur_prob=0.0))
+    dm.prepare_data()
+    return dm
+
+
+def train(model: L.LightningModule, epochs: int, batch_size: int, own_views: bool) -> dict:
+    dm = datamodule(batch_size)
+    meter = Throughput()
+    trainer = L.Trainer(max_epochs=epochs, precision="bf16-mixed", accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[meter])
+    t0 = time.perf_counter()
+    if own_views:
+        dm.setup("fit")
+        images, labels = dm.train_set.images, dm.train_set.labels
+        loader = DataLoader(LightlyViews(images, labels), batch_size=batch_size, shuffle=True, drop_last=True,
+                            num_workers=1, persistent_workers=True)
+        trainer.fit(model, train_dataloaders=loader)
+        # the per-image pipeline runs in the worker, in parallel with the step: count wall time per image
+        seconds = time.perf_counter() - t0
+        ips = meter.images / seconds
+    else:
+        trainer.fit(model, datamodule=dm)
+        ips = meter.images / meter.seconds
+    eval_dm = datamodule(512)
+    knn = evaluate_knn(model.backbone, eval_dm)
+    return {"images_per_s": ips, "knn20": knn["k=20"], "knn200": knn["k=200"], "wall_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--methods", nargs="+", default=["simclr", "byol"])
+    a = p.parse_args()
+    rows = []
+    for method in a.methods:
+        runs = [("lightning-ssl", lambda: OursSimCLR(backbone(), 512, 128, TEMPERATURE) if method == "simclr"
+                 else OursBYOL(backbone(), 512, 128, 512, momentum=0.99), False),
+                ("lightly (same views)", LightlySimCLR if method == "simclr" else LightlyBYOL, False)]
+        if method == "simclr":
+            runs.append(("lightly (own views, 1 worker)", LightlySimCLR, True))
+        for name, factory, own in runs:
+            torch.manual_seed(0)
+            r = train(factory(), a.epochs, a.batch_size, own)
+            rows.append((method, name, r))
+            print(method, name, r, flush=True)
+    print(f"\nFashion-MNIST, SmallCNN(width 16, 4 stages), batch {a.batch_size}, AdamW lr {LR}, warmup+cosine, "
+          f"{a.epochs} epochs, bf16-mixed, 2 CPU threads\n")
+    print("| method | implementation | train images/s | kNN top-1 k=20 | kNN top-1 k=200 |\n|---|---|---|---|---|")
+    for method, name, r in rows:
+        print(f"| {method} | {name} | {r['images_per_s']:.0f} | {100 * r['knn20']:.2f}% | {100 * r['knn200']:.2f}% |")
+    for method in a.methods:
+        ours = next(r for m, n, r in rows if m == method and n == "lightning-ssl")
+        peer = next(r for m, n, r in rows if m == method and n == "lightly (same views)")
+        print(f"{method}: throughput ratio lightning-ssl / lightly (same views) = {ours['images_per_s'] / peer['images_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
