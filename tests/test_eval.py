@@ -149,3 +149,27 @@ def test_eval_cli_from_checkpoint_and_export(tmp_path, capsys):
                      "--data=SyntheticDataModule", "--data.num_samples=32", "--data.image_size=16",
                      "--data.channels=1", "--data.num_workers=0", f"--out_dir={tmp_path}", "--wandb=false", "--k=[3]"])
     assert res["feature_dim"] == 16 and 0 <= res["knn"]["k=3"] <= 1
+
+
+def test_dino_checkpoint_evaluates_the_teacher_like_embed(tmp_path):
+    """DINO's ``embed`` is the EMA teacher (the paper evaluates it): loading or exporting its checkpoint gives the
+    same network by default; ``weights='student'`` gives the student, which differs after training."""
+    from tests.test_configs import ROOT, _synthetic
+
+    c = cli(["fit", "--config", str(ROOT / "configs/dino/fashion_mnist.yaml"),
+             *_synthetic({"class_path": "lightning_ssl.data.FashionMNISTDataModule"}, tmp_path),
+             "--model.init_args.momentum=0.5", "--trainer.max_steps=3", "--trainer.logger=false",
+             "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0", "--knn.every_n_epochs=0",
+             f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path}/ckpt"])
+    model, ckpt = c.model.eval(), tmp_path / "ckpt" / "last.ckpt"
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        teacher, student = model.embed(x), model.backbone(x)
+    assert not torch.allclose(teacher, student, atol=1e-4)
+    torch.testing.assert_close(CheckpointBackbone(str(ckpt)).eval()(x), teacher)
+    torch.testing.assert_close(CheckpointBackbone(str(ckpt), weights="student").eval()(x), student)
+    exported = CheckpointBackbone(str(export_backbone(str(ckpt), str(tmp_path / "dino.pt")))).eval()
+    torch.testing.assert_close(exported(x), teacher)
+    with pytest.raises(CheckpointError, match="no teacher backbone"):
+        _, simclr_ckpt = _pretrain(tmp_path / "s", ["--model.backbone=SmallCNN", "--model.backbone.width=4"])
+        CheckpointBackbone(str(simclr_ckpt), weights="teacher")

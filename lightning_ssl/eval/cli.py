@@ -78,6 +78,8 @@ def build_parser() -> ArgumentParser:
     exp = ArgumentParser(description="export: write a checkpoint's backbone as a plain state dict")
     exp.add_argument("--ckpt", required=True)
     exp.add_argument("--out", required=True)
+    exp.add_argument("--weights", default="auto", choices=["auto", "student", "teacher"],
+                     help="auto: the network the method's embed() uses (DINO: the EMA teacher)")
     sub.add_subcommand("export", exp)
     return parser
 
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser = build_parser()
     cfg = parser.parse_args(argv if argv is not None else sys.argv[1:])
     if cfg.subcommand == "export":
-        out = export_backbone(cfg.export.ckpt, cfg.export.out)
+        out = export_backbone(cfg.export.ckpt, cfg.export.out, cfg.export.weights)
         print(f"wrote {out} and {out.with_suffix('.json')}\n\n{json.loads(out.with_suffix('.json').read_text())['how_to_load']}")
         return None
     return run_protocols(cfg.subcommand, cfg[cfg.subcommand])

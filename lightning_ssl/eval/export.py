@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from lightning_ssl.checkpoint import CheckpointError, safe_load
-from lightning_ssl.modules.pretrained import _instantiate
+from lightning_ssl.modules.pretrained import _instantiate, backbone_prefix
 
 
-def export_backbone(checkpoint: str, out: str) -> Path:
-    """Write the backbone of ``checkpoint`` to ``out`` (+ ``out`` with suffix ``.json``); return ``out``."""
+def export_backbone(checkpoint: str, out: str, weights: str = "auto") -> Path:
+    """Write the backbone of ``checkpoint`` to ``out`` (+ ``out`` with suffix ``.json``); return ``out``.
+    ``weights``: ``auto`` (the network the method's ``embed`` uses), ``student`` or ``teacher``."""
     ckpt = safe_load(checkpoint)
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     config = hp.get("backbone")
@@ -27,7 +28,7 @@ def export_backbone(checkpoint: str, out: str) -> Path:
         raise CheckpointError(f"{checkpoint!r} is not a lightning_ssl checkpoint with a backbone config")
     backbone = _instantiate(config)
     inner = getattr(type(backbone), "export_inner", "")
-    prefix = "backbone." + (f"{inner}." if inner else "")
+    prefix = backbone_prefix(ckpt, weights, checkpoint) + (f"{inner}." if inner else "")
     sd = {k[len(prefix):]: v.detach().cpu().clone() for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not sd:
         raise CheckpointError(f"{checkpoint!r} has no tensors under {prefix!r}")

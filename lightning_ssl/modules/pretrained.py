@@ -57,12 +57,27 @@ def load_weights(module: nn.Module, state_dict: dict[str, Tensor], source: str =
     module.load_state_dict(state_dict)
 
 
-class CheckpointBackbone(nn.Module):
-    """The pretrained backbone stored in ``path``: a lightning_ssl training checkpoint (the method's
-    ``backbone``) or a backbone exported with ``export_backbone`` (its ``.json`` side file says how to rebuild
-    it). The architecture comes from the file, so nothing else needs to be given."""
+def backbone_prefix(ckpt: dict, weights: str = "auto", path: str = "the checkpoint") -> str:
+    """The state-dict prefix of the backbone to take from a training checkpoint: ``backbone.`` (the student /
+    online network) or ``teacher_backbone.`` (an EMA teacher); ``auto`` follows the method's ``eval_teacher``."""
+    if weights not in ("auto", "student", "teacher"):
+        raise ValueError(f"weights must be 'auto', 'student' or 'teacher', got {weights!r}")
+    has_teacher = any(k.startswith("teacher_backbone.") for k in ckpt.get("state_dict", {}))
+    if weights == "teacher" and not has_teacher:
+        raise CheckpointError(f"{path!r} has no teacher backbone (no 'teacher_backbone.*' tensors)")
+    hp = ckpt.get("hyper_parameters", {})
+    use_teacher = weights == "teacher" or (weights == "auto" and has_teacher and bool(hp.get("eval_teacher")))
+    return "teacher_backbone." if use_teacher else "backbone."
 
-    def __init__(self, path: str, freeze: bool = False) -> None:
+
+class CheckpointBackbone(nn.Module):
+    """The pretrained backbone stored in ``path``: a lightning_ssl training checkpoint or a backbone exported
+    with ``export_backbone`` (its ``.json`` side file says how to rebuild it). The architecture comes from the
+    file, so nothing else needs to be given. ``weights`` picks the network in a training checkpoint: ``auto`` is
+    the one the method's ``embed`` uses (DINO's EMA teacher, as its paper evaluates; the online network
+    otherwise), ``student`` or ``teacher`` force one."""
+
+    def __init__(self, path: str, freeze: bool = False, weights: str = "auto") -> None:
         super().__init__()
         path_ = Path(path)
         meta_file = path_.with_suffix(".json")
@@ -79,8 +94,9 @@ class CheckpointBackbone(nn.Module):
                     f"{path!r} is neither a lightning_ssl checkpoint with a backbone config nor an exported backbone "
                     f"(no {meta_file.name} beside it)")
             self.backbone = _instantiate(hp["backbone"])
-            sd = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
-            load_weights(self.backbone, sd, f"the backbone in {path!r}")
+            prefix = backbone_prefix(ckpt, weights, path)
+            sd = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+            load_weights(self.backbone, sd, f"the {prefix[:-1]} in {path!r}")
         self.num_features = getattr(self.backbone, "num_features", None)
         self.in_channels = getattr(self.backbone, "in_channels", None)
         self.image_size = getattr(self.backbone, "image_size", None)
