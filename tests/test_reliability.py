@@ -40,6 +40,7 @@ def _setup(tmp_path, guard, bad="loss", every_step_ckpt=True):
     if every_step_ckpt:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, filename="s{step}"))
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=callbacks,
+                        default_root_dir=tmp_path,
                         plugins=[AtomicCheckpointIO()], enable_model_summary=False, limit_val_batches=0)
     return model, dm, trainer
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -52,7 +53,11 @@ def run(config: list[str], ckpt: str, ks: list[int], temperature: float = 0.07, 
     from lightning_ssl.cli import SSLCLI
 
     args = sum((["--config", c] for c in config), []) + list(overrides or []) + ["--trainer.logger=false"]
-    cli = SSLCLI(args=args, run=False)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI parses `args` only; our own flags stay out of its way
+    try:
+        cli = SSLCLI(args=args, run=False)
+    finally:
+        sys.argv = argv
     learned = load_method(ckpt)
     rows = {
         f"learned ({type(learned).__name__})": evaluate_knn(learned, cli.datamodule, ks, temperature, device),
