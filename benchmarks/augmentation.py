@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from lightning_ssl.data import MedicalViews, SatelliteViews, SimCLRViews
+from lightning_ssl.data import MedicalViews, MultiCropViews, SatelliteViews, SimCLRViews
 from lightning_ssl.data.transforms import ViewPreset
 
 
@@ -26,13 +26,8 @@ def presets() -> list[tuple[str, ViewPreset, int, int]]:
         ("SimCLR + blur, ImageNet 224 px RGB", SimCLRViews(), 224, 3),
         ("Medical 224 px gray", MedicalViews(), 224, 1),
         ("Satellite 64 px RGB", SatelliteViews(), 64, 3),
+        ("DINO multi-crop 2x224 + 6x96 px RGB", MultiCropViews(), 224, 3),
     ]
-    try:
-        from lightning_ssl.data.transforms import MultiCropViews
-
-        out.append(("DINO multi-crop 2x224 + 6x96 px RGB", MultiCropViews(), 224, 3))
-    except ImportError:
-        pass
     return out
 
 

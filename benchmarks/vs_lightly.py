@@ -9,7 +9,8 @@ Both sides train with the same Lightning Trainer settings. The lightly modules f
 examples (projection/prediction heads, NTXentLoss / NegativeCosineSimilarity, update_momentum with
 cosine_schedule in training_step). Rows "same views" feed both the identical batches (our datamodule, batched
 augmentation); the row "own views" gives lightly its own per-image SimCLRTransform in a dataloader worker, which
-is how lightly is normally used. kNN: weighted, cosine, T=0.07, bank = all 60k training images.
+is how lightly is normally used. Throughput skips the first 20 steps of each run (warm-up). kNN: weighted,
+cosine, T=0.07, bank = all 60k training images.
 """
 
 from __future__ import annotations
@@ -135,15 +136,20 @@ class LightlyViews(Dataset):
 
 
 class Throughput(L.Callback):
-    def __init__(self) -> None:
+    """Images/s over the training batches after the first ``warmup`` (kernel selection, allocator warm-up)."""
+
+    def __init__(self, warmup: int = 20) -> None:
+        self.warmup, self.seen = warmup, 0
         self.images, self.seconds, self._t = 0, 0.0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._t = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seconds += time.perf_counter() - self._t
-        self.images += len(batch[1])
+        self.seen += 1
+        if self.seen > self.warmup:
+            self.seconds += time.perf_counter() - self._t
+            self.images += len(batch[1])
 
 
 def datamodule(batch_size: int) -> FashionMNISTDataModule:
@@ -168,7 +174,7 @@ def train(model: L.LightningModule, epochs: int, batch_size: int, own_views: boo
         trainer.fit(model, train_dataloaders=loader)
         # the per-image pipeline runs in the worker, in parallel with the step: count wall time per image
         seconds = time.perf_counter() - t0
-        ips = meter.images / seconds
+        ips = meter.seen * batch_size / seconds
     else:
         trainer.fit(model, datamodule=dm)
         ips = meter.images / meter.seconds
