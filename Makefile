@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   - set up, get Fashion-MNIST, pretrain SimCLR (~8 min on 2 CPU cores), print the kNN table
+#   make demo   - set up, get Fashion-MNIST, pretrain SimCLR (~12 min on 2 CPU cores with set-up), print the kNN table
 #   make test   - set up, run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
