@@ -52,7 +52,7 @@ def main() -> None:
         if ckpt.exists():
             backbone = ["--backbone", "lightning_ssl.modules.pretrained.CheckpointBackbone", "--backbone.path", str(ckpt)]
             rows.append((f"{label} (SSL, compare_methods checkpoint)", evaluate(method, backbone, a)))
-    lines = [f"| backbone | dim | kNN k=20 | kNN k=200 | linear top-1 | 10-shot top-1 | eval time |",
+    lines = ["| backbone | dim | kNN k=20 | kNN k=200 | linear top-1 | 10-shot top-1 | eval time |",
              "|---|---|---|---|---|---|---|"]
     for label, r in rows:
         fs = r["fewshot"]["10"]

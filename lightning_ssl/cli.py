@@ -113,9 +113,16 @@ class SSLCLI(LightningCLI):
 
 
 def cli(args: list[str] | None = None, **kwargs: Any) -> SSLCLI:
-    """Run the CLI on ``args`` (default: the command line) and return it (``cli.trainer``, ``cli.model``...)."""
+    """Run the CLI on ``args`` (default: the command line) and return it (``cli.trainer``, ``cli.model``...).
+    Given ``args``, the calling script's own command line is kept out of the CLI's sight."""
     os.environ.setdefault("WANDB_SILENT", "true")
-    return SSLCLI(args=args if args is not None else sys.argv[1:], **kwargs)
+    if args is None:
+        return SSLCLI(args=sys.argv[1:], **kwargs)
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return SSLCLI(args=args, **kwargs)
+    finally:
+        sys.argv = argv
 
 
 def main() -> None:

@@ -170,6 +170,6 @@ def test_dino_checkpoint_evaluates_the_teacher_like_embed(tmp_path):
     torch.testing.assert_close(CheckpointBackbone(str(ckpt), weights="student").eval()(x), student)
     exported = CheckpointBackbone(str(export_backbone(str(ckpt), str(tmp_path / "dino.pt")))).eval()
     torch.testing.assert_close(exported(x), teacher)
+    _, simclr_ckpt = _pretrain(tmp_path / "s", ["--model.backbone=SmallCNN", "--model.backbone.width=4"])
     with pytest.raises(CheckpointError, match="no teacher backbone"):
-        _, simclr_ckpt = _pretrain(tmp_path / "s", ["--model.backbone=SmallCNN", "--model.backbone.width=4"])
         CheckpointBackbone(str(simclr_ckpt), weights="teacher")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -50,14 +49,10 @@ def markdown_table(rows: dict[str, dict], ks) -> str:
 
 def run(config: list[str], ckpt: str, ks: list[int], temperature: float = 0.07, device: str = "cpu",
         overrides: list[str] | None = None) -> dict:
-    from lightning_ssl.cli import SSLCLI
+    from lightning_ssl.cli import cli as run_cli
 
     args = sum((["--config", c] for c in config), []) + list(overrides or []) + ["--trainer.logger=false"]
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI parses `args` only; our own flags stay out of its way
-    try:
-        cli = SSLCLI(args=args, run=False)
-    finally:
-        sys.argv = argv
+    cli = run_cli(args, run=False)
     learned = load_method(ckpt)
     rows = {
         f"learned ({type(learned).__name__})": evaluate_knn(learned, cli.datamodule, ks, temperature, device),
