@@ -17,13 +17,11 @@ Two things are added to the plain LightningCLI:
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from typing import Any
 
 import lightning as L
-from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -38,40 +36,8 @@ import lightning_ssl.modules.pretrained  # noqa: F401
 from lightning_ssl.callbacks import CollapseMonitor, KNNMonitor, NonFiniteGuard, OnlineLinearProbe
 from lightning_ssl.callbacks.performance import Performance
 from lightning_ssl.checkpoint import AtomicCheckpointIO
+from lightning_ssl.config import DATA_TO_MODEL, import_class, inject, to_dict
 from lightning_ssl.modules.sync_bn import DistributedBatchNormSync
-
-DATA_TO_MODEL = {"image_size": "image_size", "channels": "in_channels", "num_classes": "num_classes"}
-
-
-def _import(class_path: str) -> Any:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def _to_dict(ns: Any) -> dict:
-    return ns.as_dict() if isinstance(ns, Namespace) else dict(ns or {})
-
-
-def inject(config: Namespace, values: dict[str, Any]) -> list[str]:
-    """Set ``values`` on every class config (``class_path`` + ``init_args``) in ``config`` whose init_args
-    has the key (recursively). Returns the dotted keys that were set."""
-    done: list[str] = []
-
-    def walk(ns: Any, prefix: str) -> None:
-        if isinstance(ns, Namespace) and "class_path" in ns and isinstance(ns.get("init_args"), Namespace):
-            init = ns.init_args
-            for key, value in values.items():
-                if value is not None and key in vars(init):
-                    init[key] = value
-                    done.append(f"{prefix}init_args.{key}")
-            for key, value in vars(init).items():  # top-level entries (keys() would be flattened)
-                walk(value, f"{prefix}init_args.{key}.")
-        elif isinstance(ns, (list, tuple)):
-            for i, item in enumerate(ns):
-                walk(item, f"{prefix}{i}.")
-
-    walk(config, "")
-    return done
 
 
 class SSLCLI(LightningCLI):
@@ -106,9 +72,9 @@ class SSLCLI(LightningCLI):
             cfg.weights_only = True  # resuming (--ckpt_path) never unpickles code
         if cfg.get("data") is None or cfg.get("model") is None:
             return
-        data_cls = _import(cfg.data.class_path)
+        data_cls = import_class(cfg.data.class_path)
         if hasattr(data_cls, "describe"):
-            info = data_cls.describe(_to_dict(cfg.data.get("init_args")))
+            info = data_cls.describe(to_dict(cfg.data.get("init_args")))
             inject(cfg.model, {DATA_TO_MODEL[k]: v for k, v in info.items()})
 
 

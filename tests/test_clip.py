@@ -14,7 +14,7 @@ from torch import nn
 from lightning_ssl.callbacks import CLIPEmbeddingPlot
 from lightning_ssl.checkpoint import safe_load
 from lightning_ssl.data import ImageTextDataModule
-from lightning_ssl.eval.zeroshot import recall_at_k, retrieve, zero_shot_accuracy, zero_shot_classify
+from lightning_ssl.metrics.zeroshot import recall_at_k, retrieve, zero_shot_accuracy, zero_shot_classify
 from lightning_ssl.losses import CLIPLoss, clip_logits, clip_loss, info_nce_loss
 from lightning_ssl.methods import CLIP
 from lightning_ssl.modules.backbones import SmallCNN

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_ssl.cli import _import, cli
+from lightning_ssl.cli import cli
+from lightning_ssl.config import import_class
 from lightning_ssl.eval.cli import main as eval_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def _synthetic(data: dict, tmp_path: Path) -> list[str]:
         rows = ["text,label"] + [f"{w} number {i},{w}" for i in range(10) for w in ("cats", "stocks")]
         (tmp_path / "text.csv").write_text("\n".join(rows))
         return [f"--data.source={tmp_path / 'text.csv'}"]
-    info = _import(data["class_path"]).describe(data.get("init_args") or {})
+    info = import_class(data["class_path"]).describe(data.get("init_args") or {})
     return ["--data=lightning_ssl.data.SyntheticDataModule", f"--data.image_size={info['image_size']}",
             f"--data.channels={info['channels']}", f"--data.num_classes={info['num_classes'] or 4}",
             "--data.num_samples=16", "--data.batch_size=4", "--data.num_workers=0"]

@@ -9,7 +9,7 @@ from lightning_ssl.checkpoint import CheckpointError
 from lightning_ssl.cli import cli
 from lightning_ssl.eval import export_backbone, few_shot, linear_probe, sample_few_shot
 from lightning_ssl.eval.cli import main as eval_main
-from lightning_ssl.eval.plots import embedding_plot
+from lightning_ssl.metrics.plots import embedding_plot
 from lightning_ssl.modules.pretrained import CheckpointBackbone, load_weights
 
 

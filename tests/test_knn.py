@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ssl.callbacks import KNNMonitor
-from lightning_ssl.eval.knn import knn_accuracy, knn_predict
+from lightning_ssl.metrics.knn import knn_accuracy, knn_predict
 
 
 def test_knn_predict_hand_computed_weights():

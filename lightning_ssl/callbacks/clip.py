@@ -8,14 +8,14 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_ssl.eval.zeroshot import clip_embedding_plot
+from lightning_ssl.metrics.zeroshot import clip_embedding_plot
 from lightning_ssl.modules.distributed import gather
 
 
 class CLIPEmbeddingPlot(L.Callback):
     """Collects the ``image_emb``, ``text_emb`` and ``labels`` that ``CLIP.validation_step`` returns for the
     held-out pairs (val dataloader 0), and every ``every_n_epochs`` epochs (counted like the kNN monitor) draws
-    one 2-D embedding of both, coloured by class (``eval.zeroshot.clip_embedding_plot``). The PNG is saved in
+    one 2-D embedding of both, coloured by class (``metrics.zeroshot.clip_embedding_plot``). The PNG is saved in
     ``dirpath`` (default: the logger's directory, else ``default_root_dir``) as ``clip_embeddings_e{epoch}.png``
     and logged as ``val/clip_embeddings`` to a logger with ``log_image`` (W&B). ``every_n_epochs=0`` disables it.
     """

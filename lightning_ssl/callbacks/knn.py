@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_ssl.eval.knn import knn_accuracy
+from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.modules.distributed import gather
 
 

@@ -34,12 +34,12 @@ from torch import nn
 import lightning_ssl.data  # noqa: F401  (short class names in configs)
 import lightning_ssl.modules.backbones  # noqa: F401
 import lightning_ssl.modules.pretrained  # noqa: F401
-from lightning_ssl.cli import DATA_TO_MODEL, _import, _to_dict, inject
+from lightning_ssl.config import DATA_TO_MODEL, import_class, inject, to_dict
 from lightning_ssl.eval.export import export_backbone
 from lightning_ssl.eval.features import extract_features
-from lightning_ssl.eval.knn import knn_accuracy
+from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.eval.linear import few_shot, few_shot_table, linear_probe
-from lightning_ssl.eval.plots import embedding_plot
+from lightning_ssl.metrics.plots import embedding_plot
 
 PROTOCOLS = ("knn", "linear", "fewshot", "plot", "all")
 
@@ -89,13 +89,13 @@ def _device(name: str) -> torch.device:
 
 
 def _cache_key(cfg: Namespace) -> str:
-    backbone = _to_dict(cfg.backbone)
+    backbone = to_dict(cfg.backbone)
     stamp = []
-    for v in _to_dict(backbone.get("init_args")).values():  # a weights file: include its identity
+    for v in to_dict(backbone.get("init_args")).values():  # a weights file: include its identity
         if isinstance(v, str) and os.path.isfile(v):
             st = os.stat(v)
             stamp.append([os.path.abspath(v), st.st_size, st.st_mtime_ns])
-    blob = json.dumps([backbone, _to_dict(cfg.data), stamp], sort_keys=True, default=str)
+    blob = json.dumps([backbone, to_dict(cfg.data), stamp], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -123,9 +123,9 @@ def compute_features(backbone: nn.Module, dm, device: torch.device, precision: s
 
 def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
     """Parse-free entry point: ``cfg`` is the subcommand's namespace. Returns the results dict."""
-    data_cls = _import(cfg.data.class_path)
+    data_cls = import_class(cfg.data.class_path)
     if hasattr(data_cls, "describe"):
-        info = data_cls.describe(_to_dict(cfg.data.get("init_args")))
+        info = data_cls.describe(to_dict(cfg.data.get("init_args")))
         inject(cfg.backbone, {DATA_TO_MODEL[k]: v for k, v in info.items()})
     parser = _feature_parser(subcommand)
     init = parser.instantiate_classes(cfg)
@@ -135,7 +135,7 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
     num_classes = getattr(dm, "num_classes", None)
-    results: dict[str, Any] = {"name": name, "backbone": _to_dict(cfg.backbone), "data": _to_dict(cfg.data), "seconds": {}}
+    results: dict[str, Any] = {"name": name, "backbone": to_dict(cfg.backbone), "data": to_dict(cfg.data), "seconds": {}}
 
     t = time.time()
     cache = Path(cfg.out_dir) / "features" / f"{_cache_key(cfg)}.pt" if cfg.cache_features else None

@@ -20,7 +20,7 @@ from torch import nn
 
 from lightning_ssl.checkpoint import load_method
 from lightning_ssl.eval.features import extract_features
-from lightning_ssl.eval.knn import knn_accuracy
+from lightning_ssl.metrics.knn import knn_accuracy
 
 
 def evaluate_knn(model: nn.Module | None, datamodule, ks=(20, 200), temperature: float = 0.07, device: str = "cpu") -> dict:

@@ -78,9 +78,9 @@ class SSLMethod(L.LightningModule):
         if not written_by:
             return
         try:
-            from lightning_ssl.cli import _import
+            from lightning_ssl.config import import_class
 
-            same = _import(written_by) is type(self)
+            same = import_class(written_by) is type(self)
         except (ImportError, AttributeError, ValueError):
             same = written_by.rpartition(".")[2] == type(self).__name__
         if not same:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_ssl.eval.zeroshot import DEFAULT_TEMPLATES, recall_at_k, zero_shot_accuracy
+from lightning_ssl.metrics.zeroshot import DEFAULT_TEMPLATES, recall_at_k, zero_shot_accuracy
 from lightning_ssl.losses.clip import CLIPLoss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.modules.distributed import gather

@@ -133,7 +133,7 @@ def clip_embedding_plot(image_emb: Tensor, text_emb: Tensor, labels: Tensor, pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lightning_ssl.eval.plots import embed_2d
+    from lightning_ssl.metrics.plots import embed_2d
 
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(image_emb), generator=g)[:max_points]

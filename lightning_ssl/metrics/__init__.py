@@ -1,0 +1,23 @@
+"""Metrics and pictures of representations, as plain functions (no Lightning): weighted kNN, zero-shot
+classification and retrieval recall for image-text models, 2-D embedding plots. Methods and callbacks use them
+during training; ``lightning_ssl.eval`` builds its protocols on them."""
+
+from lightning_ssl.metrics.knn import knn_accuracy, knn_predict
+from lightning_ssl.metrics.plots import embed_2d, embedding_plot
+from lightning_ssl.metrics.zeroshot import (
+    DEFAULT_TEMPLATES,
+    clip_embedding_plot,
+    encode_images,
+    encode_texts,
+    recall_at_k,
+    retrieve,
+    zero_shot_accuracy,
+    zero_shot_classifier,
+    zero_shot_classify,
+)
+
+__all__ = [
+    "clip_embedding_plot", "DEFAULT_TEMPLATES", "embed_2d", "embedding_plot", "encode_images", "encode_texts",
+    "knn_accuracy", "knn_predict", "recall_at_k", "retrieve", "zero_shot_accuracy", "zero_shot_classifier",
+    "zero_shot_classify",
+]
