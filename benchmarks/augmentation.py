@@ -16,6 +16,7 @@ import torch
 
 from lightning_ssl.data import MedicalViews, MultiCropViews, SatelliteViews, SimCLRViews
 from lightning_ssl.data.transforms import ViewPreset
+from lightning_ssl.precision import describe_machine
 
 
 def presets() -> list[tuple[str, ViewPreset, int, int]]:
@@ -65,7 +66,8 @@ def main() -> None:
         b = batched(preset, size, channels, a.seconds, a.batch if size <= 96 else a.batch // 4)
         rows.append((name, len(preset.views), one, b))
         print(rows[-1], flush=True)
-    print(f"\nPer image: torchvision v2 in one process, 1 thread (= one dataloader worker). Batched: kornia on "
+    print(f"\n{describe_machine('fp32 (augmentation)')}")
+    print(f"Per image: torchvision v2 in one process, 1 thread (= one dataloader worker). Batched: kornia on "
           f"the CPU, 2 threads, batch {a.batch} (64 at >96 px).\n")
     print("| preset | views | per image, 1 worker (img/s) | batched, CPU (img/s) | ratio |\n|---|---|---|---|---|")
     for name, v, one, b in rows:

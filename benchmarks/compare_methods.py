@@ -19,6 +19,7 @@ import lightning as L
 
 from lightning_ssl.cli import cli
 from lightning_ssl.eval.report import evaluate_knn
+from lightning_ssl.precision import describe_machine
 
 NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "mocov3": "MoCo v3", "byol": "BYOL", "simsiam": "SimSiam"}
 NAMES.update({"rotation": "RotNet (rotation)", "jigsaw": "Jigsaw"})
@@ -66,8 +67,8 @@ def main() -> None:
     for m in a.methods:
         rows.append(run_method(m, a.epochs, out, extra))
         print(json.dumps(rows[-1]), flush=True)
-    table = [f"Fashion-MNIST, SmallCNN(width 16, 4 stages), batch 256, AdamW, {a.epochs} epochs, bf16-mixed, batched views",
-             "", "| method | kNN top-1 k=20 | kNN top-1 k=200 | train images/s | wall time |", "|---|---|---|---|---|"]
+    table = [describe_machine(),
+             f"Fashion-MNIST, each method's configs/<method>/fashion_mnist.yaml, {a.epochs} epochs, batched views", "", "| method | kNN top-1 k=20 | kNN top-1 k=200 | train images/s | wall time |", "|---|---|---|---|---|"]
     for r in rows:
         table.append(f"| {r['method']} | {100 * r['knn20']:.2f}% | {100 * r['knn200']:.2f}% | {r['images_per_s']:.0f} "
                      f"| {r['wall_s'] / 60:.1f} min |")

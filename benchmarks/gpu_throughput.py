@@ -1,6 +1,6 @@
 """Training throughput on one accelerator: SimCLR ResNet-18 at 32 px and MAE ViT-S/16 at 224 px on generated
 images, with the views made per image in CPU dataloader workers vs batched on the device after transfer
-(kornia, per-sample parameters), in bf16-mixed + channels_last, optionally torch.compile; plus the model FLOP
+(kornia, per-sample parameters), at the precision auto picks (bf16-mixed on bf16 GPUs) + channels_last, optionally torch.compile; plus the model FLOP
 utilisation (MFU) estimated from FLOPs counted by ``torch.utils.flop_counter`` for one training step.
 
     .venv/bin/python benchmarks/gpu_throughput.py                      # on a GPU (benchmarks/gpu.sh runs it)
@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_ssl.precision import auto_precision, describe_machine
 from lightning_ssl.callbacks.performance import Performance
 from lightning_ssl.data import ClassifierViews, SimCLRViews, SyntheticDataModule
 from lightning_ssl.methods import MAE, SimCLR
@@ -92,7 +93,7 @@ def run(method: str, batched: bool, compile: bool, a) -> dict:
                              views=views, batch_augment=batched, num_workers=a.workers, val_bank_size=0,
                              pin_memory=torch.cuda.is_available())
     timer = Timer(a.warmup)
-    trainer = L.Trainer(max_steps=a.steps, precision="bf16-mixed", accelerator="auto", devices=1, logger=False,
+    trainer = L.Trainer(max_steps=a.steps, precision=auto_precision()[0], accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0,
                         callbacks=[timer, Performance(channels_last=True, compile=compile)])
@@ -128,8 +129,7 @@ def main() -> None:
             r["mfu"] = r["tflops_per_s"] * 1e12 / peak if peak else None
             rows.append(r)
             print(json.dumps(r), flush=True)
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\n{name}, batch {a.batch_size}, bf16-mixed, channels_last, {a.steps} steps ({a.warmup} warm-up)\n")
+    print(f"\n{describe_machine()}\nbatch {a.batch_size}, channels_last, {a.steps} steps ({a.warmup} warm-up)\n")
     print("| method | image size | augmentation | compile | images/s | model TFLOP/s | MFU |\n|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"

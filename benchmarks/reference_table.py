@@ -25,7 +25,7 @@ NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "mocov3": "MoCo v3", "byol": "BY
 
 def evaluate(name: str, backbone: list[str], a, data: list[str] = DATA) -> dict:
     args = ["all", *backbone, *data, "--name", name, "--out_dir", a.out, "--k", "[20,200]", "--shots", "[10]",
-            "--seeds", str(a.seeds), "--epochs", str(a.epochs), "--wandb", "false", "--precision", "bf16",
+            "--seeds", str(a.seeds), "--epochs", str(a.epochs), "--wandb", "false", "--precision", "auto",
             "--max_points", "1000"]
     return eval_main(args)
 

@@ -32,6 +32,7 @@ def test_print_config_works():
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
+    assert "not recommended to provide both args and command line" not in out.stderr  # the entry point passes one
     assert "class_path: lightning_ssl.methods.SimCLR" in out.stdout
     assert "class_path: lightning_ssl.data.FashionMNISTDataModule" in out.stdout and "knn:" in out.stdout
 
@@ -78,3 +79,12 @@ def test_simclr_loss_decreases_and_embed_excludes_projector(tmp_path):
 def test_bad_hyperparameter_from_cli_names_it(tmp_path):
     with pytest.raises(ValueError, match="temperature must be > 0"):
         cli(["fit", *tiny_args(tmp_path, "--model.temperature=0")])
+
+
+def test_model_value_contradicting_the_data_is_an_error(tmp_path):
+    args = [a for a in tiny_args(tmp_path) if not a.startswith("--data.channels")]
+    with pytest.raises(ValueError, match=r"backbone.init_args.in_channels=1 contradicts data .*channels=3"):
+        cli([*args, "--data.channels=3", "--model.backbone.init_args.in_channels=1"], run=False)
+    # the constructor's default (3) is not a choice: the data's value (1) is filled in
+    c = cli([*args, "--data.channels=1"], run=False)
+    assert c.model.backbone.in_channels == 1

@@ -67,6 +67,20 @@ def test_fashion_mnist_rgb_and_resize(fmnist_root):
     torch.testing.assert_close(x[:, 0], x[:, 1])  # gray repeated over RGB
 
 
+def test_says_where_the_data_was_found(fmnist_root, tmp_path, monkeypatch, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        FashionMNISTDataModule(root=str(fmnist_root), num_workers=0).setup("fit")
+    assert f"FashionMNIST: reading {fmnist_root / 'FashionMNIST' / 'raw'}" in caplog.text
+    assert "system one" not in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(FashionMNISTDataModule, "system_dir", str(fmnist_root / "FashionMNIST" / "raw"))
+    with caplog.at_level(logging.INFO):  # no copy under root: the system copy is used, and the log says so
+        FashionMNISTDataModule(root=str(tmp_path / "elsewhere"), num_workers=0).setup("fit")
+    assert "has no copy: using the system one" in caplog.text
+
+
 def test_missing_fashion_mnist_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(FashionMNISTDataModule, "system_dir", str(tmp_path / "nowhere"))
     dm = FashionMNISTDataModule(root=str(tmp_path / "empty"))

@@ -60,8 +60,9 @@ def test_channels_last(tmp_path):
 
 
 def test_speed_yaml_with_compile(tmp_path):
-    """configs/shared/speed.yaml: bf16 + channels_last + torch.compile; checkpoints keep plain parameter names."""
-    c = run(tiny(tmp_path), "--config", str(SHARED / "speed.yaml"))
+    """configs/shared/speed.yaml: channels_last + torch.compile; checkpoints keep plain parameter names. The eager
+    backend traces the model like inductor without generating kernels (40 s of C++ compilation on a CPU)."""
+    c = run(tiny(tmp_path), "--config", str(SHARED / "speed.yaml"), "--performance.compile_backend=eager")
     assert c.trainer.global_step == 4 and getattr(c.model.backbone, "_compiled_call_impl", None) is not None
     keys = safe_load(tmp_path / "ckpt" / "last.ckpt")["state_dict"].keys()
     assert "backbone.features.0.weight" in keys and not any("_orig_mod" in k for k in keys)
@@ -88,6 +89,6 @@ def test_ddp_with_sync_batchnorm_on_cpu(tmp_path):
 
 
 def test_fsdp_yaml_is_refused_clearly_on_cpu(tmp_path):
-    out = _subprocess_fit(tiny(tmp_path), "--config", str(SHARED / "fsdp.yaml"), "--trainer.accelerator=cpu",
-                          "--trainer.precision=32-true")
-    assert out.returncode != 0 and "requires a GPU accelerator" in out.stderr
+    with pytest.raises(Exception, match="requires a GPU accelerator"):
+        run(tiny(tmp_path), "--config", str(SHARED / "fsdp.yaml"), "--trainer.accelerator=cpu",
+            "--trainer.precision=32-true")

