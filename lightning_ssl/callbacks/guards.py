@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_ssl.callbacks.features import step_features
+
 
 class NonFiniteError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient."""
@@ -97,9 +99,10 @@ def rankme(z: Tensor, eps: float = 1e-7) -> float:
 
 class CollapseMonitor(L.Callback):
     """Logs ``train/embedding_std`` (x sqrt(D): 1 is healthy, 0 collapsed), ``train/rankme`` and
-    ``train/rankme_ratio`` (RankMe / min(N, D)) from the ``features`` a method's ``training_step`` returns,
-    every ``every_n_steps`` optimizer steps on the last ``window`` samples, and warns (once per epoch) when
-    the embeddings look collapsed. ``every_n_steps=0`` turns it off."""
+    ``train/rankme_ratio`` (RankMe / min(N, D)) of the training step's features (``step_features``: what
+    ``embed`` gives for the first view), every ``every_n_steps`` optimizer steps on the last ``window`` samples,
+    and warns (once per epoch) when the embeddings look collapsed. ``every_n_steps=0`` turns it off. Features are
+    kept only over the steps that fill the window before a measurement, so between them it costs nothing."""
 
     def __init__(self, every_n_steps: int = 50, window: int = 1024, std_threshold: float = 0.1,
                  rank_threshold: float = 0.05) -> None:
@@ -118,14 +121,21 @@ class CollapseMonitor(L.Callback):
         return stats["embedding_std"] < self.std_threshold or stats["rankme_ratio"] < self.rank_threshold
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
-        if self.every_n_steps <= 0 or not isinstance(outputs, dict) or "features" not in outputs:
+        if self.every_n_steps <= 0 or not isinstance(outputs, dict):
             return
-        self._buffer.append(outputs["features"].detach().float().flatten(1))
-        if sum(len(b) for b in self._buffer) > self.window:
-            self._buffer = [torch.cat(self._buffer)[-self.window :]]
-        if trainer.global_step % self.every_n_steps != 0:
+        # features are collected only over the steps that fill the window before a measurement
+        step, n = trainer.global_step, self.every_n_steps
+        batch_size = len(batch[1]) if isinstance(batch, (list, tuple)) and len(batch) > 1 else 1
+        if step % n != 0 and n - step % n > -(-self.window // max(1, batch_size)):
             return
-        z = torch.cat(self._buffer)
+        z = step_features(trainer, pl_module, outputs)
+        if z is None:
+            return
+        self._buffer.append(z.detach().float().flatten(1))
+        if step % n != 0:
+            return
+        z = torch.cat(self._buffer)[-self.window :]
+        self._buffer = []
         if len(z) < 2:
             return
         self.last = stats = self.measure(z)

@@ -10,21 +10,32 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_ssl.callbacks.features import step_features
 from lightning_ssl.modules.distributed import is_distributed, world_size
 
 
 class OnlineLinearProbe(L.Callback):
-    """Trains ``nn.Linear(num_features, num_classes)`` on the ``features`` a method's ``training_step``
-    returns (detached: no gradient reaches the backbone) with its own AdamW, and evaluates it on val
-    dataloader 0. Logs ``train/probe_loss``, ``val/probe_top1`` and ``val/probe_top5``.
+    """Trains ``nn.Linear(num_features, num_classes)`` on the training step's features (``step_features``:
+    what the method's ``embed`` gives for the first view; detached, no gradient reaches the backbone) with its own
+    AdamW, every ``every_n_steps`` optimizer steps, and evaluates it on val dataloader 0. Logs ``train/probe_loss``,
+    ``val/probe_top1`` and ``val/probe_top5`` (plain accuracy over images, like the kNN monitor's) and
+    ``val/probe_top1_macro`` (the mean of the per-class accuracies).
+
+    Its cost is one small linear layer per step for methods whose step computes ``embed``'s features anyway; for
+    masked-input methods (MAE, SimMIM, BEiT) it runs ``embed`` on the first view, an extra no-grad forward of the
+    encoder on every patch (~10-30% of such a step): their configs set ``every_n_steps``.
 
     Under DDP the probe's gradients are averaged over processes, so every process keeps the same probe.
     Its weights and optimizer state are saved in the checkpoint. ``num_classes`` defaults to the
     datamodule's. ``enabled=False`` turns it off.
     """
 
-    def __init__(self, num_classes: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0, enabled: bool = True) -> None:
+    def __init__(self, num_classes: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0, enabled: bool = True,
+                 every_n_steps: int = 1) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"probe.every_n_steps must be >= 1, got {every_n_steps}")
         self.num_classes, self.lr, self.weight_decay, self.enabled = num_classes, lr, weight_decay, enabled
+        self.every_n_steps = every_n_steps
         self.probe: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict | None = None
@@ -43,27 +54,31 @@ class OnlineLinearProbe(L.Callback):
         dim = getattr(pl_module, "num_features")
         self.probe = nn.Linear(dim, self.num_classes)
         self.optimizer = torch.optim.AdamW(self.probe.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        self.top1 = MulticlassAccuracy(self.num_classes, top_k=1)
-        self.top5 = MulticlassAccuracy(self.num_classes, top_k=min(5, self.num_classes))
+        self.top1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
+        self.top1_macro = MulticlassAccuracy(self.num_classes, top_k=1, average="macro")
+        self.top5 = MulticlassAccuracy(self.num_classes, top_k=min(5, self.num_classes), average="micro")
         if self._pending_state is not None:
             self._restore(self._pending_state)
 
     def _to(self, device: torch.device) -> None:
         # the model reaches its device after ``setup``: follow it (re-casting any optimizer state)
         if self.probe.weight.device != device:
-            self.probe.to(device), self.top1.to(device), self.top5.to(device)
+            self.probe.to(device), self.top1.to(device), self.top1_macro.to(device), self.top5.to(device)
             self.optimizer.load_state_dict(self.optimizer.state_dict())
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
-        if not self.enabled or self.probe is None or not isinstance(outputs, dict) or "features" not in outputs:
+        if not self.enabled or self.probe is None or trainer.global_step % self.every_n_steps != 0:
             return
-        self._to(pl_module.device)
         labels = batch[1]
         keep = labels >= 0
         if not keep.any():
             return
+        features = step_features(trainer, pl_module, outputs)
+        if features is None:
+            return
+        self._to(pl_module.device)
         with torch.enable_grad():
-            logits = self.probe(outputs["features"].detach().float()[keep])
+            logits = self.probe(features.detach().float()[keep])
             loss = F.cross_entropy(logits, labels[keep])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -77,19 +92,21 @@ class OnlineLinearProbe(L.Callback):
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if self.enabled and self.probe is not None:
             self._to(pl_module.device)
-            self.top1.reset(), self.top5.reset()
+            self.top1.reset(), self.top1_macro.reset(), self.top5.reset()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
         if not self.enabled or self.probe is None or dataloader_idx != 0 or not isinstance(outputs, dict):
             return
         with torch.no_grad():
             logits = self.probe(outputs["features"].float())
-        self.top1.update(logits, outputs["labels"]), self.top5.update(logits, outputs["labels"])
+        for metric in (self.top1, self.top1_macro, self.top5):
+            metric.update(logits, outputs["labels"])
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self.enabled or self.probe is None or trainer.sanity_checking or self.top1.update_count == 0:
             return
         pl_module.log("val/probe_top1", self.top1.compute(), prog_bar=True)
+        pl_module.log("val/probe_top1_macro", self.top1_macro.compute())
         pl_module.log("val/probe_top5", self.top5.compute())
 
     def state_dict(self) -> dict[str, Any]:

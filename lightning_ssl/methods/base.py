@@ -18,9 +18,17 @@ from lightning_ssl.optim import WarmupCosineLR, param_groups
 class SSLMethod(L.LightningModule):
     """Base class for self-supervised methods.
 
-    Subclasses implement ``training_step`` (returning ``{"loss": ..., "features": detached backbone output of
-    the first view}`` so callbacks such as the online probe can use it) and call ``save_hyperparameters()``.
-    ``validation_step`` returns ``{"features", "labels"}`` for the kNN monitor and the online probe.
+    Subclasses implement ``training_step`` and call ``save_hyperparameters()``. ``validation_step`` returns
+    ``{"features": embed(x), "labels"}`` for the kNN monitor and the online probe.
+
+    **The monitoring rule**: the online probe and the collapse monitor see, while training, what ``embed`` gives
+    at evaluation: the same network (DINO's teacher when ``embed`` uses the teacher), the same pooling, an
+    unmasked input. ``training_step`` returns ``{"loss", "features"}`` with ``features`` = ``embed``'s output for
+    the first view (detached) when the step computes it anyway; the only differences allowed are train-mode
+    normalization layers and the view's own augmentation (Jigsaw's tile jitter). A step that does not compute
+    it (masked inputs: MAE, SimMIM, BEiT; iBOT's masked student) returns ``{"loss", "embed_input": first view}``
+    instead, and the callbacks run ``embed`` on it (``callbacks.features.step_features``). ``tests/test_probe_rule.py``
+    checks this for every method.
 
     The optimizer gets two parameter groups (no weight decay on biases and norm parameters). The LR
     schedule is stepped every optimizer step; ``WarmupCosineLR`` learns its length from

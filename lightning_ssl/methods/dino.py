@@ -150,9 +150,10 @@ class DINO(MomentumMethod):
         with torch.no_grad():
             if self.use_ibot:
                 t_tokens = self.teacher_backbone.forward_tokens(x_global)
-                t_out = self.teacher_head(self.teacher_backbone.pool(t_tokens))
+                t_feat = self.teacher_backbone.pool(t_tokens)
             else:
-                t_out = self.teacher_head(self.teacher_backbone(x_global))  # (G*B, K)
+                t_feat = self.teacher_backbone(x_global)  # (G*B, D)
+            t_out = self.teacher_head(t_feat)  # (G*B, K)
 
         s_feat, s_patches, mask = self._student_globals(x_global)
         s_out = list(self.head(s_feat).chunk(g))
@@ -175,7 +176,10 @@ class DINO(MomentumMethod):
 
         self.log("train/teacher_temp", tau_t)
         self.log("train/loss", loss, prog_bar=True)
-        return {"loss": loss, "features": s_feat[: len(views[0])].detach()}
+        b = len(views[0])  # the monitors see what embed does: the teacher's (or unmasked student's) first crop
+        if self.eval_teacher:
+            return {"loss": loss, "features": t_feat[:b].detach()}
+        return {"loss": loss, "embed_input": views[0]} if self.use_ibot else {"loss": loss, "features": s_feat[:b].detach()}
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         if self.current_epoch < self.freeze_last_layer_epochs:

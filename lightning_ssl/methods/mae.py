@@ -112,8 +112,8 @@ class MAE(SSLMethod):
         pred, target, mask, latent = self.forward_mae(x)
         loss = mae_loss(pred, target, mask, self.norm_pix_loss)
         self.log("train/loss", loss, prog_bar=True)
-        # features of the visible patches only (no extra forward): a cheap signal for the online probe
-        return {"loss": loss, "features": self.backbone.pool(latent).detach()}
+        # the encoder saw 25% of the patches; embed sees them all: the monitors run embed on the view itself
+        return {"loss": loss, "embed_input": x}
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
