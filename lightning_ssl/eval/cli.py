@@ -6,7 +6,7 @@ Hugging Face, or raw pixels - with kNN, a linear probe, few-shot probes and embe
     lightning-ssl-eval fewshot --config configs/eval/fashion_mnist.yaml --shots [1,5,10,100] --seeds 5
     lightning-ssl-eval plot    --config configs/eval/fashion_mnist.yaml --method tsne
     lightning-ssl-eval all     --config configs/eval/fashion_mnist.yaml      # kNN + linear + few-shot + plot
-    lightning-ssl-eval export  --ckpt last.ckpt --out backbone.pt
+    lightning-ssl-eval export  --ckpt last.ckpt --out backbone.pt [--format state_dict|timm|hf]
 
 Features of the labelled training split (the kNN bank / probe training set) and of the test split are computed
 once per run, with a progress bar, and cached under ``out_dir/features`` (keyed by the backbone, its weights
@@ -82,6 +82,8 @@ def build_parser() -> ArgumentParser:
     exp.add_argument("--out", required=True)
     exp.add_argument("--weights", default="auto", choices=["auto", "student", "teacher"],
                      help="auto: the network the method's embed() uses (DINO: the EMA teacher)")
+    exp.add_argument("--format", default="state_dict", choices=["state_dict", "timm", "hf"],
+                     help="state_dict: a .pt (+ .json recipe); timm / hf: a folder timm or transformers loads alone")
     sub.add_subcommand("export", exp)
     return parser
 
@@ -186,7 +188,7 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
         text += ["", f"Embedding plot: {plot_path}"]
 
     print("\n".join(text) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    _write_results(out / "results.json", results)
     if cfg.wandb:
         from lightning_ssl.loggers import WandbLogger
 
@@ -202,15 +204,37 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
     return results
 
 
+def _write_results(path: Path, results: dict[str, Any]) -> None:
+    """Merge ``results`` into ``path``: each protocol keeps its latest numbers, earlier protocols stay (a ``knn``
+    then a ``linear`` run leave both); written atomically."""
+    merged: dict[str, Any] = {}
+    if path.exists():
+        try:
+            merged = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            merged = {}
+    seconds = {**merged.get("seconds", {}), **results.get("seconds", {})}
+    merged.update(results)
+    merged["seconds"] = seconds
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(merged, indent=2, default=str))
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Run a subcommand. Called with ``argv`` (from Python) it returns the results dict; as the
+    ``lightning-ssl-eval`` console script (``argv=None``) it returns None, so the exit status is 0 on success
+    (the results are printed as tables and written to results.json)."""
     os.environ.setdefault("WANDB_SILENT", "true")
     parser = build_parser()
     cfg = parser.parse_args(argv if argv is not None else sys.argv[1:])
     if cfg.subcommand == "export":
-        out = export_backbone(cfg.export.ckpt, cfg.export.out, cfg.export.weights)
-        print(f"wrote {out} and {out.with_suffix('.json')}\n\n{json.loads(out.with_suffix('.json').read_text())['how_to_load']}")
+        out = export_backbone(cfg.export.ckpt, cfg.export.out, cfg.export.weights, cfg.export.format)
+        meta = out.with_suffix(".json") if cfg.export.format == "state_dict" else out / "lightning_ssl.json"
+        print(f"wrote {out} ({cfg.export.format}); load it with:\n\n{json.loads(meta.read_text())['how_to_load']}")
         return None
-    return run_protocols(cfg.subcommand, cfg[cfg.subcommand])
+    results = run_protocols(cfg.subcommand, cfg[cfg.subcommand])
+    return results if argv is not None else None
 
 
 if __name__ == "__main__":

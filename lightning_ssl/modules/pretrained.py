@@ -107,20 +107,20 @@ class CheckpointBackbone(nn.Module):
         return self.backbone(x)
 
 
-def _strip_classifier(model: nn.Module) -> int:
+def _strip_classifier(model: nn.Module) -> tuple[int, str]:
     """Replace the last Linear layer of a torchvision model's classifier by Identity (a hidden MLP layer, as in
-    MobileNetV3, stays part of the backbone); return the feature width."""
+    MobileNetV3, stays part of the backbone); return the feature width and the replaced layer's dotted name."""
     for attr in ("fc", "classifier", "heads", "head"):
         head = getattr(model, attr, None)
         if head is None:
             continue
         if isinstance(head, nn.Linear):
             setattr(model, attr, nn.Identity())
-            return head.in_features
+            return head.in_features, attr
         name, linear = [(n, m) for n, m in head.named_modules() if isinstance(m, nn.Linear)][-1]
         parent = head.get_submodule(name.rpartition(".")[0]) if "." in name else head
         setattr(parent, name.rpartition(".")[2], nn.Identity())
-        return linear.in_features
+        return linear.in_features, f"{attr}.{name}"
     raise ValueError(f"cannot find the classifier of {type(model).__name__}")
 
 
@@ -140,10 +140,19 @@ class TorchvisionBackbone(nn.Module):
             load_weights(self.model, load_state_dict_file(weights), f"weights file {weights!r}")
         if in_channels != 3:
             raise ValueError(f"TorchvisionBackbone expects 3-channel input; set data.channels: 3 (got {in_channels})")
-        self.num_features = _strip_classifier(self.model)
-        self.in_channels, self.image_size = in_channels, image_size
+        self.num_features, self.head_name = _strip_classifier(self.model)
+        self.name, self.in_channels, self.image_size = name, in_channels, image_size
 
     export_inner = "model"
+
+    def export_recipe(self) -> str:
+        """torchvision alone: the bare model, its classifier replaced by Identity (the exported weights have none)."""
+        parent, _, leaf = self.head_name.rpartition(".")
+        target = f"model.get_submodule({parent!r})" if parent else "model"
+        return ("import torch, torchvision\n"
+                f"model = torchvision.models.get_model({self.name!r})\n"
+                f"setattr({target}, {leaf!r}, torch.nn.Identity())  # the classifier: features out\n"
+                "model.load_state_dict(torch.load(PATH, weights_only=True))")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -189,6 +198,18 @@ class HFVisionBackbone(nn.Module):
         self.in_channels, self.image_size = in_channels, image_size
 
     export_inner = "model"
+
+    def export_recipe(self) -> str:
+        """transformers alone: the architecture from the model's own config, then the exported weights."""
+        kind, cfg = type(self.model).__name__, self.model.config.to_dict()
+        pool = {"cls": "last_hidden_state[:, 0]", "mean": "last_hidden_state[:, 1:].mean(1)",
+                "pooler": "pooler_output"}[self.pooling]
+        extra = ", interpolate_pos_encoding=True" if self._forward_kwargs else ""
+        return ("import torch, transformers\n"
+                f"config = transformers.{type(self.model.config).__name__}.from_dict({cfg!r})\n"
+                f"model = transformers.{kind}(config)\n"
+                "model.load_state_dict(torch.load(PATH, weights_only=True))\n"
+                f"model.features = lambda x: model(pixel_values=x{extra}).{pool}")
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(pixel_values=x, **self._forward_kwargs)
