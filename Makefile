@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN := scripts/with_jemalloc.sh
 DEMO_CONFIG ?= configs/simclr/fashion_mnist.yaml
-DEMO_CKPT ?= outputs/simclr_fashion_mnist/checkpoints/last.ckpt
+DEMO_MINUTES ?= 8
 PYTEST_ARGS ?=
 
 .PHONY: demo test install data clean
@@ -18,9 +18,8 @@ data: install
 	@$(PY) -m lightning_ssl.data.fetch fashion_mnist --root data
 
 demo: data
-	rm -f $(DEMO_CKPT)
-	$(RUN) $(VENV)/bin/lightning-ssl fit --config $(DEMO_CONFIG) --config configs/shared/wandb.yaml
-	$(RUN) $(PY) -m lightning_ssl.eval.report --config $(DEMO_CONFIG) --ckpt $(DEMO_CKPT)
+	$(RUN) $(VENV)/bin/lightning-ssl fit --config $(DEMO_CONFIG) --config configs/shared/wandb.yaml --budget.minutes $(DEMO_MINUTES)
+	$(RUN) $(PY) -m lightning_ssl.eval.report --config $(DEMO_CONFIG) --ckpt last
 
 test: install
 	$(RUN) $(PY) -m pytest $(PYTEST_ARGS)

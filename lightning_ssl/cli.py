@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -37,6 +40,7 @@ import lightning_ssl.eval.finetune  # noqa: F401
 import lightning_ssl.loggers  # noqa: F401
 import lightning_ssl.methods  # noqa: F401
 import lightning_ssl.modules.pretrained  # noqa: F401
+from lightning_ssl import runs
 from lightning_ssl.callbacks import CollapseMonitor, KNNMonitor, NonFiniteGuard, OnlineLinearProbe
 from lightning_ssl.callbacks.budget import TimeBudget
 from lightning_ssl.callbacks.performance import Performance
@@ -65,6 +69,19 @@ class SSLCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
                              "checkpoint.auto_insert_metric_name": False})
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning rebuilds the model from a checkpoint file's hyperparameters: say which values given here that
+        replaces, instead of dropping them silently."""
+        sub = self.config.get("subcommand")
+        before = to_dict(self.config[sub].get("model")) if sub else None
+        super()._parse_ckpt_path()
+        if before is not None:
+            after = to_dict(self.config[sub].get("model"))
+            changed = runs.diff(before, after, there="in the checkpoint")
+            if changed and self.config[sub].get("ckpt_path"):
+                warnings.warn(f"--ckpt_path {self.config[sub].ckpt_path}: the model is rebuilt from the checkpoint's "
+                              f"hyperparameters, which replace these values: {'; '.join(changed[:4])}", stacklevel=2)
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make it atomic
@@ -85,6 +102,45 @@ class SSLCLI(LightningCLI):
             info = data_cls.describe(to_dict(cfg.data.get("init_args")))
             inject(cfg.model, {DATA_TO_MODEL[k]: v for k, v in info.items()}, source=f"data ({cfg.data.class_path})",
                    prefix="model.")
+        if self.subcommand and cfg.get("checkpoint") is not None and cfg.checkpoint.get("dirpath") is None:
+            self._place_run(cfg)
+
+    def _place_run(self, cfg: Namespace) -> None:
+        """Give a fit its own run directory (``lightning_ssl.runs``), resolve ``--ckpt_path last`` to the newest
+        run of the same model config, and point checkpoints and loggers into the run's directory."""
+        root = Path(cfg.trainer.get("default_root_dir") or Path("outputs") / cfg.model.class_path.rpartition(".")[2].lower())
+        resume, run_dir = cfg.get("ckpt_path"), None
+        if resume == "last":
+            run_dir, diff = runs.find_resumable(root, to_dict(cfg.model))
+            if run_dir is None and diff:
+                raise ValueError(f"--ckpt_path last: no run under {root} was trained with this model config "
+                                 f"(the newest one differs: {diff[0]}). Resume that run with its own config, or give "
+                                 f"its checkpoint file as --ckpt_path.")
+            if run_dir is None:
+                warnings.warn(f"--ckpt_path last: nothing to resume under {root}; starting a new run", stacklevel=2)
+            cfg.ckpt_path = str(runs.last_checkpoint(run_dir)) if run_dir is not None else None
+        elif resume and Path(resume).parent.name == "checkpoints":  # a run's own checkpoint: continue in that run
+            run_dir = Path(resume).parent.parent
+        if self.subcommand != "fit":
+            return
+        run_dir = run_dir or runs.new_run_dir(root)
+        cfg.trainer.default_root_dir = str(run_dir)
+        cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
+        name = f"{root.name}/{run_dir.name}"
+        loggers = cfg.trainer.get("logger")
+        if loggers is None or loggers is True:  # Lightning's default logger, but in the run's own directory
+            loggers = Namespace(class_path="lightning_ssl.loggers.CSVLogger", init_args=Namespace(save_dir="."))
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init = logger.get("init_args") if isinstance(logger, Namespace) else None
+            if init is None:
+                continue
+            if "save_dir" in init:
+                init.save_dir = str(run_dir)
+            if logger.class_path.rpartition(".")[2] in ("CSVLogger", "TensorBoardLogger"):
+                init.name, init.version = "", ""  # files straight in the run directory, not in a sub-version
+            elif "name" in init and init.get("name") is None:  # W&B: the run is named after the config and version
+                init.name = name
+        cfg.trainer.logger = loggers
 
 
 def cli(args: list[str] | None = None, **kwargs: Any) -> SSLCLI:

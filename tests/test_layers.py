@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_ssl"
 LAYERS = {
     # 0: building blocks, no Lightning module or callback of ours
-    "config": 0, "checkpoint": 0, "optim": 0, "precision": 0, "data": 0, "losses": 0, "modules": 0, "metrics": 0,
+    "config": 0, "runs": 0, "checkpoint": 0, "optim": 0, "precision": 0, "data": 0, "losses": 0, "modules": 0, "metrics": 0,
     # 1: what a Trainer runs
     "methods": 1, "callbacks": 1, "loggers": 1, "trainer": 1,
     # 2: entry points

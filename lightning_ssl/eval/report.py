@@ -1,7 +1,9 @@
 """kNN report after pretraining: learned backbone vs the same architecture at random init vs raw pixels.
 
-    python -m lightning_ssl.eval.report --config configs/simclr/fashion_mnist.yaml \
-        --ckpt outputs/simclr_fashion_mnist/checkpoints/last.ckpt [--model.init_args... overrides]
+    python -m lightning_ssl.eval.report --config configs/simclr/fashion_mnist.yaml [--ckpt last | path.ckpt]
+        [--model.init_args... overrides]
+
+``--ckpt last`` (default) is the last checkpoint of the newest run under the config's ``trainer.default_root_dir``.
 
 Uses the config's datamodule with the *full* labelled training set as the kNN bank and its test split as
 queries; the random-init model is built from the same config and seed. Prints a Markdown table and writes
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lightning_ssl import runs
 from lightning_ssl.checkpoint import load_method
 from lightning_ssl.eval.features import extract_features
 from lightning_ssl.metrics.knn import knn_accuracy
@@ -53,6 +56,8 @@ def run(config: list[str], ckpt: str, ks: list[int], temperature: float = 0.07, 
 
     args = sum((["--config", c] for c in config), []) + list(overrides or []) + ["--trainer.logger=false"]
     cli = run_cli(args, run=False)
+    if ckpt == "last":
+        ckpt = str(runs.latest_checkpoint(cli.trainer.default_root_dir))
     learned = load_method(ckpt)
     rows = {
         f"learned ({type(learned).__name__})": evaluate_knn(learned, cli.datamodule, ks, temperature, device),
@@ -60,7 +65,7 @@ def run(config: list[str], ckpt: str, ks: list[int], temperature: float = 0.07, 
         "raw pixels": evaluate_knn(None, cli.datamodule, ks, temperature, device),
     }
     r = next(iter(rows.values()))
-    print(f"\nkNN on {type(cli.datamodule).__name__} test ({r['queries']} queries, bank of {r['bank']} training "
+    print(f"\n{ckpt}\nkNN on {type(cli.datamodule).__name__} test ({r['queries']} queries, bank of {r['bank']} training "
           f"images, cosine, T={temperature}):\n\n{markdown_table(rows, ks)}\n")
     out = Path(ckpt).with_name("knn_report.json")
     out.write_text(json.dumps({"rows": rows, "temperature": temperature}, indent=2))
@@ -70,7 +75,7 @@ def run(config: list[str], ckpt: str, ks: list[int], temperature: float = 0.07, 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="kNN report: learned vs random-init vs raw pixels")
     p.add_argument("--config", action="append", required=True, help="the config(s) used for pretraining")
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", default="last", help="a checkpoint, or last: the newest run of the config")
     p.add_argument("--k", type=int, nargs="+", default=[20, 200])
     p.add_argument("--temperature", type=float, default=0.07)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -83,6 +83,28 @@ class SSLMethod(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         written_by = checkpoint.get("hyper_parameters", {}).get("_class_path")
+        self._check_same_method(written_by)
+        self._check_same_shapes(checkpoint.get("state_dict", {}), written_by or "the checkpoint")
+
+    def _check_same_shapes(self, state: dict[str, Any], written_by: str) -> None:
+        """A checkpoint of the same method with another architecture: say which tensors differ (and the
+        backbone config it was written with), before PyTorch's bare size-mismatch error."""
+        own = self.state_dict()
+        wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+                 if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+        if not wrong and not missing:
+            return
+        from lightning_ssl.checkpoint import CheckpointError
+
+        lines = [f"this checkpoint ({written_by}) holds another architecture than this run builds:"]
+        lines += [f"  {k}: the file has {got}, this run {want}" for k, got, want in wrong[:5]]
+        if missing:
+            lines.append(f"  {len(missing)} tensors of this run are not in the file, e.g. {missing[:3]}")
+        lines.append("Resume with the config the checkpoint was trained with (its run directory has config.yaml).")
+        raise CheckpointError("\n".join(lines))
+
+    def _check_same_method(self, written_by: str | None) -> None:
         if not written_by:
             return
         try:

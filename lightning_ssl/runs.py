@@ -1,0 +1,82 @@
+"""Run directories: every ``lightning-ssl fit`` gets its own, so runs never overwrite each other.
+
+A config names a root (``trainer.default_root_dir``, e.g. ``outputs/simclr_fashion_mnist``); each run writes to
+``<root>/version_<N>/`` (N = one more than the highest so far, as Lightning's loggers number versions): its
+``config.yaml``, ``checkpoints/``, logs (``metrics.csv``, ``wandb/``) and pictures (``images/``).
+
+``--ckpt_path last`` resumes the newest run under the root *whose model config is this run's* and continues
+writing into that run's directory; a variant run started from the same config (another width, say) is never
+picked up by mistake, and when no run matches the error names the difference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PREFIX = "version_"
+
+
+def versions(root: str | Path) -> list[Path]:
+    """The run directories under ``root``, oldest first."""
+    root = Path(root)
+    found = [(int(p.name[len(PREFIX):]), p) for p in root.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit()]
+    return [p for _, p in sorted(found)]
+
+
+def new_run_dir(root: str | Path) -> Path:
+    """``<root>/version_<N+1>`` (created, so a second run started at the same moment takes the next number)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    n = int(versions(root)[-1].name[len(PREFIX):]) + 1 if versions(root) else 0
+    while True:
+        path = root / f"{PREFIX}{n}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    path = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return path if path.exists() else None
+
+
+def latest_checkpoint(root: str | Path) -> Path:
+    """``last.ckpt`` of the newest run under ``root`` that has one (for reports and evaluation)."""
+    for run in reversed(versions(root)):
+        if (ckpt := last_checkpoint(run)) is not None:
+            return ckpt
+    raise FileNotFoundError(f"no run under {root} has a checkpoints/last.ckpt yet")
+
+
+def _plain(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def diff(a: Any, b: Any, prefix: str = "model", here: str = "here", there: str = "in the run") -> list[str]:
+    """``["model.init_args.x: 1 here, 2 in the run", ...]`` for every leaf where two configs differ."""
+    a, b = _plain(a), _plain(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}.{k}", here, there)]
+    return [] if a == b else [f"{prefix}: {a!r} {here}, {b!r} {there}"]
+
+
+def find_resumable(root: str | Path, model_config: dict[str, Any]) -> tuple[Path | None, list[str]]:
+    """The newest run under ``root`` with a last checkpoint and the same model config, and, when there is none,
+    how this config differs from the newest resumable run (empty if there is no run at all)."""
+    model_config = _plain(model_config)
+    newest_diff: list[str] = []
+    for run in reversed(versions(root)):
+        if last_checkpoint(run) is None or not (run / "config.yaml").exists():
+            continue
+        saved = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model")
+        changes = diff(model_config, saved)
+        if not changes:
+            return run, []
+        newest_diff = newest_diff or [f"{run.name}: " + "; ".join(changes[:4])]
+    return None, newest_diff
