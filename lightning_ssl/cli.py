@@ -91,10 +91,21 @@ class SSLCLI(LightningCLI):
             trainer.strategy._layer_sync = DistributedBatchNormSync()
         return trainer
 
-    def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        if "weights_only" in cfg and cfg.get("weights_only") is None:
-            cfg.weights_only = True  # resuming (--ckpt_path) never unpickles code
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """``--print_config`` prints the config that will run: with the data's image size, channels and classes
+        already written into the model (jsonargparse would print it before they are)."""
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, (dict, Namespace)) else []
+        flag = next((a for a in argv if a == "--print_config" or a.startswith("--print_config=")), None)
+        if flag is None:
+            return super().parse_arguments(parser, args)
+        self.config = parser.parse_args([a for a in argv if a != flag])
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else self.config
+        self._fill_in_data_facts(cfg)
+        print((self._subcommand_parsers[sub] if sub else parser).dump(cfg, skip_none="skip_null" in flag), end="")
+        sys.exit(0)
+
+    def _fill_in_data_facts(self, cfg: Namespace) -> None:
         if cfg.get("data") is None or cfg.get("model") is None:
             return
         data_cls = import_class(cfg.data.class_path)
@@ -102,6 +113,21 @@ class SSLCLI(LightningCLI):
             info = data_cls.describe(to_dict(cfg.data.get("init_args")))
             inject(cfg.model, {DATA_TO_MODEL[k]: v for k, v in info.items()}, source=f"data ({cfg.data.class_path})",
                    prefix="model.")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if "weights_only" in cfg and cfg.get("weights_only") is None:
+            cfg.weights_only = True  # resuming (--ckpt_path) never unpickles code
+        for key in ("optimizer", "lr_scheduler"):
+            if cfg.get(key) is not None:
+                raise ValueError(
+                    f"--{key} at the top level would replace the method's whole optimizer setup (its warm-up + cosine "
+                    f"schedule and the no-weight-decay groups for biases and norms). Set model.init_args."
+                    f"{'optimizer' if key == 'optimizer' else 'scheduler'} instead, e.g. "
+                    f"--model.init_args.optimizer.init_args.lr 0.001")
+        if cfg.get("data") is None or cfg.get("model") is None:
+            return
+        self._fill_in_data_facts(cfg)
         if self.subcommand and cfg.get("checkpoint") is not None and cfg.checkpoint.get("dirpath") is None:
             self._place_run(cfg)
 

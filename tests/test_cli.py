@@ -35,6 +35,8 @@ def test_print_config_works():
     assert "not recommended to provide both args and command line" not in out.stderr  # the entry point passes one
     assert "class_path: lightning_ssl.methods.SimCLR" in out.stdout
     assert "class_path: lightning_ssl.data.FashionMNISTDataModule" in out.stdout and "knn:" in out.stdout
+    # what will run: Fashion-MNIST's 1 channel and 28 px are already in the backbone (not SmallCNN's defaults)
+    assert "in_channels: 1" in out.stdout and "image_size: 28" in out.stdout and "in_channels: 3" not in out.stdout
 
 
 def test_console_script_exit_code_and_help():
@@ -88,3 +90,10 @@ def test_model_value_contradicting_the_data_is_an_error(tmp_path):
     # the constructor's default (3) is not a choice: the data's value (1) is filled in
     c = cli([*args, "--data.channels=1"], run=False)
     assert c.model.backbone.in_channels == 1
+
+
+@pytest.mark.parametrize("flag", ["--optimizer=torch.optim.Adam", "--lr_scheduler=torch.optim.lr_scheduler.StepLR"])
+def test_top_level_optimizer_is_refused_naming_the_right_key(tmp_path, flag):
+    extra = ["--lr_scheduler.step_size=1"] if "StepLR" in flag else []
+    with pytest.raises(ValueError, match=r"model.init_args.(optimizer|scheduler) instead"):
+        cli([*tiny_args(tmp_path), flag, *extra], run=False)
