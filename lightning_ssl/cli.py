@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
@@ -41,7 +42,16 @@ import lightning_ssl.loggers  # noqa: F401
 import lightning_ssl.methods  # noqa: F401
 import lightning_ssl.modules.pretrained  # noqa: F401
 from lightning_ssl import runs
-from lightning_ssl.callbacks import CollapseMonitor, KNNMonitor, NonFiniteGuard, OnlineLinearProbe
+from lightning_ssl.callbacks import (
+    CollapseMonitor,
+    EmbeddingPlot,
+    KNNMonitor,
+    LearningRateLogger,
+    NonFiniteGuard,
+    OnlineLinearProbe,
+    EndOfRun,
+    ViewGrid,
+)
 from lightning_ssl.callbacks.budget import TimeBudget
 from lightning_ssl.callbacks.performance import Performance
 from lightning_ssl.checkpoint import AtomicCheckpointIO
@@ -50,12 +60,23 @@ from lightning_ssl.modules.sync_bn import DistributedBatchNormSync
 from lightning_ssl.trainer import Trainer
 
 
+class SaveAndLogConfig(SaveConfigCallback):
+    """Writes the run's ``config.yaml`` (Lightning's) and hands the whole resolved config - data, views, batch size,
+    trainer, seed, not only the model's hyperparameters - to every logger (the W&B run's config)."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+
+
 class SSLCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("trainer_class", Trainer)
+        kwargs.setdefault("save_config_callback", SaveAndLogConfig)
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -65,7 +86,11 @@ class SSLCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(Performance, "performance")
         parser.add_lightning_class_args(TimeBudget, "budget")
+        parser.add_lightning_class_args(ViewGrid, "views")
+        parser.add_lightning_class_args(EmbeddingPlot, "embeddings")
+        parser.add_lightning_class_args(LearningRateLogger, "lr_monitor")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EndOfRun, "end_of_run")  # last: sees the others' should_stop
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
                              "checkpoint.auto_insert_metric_name": False})
 
@@ -166,6 +191,8 @@ class SSLCLI(LightningCLI):
                 init.name, init.version = "", ""  # files straight in the run directory, not in a sub-version
             elif "name" in init and init.get("name") is None:  # W&B: the run is named after the config and version
                 init.name = name
+                if "tags" in init and not init.get("tags"):
+                    init.tags = [cfg.model.class_path.rpartition(".")[2], cfg.data.class_path.rpartition(".")[2]]
         cfg.trainer.logger = loggers
 
 

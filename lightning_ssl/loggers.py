@@ -20,13 +20,16 @@ class WandbLogger(_WandbLogger):
     """
 
     def __init__(self, project: str = "lightning-ssl", save_dir: str = "outputs", offline: bool | None = None,
-                 log_model: bool = False, **kwargs: Any) -> None:
+                 log_model: bool | str = False, name: str | None = None, tags: list[str] | None = None,
+                 **kwargs: Any) -> None:
         if offline is None:
             mode = os.environ.get("LIGHTNING_SSL_WANDB", os.environ.get("WANDB_MODE", "offline"))
             offline = mode != "online"
         os.makedirs(save_dir, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")
-        super().__init__(project=project, save_dir=save_dir, offline=offline, log_model=log_model, **kwargs)
+        if tags:
+            kwargs["tags"] = list(tags)
+        super().__init__(project=project, save_dir=save_dir, offline=offline, log_model=log_model, name=name, **kwargs)
 
 
 class CSVLogger(_CSVLogger):
@@ -47,3 +50,53 @@ class _AppendingWriter(_ExperimentWriter):
         if self._fs.isfile(self.metrics_file_path):  # continue the file: its columns are the header so far
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 self.metrics_keys = sorted(next(csv.reader(f), []))
+
+
+def read_wandb_run(path: str | os.PathLike) -> dict[str, Any]:
+    """Read back what an (offline) W&B run wrote, without network or the wandb service: ``{"history": [rows],
+    "config": {...}, "summary": {...}, "images": [png paths], "tags": [...], "name": str}``. ``path`` is a run
+    folder (``.../wandb/offline-run-...``) or a folder holding ``wandb/`` (the newest run is read).
+
+    The ``run-*.wandb`` file is a sequence of 32 KiB blocks of records (4-byte checksum, 2-byte length, 1-byte
+    type: full / first / middle / last piece), each a ``wandb_internal_pb2.Record`` protobuf."""
+    import json
+    from pathlib import Path
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = Path(path)
+    if not list(path.glob("run-*.wandb")):
+        runs = sorted((path / "wandb" if (path / "wandb").is_dir() else path).glob("*run-*"))
+        runs = [r for r in runs if r.is_dir()]
+        if not runs:
+            raise FileNotFoundError(f"no W&B run under {path}")
+        path = runs[-1]
+    data = next(path.glob("run-*.wandb")).read_bytes()
+    out: dict[str, Any] = {"history": [], "config": {}, "summary": {}, "tags": [], "name": None}
+    pos, block, pieces = 7, 32768, b""  # after the file header (":W&B", magic, version)
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # the rest of a block too small for a header is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pieces += payload
+        if kind in (2, 3):  # first / middle piece of a record that spans blocks
+            continue
+        record, pieces = pb.Record.FromString(pieces), b""
+        field = record.WhichOneof("record_type")
+        if field == "history":
+            out["history"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                   for item in record.history.item})
+        elif field == "config":
+            out["config"].update({item.key: json.loads(item.value_json) for item in record.config.update})
+        elif field == "summary":
+            out["summary"].update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                   for item in record.summary.update})
+        elif field == "run":
+            out["name"], out["tags"] = record.run.display_name, list(record.run.tags)
+    out["images"] = sorted(str(p) for p in (path / "files" / "media" / "images").rglob("*.png"))
+    return out

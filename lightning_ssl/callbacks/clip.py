@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from lightning_ssl.metrics.zeroshot import clip_embedding_plot
+from lightning_ssl.callbacks.end_of_fit import is_final_validation
 from lightning_ssl.modules.distributed import gather
 
 
@@ -29,7 +30,8 @@ class CLIPEmbeddingPlot(L.Callback):
         self.last_path: Path | None = None
 
     def _active(self, trainer: L.Trainer) -> bool:
-        return self.every_n_epochs > 0 and not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        return self.every_n_epochs > 0 and not trainer.sanity_checking and (
+            (trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._store = []

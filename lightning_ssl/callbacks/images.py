@@ -1,9 +1,9 @@
-"""Pictures of what a model does: MAE reconstructions and DINO's CLS attention maps.
+"""Pictures of a run: the augmented views, MAE reconstructions, DINO's CLS attention maps, embedding plots.
 
-Both callbacks keep a fixed set of images (the first validation batch, or until one has been seen, the first
-view of the first training batch), render a grid every ``every_n_epochs`` training epochs on global rank 0,
-save it as a PNG under ``out_dir`` (default ``<trainer log dir>/images``) and log it to W&B when a
-``WandbLogger`` is attached. The rendering functions work on their own, e.g. in a notebook.
+The model pictures keep a fixed set of images (the first validation batch, or until one has been seen, the first
+view of the first training batch), render a grid every ``every_n_epochs`` training epochs and after the last step
+on global rank 0, save it as a PNG under ``out_dir`` (default ``<run directory>/images``) and log it to W&B when
+a ``WandbLogger`` is attached. The rendering functions work on their own, e.g. in a notebook.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ class _ImageCallback(L.Callback):
         self._val: Tensor | None = None
         self._train: Tensor | None = None
         self.last_path: Path | None = None
+        self._rendered_at: int | None = None  # global step of the last picture
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self._val is None and dataloader_idx == 0 and isinstance(batch, (list, tuple)):
@@ -120,10 +121,19 @@ class _ImageCallback(L.Callback):
             self._train = x[: self.num_images].detach().cpu()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._publish(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The final model always gets its picture, whatever the interval."""
+        if self.every_n_epochs > 0 and self._rendered_at != trainer.global_step:
+            self._publish(trainer, pl_module)
+
+    def _publish(self, trainer, pl_module) -> None:
         images = self._val if self._val is not None else self._train
-        if (self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs or images is None
-                or not trainer.is_global_zero):
+        if images is None or not trainer.is_global_zero:
             return
+        self._rendered_at = trainer.global_step
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -174,3 +184,84 @@ class AttentionMapLogger(_ImageCallback):
         mean, std = self._norm_stats(trainer)
         grid = render_attention(to_unit_range(images, mean, std), attn, self.threshold)
         return grid, f"image | mean over heads | heads 1-{attn.shape[1]}, epoch {trainer.current_epoch}"
+
+
+class ViewGrid(L.Callback):
+    """The augmented views of the first training batch, once, at the start of training: one row per image, one
+    column per view (multi-crop's small crops shown at the size of the large ones), so a run's augmentations can be
+    checked by eye. Saved as ``images/views_epoch000.png`` in the run directory and logged to W&B."""
+
+    name = "views"
+
+    def __init__(self, num_images: int = 8, enabled: bool = True, out_dir: str | None = None) -> None:
+        self.num_images, self.enabled, self.out_dir = num_images, enabled, out_dir
+        self.last_path: Path | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.enabled or self.last_path is not None or not trainer.is_global_zero:
+            return
+        views = batch[0] if isinstance(batch, (list, tuple)) else None
+        if not isinstance(views, (list, tuple)) or not all(isinstance(v, Tensor) and v.ndim == 4 for v in views):
+            self.enabled = False  # not an image batch of views (text, image-text pairs)
+            return
+        dm = trainer.datamodule
+        mean, std = dm.norm_stats() if hasattr(dm, "norm_stats") else (None, None)
+        size = max(v.shape[-1] for v in views)
+        tiles = [to_unit_range(F.interpolate(v[: self.num_images].float(), size=(size, size), mode="nearest"), mean, std)
+                 for v in views]
+        grid = torch.stack(tiles, dim=1).flatten(0, 1)  # image-major: each row is one image's views
+        if grid.shape[1] == 1:
+            grid = grid.expand(-1, 3, -1, -1)
+        grid = make_grid(grid[:, :3], nrow=len(views), padding=1, pad_value=1.0)
+        self.last_path = publish(trainer, grid, self.name, self.out_dir,
+                                 f"{len(views)} augmented views of {min(self.num_images, len(views[0]))} images")
+
+
+class EmbeddingPlot(L.Callback):
+    """A t-SNE (or UMAP) of the validation features ``embed`` gives (val dataloader 0, the first ``max_points``),
+    coloured by class, every ``every_n_epochs`` epochs and after the last step; ``images/embeddings_epoch<N>.png``
+    in the run directory and ``images/embeddings`` in W&B. ``every_n_epochs=0`` (default) turns it off (t-SNE of
+    1,000 points takes a few seconds); ``configs/shared/wandb.yaml`` turns it on."""
+
+    name = "embeddings"
+
+    def __init__(self, every_n_epochs: int = 0, method: str = "tsne", max_points: int = 1000,
+                 out_dir: str | None = None) -> None:
+        if method not in ("tsne", "umap"):
+            raise ValueError(f"method must be 'tsne' or 'umap', got {method!r}")
+        self.every_n_epochs, self.method, self.max_points, self.out_dir = every_n_epochs, method, max_points, out_dir
+        self._store: list[tuple[Tensor, Tensor]] = []
+        self.last_path: Path | None = None
+
+    def _active(self, trainer) -> bool:
+        from lightning_ssl.callbacks.end_of_fit import is_final_validation
+
+        return self.every_n_epochs > 0 and not trainer.sanity_checking and trainer.is_global_zero and (
+            (trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._store = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if (dataloader_idx == 0 and self._active(trainer) and isinstance(outputs, dict) and "features" in outputs
+                and sum(len(f) for f, _ in self._store) < self.max_points):
+            self._store.append((outputs["features"].detach().float().cpu(), outputs["labels"].detach().cpu()))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not self._store or not self._active(trainer):
+            return
+        from lightning_ssl.metrics.plots import embedding_plot
+
+        features, labels = (torch.cat(t)[: self.max_points] for t in zip(*self._store))
+        self._store = []
+        root = Path(self.out_dir) if self.out_dir is not None else Path(trainer.log_dir or trainer.default_root_dir) / "images"
+        names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
+        self.last_path = embedding_plot(
+            features, labels, root / f"{self.name}_epoch{trainer.current_epoch:03d}.png", self.method, self.max_points,
+            class_names=names, title=f"{self.method.upper()} of {len(features)} validation embeddings, "
+                                     f"epoch {trainer.current_epoch} (step {trainer.global_step})")
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=f"images/{self.name}", images=[str(self.last_path)], step=trainer.global_step)

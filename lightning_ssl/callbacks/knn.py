@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from lightning_ssl.metrics.knn import knn_accuracy
+from lightning_ssl.callbacks.end_of_fit import is_final_validation
 from lightning_ssl.modules.distributed import gather
 
 
@@ -30,7 +31,8 @@ class KNNMonitor(L.Callback):
         self._store: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def _active(self, trainer: L.Trainer) -> bool:
-        return self.every_n_epochs > 0 and not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        return self.every_n_epochs > 0 and not trainer.sanity_checking and (
+            (trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._store = {0: [], 1: []}
