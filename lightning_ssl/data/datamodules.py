@@ -146,6 +146,29 @@ class ImageDataModule(L.LightningDataModule):
             for t in views.transforms:
                 t.to(x.device)
             return views(x), y
+        return self._normalize_eval(x, y)
+
+    def evaluation_tensors(self, split: str = "test", max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation-ready images and labels of ``split`` ("test", or "train" for the labelled training images):
+        float (N, C, H, W) resized and normalized exactly as the evaluation batches the model sees, on the CPU.
+        For notebooks: ``images, labels = dm.evaluation_tensors(max_images=1000); model.encode(images)``."""
+        if split not in ("test", "train"):
+            raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+        self.prepare_data()
+        if not hasattr(self, "val_set"):
+            self.setup("validate")
+        dataset = self.val_set if split == "test" else self.bank_set
+        if max_images is not None:
+            dataset = Subset(dataset, range(min(max_images, len(dataset))))
+        xs, ys = [], []
+        for x, y in DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0):
+            x, y = self._normalize_eval(x, y) if self.batch_augment else (x, y)
+            xs.append(x), ys.append(y)
+        return torch.cat(xs), torch.cat(ys)
+
+    def _normalize_eval(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 evaluation images -> resized, normalized float (the batched path's evaluation transform)."""
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                                 antialias=True, align_corners=False)

@@ -135,6 +135,17 @@ class SSLMethod(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.embed(x)
 
+    @torch.no_grad()
+    def encode(self, images: Tensor, batch_size: int = 512) -> Tensor:
+        """``embed`` for use outside training: eval mode (BatchNorm running statistics, no dropout), no gradient,
+        in batches on the model's device; (N, D) float features on the CPU. The model's mode is restored."""
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.cat([self.embed(x.to(self.device)).float().cpu() for x in images.split(batch_size)])
+        finally:
+            self.train(was_training)
+
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         x, y = batch
         return {"features": self.embed(x), "labels": y}
