@@ -48,6 +48,7 @@ class CLIP(SSLMethod):
         cache_locked_text: bool = True,
         zeroshot_templates: list[str] | None = None,
         recall_ks: list[int] | None = None,
+        projections_from: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
@@ -61,6 +62,9 @@ class CLIP(SSLMethod):
             cache_locked_text: with ``lock_text``, remember the text features of every caption seen (the locked
                 tower is deterministic), so each distinct caption goes through a large pretrained model once.
             zeroshot_templates: prompts with one ``{}`` for the class name; default: the datamodule's.
+            projections_from: a Hugging Face CLIP folder whose projections and logit scale start this model's (with
+                its towers as ``HFVisionBackbone`` / ``HFTextEncoder(pooling="pooler")`` from the same folder, the
+                model *is* that CLIP, ready to fine-tune); ``embed_dim`` must be its ``projection_dim``.
         """
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
@@ -80,7 +84,25 @@ class CLIP(SSLMethod):
         self._text_cache: dict[str, Tensor] = {}
         self.zeroshot_templates = zeroshot_templates
         self.recall_ks = list(recall_ks or (1, 5, 10))
+        if projections_from is not None:
+            self._load_projections(projections_from)
         self._eval_store: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def _load_projections(self, path: str) -> None:
+        from transformers import CLIPModel
+
+        from lightning_ssl.modules.backbones import resolve_weights
+
+        hf = CLIPModel.from_pretrained(resolve_weights(path))
+        for ours, theirs in ((self.image_proj, hf.visual_projection), (self.text_proj, hf.text_projection)):
+            if ours.weight.shape != theirs.weight.shape:
+                raise ValueError(f"projections_from={path!r}: its projection is {tuple(theirs.weight.shape)}, this model's "
+                                 f"{tuple(ours.weight.shape)} (set embed_dim to its projection_dim, "
+                                 f"{hf.config.projection_dim}, and take both towers from the same checkpoint)")
+            with torch.no_grad():
+                ours.weight.copy_(theirs.weight)
+        with torch.no_grad():
+            self.criterion.log_scale.copy_(hf.logit_scale.detach().to(self.criterion.log_scale.dtype))
 
     # -- the two towers ---------------------------------------------------------------------------------------
     @property

