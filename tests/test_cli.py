@@ -97,3 +97,32 @@ def test_top_level_optimizer_is_refused_naming_the_right_key(tmp_path, flag):
     extra = ["--lr_scheduler.step_size=1"] if "StepLR" in flag else []
     with pytest.raises(ValueError, match=r"model.init_args.(optimizer|scheduler) instead"):
         cli([*tiny_args(tmp_path), flag, *extra], run=False)
+
+
+def test_lr_scaling_with_the_global_batch(tmp_path):
+    args = [a for a in tiny_args(tmp_path) if not a.startswith("--model=")]
+    base = ["--model=SimCLR", "--model.optimizer=torch.optim.AdamW", "--model.optimizer.lr=0.001",
+            "--trainer.max_steps=1", "--knn.every_n_epochs=0"]
+    c = cli(["fit", *base, *args, "--lr_scaling.base_batch_size=4", "--trainer.accumulate_grad_batches=2"])
+    # batch 8 x 1 process x 2 accumulated = 16 images per step: 4x the rate given per 4 images
+    assert c.trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.004)
+    c = cli(["fit", *base, *args, f"--trainer.default_root_dir={tmp_path}/plain"])
+    assert c.trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.001)  # off by default
+
+
+def test_configs_ship_with_the_package_and_are_listed(tmp_path, monkeypatch, capsys):
+    from lightning_ssl.cli import PACKAGED_CONFIGS, list_configs, main
+
+    names = {n for n, _ in list_configs()}
+    assert {p.relative_to(ROOT / "configs").with_suffix("").as_posix() for p in (ROOT / "configs").glob("*/*.yaml")} == names
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here, as after a pip install
+    monkeypatch.setattr(sys, "argv", ["lightning-ssl", "configs"])
+    main()
+    out = capsys.readouterr().out
+    assert "simclr/fashion_mnist" in out and str(PACKAGED_CONFIGS) in out
+    c = cli(["--config", "simclr/fashion_mnist", "--data=SyntheticDataModule", "--data.image_size=28",
+             "--data.channels=1", "--trainer.logger=false"], run=False)
+    assert type(c.model).__name__ == "SimCLR"
+    c = cli(["--config=configs/mae/fashion_mnist.yaml", "--data=SyntheticDataModule", "--data.image_size=28",
+             "--data.channels=1", "--trainer.logger=false"], run=False)
+    assert type(c.model).__name__ == "MAE"

@@ -7,10 +7,11 @@ from lightning_ssl.callbacks.guards import CollapseMonitor, NonFiniteError, NonF
 from lightning_ssl.callbacks.end_of_fit import LearningRateLogger, EndOfRun
 from lightning_ssl.callbacks.images import AttentionMapLogger, EmbeddingPlot, MAEReconstructionLogger, ViewGrid
 from lightning_ssl.callbacks.knn import KNNMonitor
+from lightning_ssl.callbacks.lr_scaling import LinearLRScaling
 from lightning_ssl.callbacks.probe import OnlineLinearProbe
 
 __all__ = [
     "AttentionMapLogger", "CLIPEmbeddingPlot", "CollapseMonitor", "ColorizationImages", "EmbeddingPlot", "KNNMonitor",
-    "LearningRateLogger", "MAEReconstructionLogger", "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe",
+    "LearningRateLogger", "LinearLRScaling", "MAEReconstructionLogger", "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe",
     "TimeBudget", "EndOfRun", "ViewGrid",
 ]
