@@ -23,9 +23,9 @@ def param_groups(modules: Iterable[nn.Module] | nn.Module, weight_decay_1d: bool
                 continue
             seen.add(id(p))
             (decay if p.ndim >= 2 or weight_decay_1d else no_decay).append(p)
-    groups = [{"params": decay}]
+    groups = [{"params": decay, "decayed": True}]  # "decayed" marks the group for weight-decay schedules (DINO)
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "decayed": False})
     return groups
 
 

@@ -39,7 +39,7 @@ def _synthetic(data: dict, tmp_path: Path) -> list[str]:
     info = import_class(data["class_path"]).describe(data.get("init_args") or {})
     return ["--data=lightning_ssl.data.SyntheticDataModule", f"--data.image_size={info['image_size']}",
             f"--data.channels={info['channels']}", f"--data.num_classes={info['num_classes'] or 4}",
-            "--data.num_samples=16", "--data.batch_size=4", "--data.num_workers=0"]
+            "--data.num_samples=16", "--data.batch_size=8", "--data.num_workers=0"]  # 8: MoCo split-BN groups
 
 
 def test_every_config_is_covered():

@@ -97,7 +97,7 @@ CASES = {
     "dino": (lambda: DINO(vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32), multi_crop),
     "dino_ibot": (lambda: DINO(vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32, ibot_weight=1.0), multi_crop),
     "dino_ibot_koleo": (lambda: DINO(vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32, ibot_weight=1.0,
-                                     koleo_weight=0.1), multi_crop),
+                                     koleo_weight=0.1, koleo_local=False), multi_crop),  # global KoLeo: exact
     "dino_resnet": (lambda: DINO(cnn(), hidden_dim=16, bottleneck_dim=8, out_dim=32), multi_crop),
     "rotation": (lambda: RotNet(cnn()), one_view),
     "jigsaw": (lambda: Jigsaw(SmallCNN(in_channels=C, image_size=4, width=4), num_permutations=10, head_hidden_dim=16),

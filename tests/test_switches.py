@@ -79,8 +79,8 @@ def _subprocess_fit(cfg: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_ddp_with_sync_batchnorm_on_cpu(tmp_path):
-    """configs/shared/ddp.yaml on 2 CPU processes: BatchNorm synchronized over gloo."""
-    out = _subprocess_fit(tiny(tmp_path), "--config", str(SHARED / "ddp.yaml"), "--trainer.devices=2",
+    """configs/shared/ddp_syncbn.yaml on 2 CPU processes: BatchNorm synchronized over gloo."""
+    out = _subprocess_fit(tiny(tmp_path), "--config", str(SHARED / "ddp_syncbn.yaml"), "--trainer.devices=2",
                           "--trainer.accelerator=cpu")
     assert out.returncode == 0, out.stderr[-3000:]
     ckpt = safe_load(tmp_path / "ckpt" / "last.ckpt")

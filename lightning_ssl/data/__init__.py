@@ -14,6 +14,7 @@ from lightning_ssl.data.emoji import EmojiDataModule, load_emoji
 from lightning_ssl.data.image_text import ImageTextDataModule, ImageTextDataset, read_image_text_table
 from lightning_ssl.data.text import TextClassificationDataModule
 from lightning_ssl.data.transforms import (
+    BYOLViews,
     ClassifierViews,
     MedicalViews,
     MultiCropViews,
@@ -26,7 +27,7 @@ from lightning_ssl.data.transforms import (
 )
 
 __all__ = [
-    "augmented_view", "CIFAR100DataModule", "CIFAR10DataModule", "ClassifierViews", "EmojiDataModule",
+    "augmented_view", "BYOLViews", "CIFAR100DataModule", "CIFAR10DataModule", "ClassifierViews", "EmojiDataModule",
     "eval_transform", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule", "ImageTextDataModule",
     "ImageTextDataset", "load_emoji", "MedicalViews", "MNISTDataModule", "MultiCropViews", "MultiViewTransform",
     "read_image_text_table", "SatelliteViews", "SimCLRViews", "STL10DataModule", "SyntheticDataModule",

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_ssl.data.datasets import FileImageDataset, TensorImageDataset, list_image_folder, read_idx
 from lightning_ssl.data.sampling import ResumableDataLoader, SeededSampler, mix_seed
 from lightning_ssl.modules.distributed import rank
-from lightning_ssl.data.transforms import SimCLRViews, ViewPreset, eval_transform
+from lightning_ssl.data.transforms import EVAL_RESIZE_RATIO, SimCLRViews, ViewPreset, eval_transform
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -130,7 +130,9 @@ class ImageDataModule(L.LightningDataModule):
     def eval_transform(self):
         if self.batch_augment:
             return None
-        return eval_transform(self.image_size, *self.norm_stats(), resize=self.image_size != self.native_size)
+        # in-memory sets of one size are resized whole (a 28 px Fashion-MNIST image upsampled, not cropped)
+        return eval_transform(self.image_size, *self.norm_stats(), resize=self.image_size != self.native_size,
+                              resize_ratio=1.0)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With ``batch_augment``: uint8 (B, C, H, W) -> list of augmented views while training, or one
@@ -409,8 +411,15 @@ class ImageFolderDataModule(ImageDataModule):
 
     def __init__(self, train_dir: str, val_dir: str | None = None, labelled: bool = True, image_size: int = 224,
                  channels: int = 3, num_classes: int | None = None, verify_files: bool = True,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, **kwargs) -> None:
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 eval_resize_ratio: float = EVAL_RESIZE_RATIO, **kwargs) -> None:
+        """``eval_resize_ratio``: evaluation images are resized to ``eval_resize_ratio x image_size`` on the short
+        side, then center-cropped (DINO's and MAE's kNN / linear protocol: 256 then 224); 1.0 resizes straight to
+        ``image_size``."""
         super().__init__(image_size=image_size, channels=channels, mean=mean, std=std, **kwargs)
+        if eval_resize_ratio < 1:
+            raise ValueError(f"eval_resize_ratio must be >= 1 (resize, then center-crop), got {eval_resize_ratio}")
+        self.eval_resize_ratio = eval_resize_ratio
         if self.batch_augment:
             raise ValueError("batch_augment needs equally sized images; ImageFolderDataModule decodes files of any size")
         self.train_dir, self.val_dir, self.verify_files = train_dir, val_dir, verify_files
@@ -438,7 +447,7 @@ class ImageFolderDataModule(ImageDataModule):
                 raise FileNotFoundError(f"image folder {d!r} does not exist")
 
     def eval_transform(self):
-        return eval_transform(self.image_size, *self.norm_stats(), resize=True)
+        return eval_transform(self.image_size, *self.norm_stats(), resize=True, resize_ratio=self.eval_resize_ratio)
 
     def make_dataset(self, split, transform):
         folder = self.val_dir if split == "test" else self.train_dir

@@ -58,26 +58,30 @@ def augmented_view(
     blur_prob: float = 0.5,
     solarize_prob: float = 0.0,
     size: int | None = None,
+    jitter: Sequence[float] | None = None,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """One SimCLR-style view: random resized crop, flips, colour jitter (0.8s, 0.8s, 0.8s, 0.2s) with
     probability ``jitter_prob``, grayscale, Gaussian blur, solarization; then float + normalize.
 
     For ``channels != 3`` colour jitter keeps only brightness and contrast, and grayscale is skipped.
-    ``size``: this view's output side (default ``image_size``), e.g. the small local crops of multi-crop."""
+    ``size``: this view's output side (default ``image_size``), e.g. the small local crops of multi-crop.
+    ``jitter``: explicit (brightness, contrast, saturation, hue), instead of the strength-scaled SimCLR ratios
+    (DINO and BYOL use (0.4, 0.4, 0.2, 0.1)). ``interpolation``: of the crop's resize, "bilinear" or "bicubic"."""
     if not 0 < min_scale <= max_scale <= 1:
         raise ValueError(f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
     image_size = size or image_size
-    t: list[Any] = [v2.RandomResizedCrop(image_size, scale=(min_scale, max_scale), antialias=True)]
+    mode = _interpolation(interpolation)
+    t: list[Any] = [v2.RandomResizedCrop(image_size, scale=(min_scale, max_scale), antialias=True, interpolation=mode)]
     if flip_prob > 0:
         t.append(v2.RandomHorizontalFlip(flip_prob))
     if vflip_prob > 0:
         t.append(v2.RandomVerticalFlip(vflip_prob))
     if rotate90:
         t.append(v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)]))
-    if jitter_prob > 0 and jitter_strength > 0:
-        s = jitter_strength
-        jitter = v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s) if channels == 3 else v2.ColorJitter(0.8 * s, 0.8 * s)
-        t.append(v2.RandomApply([jitter], p=jitter_prob))
+    b, c, sat, hue = _jitter(jitter, jitter_strength)
+    if jitter_prob > 0 and (b or c or sat or hue):
+        t.append(v2.RandomApply([v2.ColorJitter(b, c, sat, hue) if channels == 3 else v2.ColorJitter(b, c)], p=jitter_prob))
     if grayscale_prob > 0 and channels == 3:
         t.append(v2.RandomGrayscale(grayscale_prob))
     if blur_prob > 0:
@@ -88,9 +92,32 @@ def augmented_view(
     return v2.Compose(t)
 
 
-def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float], resize: bool = True) -> v2.Compose:
-    """Deterministic single view for evaluation: resize + center crop (if needed), float, normalize."""
-    t: list[Any] = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)] if resize else []
+def _jitter(jitter: Sequence[float] | None, strength: float) -> tuple[float, float, float, float]:
+    if jitter is not None:
+        if len(jitter) != 4 or min(jitter) < 0:
+            raise ValueError(f"jitter must be 4 values >= 0 (brightness, contrast, saturation, hue), got {jitter}")
+        return tuple(float(v) for v in jitter)  # type: ignore[return-value]
+    s = strength
+    return 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s
+
+
+def _interpolation(name: str):
+    modes = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
+    if name not in modes:
+        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {name!r}")
+    return modes[name]
+
+
+EVAL_RESIZE_RATIO = 256 / 224  # DINO's and MAE's kNN / linear protocols: resize to 256, center-crop 224
+
+
+def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float], resize: bool = True,
+                   resize_ratio: float = EVAL_RESIZE_RATIO) -> v2.Compose:
+    """Deterministic single view for evaluation: float, normalize; when the images are not already
+    ``image_size`` (``resize``), the protocol of DINO and MAE: resize the short side to ``resize_ratio`` x
+    ``image_size`` (256 for 224) with bicubic interpolation, then center-crop ``image_size``."""
+    t: list[Any] = [v2.Resize(round(image_size * resize_ratio), interpolation=v2.InterpolationMode.BICUBIC,
+                              antialias=True), v2.CenterCrop(image_size)] if resize else []
     t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(t)
 
@@ -111,6 +138,8 @@ def batched_view(
     blur_prob: float = 0.5,
     solarize_prob: float = 0.0,
     size: int | None = None,
+    jitter: Sequence[float] | None = None,
+    interpolation: str = "bilinear",
 ) -> nn.Module:
     """The same view as ``augmented_view`` for a whole batch at once (kornia), each sample drawing its own
     random parameters. Takes float images in [0, 1] (B, C, H, W) on any device; outputs (B, C, size, size)."""
@@ -119,17 +148,18 @@ def batched_view(
     if not 0 < min_scale <= max_scale <= 1:
         raise ValueError(f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
     image_size = size or image_size
-    t: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=(min_scale, max_scale))]
+    _interpolation(interpolation)  # validates
+    t: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=(min_scale, max_scale),
+                                              resample=interpolation.upper())]
     if flip_prob > 0:
         t.append(K.RandomHorizontalFlip(p=flip_prob))
     if vflip_prob > 0:
         t.append(K.RandomVerticalFlip(p=vflip_prob))
     if rotate90:
         t.append(K.RandomRotation90(times=(0, 3), p=1.0))
-    if jitter_prob > 0 and jitter_strength > 0:
-        s = jitter_strength
-        sat_hue = (0.8 * s, 0.2 * s) if channels == 3 else (0.0, 0.0)
-        t.append(K.ColorJitter(0.8 * s, 0.8 * s, *sat_hue, p=jitter_prob))
+    b, c, sat, hue = _jitter(jitter, jitter_strength)
+    if jitter_prob > 0 and (b or c or sat or hue):
+        t.append(K.ColorJitter(b, c, *((sat, hue) if channels == 3 else (0.0, 0.0)), p=jitter_prob))
     if grayscale_prob > 0 and channels == 3:
         t.append(K.RandomGrayscale(p=grayscale_prob))
     if blur_prob > 0:
@@ -219,6 +249,21 @@ class SatelliteViews(ViewPreset):
         return super().build_batched(image_size, 1, mean, std)
 
 
+class BYOLViews(ViewPreset):
+    """BYOL's two asymmetric views (Grill et al., 2020, appendix B, table 6): random resized crop (bicubic), flip,
+    colour jitter (0.4, 0.4, 0.2, 0.1) w.p. 0.8, grayscale w.p. 0.2; Gaussian blur w.p. 1.0 on the first view and
+    0.1 on the second, solarization w.p. 0.0 on the first and 0.2 on the second. ``blur`` / ``solarize`` give the
+    per-view probabilities (small images often use no blur: ``blur: [0.0, 0.0]``)."""
+
+    def __init__(self, min_scale: float = 0.08, max_scale: float = 1.0, flip_prob: float = 0.5, jitter_prob: float = 0.8,
+                 jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1), grayscale_prob: float = 0.2,
+                 blur: tuple[float, float] = (1.0, 0.1), solarize: tuple[float, float] = (0.0, 0.2),
+                 interpolation: str = "bicubic") -> None:
+        common = dict(min_scale=min_scale, max_scale=max_scale, flip_prob=flip_prob, jitter_prob=jitter_prob,
+                      jitter=jitter, grayscale_prob=grayscale_prob, interpolation=interpolation)
+        super().__init__([dict(common, blur_prob=blur[i], solarize_prob=solarize[i]) for i in range(2)])
+
+
 class ClassifierViews(ViewPreset):
     """One augmented view for supervised training (fine-tuning, linear evaluation): random resized crop and
     horizontal flip, no colour distortion."""
@@ -233,30 +278,35 @@ class MultiCropViews(ViewPreset):
     ``local_crops`` small ones (area ``local_scale``, side ``local_size``; default 3/7 of the image side rounded
     to a multiple of 4, i.e. 96 px for 224 px images, 12 px for 28 px). The teacher sees the global crops only.
 
-    DINO's asymmetric recipe: flip, colour jitter w.p. ``jitter_prob`` (strength 0.5: (0.4, 0.4, 0.4, 0.1)),
-    grayscale w.p. 0.2; Gaussian blur w.p. ``global_blur[0]`` on the first global crop and ``global_blur[1]`` on
-    the others, which are also solarized w.p. ``solarize_prob``; blur w.p. ``local_blur`` on local crops."""
+    DINO's asymmetric recipe (``DataAugmentationDINO`` of facebookresearch/dino): crops resized with bicubic
+    interpolation, flip, colour jitter (0.4, 0.4, 0.2, 0.1) w.p. ``jitter_prob``, grayscale w.p. 0.2; Gaussian blur
+    w.p. ``global_blur[0]`` on the first global crop and ``global_blur[1]`` on the others, which are also solarized
+    w.p. ``solarize_prob``; blur w.p. ``local_blur`` on local crops; 8 local crops by default, as the reference.
+    ``jitter_strength`` instead of ``jitter`` gives SimCLR's ratios (0.8s, 0.8s, 0.8s, 0.2s)."""
 
     def __init__(
         self,
         global_crops: int = 2,
-        local_crops: int = 6,
+        local_crops: int = 8,
         global_size: int | None = None,
         local_size: int | None = None,
         global_scale: tuple[float, float] = (0.4, 1.0),
         local_scale: tuple[float, float] = (0.05, 0.4),
         flip_prob: float = 0.5,
         jitter_prob: float = 0.8,
-        jitter_strength: float = 0.5,
+        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
+        jitter_strength: float | None = None,
         grayscale_prob: float = 0.2,
         global_blur: tuple[float, float] = (1.0, 0.1),
         local_blur: float = 0.5,
         solarize_prob: float = 0.2,
+        interpolation: str = "bicubic",
     ) -> None:
         if global_crops < 1 or local_crops < 0:
             raise ValueError(f"need global_crops >= 1 and local_crops >= 0, got {global_crops} and {local_crops}")
-        common = dict(flip_prob=flip_prob, jitter_prob=jitter_prob, jitter_strength=jitter_strength,
-                      grayscale_prob=grayscale_prob)
+        common = dict(flip_prob=flip_prob, jitter_prob=jitter_prob, grayscale_prob=grayscale_prob,
+                      interpolation=interpolation,
+                      **(dict(jitter_strength=jitter_strength) if jitter_strength is not None else dict(jitter=jitter)))
         views = [dict(common, min_scale=global_scale[0], max_scale=global_scale[1], size=global_size,
                       blur_prob=global_blur[0] if i == 0 else global_blur[1],
                       solarize_prob=0.0 if i == 0 else solarize_prob) for i in range(global_crops)]

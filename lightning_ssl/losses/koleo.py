@@ -4,10 +4,11 @@ in DINOv2 (Oquab et al., 2023, sec. 4) on the student's CLS features of each glo
     x_i <- x_i / ||x_i||,   d_i = min_{j != i} ||x_i - x_j||,   loss = -(1/B) sum_i log(d_i + eps)
 
 It is the Kozachenko-Leonenko entropy estimator (up to constants): minimizing it spreads the features
-uniformly within the batch. DINOv2 searches the neighbours within each GPU's batch, so its regularizer changes
-with the number of GPUs; here the neighbours are searched over the global batch by default (features gathered
-with gradients), which gives the same loss and gradients on any number of processes. ``local=True`` restores
-the per-process search.
+uniformly within the batch. As in DINOv2 (``KoLeoLoss`` of facebookresearch/dinov2) the neighbours are searched
+within each process's batch (``local=True``, the default) and ``eps`` also sits inside the distance
+(``PairwiseDistance(2, eps=1e-8)``: ||x_i - x_j + eps||). The per-process search makes the regularizer depend on
+the number of GPUs; ``local=False`` searches the global batch instead (features gathered with gradients), which
+gives the same loss and gradients on any number of processes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from lightning_ssl.modules.distributed import gather, rank
 
 
 @full_precision
-def koleo_loss(x: Tensor, eps: float = 1e-8, local: bool = False) -> Tensor:
+def koleo_loss(x: Tensor, eps: float = 1e-8, local: bool = True) -> Tensor:
     """x: (B, D) features of this process. Returns the mean negative log distance of each row to its nearest
     neighbour among the rows of all processes (``local``: of this process only); at least 2 rows in all."""
     if x.ndim != 2:
@@ -36,12 +37,12 @@ def koleo_loss(x: Tensor, eps: float = 1e-8, local: bool = False) -> Tensor:
         own = torch.arange(x.shape[0], device=x.device)
         dots[own, own + offset] = -2.0  # below any cosine: a row is not its own neighbour
         nearest = dots.argmax(dim=1)
-    distances = (x - others[nearest]).norm(dim=-1)
+    distances = F.pairwise_distance(x, others[nearest], p=2, eps=eps)
     return -torch.log(distances + eps).mean()
 
 
 class KoLeoLoss(nn.Module):
-    def __init__(self, eps: float = 1e-8, local: bool = False) -> None:
+    def __init__(self, eps: float = 1e-8, local: bool = True) -> None:
         super().__init__()
         self.eps, self.local = eps, local
 

@@ -9,8 +9,10 @@ For a batch of multi-crop views (G global crops, then L local crops; see ``data.
          + koleo_weight * sum over global crops of KoLeo(student CLS features)    (losses/koleo.py)
     C <- 0.9 C + 0.1 mean(t)               over all processes
     (f_t, g_t) <- m (f_t, g_t) + (1 - m) (f_s, g_s)   m from 0.996 to 1, cosine, after each optimizer step
-Also from the paper: the head's last layer is frozen during the first epoch, weight decay rises from 0.04 to
-0.4 on a cosine schedule, gradients are clipped (``trainer.gradient_clip_val``, 3.0 in the paper).
+Also from the paper and its code: the head's last layer is frozen during the first epoch, weight decay rises from
+0.04 to 0.4 on a cosine schedule, and each parameter's gradient is clipped to norm 3.0 on its own
+(``utils.clip_gradients``; ``clip_grad``), before the frozen last layer's gradients are cancelled. Lightning's
+``gradient_clip_val`` clips the *global* norm, a much stronger clip for a ViT with ~150 parameter tensors.
 ``embed`` uses the teacher backbone, which the paper evaluates (``eval_teacher=False`` for the student).
 """
 
@@ -31,6 +33,18 @@ from lightning_ssl.modules.dino_head import DINOHead
 from lightning_ssl.modules.masking import block_masking
 from lightning_ssl.modules.momentum import cosine_momentum, make_teacher
 from lightning_ssl.optim import WarmupCosineLR
+
+
+@torch.no_grad()
+def clip_gradients_per_parameter(parameters: Any, max_norm: float) -> None:
+    """DINO's ``utils.clip_gradients``: every parameter tensor whose gradient norm exceeds ``max_norm`` has its
+    gradient scaled to that norm, each on its own (``clip_coef = max_norm / (norm + 1e-6)``)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    coefs = [(max_norm / (n + 1e-6)).clamp(max=1.0) for n in norms]
+    torch._foreach_mul_(grads, coefs)
 
 
 def teacher_temperature(step: float, warmup_steps: float, start: float = 0.04, end: float = 0.07) -> float:
@@ -55,21 +69,27 @@ class DINO(MomentumMethod):
         center_momentum: float = 0.9,
         num_global_crops: int = 2,
         freeze_last_layer_epochs: int = 1,
+        clip_grad: float | None = 3.0,
+        weight_decay: float = 0.04,
         weight_decay_end: float | None = 0.4,
         ibot_weight: float = 0.0,
         mask_ratio: tuple[float, float] = (0.1, 0.5),
         mask_probability: float = 0.5,
         koleo_weight: float = 0.0,
+        koleo_local: bool = True,
         eval_teacher: bool = True,
         momentum: float = 0.996,
         momentum_end: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``weight_decay_end``: weight decay of the decayed parameter groups goes from the optimizer's own value to
-        this one (cosine, by optimizer step); None keeps it constant. ``ibot_weight`` > 0 turns on iBOT (a ViT
+        """``weight_decay`` -> ``weight_decay_end``: the weight decay of the decayed parameter groups (weights, not
+        biases and norms), cosine by optimizer step, set by DINO whatever the optimizer's own default;
+        ``weight_decay_end=None`` keeps it at ``weight_decay``. ``clip_grad``: per-parameter gradient norm clip
+        (None: off). ``ibot_weight`` > 0 turns on iBOT (a ViT
         backbone is needed), with ``mask_probability`` of the global crops block-masked at ratios spread over
-        ``mask_ratio``; ``koleo_weight`` > 0 turns on KoLeo (DINOv2 uses 1.0 and 0.1)."""
+        ``mask_ratio``; ``koleo_weight`` > 0 turns on KoLeo (DINOv2 uses 1.0 and 0.1), with neighbours searched per
+        process as DINOv2 does (``koleo_local=False``: over the global batch)."""
         super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
         self.save_hyperparameters()
         for name, t in (("student_temp", student_temp), ("warmup_teacher_temp", warmup_teacher_temp),
@@ -78,6 +98,10 @@ class DINO(MomentumMethod):
                 raise ValueError(f"{name} must be > 0, got {t}")
         if num_global_crops < 1:
             raise ValueError(f"num_global_crops must be >= 1, got {num_global_crops}")
+        if weight_decay < 0 or (weight_decay_end is not None and weight_decay_end < 0):
+            raise ValueError(f"weight decay must be >= 0, got {weight_decay} -> {weight_decay_end}")
+        if clip_grad is not None and clip_grad <= 0:
+            raise ValueError(f"clip_grad must be > 0 (or None: no clipping), got {clip_grad}")
         if ibot_weight < 0 or koleo_weight < 0:
             raise ValueError(f"loss weights must be >= 0, got ibot {ibot_weight}, koleo {koleo_weight}")
         self.use_ibot = ibot_weight > 0
@@ -89,8 +113,10 @@ class DINO(MomentumMethod):
             backbone.add_mask_token()  # before the teacher copy, so student and teacher match
         self.warmup_teacher_temp, self.teacher_temp = warmup_teacher_temp, teacher_temp
         self.warmup_teacher_temp_epochs, self.num_global_crops = warmup_teacher_temp_epochs, num_global_crops
-        self.freeze_last_layer_epochs, self.weight_decay_end = freeze_last_layer_epochs, weight_decay_end
+        self.freeze_last_layer_epochs, self.clip_grad = freeze_last_layer_epochs, clip_grad
+        self.weight_decay, self.weight_decay_end = weight_decay, weight_decay_end
         self.ibot_weight, self.koleo_weight, self.eval_teacher = ibot_weight, koleo_weight, eval_teacher
+        self.koleo_local = koleo_local
         self.mask_ratio, self.mask_probability = tuple(mask_ratio), mask_probability
 
         self.head = DINOHead(self.num_features, hidden_dim, bottleneck_dim, out_dim, norm_last_layer=norm_last_layer)
@@ -119,15 +145,18 @@ class DINO(MomentumMethod):
         warmup = self.warmup_teacher_temp_epochs * self.steps_per_epoch()
         return teacher_temperature(self.trainer.global_step, warmup, self.warmup_teacher_temp, self.teacher_temp)
 
+    def current_weight_decay(self) -> float:
+        if self.weight_decay_end is None or self._trainer is None:
+            return self.weight_decay
+        return cosine_momentum(self.trainer.global_step, int(self.trainer.estimated_stepping_batches),
+                               self.weight_decay, self.weight_decay_end)
+
     def _schedule_weight_decay(self) -> None:
-        if self.weight_decay_end is None:
-            return
-        step, total = self.trainer.global_step, int(self.trainer.estimated_stepping_batches)
+        wd = self.current_weight_decay()
         for group in self.trainer.optimizers[0].param_groups:
-            start = group.setdefault("initial_weight_decay", group.get("weight_decay", 0.0))
-            if start > 0:  # the no-decay group (biases, norms) stays at 0
-                group["weight_decay"] = wd = cosine_momentum(step, total, start, self.weight_decay_end)
-                self.log("train/weight_decay", wd)
+            if group.get("decayed", group.get("weight_decay", 0.0) > 0):  # the no-decay group stays at 0
+                group["weight_decay"] = wd
+        self.log("train/weight_decay", wd)
 
     # -- training ---------------------------------------------------------------------------------------------
     def _student_globals(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -170,7 +199,7 @@ class DINO(MomentumMethod):
             loss = loss + self.ibot_weight * ibot
             self.log("train/ibot_loss", ibot)
         if self.koleo_weight > 0:
-            koleo = sum(koleo_loss(f) for f in s_feat.chunk(g))
+            koleo = sum(koleo_loss(f, local=self.koleo_local) for f in s_feat.chunk(g))
             loss = loss + self.koleo_weight * koleo
             self.log("train/koleo_loss", koleo)
 
@@ -182,6 +211,8 @@ class DINO(MomentumMethod):
         return {"loss": loss, "embed_input": views[0]} if self.use_ibot else {"loss": loss, "features": s_feat[:b].detach()}
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self.clip_grad is not None:
+            clip_gradients_per_parameter(self.parameters(), self.clip_grad)
         if self.current_epoch < self.freeze_last_layer_epochs:
             for p in self.head.last_layer.parameters():
                 p.grad = None  # the optimizer skips it: no update, no weight decay, no moments

@@ -8,8 +8,11 @@
     f_k <- m f_k + (1 - m) f_q             after every optimizer step (m = 0.999)
 
 Under DDP the keys of all processes are enqueued, and "shuffling BN" (sec. 3.3) forwards the keys through the
-key encoder in a batch order shuffled across processes, so BatchNorm cannot leak which key is the positive.
-(With one process, use ``trainer.sync_batchnorm`` with several devices, or accept the leak on small data.)
+key encoder in a batch order shuffled across processes, so BatchNorm cannot leak which key is the positive. On one
+device, ``split_bn`` > 1 computes BatchNorm statistics over that many groups of the batch (the MoCo CIFAR-10 demo's
+split-BN) and the keys are shuffled across the groups. Shuffle-BN and synchronized BatchNorm exclude each other:
+with ``trainer.sync_batchnorm`` the statistics cover the whole global batch and the shuffle does nothing, so that
+combination is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from lightning_ssl.methods.base import MomentumMethod
 from lightning_ssl.modules.distributed import gather, is_distributed, rank, world_size
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
+from lightning_ssl.modules.sync_bn import DistributedBatchNorm, split_batchnorm
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -42,6 +46,7 @@ class MoCo(MomentumMethod):
         momentum_end: float = 0.999,
         symmetric: bool = False,
         shuffle_bn: bool = True,
+        split_bn: int = 1,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
@@ -51,7 +56,11 @@ class MoCo(MomentumMethod):
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature, self.symmetric, self.shuffle_bn = temperature, symmetric, shuffle_bn
+        if split_bn < 1:
+            raise ValueError(f"split_bn must be >= 1, got {split_bn}")
+        self.temperature, self.symmetric, self.shuffle_bn, self.split_bn = temperature, symmetric, shuffle_bn, split_bn
+        if split_bn > 1:
+            split_batchnorm(self.backbone, split_bn)
         self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=2, batch_norm=False)
         self.key_backbone, self.key_projector = make_teacher(self.backbone), make_teacher(self.projector)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
@@ -63,6 +72,15 @@ class MoCo(MomentumMethod):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         batch = getattr(self.trainer.datamodule, "batch_size", None) if self.trainer.datamodule is not None else None
+        synced = [type(m).__name__ for m in self.key_backbone.modules()
+                  if isinstance(m, (nn.SyncBatchNorm, DistributedBatchNorm))]
+        if self.shuffle_bn and synced and self.trainer.world_size > 1:
+            raise ValueError(
+                "MoCo's shuffle-BN and synchronized BatchNorm exclude each other: with trainer.sync_batchnorm the key "
+                "encoder's statistics cover the whole global batch and the shuffle does nothing. Choose one: "
+                "--trainer.sync_batchnorm false (shuffle-BN, the paper's) or --model.init_args.shuffle_bn false.")
+        if batch is not None and self.split_bn > 1 and batch % self.split_bn:
+            raise ValueError(f"MoCo split_bn={self.split_bn} does not divide the batch size {batch}")
         if batch is not None and batch * self.trainer.world_size > len(self.queue):
             raise ValueError(
                 f"MoCo queue_size={len(self.queue)} is smaller than the global batch "
@@ -72,7 +90,10 @@ class MoCo(MomentumMethod):
     @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
         """Normalized keys from the momentum encoder (with shuffled BN under DDP)."""
-        if self.shuffle_bn and is_distributed():
+        if self.shuffle_bn and not is_distributed() and self.split_bn > 1:  # split-BN: shuffle across the groups
+            perm = torch.randperm(len(x), device=x.device)
+            k = self.key_projector(self.key_backbone(x[perm]))[torch.argsort(perm)]
+        elif self.shuffle_bn and is_distributed():
             x_all = gather(x, with_grad=False)
             perm = torch.randperm(len(x_all), device=x.device)
             dist.broadcast(perm, src=0)

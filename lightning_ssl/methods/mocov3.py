@@ -4,7 +4,9 @@
     k1, k2 = proj_m(f_m(x1)), proj_m(f_m(x2))              momentum encoder (no gradient)
     loss = 2 tau * (InfoNCE(q1, k2) + InfoNCE(q2, k1))     negatives: the other keys of the global batch
     f_m <- m f_m + (1 - m) f                                m from 0.99 to 1 on a cosine schedule
-Projector: 3 layers with BN (last BN without affine); predictor: 2 layers with BN.
+Heads and temperature follow the backbone kind, as the reference (facebookresearch/moco-v3): for a ViT a 3-layer
+projector and a predictor ending in BatchNorm, tau = 0.2; for a ResNet / CNN a 2-layer projector and a predictor
+without the final BatchNorm, tau = 1.0. The projector always ends in a non-affine BatchNorm.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.info_nce import info_nce_loss
 from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.backbones import is_vit
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.optim import WarmupCosineLR
@@ -29,19 +32,28 @@ class MoCoV3(MomentumMethod):
         proj_hidden_dim: int = 4096,
         proj_dim: int = 256,
         pred_hidden_dim: int = 4096,
-        temperature: float = 0.2,
+        temperature: float | None = None,
+        proj_layers: int | None = None,
+        pred_last_batch_norm: bool | None = None,
         momentum: float = 0.99,
         momentum_end: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
+        """``temperature``, ``proj_layers``, ``pred_last_batch_norm``: None follows the backbone kind (see above)."""
         super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
         self.save_hyperparameters()
+        vit = is_vit(backbone)
+        temperature = temperature if temperature is not None else (0.2 if vit else 1.0)
+        proj_layers = proj_layers if proj_layers is not None else (3 if vit else 2)
+        pred_last_batch_norm = pred_last_batch_norm if pred_last_batch_norm is not None else vit
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
-        self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=3, last_batch_norm=True)
-        self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, num_layers=2, last_batch_norm=True)
+        self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=proj_layers,
+                                        last_batch_norm=True)
+        self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, num_layers=2,
+                                        last_batch_norm=pred_last_batch_norm)
         self.momentum_backbone, self.momentum_projector = make_teacher(self.backbone), make_teacher(self.projector)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -1,6 +1,7 @@
 """SimSiam: Exploring Simple Siamese Representation Learning (Chen & He, CVPR 2021).
 
-    z = h(f(x))                      backbone + 3-layer projector (BN on every layer, output included)
+    z = h(f(x))                      backbone + 3-layer projector (BN on every layer, output included); its hidden
+                                     width is the backbone's feature width, as in the reference code
     p = pred(z)                      2-layer bottleneck predictor
     loss = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2,   D = negative cosine similarity
 No momentum encoder and no negatives: the stop-gradient alone prevents collapse (sec. 4).
@@ -26,12 +27,14 @@ class SimSiam(SSLMethod):
         backbone: nn.Module,
         proj_dim: int = 2048,
         pred_hidden_dim: int = 512,
+        proj_hidden_dim: int | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
-        self.projector = ProjectionHead(self.num_features, proj_dim, proj_dim, num_layers=3, last_batch_norm=True)
+        hidden = proj_hidden_dim if proj_hidden_dim is not None else self.num_features
+        self.projector = ProjectionHead(self.num_features, hidden, proj_dim, num_layers=3, last_batch_norm=True)
         self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, num_layers=2)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:

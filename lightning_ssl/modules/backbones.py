@@ -188,6 +188,16 @@ def resolve_weights(path: str) -> str:
     return PACKAGED_WEIGHTS[name]()
 
 
+def is_vit(backbone: nn.Module) -> bool:
+    """Whether a backbone is a vision transformer (ours, a timm one, or one inside a wrapper): methods whose recipes
+    differ between ViTs and CNNs (MoCo v3) pick their defaults with it."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    inner = [backbone] + [getattr(backbone, a) for a in ("model", "backbone", "net") if isinstance(getattr(backbone, a, None), nn.Module)]
+    return any(hasattr(m, "patch_size") and hasattr(m, "forward_tokens") or isinstance(m, VisionTransformer) or
+               type(m).__name__.lower().startswith(("vit", "deit", "beit", "swin")) for m in inner)
+
+
 def feature_dim(backbone: nn.Module, in_channels: int = 3, image_size: int = 32) -> int:
     """The backbone's output width: its ``num_features`` attribute, else measured with one dummy forward."""
     if isinstance(getattr(backbone, "num_features", None), int):

@@ -34,7 +34,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
+        grad = grad.contiguous().clone()  # a copy: autograd may hand the same tensor to other branches (gather(x) + y)
         dist.all_reduce(grad)  # every process's loss depends on every row: sum their gradients
         return grad.chunk(dist.get_world_size())[dist.get_rank()]
 
