@@ -68,3 +68,30 @@ class Throttle(L.Callback):
 
     def on_train_batch_end(self, *args, **kwargs) -> None:
         time.sleep(self.seconds)
+
+
+def write_multiband_folder(root, bands: int = 6, size: int = 24, per_class: int = 8, classes: int = 2,
+                           dtype: str = "uint16", seed: int = 0, layout: str = "planar") -> list:
+    """``root/<class>/<i>.tif``: multi-band tiles whose spectrum depends on the class (class k is bright in the
+    bands b with b % classes == k, like a land-cover class's spectral signature) plus a low-frequency pattern
+    and noise, in uint16 "reflectances" (0-10000) or float32. ``layout``: planar (C, H, W) or interleaved (H, W, C).
+    Returns the written paths."""
+    import numpy as np
+    import tifffile
+    from pathlib import Path
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in range(classes):
+        (Path(root) / f"class{k}").mkdir(parents=True, exist_ok=True)
+        spectrum = np.where(np.arange(bands) % classes == k, 6000.0, 2000.0)[:, None, None]
+        for i in range(per_class):
+            pattern = np.kron(rng.random((bands, 3, 3)), np.ones((size // 3 + 1, size // 3 + 1)))[:, :size, :size]
+            x = spectrum * (0.7 + 0.6 * pattern) + 300 * rng.standard_normal((bands, size, size))
+            x = np.clip(x, 0, 10000).astype(dtype)
+            if layout == "interleaved":
+                x = x.transpose(1, 2, 0)
+            path = Path(root) / f"class{k}" / f"{i}.tif"
+            tifffile.imwrite(path, x, photometric="minisblack", planarconfig="contig" if layout == "interleaved" else None)
+            paths.append(path)
+    return paths

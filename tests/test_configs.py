@@ -36,6 +36,14 @@ def _synthetic(data: dict, tmp_path: Path) -> list[str]:
         rows = ["text,label"] + [f"{w} number {i},{w}" for i in range(10) for w in ("cats", "stocks")]
         (tmp_path / "text.csv").write_text("\n".join(rows))
         return [f"--data.source={tmp_path / 'text.csv'}"]
+    if data["class_path"].endswith("MultiBandDataModule"):  # folders of generated 13-band TIFF tiles
+        from tests.helpers import write_multiband_folder
+
+        size = (data.get("init_args") or {}).get("image_size", 64)
+        write_multiband_folder(tmp_path / "train", bands=13, size=size, per_class=4)
+        write_multiband_folder(tmp_path / "val", bands=13, size=size, per_class=2, seed=1)
+        return [f"--data.train_dir={tmp_path / 'train'}", f"--data.val_dir={tmp_path / 'val'}", f"--data.root={tmp_path}",
+                "--data.batch_size=4", "--data.num_workers=0"]
     info = import_class(data["class_path"]).describe(data.get("init_args") or {})
     return ["--data=lightning_ssl.data.SyntheticDataModule", f"--data.image_size={info['image_size']}",
             f"--data.channels={info['channels']}", f"--data.num_classes={info['num_classes'] or 4}",

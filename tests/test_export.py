@@ -28,6 +28,7 @@ BACKBONES = {  # name: (CLI args for the backbone, input channels, image size, f
     "torchvision_fc": (["--model.backbone=TorchvisionBackbone", "--model.backbone.name=resnet18"], 3, 32, ["state_dict"]),
     "torchvision_sequential_head": (["--model.backbone=TorchvisionBackbone", "--model.backbone.name=mobilenet_v3_small"],
                                     3, 32, ["state_dict"]),
+    "torchvision_gray": (["--model.backbone=TorchvisionBackbone", "--model.backbone.name=resnet18"], 1, 32, ["state_dict"]),
 }
 
 

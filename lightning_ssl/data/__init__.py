@@ -12,13 +12,16 @@ from lightning_ssl.data.datamodules import (
 )
 from lightning_ssl.data.emoji import EmojiDataModule, load_emoji
 from lightning_ssl.data.image_text import ImageTextDataModule, ImageTextDataset, read_image_text_table
+from lightning_ssl.data.multiband import MultiBandDataModule, MultiBandDataset, band_statistics, read_tiff
 from lightning_ssl.data.text import TextClassificationDataModule
 from lightning_ssl.data.transforms import (
     BYOLViews,
     ClassifierViews,
     MedicalViews,
+    MultiBandViews,
     MultiCropViews,
     MultiViewTransform,
+    RandomBrightnessContrast,
     SatelliteViews,
     SimCLRViews,
     ViewPreset,
@@ -29,7 +32,8 @@ from lightning_ssl.data.transforms import (
 __all__ = [
     "augmented_view", "BYOLViews", "CIFAR100DataModule", "CIFAR10DataModule", "ClassifierViews", "EmojiDataModule",
     "eval_transform", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule", "ImageTextDataModule",
-    "ImageTextDataset", "load_emoji", "MedicalViews", "MNISTDataModule", "MultiCropViews", "MultiViewTransform",
+    "ImageTextDataset", "load_emoji", "MedicalViews", "MNISTDataModule", "MultiBandDataModule", "MultiBandDataset",
+    "MultiBandViews", "MultiCropViews", "MultiViewTransform", "RandomBrightnessContrast", "band_statistics", "read_tiff",
     "read_image_text_table", "SatelliteViews", "SimCLRViews", "STL10DataModule", "SyntheticDataModule",
     "TextClassificationDataModule", "ViewPreset",
 ]

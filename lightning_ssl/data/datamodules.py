@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_ssl.data.datasets import FileImageDataset, TensorImageDataset, list_image_folder, read_idx
 from lightning_ssl.data.sampling import ResumableDataLoader, SeededSampler, mix_seed
 from lightning_ssl.modules.distributed import rank
-from lightning_ssl.data.transforms import EVAL_RESIZE_RATIO, SimCLRViews, ViewPreset, eval_transform
+from lightning_ssl.data.transforms import EVAL_RESIZE_RATIO, SimCLRViews, ViewPreset, check_views_channels, eval_transform
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -60,7 +60,8 @@ class ImageDataModule(L.LightningDataModule):
             batch_size: per process (the global batch is ``batch_size * world size``).
             num_workers: dataloader workers; default: CPU count - 1 (at most 8).
             image_size, channels: what the model sees; default: the dataset's own. Grayscale images are repeated
-                to 3 channels (e.g. for ImageNet backbones) and colour images reduced to luminance as needed.
+                to 3 channels (e.g. for ImageNet backbones) and colour images reduced to luminance as needed;
+                other channel counts only where the images have them (``SyntheticDataModule``, ``MultiBandDataModule``).
             views: the augmentation recipe for training (default ``SimCLRViews()``).
             val_bank_size: labelled training images used as the kNN monitor's bank (None: all; 0: no bank).
             batch_augment: run the view transforms batched on the device after transfer (kornia, per-sample
@@ -77,9 +78,13 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.image_size = image_size or self.native_size
         self.channels = channels or self.native_channels
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        convertible = self.channels in (1, 3) and self.native_channels in (1, 3, 4)  # see datasets.match_channels
+        if self.channels < 1 or (self.channels != self.native_channels and not convertible):
+            raise ValueError(
+                f"channels must be 1 or 3 for {type(self).__name__} (its images have {self.native_channels} channels), "
+                f"got {self.channels}; for multi-band images (e.g. 4-13 band GeoTIFFs) use MultiBandDataModule")
         self.views = views if views is not None else SimCLRViews()
+        check_views_channels(self.views, self.channels)
         self.val_bank_size, self.download, self.seed, self.pin_memory = val_bank_size, download, seed, pin_memory
         self.batch_augment = batch_augment
         if mean is not None:
@@ -459,13 +464,14 @@ class ImageFolderDataModule(ImageDataModule):
 
 class SyntheticDataModule(ImageDataModule):
     """Generated images for tests and smoke runs: each class has its own random low-frequency pattern, images
-    are the pattern plus noise, so representations can learn the classes and kNN has a known answer."""
+    are the pattern plus noise, so representations can learn the classes and kNN has a known answer. Any
+    channel count (views with colour jitter need 1 or 3: see ``MultiBandViews`` for others)."""
 
     def __init__(self, num_samples: int = 256, num_classes: int = 4, image_size: int = 32, channels: int = 3,
                  noise: float = 0.3, **kwargs) -> None:
+        self.native_size, self.native_channels = image_size, channels  # generated as asked
         super().__init__(image_size=image_size, channels=channels, **kwargs)
         self.num_samples, self._num_classes, self.noise = num_samples, num_classes, noise
-        self.native_size, self.native_channels = image_size, channels
 
     @property
     def num_classes(self) -> int:  # type: ignore[override]

@@ -124,24 +124,27 @@ class FileImageDataset(Dataset):
         return x, (self.labels[i] if self.labels is not None else -1)
 
 
-def list_image_folder(root: str | os.PathLike, labelled: bool = True) -> tuple[list[Path], list[int] | None, list[str]]:
-    """Files of an ImageFolder: ``root/<class>/<image>`` (labelled) or every image under ``root`` (unlabelled)."""
+def list_image_folder(root: str | os.PathLike, labelled: bool = True, extensions: Sequence[str] = IMAGE_EXTENSIONS
+                      ) -> tuple[list[Path], list[int] | None, list[str]]:
+    """Files of an ImageFolder: ``root/<class>/<image>`` (labelled) or every image under ``root`` (unlabelled);
+    ``extensions``: the file name endings that count as images."""
+    exts = tuple(e.lower() for e in extensions)
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"image folder {str(root)!r} is not a directory")
     if not labelled:
-        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file())
         if not paths:
-            raise ValueError(f"image folder {str(root)!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise ValueError(f"image folder {str(root)!r} contains no images ({', '.join(exts)})")
         return paths, None, []
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
         raise ValueError(f"image folder {str(root)!r} has no class sub-folders (expected root/<class>/<image>)")
     paths, labels = [], []
     for i, c in enumerate(classes):
-        files = sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = sorted(p for p in (root / c).rglob("*") if p.suffix.lower() in exts and p.is_file())
         paths += files
         labels += [i] * len(files)
     if not paths:

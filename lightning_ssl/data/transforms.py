@@ -234,7 +234,8 @@ class MedicalViews(ViewPreset):
 
 class SatelliteViews(ViewPreset):
     """Views for overhead imagery: orientation carries no meaning, so 90-degree rotations and both flips;
-    brightness/contrast jitter for season and time of day; no grayscale."""
+    brightness/contrast jitter for season and time of day; no grayscale. For 1- or 3-channel images; the same
+    recipe for any band count (multispectral tiles) is ``MultiBandViews``."""
 
     def __init__(self, num_views: int = 2, min_scale: float = 0.2, jitter_prob: float = 0.8,
                  jitter_strength: float = 0.5, blur_prob: float = 0.0) -> None:
@@ -325,3 +326,147 @@ class MultiCropViews(ViewPreset):
 
     def build_batched(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
         return MultiViewTransform([batched_view(image_size, channels, mean, std, **v) for v in self.views_for(image_size)])
+
+
+# -- any band count: multi-band / multispectral images ------------------------------------------------------------
+
+
+class RandomBrightnessContrast(nn.Module):
+    """Brightness and contrast jitter defined for any number of bands (torchvision's colour jitter takes 1 or 3
+    channels; hue and saturation have no meaning beyond RGB). With probability ``p`` a sample is scaled by ``b ~ U[1 - brightness, 1 + brightness]``
+    (illumination: time of day, sun angle) and its contrast stretched about each band's spatial mean by
+    ``c ~ U[1 - contrast, 1 + contrast]``: ``x -> c (b x - m) + m``, ``m`` the band means of ``b x``.
+    ``per_band``: draw ``b`` and ``c`` for every band (changes the spectral signature); default one pair for all
+    bands (keeps band ratios). Values are not clamped: raw reflectances or radiances have no fixed range.
+    Takes float (C, H, W) or (B, C, H, W), each sample drawing its own factors."""
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, p: float = 0.8, per_band: bool = False) -> None:
+        super().__init__()
+        if not (0 <= brightness < 1 and 0 <= contrast < 1 and 0 <= p <= 1):
+            raise ValueError(f"need 0 <= brightness, contrast < 1 and 0 <= p <= 1, got {brightness}, {contrast}, {p}")
+        self.brightness, self.contrast, self.p, self.per_band = brightness, contrast, p, per_band
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        single = x.ndim == 3
+        x = x.unsqueeze(0) if single else x
+        b, c = x.shape[:2]
+        shape = (b, c if self.per_band else 1, 1, 1)
+        on = torch.rand(b, 1, 1, 1, device=x.device) < self.p
+        gain = 1 + self.brightness * (2 * torch.rand(shape, device=x.device) - 1)
+        stretch = 1 + self.contrast * (2 * torch.rand(shape, device=x.device) - 1)
+        gain, stretch = torch.where(on, gain, 1.0).to(x.dtype), torch.where(on, stretch, 1.0).to(x.dtype)
+        x = x * gain
+        mean = x.mean((-2, -1), keepdim=True)
+        x = (x - mean) * stretch + mean
+        return x[0] if single else x
+
+    def extra_repr(self) -> str:
+        return f"brightness={self.brightness}, contrast={self.contrast}, p={self.p}, per_band={self.per_band}"
+
+
+class RandomRot90(nn.Module):
+    """A rotation by a random multiple of 90 degrees (exact: ``torch.rot90``), per sample, any band count.
+    Takes square (C, H, W) or (B, C, H, W)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            return torch.rot90(x, int(torch.randint(4, ())), (-2, -1))
+        k = torch.randint(4, (x.shape[0],), device=x.device)
+        out = x.clone()
+        for turns in (1, 2, 3):
+            picked = k == turns
+            out[picked] = torch.rot90(x[picked], turns, (-2, -1))
+        return out
+
+
+def multiband_view(
+    image_size: int,
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    min_scale: float = 0.2,
+    max_scale: float = 1.0,
+    flip_prob: float = 0.5,
+    vflip_prob: float = 0.5,
+    rotate90: bool = True,
+    jitter_prob: float = 0.8,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    per_band_jitter: bool = False,
+    blur_prob: float = 0.0,
+    size: int | None = None,
+    batched: bool = False,
+) -> nn.Module:
+    """One view valid for any band count: random resized crop, flips, 90-degree rotations (all bands alike),
+    brightness/contrast (``RandomBrightnessContrast``), optional Gaussian blur (per band), then per-band
+    normalization. No hue, saturation, grayscale or solarization: they are defined for RGB only.
+
+    Per sample (``batched=False``): a (C, H, W) tensor; integer images are scaled to [0, 1] first as in the RGB
+    presets, float ones (raw band values, as ``MultiBandDataModule`` gives) are used as they are. ``batched``:
+    the same view for (B, C, H, W) float batches on any device (kornia geometry), every sample drawing its own
+    parameters."""
+    if not 0 < min_scale <= max_scale <= 1:
+        raise ValueError(f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"need one mean and std per band: {channels} bands, {len(mean)} means, {len(std)} stds")
+    side = size or image_size
+    jitter = RandomBrightnessContrast(brightness, contrast, jitter_prob, per_band_jitter)
+    if batched:
+        import kornia.augmentation as K
+
+        t: list[nn.Module] = [K.RandomResizedCrop((side, side), scale=(min_scale, max_scale))]
+        t += [K.RandomHorizontalFlip(p=flip_prob)] if flip_prob > 0 else []
+        t += [K.RandomVerticalFlip(p=vflip_prob)] if vflip_prob > 0 else []
+        t += [RandomRot90()] if rotate90 else []
+        t += [jitter] if jitter_prob > 0 and (brightness > 0 or contrast > 0) else []
+        t += [K.RandomGaussianBlur(blur_kernel(side), (0.1, 2.0), p=blur_prob)] if blur_prob > 0 else []
+        t.append(K.Normalize(mean=torch.tensor(list(mean)), std=torch.tensor(list(std))))
+        return nn.Sequential(*t)
+    p: list[Any] = [v2.ToDtype(torch.float32, scale=True), v2.RandomResizedCrop(side, scale=(min_scale, max_scale), antialias=True)]
+    p += [v2.RandomHorizontalFlip(flip_prob)] if flip_prob > 0 else []
+    p += [v2.RandomVerticalFlip(vflip_prob)] if vflip_prob > 0 else []
+    p += [RandomRot90()] if rotate90 else []
+    p += [jitter] if jitter_prob > 0 and (brightness > 0 or contrast > 0) else []
+    p += [v2.RandomApply([v2.GaussianBlur(blur_kernel(side), sigma=(0.1, 2.0))], p=blur_prob)] if blur_prob > 0 else []
+    p.append(v2.Normalize(list(mean), list(std)))
+    return v2.Compose(p)
+
+
+class MultiBandViews(ViewPreset):
+    """Views for multi-band images (multispectral satellite tiles, 4-13 band GeoTIFFs) or any channel count:
+    the satellite recipe (overhead imagery has no up: 90-degree rotations and both flips; brightness/contrast
+    for season and time of day) with operations valid for any number of bands (see ``multiband_view``).
+    ``per_band_jitter``: independent brightness/contrast per band; ``jitter_prob: 0`` turns colour jitter off."""
+
+    any_channels = True  # valid for every band count (see check_views_channels)
+
+    def __init__(self, num_views: int = 2, min_scale: float = 0.2, max_scale: float = 1.0, flip_prob: float = 0.5,
+                 vflip_prob: float = 0.5, rotate90: bool = True, jitter_prob: float = 0.8, brightness: float = 0.4,
+                 contrast: float = 0.4, per_band_jitter: bool = False, blur_prob: float = 0.0) -> None:
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        RandomBrightnessContrast(brightness, contrast, jitter_prob)  # checks the ranges now, not at the first batch
+        view = dict(min_scale=min_scale, max_scale=max_scale, flip_prob=flip_prob, vflip_prob=vflip_prob,
+                    rotate90=rotate90, jitter_prob=jitter_prob, brightness=brightness, contrast=contrast,
+                    per_band_jitter=per_band_jitter, blur_prob=blur_prob)
+        super().__init__([view] * num_views)
+
+    def build(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
+        return MultiViewTransform([multiband_view(image_size, channels, mean, std, **v) for v in self.views])
+
+    def build_batched(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
+        return MultiViewTransform([multiband_view(image_size, channels, mean, std, batched=True, **v) for v in self.views])
+
+
+def check_views_channels(views: Any, channels: int) -> None:
+    """Raise a clear error before training if ``views`` cannot augment ``channels``-channel images: the colour
+    jitter of the RGB presets (torchvision's, per image) is defined for 1 or 3 channels; presets marked
+    ``any_channels`` (``MultiBandViews``) and views without colour jitter take any count."""
+    if channels in (1, 3) or getattr(views, "any_channels", False):
+        return
+    jittered = [v for v in getattr(views, "views", []) if v.get("jitter_prob", 0.8) > 0 and v.get("jitter_strength", 1.0) > 0]
+    if jittered:
+        raise ValueError(
+            f"{type(views).__name__} applies colour jitter, which is defined for 1- or 3-channel images, but the data has "
+            f"{channels} channels: use MultiBandViews (crops, flips, 90-degree rotations and brightness/contrast for any "
+            f"band count), or turn the jitter off (jitter_prob: 0)")

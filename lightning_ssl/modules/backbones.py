@@ -40,7 +40,9 @@ class ResNet(nn.Module):
 
     ``small_input`` (default: ``image_size <= 64``) swaps the 7x7/2 stem and max-pool for a 3x3/1 conv, as
     done for CIFAR in SimCLR (Chen et al., 2020, appendix B.9). ``weights`` takes a torchvision weights name
-    (e.g. ``IMAGENET1K_V1``, downloaded by torchvision) or a local state-dict path.
+    (e.g. ``IMAGENET1K_V1``, downloaded by torchvision) or a local state-dict path; with ``in_channels != 3``
+    the pretrained RGB filters of conv1 are adapted to the channels (``adapt_first_conv``), and a file written
+    for this stem and channel count (an exported backbone) is loaded as it is.
     """
 
     def __init__(
@@ -57,20 +59,32 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown ResNet architecture {arch!r}")
         tv_weights = weights if weights and weights.isupper() else None  # enum names are upper case
         net = getattr(torchvision.models, arch)(weights=tv_weights, zero_init_residual=zero_init_residual)
+        small_input = image_size <= 64 if small_input is None else small_input
+        state_dict = None
         if weights and tv_weights is None:
             from lightning_ssl.checkpoint import load_state_dict_file
 
-            net.load_state_dict(load_state_dict_file(weights), strict=False)
-        small_input = image_size <= 64 if small_input is None else small_input
-        if small_input:
-            net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-            net.maxpool = nn.Identity()
-        elif in_channels != 3:
-            old = net.conv1
-            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-            if tv_weights or weights:  # keep pretrained filters: average over RGB, repeat over new channels
-                with torch.no_grad():
-                    net.conv1.weight.copy_(old.weight.mean(1, keepdim=True).repeat(1, in_channels, 1, 1))
+            state_dict = load_state_dict_file(weights)
+
+        def new_stem() -> None:  # a fresh stem for in_channels: 3x3/1 without max-pool for small inputs
+            if small_input:
+                net.conv1, net.maxpool = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.Identity()
+            else:
+                net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+
+        file_stem = state_dict["conv1.weight"].shape[1:] if state_dict and "conv1.weight" in state_dict else (3, 7, 7)
+        if tuple(file_stem) != (3, 7, 7):  # the file was written with its own stem (an exported backbone)
+            new_stem()
+            net.load_state_dict(state_dict, strict=False)
+        else:
+            if state_dict is not None:
+                net.load_state_dict(state_dict, strict=False)
+            if small_input:  # pretrained 7x7 filters do not carry over to a 3x3/1 stem
+                new_stem()
+            elif in_channels != 3:
+                # pretrained filters adapted as timm does (summed over RGB for one channel, else repeated and
+                # scaled by 3/C), so conv1's response and the pretrained BN statistics after it keep their scale
+                adapt_first_conv(net, in_channels, pretrained=bool(weights))
         self.num_features = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
@@ -91,6 +105,43 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The input convolution of an image model: the first ``Conv2d`` that reads 3 channels, in module order.
+    For every torchvision classification model this is the stem (the first convolution run, and the only one
+    reading 3 channels), e.g. ``conv1`` of a ResNet, ``features.0.0`` of a MobileNet, ``conv_proj`` of a ViT."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            return name, module
+    raise ValueError(f"{type(model).__name__} has no convolution reading 3 channels to adapt to other channel counts")
+
+
+def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool = True) -> nn.Conv2d:
+    """Replace the input convolution of ``model`` (``first_conv``) by one that reads ``in_channels``, in place.
+
+    ``pretrained``: keep the RGB filters, adapted by ``timm.models.adapt_input_conv``: summed over RGB for one
+    channel (a gray image then gives exactly the response of that image repeated over RGB), otherwise repeated
+    over the channels and scaled by 3/C (the response keeps its scale, and so do the BatchNorm statistics after
+    it). Without ``pretrained`` the new convolution is freshly initialised."""
+    from timm.models import adapt_input_conv
+
+    name, old = first_conv(model)
+    if in_channels == 3:
+        return old
+    if old.groups != 1:
+        raise ValueError(f"cannot adapt the grouped input convolution {name!r} of {type(model).__name__}")
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+                    bias=old.bias is not None, padding_mode=old.padding_mode,
+                    device=old.weight.device, dtype=old.weight.dtype)
+    if pretrained:
+        with torch.no_grad():
+            new.weight.copy_(adapt_input_conv(in_channels, old.weight.detach()))
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    return new
 
 
 class TimmBackbone(nn.Module):
@@ -145,15 +196,33 @@ def load_into_timm(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
     """Load ``state_dict`` into a timm model. Names that match are used as they are (a classifier the model was
     created without is ignored); a state dict from another implementation of the same architecture (e.g. the
     ``_conv_stem``-style names of the packaged EfficientNet-Lite0) is matched tensor by tensor in order, which
-    requires every shape to agree."""
+    requires every shape to agree. RGB weights of the input convolution are adapted to a model made for another
+    channel count (``in_chans``) as timm does for its own pretrained weights (``adapt_input_conv``)."""
+    from timm.models import adapt_input_conv
+
     own = model.state_dict()
-    sd = {k: v for k, v in state_dict.items() if k in own}
+    stem = model.pretrained_cfg.get("first_conv") if isinstance(getattr(model, "pretrained_cfg", None), dict) else None
+    stem = f"{stem}.weight" if isinstance(stem, str) and f"{stem}.weight" in own else None
+    if stem is None:
+        try:
+            stem = f"{first_conv(model)[0]}.weight"
+        except ValueError:  # already made for other channels: no RGB convolution left to find
+            stem = next((k for k, v in own.items() if v.ndim == 4), None)
+
+    def fit(key: str, value: Tensor) -> Tensor:  # RGB stem weights -> the model's channel count
+        want = own[key].shape
+        if (key == stem and value.ndim == 4 and value.shape[1] == 3 and want[1] != 3 and value.shape[0] == want[0]
+                and value.shape[2:] == want[2:]):
+            return adapt_input_conv(want[1], value)
+        return value
+
+    sd = {k: fit(k, v) for k, v in state_dict.items() if k in own}
     if len(sd) < len(own):
         items = list(state_dict.items())
         if len(items) != len(own):  # the model has no classifier: leave the file's out
             items = [(k, v) for k, v in items if not k.split(".")[0].lstrip("_") in ("classifier", "fc", "head")]
-        if len(items) == len(own) and all(v.shape == own[k].shape for (_, v), k in zip(items, own)):
-            sd = {k: v for (_, v), k in zip(items, own)}
+        if len(items) == len(own) and all(fit(k, v).shape == own[k].shape for (_, v), k in zip(items, own)):
+            sd = {k: fit(k, v) for (_, v), k in zip(items, own)}
     missing = sorted(set(own) - set(sd))
     if missing:
         raise ValueError(f"checkpoint does not fit {type(model).__name__}: {len(missing)} missing keys, e.g. {missing[:5]}")

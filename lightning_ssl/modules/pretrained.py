@@ -128,20 +128,36 @@ def _strip_classifier(model: nn.Module) -> tuple[int, str]:
 
 class TorchvisionBackbone(nn.Module):
     """``torchvision.models.<name>`` without its classifier. ``weights``: a torchvision weights name
-    (``IMAGENET1K_V1``, downloaded), a local state-dict path, or None."""
+    (``IMAGENET1K_V1``, downloaded), a local state-dict path, or None.
+
+    ``in_channels`` other than 3 (grayscale, multi-band): the model's input convolution is replaced by one for
+    that many channels, its pretrained RGB filters adapted as timm does (``backbones.adapt_first_conv``: summed
+    over RGB for one channel, repeated and scaled by 3/C otherwise). A weights file written for ``in_channels``
+    already (an exported backbone) is loaded as it is."""
 
     def __init__(self, name: str = "resnet50", weights: str | None = None, in_channels: int = 3, image_size: int = 224) -> None:
         super().__init__()
         import torchvision
 
+        from lightning_ssl.modules.backbones import adapt_first_conv, first_conv
+
         if name not in torchvision.models.list_models(module=torchvision.models):
             raise ValueError(f"unknown torchvision classification model {name!r}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         tv_weights = weights if weights and weights.isupper() else None
         self.model = torchvision.models.get_model(name, weights=tv_weights)
+        self.stem_name = first_conv(self.model)[0]  # before it is rebuilt for other channel counts (export recipe)
+        adapt = in_channels != 3
         if weights and tv_weights is None:
-            load_weights(self.model, load_state_dict_file(weights), f"weights file {weights!r}")
-        if in_channels != 3:
-            raise ValueError(f"TorchvisionBackbone expects 3-channel input; set data.channels: 3 (got {in_channels})")
+            state_dict = load_state_dict_file(weights)
+            stem = f"{first_conv(self.model)[0]}.weight"
+            if adapt and stem in state_dict and state_dict[stem].shape[1] == in_channels:
+                adapt_first_conv(self.model, in_channels, pretrained=False)  # the file is for in_channels already
+                adapt = False
+            load_weights(self.model, state_dict, f"weights file {weights!r}")
+        if adapt:
+            adapt_first_conv(self.model, in_channels, pretrained=weights is not None)
         self.num_features, self.head_name = _strip_classifier(self.model)
         self.name, self.in_channels, self.image_size = name, in_channels, image_size
 
@@ -151,10 +167,17 @@ class TorchvisionBackbone(nn.Module):
         """torchvision alone: the bare model, its classifier replaced by Identity (the exported weights have none)."""
         parent, _, leaf = self.head_name.rpartition(".")
         target = f"model.get_submodule({parent!r})" if parent else "model"
-        return ("import torch, torchvision\n"
-                f"model = torchvision.models.get_model({self.name!r})\n"
-                f"setattr({target}, {leaf!r}, torch.nn.Identity())  # the classifier: features out\n"
-                "model.load_state_dict(torch.load(PATH, weights_only=True))")
+        lines = ["import torch, torchvision", f"model = torchvision.models.get_model({self.name!r})",
+                 f"setattr({target}, {leaf!r}, torch.nn.Identity())  # the classifier: features out"]
+        if self.in_channels != 3:  # the stem was rebuilt for the data's channel count
+            stem = self.stem_name
+            conv = self.model.get_submodule(stem)
+            parent, _, leaf = stem.rpartition(".")
+            lines.append(f"setattr({f'model.get_submodule({parent!r})' if parent else 'model'}, {leaf!r}, torch.nn.Conv2d("
+                         f"{self.in_channels}, {conv.out_channels}, {conv.kernel_size}, {conv.stride}, {conv.padding}, "
+                         f"bias={conv.bias is not None}))  # {self.in_channels}-channel stem")
+        lines.append("model.load_state_dict(torch.load(PATH, weights_only=True))")
+        return "\n".join(lines)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
