@@ -48,9 +48,12 @@ class NonFiniteGuard(L.Callback):
         bad = self._bad
         self._bad = None
         if bad is None and self.check_gradients and getattr(trainer.precision_plugin, "scaler", None) is None:
-            names = [n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-            if names:
-                bad = f"gradients are not finite in {len(names)} parameter tensors, e.g. {names[:3]}"
+            named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+            # one fused reduction and one host sync per step; names are looked up only when something is wrong
+            if named and not torch.stack(torch._foreach_norm([g for _, g in named])).isfinite().all():
+                names = [n for n, g in named if not torch.isfinite(g).all()]  # (a norm can overflow: check each)
+                if names:
+                    bad = f"gradients are not finite in {len(names)} parameter tensors, e.g. {names[:3]}"
         if bad is None:
             return
         where = self._where(trainer, pl_module)
