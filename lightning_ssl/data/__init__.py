@@ -12,6 +12,7 @@ from lightning_ssl.data.datamodules import (
 )
 from lightning_ssl.data.emoji import EmojiDataModule, load_emoji
 from lightning_ssl.data.image_text import ImageTextDataModule, ImageTextDataset, read_image_text_table
+from lightning_ssl.data.streaming import StreamingImageDataModule, optimize_images
 from lightning_ssl.data.text import TextClassificationDataModule
 from lightning_ssl.data.transforms import (
     ClassifierViews,
@@ -29,6 +30,7 @@ __all__ = [
     "augmented_view", "CIFAR100DataModule", "CIFAR10DataModule", "ClassifierViews", "EmojiDataModule",
     "eval_transform", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule", "ImageTextDataModule",
     "ImageTextDataset", "load_emoji", "MedicalViews", "MNISTDataModule", "MultiCropViews", "MultiViewTransform",
-    "read_image_text_table", "SatelliteViews", "SimCLRViews", "STL10DataModule", "SyntheticDataModule",
+    "optimize_images", "read_image_text_table", "SatelliteViews", "SimCLRViews", "STL10DataModule",
+    "StreamingImageDataModule", "SyntheticDataModule",
     "TextClassificationDataModule", "ViewPreset",
 ]
