@@ -1,6 +1,7 @@
-"""The ImageNet-scale data path, side by side in one run: images/s that one CPU dataloader worker turns from
-224 px-training JPEG files into what the training step needs, and the CPU cores each pipeline needs to feed a
-GPU at a given step rate.
+"""The ImageNet-scale data path, side by side in one run: images per second that one CPU dataloader worker (one
+core) turns from JPEG files into what a 224 px training step needs, and the CPU cores each pipeline needs to
+feed a GPU at a given step rate. Rates are per second of the process's CPU time, so they hold on a machine
+shared with other jobs.
 
     scripts/with_jemalloc.sh .venv/bin/python benchmarks/data_pipeline.py [--images 3000] [--seconds 8]
                                                                          [--gpu-rate 3000]
@@ -99,13 +100,14 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> Path:
 
 
 def rate(fn, n_items: int, seconds: float) -> float:
-    """Items per second of ``fn(i)`` over ``seconds``, cycling through ``n_items``."""
+    """Items per CPU-second of ``fn(i)`` (this process's CPU time: what one dedicated worker core does, also on a
+    machine shared with other jobs), run for ``seconds`` of wall time, cycling through ``n_items``."""
     fn(0)
-    k, t0 = 0, time.perf_counter()
+    k, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         fn(k % n_items)
         k += 1
-    return k / (time.perf_counter() - t0)
+    return k / (time.process_time() - c0)
 
 
 def per_image_worker(paths, seconds: float, blur_prob: float = 0.5) -> float:
@@ -141,7 +143,7 @@ def streaming_worker(chunks: str, seconds: float, size: int = 256) -> float:
     stream = dm.train_set
     it = iter(stream)
     next(it)
-    k, t0 = 0, time.perf_counter()
+    k, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         try:
             next(it)
@@ -149,7 +151,7 @@ def streaming_worker(chunks: str, seconds: float, size: int = 256) -> float:
             it = iter(stream)
             continue
         k += 1
-    return k / (time.perf_counter() - t0)
+    return k / (time.process_time() - c0)
 
 
 def batched_views_cpu(seconds: float, batch: int = 64, size: int = 256) -> float:
@@ -157,11 +159,11 @@ def batched_views_cpu(seconds: float, batch: int = 64, size: int = 256) -> float
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     sizes = torch.tensor([[375.0, 500.0]]).expand(batch, 2)
     views(x.float() / 255, sizes)
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         views(x.float() / 255, sizes)
         n += batch
-    return n / (time.perf_counter() - t0)
+    return n / (time.process_time() - c0)  # per CPU-second (both threads counted)
 
 
 def main() -> None:
@@ -208,13 +210,14 @@ def main() -> None:
 
     print(f"\n{describe_machine('fp32 (data pipeline)')}")
     print(f"{len(paths)} generated JPEGs (mean {mb:.0f} kB, 500x375-class sizes), 2 SimCLR views of 224 px per image; "
-          f"one process, 1 thread per worker; {a.seconds:.0f} s per measurement; GPU step rate to feed: "
+          f"one process, 1 thread per worker; rates per second of the process's CPU time (holds on a shared "
+          f"machine); {a.seconds:.0f} s per measurement; GPU step rate to feed: "
           f"{a.gpu_rate:.0f} img/s (--gpu-rate).\n")
-    print(f"| pipeline | images/s per CPU worker | CPU cores to feed {a.gpu_rate:.0f} img/s |\n|---|---|---|")
+    print(f"| pipeline | images per CPU-second (one worker) | CPU cores to feed {a.gpu_rate:.0f} img/s |\n|---|---|---|")
     for name, r, _ in rows:
         print(f"| {name} | {r:.0f} | {math.ceil(a.gpu_rate / r)} |")
     print(f"\nThe batched views themselves (2 x 224 px from 256 px uint8, crop + flip + jitter + grayscale + blur): "
-          f"{aug:.0f} img/s on this CPU with 2 threads, batch 64 — on the GPU in training (not measured here). "
+          f"{aug:.0f} img per CPU-second on this CPU (2 threads, batch 64) — on the GPU in training (not measured here). "
           f"Per-worker speed-up of the decode-only workers over per-image augmentation: {dec / per_image:.1f}x "
           f"(folder), {stream / per_image:.1f}x (litdata).")
 
