@@ -95,3 +95,20 @@ def write_multiband_folder(root, bands: int = 6, size: int = 24, per_class: int 
             tifffile.imwrite(path, x, photometric="minisblack", planarconfig="contig" if layout == "interleaved" else None)
             paths.append(path)
     return paths
+class RecordSamples(L.Callback):
+    """Writes what this process trained on and ended with to ``out_dir/rank{global_rank}.pt``: the labels of
+    every training batch (with ``SyntheticDataModule(num_classes=num_samples)`` a label is the sample index),
+    the node rank, world size and the final state dict."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir, self.labels = out_dir, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.labels += batch[1].tolist()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        os.makedirs(self.out_dir, exist_ok=True)
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save({"labels": self.labels, "global_rank": trainer.global_rank, "node_rank": trainer.node_rank,
+                    "world_size": trainer.world_size, "num_nodes": trainer.num_nodes, "state_dict": state},
+                   os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))

@@ -22,6 +22,7 @@ from lightning_ssl.data import (
     TextClassificationDataModule,
 )
 from lightning_ssl.data.datasets import TensorImageDataset
+from lightning_ssl.data.streaming import check_chunks
 from lightning_ssl.eval import Classifier, export_backbone
 from lightning_ssl.losses import InfoNCELoss, NTXentLoss
 from lightning_ssl.data import ImageTextDataModule, MultiCropViews
@@ -315,6 +316,44 @@ CASES = [
      r"needs a 'caption' column"),
     ("image-text-table-empty-caption", lambda t: image_text_table(t, "image,caption\na.png,\n"), ValueError, r"empty caption"),
     ("image-text-missing-image", missing_image_in_table, FileNotFoundError, r"b\.png.*does not exist"),
+]
+
+
+def _optimize(src, out, **kw):
+    from lightning_ssl.data import optimize_images
+
+    return optimize_images(str(src), str(out), num_workers=1, verbose=False, **kw)
+
+
+def optimize_a_corrupt_jpeg(tmp_path):
+    _png(tmp_path / "f" / "a" / "0.png")
+    (tmp_path / "f" / "a" / "1.jpg").write_bytes(b"\xff\xd8\xff\xe0 and then nothing")
+    _optimize(tmp_path / "f", tmp_path / "chunks")
+
+
+def stream_a_missing_chunk(tmp_path):
+    import json
+
+    from lightning_ssl.data import StreamingImageDataModule
+
+    for i in range(3):
+        _png(tmp_path / "f" / "a" / f"{i}.png")
+    _optimize(tmp_path / "f", tmp_path / "chunks")
+    first = json.loads((tmp_path / "chunks" / "index.json").read_text())["chunks"][0]["filename"]
+    (tmp_path / "chunks" / first).unlink()
+    StreamingImageDataModule(input_dir=str(tmp_path / "chunks"), num_workers=0, batch_augment=True).setup("fit")
+
+
+CASES += [
+    ("batched-crop-impossible-scale", lambda t: SimCLRViews(min_scale=0.9, max_scale=0.5).build_batched(8, 3, (0.5,) * 3, (0.5,) * 3),
+     ValueError, r"crop scale"),
+    ("decode-on-device-without-batch-augment", lambda t: ImageFolderDataModule(train_dir=str(t), decode="device"),
+     ValueError, r"needs batch_augment"),
+    ("optimize-a-corrupt-jpeg", optimize_a_corrupt_jpeg, ValueError, r"1 of 2 images .* could not be read"),
+    ("optimize-an-empty-folder", lambda t: _optimize(t, t / "chunks"), ValueError, r"no class sub-folders|no images"),
+    ("optimize-into-a-bucket", lambda t: _optimize(t, "s3://bucket/x"), ValueError, r"writes to a local folder"),
+    ("stream-a-missing-chunk", stream_a_missing_chunk, FileNotFoundError, r"chunk .* is missing"),
+    ("stream-a-plain-folder", lambda t: check_chunks(str(t)), FileNotFoundError, r"not an optimized dataset"),
 ]
 
 

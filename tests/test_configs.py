@@ -50,6 +50,18 @@ def _synthetic(data: dict, tmp_path: Path) -> list[str]:
             "--data.num_samples=16", "--data.batch_size=8", "--data.num_workers=0"]  # 8: MoCo split-BN groups
 
 
+# Configs whose networks make a CPU smoke run slow run with a smaller one of the same kind (the wiring is what
+# is tested). The GPU-only FSDP config (Lightning refuses FSDP on CPU) runs with the default strategy and a
+# 2-block ViT; tests/test_multinode.py builds its FSDP strategy.
+SHRINK_VIT = ["--trainer.strategy=auto", "--trainer.accelerator=cpu", "--model.init_args.backbone.init_args.depth=2",
+              "--model.init_args.backbone.init_args.embed_dim=64", "--model.init_args.backbone.init_args.num_heads=2"]
+RESNET18 = ["--model.init_args.backbone.init_args.arch=resnet18"]
+CPU_OVERRIDES = {"mae/imagenet_vit_gigantic_fsdp.yaml": SHRINK_VIT + ["--model.init_args.decoder_dim=32",
+                                                                       "--model.init_args.decoder_depth=1"],
+                 "simclr/imagenet.yaml": RESNET18, "simclr/imagenet_streaming.yaml": RESNET18,
+                 "byol/imagenet.yaml": RESNET18}
+
+
 def test_every_config_is_covered():
     assert len(TRAIN) >= 10 and set(TRAIN) | set(EVAL) == set(ALL)
 
@@ -62,6 +74,7 @@ def test_config_fast_dev_run(config, tmp_path):
     if backbone.get("class_path", "").endswith("CheckpointBackbone"):  # no pretrained checkpoint here
         extra = ["--model.init_args.backbone=lightning_ssl.modules.backbones.SmallCNN",
                  "--model.init_args.backbone.init_args.width=4"]
+    extra += CPU_OVERRIDES.get(_ids(config), [])
     cli(["fit", "--config", str(config), *_synthetic(cfg["data"], tmp_path), *extra, "--trainer.fast_dev_run=true",
          "--trainer.logger=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
          f"--checkpoint.dirpath={tmp_path}/ckpt"])

@@ -13,6 +13,7 @@ from lightning_ssl.data.datamodules import (
 from lightning_ssl.data.emoji import EmojiDataModule, load_emoji
 from lightning_ssl.data.image_text import ImageTextDataModule, ImageTextDataset, read_image_text_table
 from lightning_ssl.data.multiband import MultiBandDataModule, MultiBandDataset, band_statistics, read_tiff
+from lightning_ssl.data.streaming import StreamingImageDataModule, optimize_images
 from lightning_ssl.data.text import TextClassificationDataModule
 from lightning_ssl.data.transforms import (
     BYOLViews,
@@ -33,7 +34,8 @@ __all__ = [
     "augmented_view", "BYOLViews", "CIFAR100DataModule", "CIFAR10DataModule", "ClassifierViews", "EmojiDataModule",
     "eval_transform", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule", "ImageTextDataModule",
     "ImageTextDataset", "load_emoji", "MedicalViews", "MNISTDataModule", "MultiBandDataModule", "MultiBandDataset",
-    "MultiBandViews", "MultiCropViews", "MultiViewTransform", "RandomBrightnessContrast", "band_statistics", "read_tiff",
-    "read_image_text_table", "SatelliteViews", "SimCLRViews", "STL10DataModule", "SyntheticDataModule",
+    "MultiBandViews", "MultiCropViews", "MultiViewTransform", "optimize_images", "RandomBrightnessContrast",
+    "band_statistics", "read_tiff", "read_image_text_table", "SatelliteViews", "SimCLRViews", "STL10DataModule",
+    "StreamingImageDataModule", "SyntheticDataModule",
     "TextClassificationDataModule", "ViewPreset",
 ]

@@ -15,18 +15,33 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from lightning_ssl.data.datasets import FileImageDataset, TensorImageDataset, list_image_folder, read_idx
+from lightning_ssl.data.datasets import (
+    EncodedImageDataset,
+    FileImageDataset,
+    TensorImageDataset,
+    list_image_folder,
+    read_idx,
+)
 from lightning_ssl.data.sampling import ResumableDataLoader, SeededSampler, mix_seed
 from lightning_ssl.modules.distributed import rank
 from lightning_ssl.data.transforms import EVAL_RESIZE_RATIO, SimCLRViews, ViewPreset, check_views_channels, eval_transform
+from torchvision.transforms import v2
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def collate_images(items: list):
+    """``default_collate``, except that encoded image bytes (``"data"``, of different lengths) stay a list."""
+    if items and isinstance(items[0], dict) and "data" in items[0]:
+        rest = default_collate([{k: v for k, v in it.items() if k != "data"} for it in items])
+        return dict(rest, data=[it["data"] for it in items])
+    return default_collate(items)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -38,6 +53,7 @@ class ImageDataModule(L.LightningDataModule):
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     labelled: bool = True
+    decode_size: int | None = None  # file sources: the side workers resize to for the batched path
 
     def __init__(
         self,
@@ -139,20 +155,31 @@ class ImageDataModule(L.LightningDataModule):
         return eval_transform(self.image_size, *self.norm_stats(), resize=self.image_size != self.native_size,
                               resize_ratio=1.0)
 
+    def batched_views(self, device: torch.device):
+        """The batched view transforms (built once), on ``device``."""
+        if self._batched_views is None:
+            self._batched_views = self.views.build_batched(self.image_size, self.channels, *self.norm_stats())
+        for t in self._batched_views.transforms:
+            t.to(device)
+        return self._batched_views
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With ``batch_augment``: uint8 (B, C, H, W) -> list of augmented views while training, or one
-        resized + normalized batch for evaluation, on the batch's device."""
+        resized + normalized batch for evaluation, on the batch's device. Image files arrive as a dict
+        ``{"image": uint8 (B, C, S, S), "size": original (height, width) (B, 2), "label"[, "caption"]}``: each
+        view's crop is drawn with respect to the original size (``lightning_ssl.data.batched``)."""
+        if isinstance(batch, dict) and "image" in batch:
+            x = batch["image"].float().div_(255)
+            views = self.batched_views(x.device)(x, batch["size"])
+            if "caption" in batch:  # image-text pairs: one view, (image, label, caption) as ImageTextDataModule
+                return views[0], batch["label"], batch["caption"]
+            return views, batch["label"]
         if not self.batch_augment or not isinstance(batch, (list, tuple)) or not isinstance(batch[0], torch.Tensor):
             return batch
         x, y = batch[0], batch[1]
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
         if self.trainer is not None and self.trainer.training:
-            if self._batched_views is None:
-                self._batched_views = self.views.build_batched(self.image_size, self.channels, *self.norm_stats())
-            views = self._batched_views
-            for t in views.transforms:
-                t.to(x.device)
-            return views(x), y
+            return self.batched_views(x.device)(x), y
         return self._normalize_eval(x, y)
 
     def evaluation_tensors(self, split: str = "test", max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,13 +237,21 @@ class ImageDataModule(L.LightningDataModule):
         return ResumableDataLoader(
             self.train_set, batch_size=self.batch_size, sampler=SeededSampler(self.train_set, self.seed), drop_last=True,
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            collate_fn=collate_images,
         )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """Reseed the training randomness that runs in this process (batched augmentation, masks, dropout)
-        from (seed, batch index, rank): runs are reproducible and resume exactly, also mid-epoch."""
+        from (seed, batch index, rank): runs are reproducible and resume exactly, also mid-epoch. Encoded
+        image files (``decode: device``) are decoded here, straight onto the training device."""
         if self.trainer is not None and self.trainer.training:
             torch.manual_seed(mix_seed(self.seed, self.trainer.fit_loop.total_batch_idx, rank()))
+        if isinstance(batch, dict) and "data" in batch:
+            from lightning_ssl.data.batched import decode_jpeg_batch
+
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            images, sizes = decode_jpeg_batch(batch.pop("data"), self.decode_size, self.channels, device)
+            batch = dict(batch, image=images, size=sizes)
         return batch
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -408,14 +443,48 @@ class STL10DataModule(ImageDataModule):
         return torch.as_tensor(ds.data), torch.as_tensor(ds.labels).long()
 
 
-class ImageFolderDataModule(ImageDataModule):
+class FileDecoding:
+    """What file-based datamodules add for ``batch_augment``: workers decode and resize to ``decode_size``,
+    the crops happen on the device (``lightning_ssl.data.batched``)."""
+
+    image_size: int
+    views: ViewPreset
+    batch_augment: bool
+
+    def _init_decoding(self, decode_size: int | None, decode: str) -> None:
+        if decode not in ("workers", "device"):
+            raise ValueError(f"decode must be 'workers' or 'device', got {decode!r}")
+        if decode == "device" and not self.batch_augment:
+            raise ValueError("decode: device needs batch_augment: true (the views are then made on the device)")
+        if decode_size is not None and decode_size < 1:
+            raise ValueError(f"decode_size must be >= 1, got {decode_size}")
+        self.decode = decode
+        # default: 8/7 of the largest view (256 px for 224 px views), so full-image crops are never upsampled
+        sizes = [v.get("size") or self.image_size for v in self.views.views]
+        self.decode_size = decode_size or round(max(sizes) * 8 / 7)
+
+    def uint8_eval_transform(self):
+        """The evaluation resize + center crop without the float conversion and normalization (those run on
+        the device after transfer)."""
+        ratio = getattr(self, "eval_resize_ratio", EVAL_RESIZE_RATIO)
+        t = eval_transform(self.image_size, (0.0,), (1.0,), resize=True, resize_ratio=ratio).transforms
+        return v2.Compose([x for x in t if not isinstance(x, (v2.ToDtype, v2.Normalize))])
+
+
+class ImageFolderDataModule(FileDecoding, ImageDataModule):
     """Any folder of images. ``labelled``: ``train_dir/<class>/<image>`` (and ``val_dir`` alike) so the kNN
-    monitor and probe can run; otherwise every image under ``train_dir`` is used, without labels."""
+    monitor and probe can run; otherwise every image under ``train_dir`` is used, without labels.
+
+    With ``batch_augment: true`` the workers only decode each file and resize it to ``decode_size`` (default
+    8/7 of the largest view: 256 px for 224 px views) as uint8, and the views are made batched on the device,
+    each crop drawn with respect to the file's own size (``lightning_ssl.data.batched``). ``decode: device``
+    leaves even the decoding to the device (nvJPEG on CUDA; workers only read the file bytes)."""
 
     native_channels = 3
 
     def __init__(self, train_dir: str, val_dir: str | None = None, labelled: bool = True, image_size: int = 224,
                  channels: int = 3, num_classes: int | None = None, verify_files: bool = True,
+                 decode_size: int | None = None, decode: str = "workers",
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
                  eval_resize_ratio: float = EVAL_RESIZE_RATIO, **kwargs) -> None:
         """``eval_resize_ratio``: evaluation images are resized to ``eval_resize_ratio x image_size`` on the short
@@ -425,8 +494,7 @@ class ImageFolderDataModule(ImageDataModule):
         if eval_resize_ratio < 1:
             raise ValueError(f"eval_resize_ratio must be >= 1 (resize, then center-crop), got {eval_resize_ratio}")
         self.eval_resize_ratio = eval_resize_ratio
-        if self.batch_augment:
-            raise ValueError("batch_augment needs equally sized images; ImageFolderDataModule decodes files of any size")
+        self._init_decoding(decode_size, decode)
         self.train_dir, self.val_dir, self.verify_files = train_dir, val_dir, verify_files
         self.train_labelled = labelled  # class sub-folders give training labels (for the online probe)
         self.labelled = labelled and val_dir is not None  # evaluation needs a labelled val_dir
@@ -436,6 +504,7 @@ class ImageFolderDataModule(ImageDataModule):
     @classmethod
     def describe(cls, init_args: dict) -> dict[str, int | None]:
         info = super().describe(init_args)
+        info["image_size"] = init_args.get("image_size") or 224  # the constructor's default, not native_size
         if info["num_classes"] is None and init_args.get("labelled", True) and Path(init_args.get("train_dir", "")).is_dir():
             info["num_classes"] = len(list_image_folder(init_args["train_dir"])[2])
         return info
@@ -452,6 +521,8 @@ class ImageFolderDataModule(ImageDataModule):
                 raise FileNotFoundError(f"image folder {d!r} does not exist")
 
     def eval_transform(self):
+        if self.batch_augment:
+            return self.uint8_eval_transform()
         return eval_transform(self.image_size, *self.norm_stats(), resize=True, resize_ratio=self.eval_resize_ratio)
 
     def make_dataset(self, split, transform):
@@ -459,7 +530,11 @@ class ImageFolderDataModule(ImageDataModule):
         paths, labels, classes = list_image_folder(folder, labelled=self.train_labelled)
         if labels is not None and self._num_classes is not None and len(classes) != self._num_classes:
             raise ValueError(f"{folder!r} has {len(classes)} class folders but num_classes={self._num_classes}")
-        return FileImageDataset(paths, labels, transform, self.channels, verify=self.verify_files)
+        batched = self.batch_augment and split == "train" and transform is None
+        if batched and self.decode == "device":
+            return EncodedImageDataset(paths, labels, verify=self.verify_files)
+        return FileImageDataset(paths, labels, transform, self.channels, verify=self.verify_files,
+                                decode_size=self.decode_size if batched else None)
 
 
 class SyntheticDataModule(ImageDataModule):

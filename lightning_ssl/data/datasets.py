@@ -102,11 +102,62 @@ def read_image(path: str | os.PathLike, channels: int) -> Tensor:
             raise ValueError(f"cannot decode image file {str(path)!r} (corrupt or truncated?): {e}") from e
 
 
+def decode_resized(data: bytes | memoryview | str | os.PathLike, channels: int, size: int,
+                   name: str | None = None) -> tuple[Tensor, Tensor]:
+    """Decode an image (file bytes or a path) and resize it to ``size x size`` (a squash, aspect ratio not kept)
+    as uint8 (channels, size, size); also returns the original (height, width), from which the batched crop
+    draws its boxes (see ``lightning_ssl.data.batched``). Errors name ``name`` (default: the path).
+
+    torchvision decodes (libjpeg-turbo) and resizes (antialiased bilinear on uint8), the fastest pair for
+    ImageNet-sized files; a JPEG at least twice ``size`` on both sides is first decoded at 1/2, 1/4 or 1/8 of
+    its side by Pillow (``draft``: DCT scaling, never below ``size``), which makes large photos cheap."""
+    from torchvision.transforms.v2 import functional as F
+
+    what = name or (str(data) if isinstance(data, (str, os.PathLike)) else "image bytes")
+    raw = Path(data).read_bytes() if isinstance(data, (str, os.PathLike)) else bytes(data)
+    try:
+        x, height, width = _decode_for_size(raw, channels, size)
+    except Exception as e:  # torchvision raises RuntimeError, Pillow OSError / SyntaxError / ValueError
+        raise ValueError(f"cannot decode image {what!r} (corrupt or truncated?): {e}") from e
+    x = F.resize(match_channels(x, channels), [size, size], antialias=True)
+    return x, torch.tensor([height, width], dtype=torch.float32)  # (not contiguous: collate copies it anyway)
+
+
+def _decode_for_size(raw: bytes, channels: int, size: int) -> tuple[Tensor, int, int]:
+    import io
+
+    from PIL import Image
+
+    mode = "RGB" if channels == 3 else "L"
+    if raw[:3] == b"\xff\xd8\xff":
+        with Image.open(io.BytesIO(raw)) as im:
+            width, height = im.size
+            if min(width, height) >= 2 * size:  # DCT-scaled decoding
+                im.draft(mode, (size, size))
+                arr = torch.from_numpy(np.asarray(im.convert(mode)).copy())
+                return (arr.permute(2, 0, 1) if arr.ndim == 3 else arr.unsqueeze(0)), height, width
+        x = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+                         mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+        return x, height, width
+    try:
+        x = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+                         mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+    except RuntimeError:  # formats torchvision cannot decode (BMP, TIFF): Pillow
+        with Image.open(io.BytesIO(raw)) as im:
+            arr = torch.from_numpy(np.asarray(im.convert(mode)).copy())
+        x = arr.permute(2, 0, 1) if arr.ndim == 3 else arr.unsqueeze(0)
+    return x, x.shape[-2], x.shape[-1]
+
+
 class FileImageDataset(Dataset):
-    """Image files with optional integer labels; decoding errors name the offending file."""
+    """Image files with optional integer labels; decoding errors name the offending file.
+
+    ``decode_size``: for the batched device augmentation, items are dicts ``{"image": uint8 (C, S, S),
+    "label", "size": original (height, width)}`` (``decode_resized``) instead of ``(transform(image), label)``."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int] | None = None,
-                 transform: Callable | None = None, channels: int = 3, verify: bool = True) -> None:
+                 transform: Callable | None = None, channels: int = 3, verify: bool = True,
+                 decode_size: int | None = None) -> None:
         if len(paths) == 0:
             raise ValueError("dataset is empty: no image files")
         self.paths = [Path(p) for p in paths]
@@ -114,14 +165,41 @@ class FileImageDataset(Dataset):
             for p in self.paths:
                 check_image_file(p)
         self.labels, self.transform, self.channels = (list(labels) if labels is not None else None), transform, channels
+        self.decode_size = decode_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key: int | tuple[int, int]):
         i, seed = key if isinstance(key, tuple) else (key, None)
+        label = self.labels[i] if self.labels is not None else -1
+        if self.decode_size is not None:
+            x, size = decode_resized(self.paths[i], self.channels, self.decode_size)
+            return {"image": x, "label": label, "size": size}
         x = apply_transform(self.transform, read_image(self.paths[i], self.channels), seed)
-        return x, (self.labels[i] if self.labels is not None else -1)
+        return x, label
+
+
+class EncodedImageDataset(Dataset):
+    """Image files as their raw bytes, ``{"data": uint8 (nbytes,), "label"}``, for decoding on the device
+    (``decode: device``; ``lightning_ssl.data.batched.decode_jpeg_batch``): workers only read files."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int] | None = None, verify: bool = True) -> None:
+        if len(paths) == 0:
+            raise ValueError("dataset is empty: no image files")
+        self.paths = [Path(p) for p in paths]
+        if verify:
+            for p in self.paths:
+                check_image_file(p)
+        self.labels = list(labels) if labels is not None else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        i = key[0] if isinstance(key, tuple) else key
+        data = torch.frombuffer(bytearray(self.paths[i].read_bytes()), dtype=torch.uint8)
+        return {"data": data, "label": self.labels[i] if self.labels is not None else -1}
 
 
 def list_image_folder(root: str | os.PathLike, labelled: bool = True, extensions: Sequence[str] = IMAGE_EXTENSIONS

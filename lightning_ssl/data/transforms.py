@@ -25,8 +25,8 @@ class MultiViewTransform:
             raise ValueError("MultiViewTransform needs at least one transform")
         self.transforms = list(transforms)
 
-    def __call__(self, image: Any) -> list[Any]:
-        return [t(image) for t in self.transforms]
+    def __call__(self, image: Any, *args: Any) -> list[Any]:
+        return [t(image, *args) for t in self.transforms]  # args: e.g. the original sizes for a batched crop
 
     def __len__(self) -> int:
         return len(self.transforms)
@@ -141,16 +141,20 @@ def batched_view(
     jitter: Sequence[float] | None = None,
     interpolation: str = "bilinear",
 ) -> nn.Module:
-    """The same view as ``augmented_view`` for a whole batch at once (kornia), each sample drawing its own
-    random parameters. Takes float images in [0, 1] (B, C, H, W) on any device; outputs (B, C, size, size)."""
+    """The same view as ``augmented_view`` for a whole batch at once, each sample drawing its own random
+    parameters: the random resized crop (``BatchedResizedCrop``: boxes drawn with respect to each image's
+    original size, see ``lightning_ssl.data.batched``), then kornia. Takes float images in [0, 1] (B, C, H, W)
+    on any device and optionally their original sizes (B, 2); outputs (B, C, size, size)."""
     import kornia.augmentation as K
+
+    from lightning_ssl.data.batched import BatchedResizedCrop
 
     if not 0 < min_scale <= max_scale <= 1:
         raise ValueError(f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
     image_size = size or image_size
-    _interpolation(interpolation)  # validates
-    t: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=(min_scale, max_scale),
-                                              resample=interpolation.upper())]
+    _interpolation(interpolation)  # validated; the batched crop resamples with roi_align (area-averaging) whatever it is
+    crop = BatchedResizedCrop(image_size, scale=(min_scale, max_scale))
+    t: list[nn.Module] = []
     if flip_prob > 0:
         t.append(K.RandomHorizontalFlip(p=flip_prob))
     if vflip_prob > 0:
@@ -167,7 +171,18 @@ def batched_view(
     if solarize_prob > 0:
         t.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_prob))  # threshold 0.5 = 128/255
     t.append(K.Normalize(mean=torch.tensor(list(mean)), std=torch.tensor(list(std))))
-    return nn.Sequential(*t)
+    return BatchedView(crop, nn.Sequential(*t))
+
+
+class BatchedView(nn.Module):
+    """One batched view: the crop (which needs the original sizes) followed by the per-sample kornia ops."""
+
+    def __init__(self, crop: nn.Module, rest: nn.Sequential) -> None:
+        super().__init__()
+        self.crop, self.rest = crop, rest
+
+    def forward(self, images: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        return self.rest(self.crop(images, sizes))
 
 
 class ViewPreset:
