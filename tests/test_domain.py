@@ -106,8 +106,16 @@ def _crops(transform):
     import kornia.augmentation as K
     from torchvision.transforms import v2
 
-    steps = [t for view in transform.transforms for t in (view.transforms if hasattr(view, "transforms") else view)]
-    return [t for t in steps if isinstance(t, (v2.RandomResizedCrop, K.RandomResizedCrop))]
+    from lightning_ssl.data.batched import BatchedResizedCrop
+    from lightning_ssl.data.transforms import BatchedView
+
+    steps = []
+    for view in transform.transforms:
+        if isinstance(view, BatchedView):  # the batched crop (drawn on the original's size), then kornia's ops
+            steps += [view.crop, *view.rest]
+        else:
+            steps += list(view.transforms if hasattr(view, "transforms") else view)
+    return [t for t in steps if isinstance(t, (v2.RandomResizedCrop, K.RandomResizedCrop, BatchedResizedCrop))]
 
 
 def test_medical_views_keep_at_least_80_percent_of_the_image():
@@ -122,9 +130,11 @@ def test_medical_views_keep_at_least_80_percent_of_the_image():
         for _ in range(2000):
             p = crop.make_params([img])
             areas.append(p["height"] * p["width"] / size**2)
+    from lightning_ssl.data.batched import sample_crop_boxes
+
     for crop in _crops(batched):
-        src = crop.forward_parameters(torch.Size([2000, 1, size, size]))["src"]  # corners, inclusive pixels
-        areas += ((src[:, 2, 0] - src[:, 0, 0] + 1) * (src[:, 2, 1] - src[:, 0, 1] + 1) / size**2).tolist()
+        boxes = sample_crop_boxes(torch.tensor([[size, size]] * 2000, dtype=torch.float32), crop.scale, crop.ratio)
+        areas += (boxes[:, 2] * boxes[:, 3] / size**2).tolist()  # (top, left, height, width) in pixels
     assert len(areas) == 8000
     assert min(areas) >= 0.8 * (1 - 1 / size) ** 2 and max(areas) <= 1.0
     assert min(areas) < 0.81 and np.std(areas) > 0.03  # random crops over the whole allowed range

@@ -129,7 +129,7 @@ def test_multicrop_follows_dino_augmentation():
     crop = t.transforms[0]
     assert crop.interpolation.value == "bicubic"
     batched = views.build_batched(32, 3, (0.5,) * 3, (0.25,) * 3).transforms[0]
-    kj = [m for m in batched if type(m).__name__ == "ColorJitter"][0]
+    kj = [m for m in batched.rest if type(m).__name__ == "ColorJitter"][0]
     assert kj.saturation == pytest.approx(0.2) and kj.hue == pytest.approx(0.1)
 
 
