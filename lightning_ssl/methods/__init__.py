@@ -12,8 +12,9 @@ from lightning_ssl.methods.mocov3 import MoCoV3
 from lightning_ssl.methods.rotation import RotNet
 from lightning_ssl.methods.simclr import SimCLR
 from lightning_ssl.methods.simsiam import SimSiam
+from lightning_ssl.methods.visual_tokenizer import PatchTokenizer, VisualTokenizer
 
 __all__ = [
-    "BYOL", "CLIP", "Colorization", "DINO", "Jigsaw", "MAE", "MoCo", "MoCoV3", "MomentumMethod", "RotNet", "SimCLR",
-    "SimSiam", "SSLMethod",
+    "BYOL", "CLIP", "Colorization", "DINO", "Jigsaw", "MAE", "MoCo", "MoCoV3", "MomentumMethod",
+    "PatchTokenizer", "RotNet", "SimCLR", "SimSiam", "SSLMethod", "VisualTokenizer",
 ]
