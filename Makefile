@@ -1,14 +1,17 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - set up, get Fashion-MNIST, pretrain SimCLR (~12 min on 2 CPU cores with set-up), print the kNN table
 #   make test   - set up, run the test suite
+#   make beit-demo - BEiT's two stages on Fashion-MNIST: train the visual tokenizer, then BEiT on its tokens; kNN table
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN := scripts/with_jemalloc.sh
 DEMO_CONFIG ?= configs/simclr/fashion_mnist.yaml
 DEMO_CKPT ?= outputs/simclr_fashion_mnist/checkpoints/last.ckpt
 PYTEST_ARGS ?=
+BEIT_TOKENIZER ?= outputs/visual_tokenizer_fashion_mnist/checkpoints/last.ckpt
+BEIT_CKPT ?= outputs/beit_fashion_mnist/checkpoints/last.ckpt
 
-.PHONY: demo test install data clean
+.PHONY: demo beit-demo test install data clean
 
 install:
 	@scripts/system_deps.sh
@@ -21,6 +24,15 @@ demo: data
 	rm -f $(DEMO_CKPT)
 	$(RUN) $(VENV)/bin/lightning-ssl fit --config $(DEMO_CONFIG) --config configs/shared/wandb.yaml
 	$(RUN) $(PY) -m lightning_ssl.eval.report --config $(DEMO_CONFIG) --ckpt $(DEMO_CKPT)
+
+beit-demo: data
+	rm -f $(BEIT_TOKENIZER) $(BEIT_CKPT)
+	$(RUN) $(VENV)/bin/lightning-ssl fit --config configs/visual_tokenizer/fashion_mnist.yaml \
+		--checkpoint.dirpath $(dir $(BEIT_TOKENIZER))
+	$(RUN) $(VENV)/bin/lightning-ssl fit --config configs/beit/fashion_mnist.yaml \
+		--model.init_args.tokenizer $(BEIT_TOKENIZER) --checkpoint.dirpath $(dir $(BEIT_CKPT))
+	$(RUN) $(PY) -m lightning_ssl.eval.report --config configs/beit/fashion_mnist.yaml --ckpt $(BEIT_CKPT) \
+		--model.init_args.tokenizer $(BEIT_TOKENIZER)
 
 test: install
 	$(RUN) $(PY) -m pytest $(PYTEST_ARGS)
