@@ -265,3 +265,21 @@ def test_patch_tokenizer_from_checkpoint_drops_decoder_and_teacher(tmp_path):
     x = torch.randn(5, 1, 16, 16)
     model.eval()
     assert torch.equal(tok.tokenize(x), model.tokenize(x))
+
+
+def test_reconstruction_callback_writes_original_reconstruction_and_token_grid(tmp_path):
+    from PIL import Image
+
+    from lightning_ssl.callbacks import TokenizerReconstructionLogger
+    from lightning_ssl.callbacks.images import token_colours
+
+    cb = TokenizerReconstructionLogger(num_images=3, every_n_epochs=1, out_dir=str(tmp_path / "img"))
+    torch.manual_seed(0)
+    _trainer(tmp_path, max_steps=2, callbacks=[cb]).fit(tokenizer(), datamodule=_data())
+    assert cb.last_path is not None and cb.last_path.exists()
+    with Image.open(cb.last_path) as im:  # 3 columns (original | reconstruction | tokens) x 3 rows of 16 px
+        assert im.size == (3 * 17 + 1, 3 * 17 + 1)
+    ids = torch.tensor([[[0, 1], [1, 0]]])
+    colours = token_colours(ids, 4)
+    assert colours.shape == (1, 3, 2, 2) and torch.equal(colours[0, :, 0, 0], colours[0, :, 1, 1])
+    assert not torch.equal(colours[0, :, 0, 0], colours[0, :, 0, 1])

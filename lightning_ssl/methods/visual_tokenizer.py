@@ -231,13 +231,14 @@ class VisualTokenizer(SSLMethod):
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         x, y = batch
+        if dataloader_idx != 0:  # the kNN bank: features only
+            return {"features": self.embed(x), "labels": y}
         out = self.forward_tokenizer(x, update=False)
-        if dataloader_idx == 0:
-            self.val_counts += out["counts"]
-            self.log("val/rec_loss", out["rec_loss"], sync_dist=True, add_dataloader_idx=False)
-            if self.teacher is None:
-                nmse = out["rec_loss"] / out["target"].var().clamp(min=1e-8)
-                self.log("val/rec_nmse", nmse, sync_dist=True, add_dataloader_idx=False)
+        self.val_counts += out["counts"]
+        self.log("val/rec_loss", out["rec_loss"], sync_dist=True, add_dataloader_idx=False)
+        if self.teacher is None:
+            nmse = out["rec_loss"] / out["target"].var().clamp(min=1e-8)
+            self.log("val/rec_nmse", nmse, sync_dist=True, add_dataloader_idx=False)
         return {"features": self.backbone.pool(out["tokens"]), "labels": y}
 
     def on_validation_epoch_end(self) -> None:
