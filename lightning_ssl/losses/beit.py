@@ -34,7 +34,8 @@ def masked_token_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = Non
                              f"mask {tuple(mask.shape)}")
         logits, targets = logits[mask.bool()], targets[mask.bool()]
     if logits.ndim != 2 or targets.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits (M, V) and targets (M,), got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(f"expected logits (M, V) and targets (M,), got {tuple(logits.shape)} and "
+                         f"{tuple(targets.shape)}")
     total = F.cross_entropy(logits.float(), targets.long(), reduction="sum")
     if normalizer is None:
         normalizer = max(1, targets.numel())

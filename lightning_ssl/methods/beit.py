@@ -78,8 +78,8 @@ class BEiT(SSLMethod):
         size = backbone.image_size
         ids = self.tokenizer.tokenize(torch.zeros(1, backbone.in_channels, size, size))
         if tuple(ids.shape[1:]) != self.grid:
-            raise ValueError(f"the tokenizer gives a {tuple(ids.shape[1:])} grid of tokens for {size} px images, the ViT "
-                             f"has {self.grid} patches: use a tokenizer with the ViT's patch size")
+            raise ValueError(f"the tokenizer gives a {tuple(ids.shape[1:])} grid of tokens for {size} px images, the "
+                             f"ViT has {self.grid} patches: use a tokenizer with the ViT's patch size")
         self.head = nn.Linear(backbone.num_features, self.vocab_size)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)

@@ -54,8 +54,8 @@ class PatchTokenizer(nn.Module):
                  restart: bool = True, dead_steps: int = 10, seed: int = 0) -> None:
         super().__init__()
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "patch_size"):
-            raise ValueError(f"the tokenizer's encoder must be a ViT with patch tokens (lightning_ssl.modules.vit.ViT), "
-                             f"got {type(backbone).__name__}")
+            raise ValueError(f"the tokenizer's encoder must be a ViT with patch tokens "
+                             f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}")
         self.backbone = backbone
         dim = backbone.num_features
         self.to_code = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, code_dim))
@@ -89,8 +89,8 @@ class PatchTokenizer(nn.Module):
             raise CheckpointError(f"{path!r} is not a checkpoint of lightning_ssl.methods.VisualTokenizer")
         if backbone is None:
             if not isinstance(hp.get("backbone"), dict):
-                raise CheckpointError(f"{path!r} does not record its encoder's config (the tokenizer was built in Python): "
-                                      f"pass backbone= the same encoder")
+                raise CheckpointError(f"{path!r} does not record its encoder's config (the tokenizer was built in "
+                                      f"Python): pass backbone= the same encoder")
             backbone = _instantiate(hp["backbone"])
         tokenizer = cls(backbone, **{k: hp[k] for k in QUANTIZER_ARGS if k in hp})
         sd = {k: v for k, v in ckpt["state_dict"].items() if k.split(".")[0] in ("backbone", "to_code", "quantizer")}

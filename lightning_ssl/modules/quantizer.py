@@ -125,7 +125,8 @@ class VectorQuantizer(nn.Module):
         if kmeans_samples is not None and kmeans_samples < num_codes:
             raise ValueError(f"kmeans_samples ({kmeans_samples}) must be >= num_codes ({num_codes}) or None")
         self.num_codes, self.code_dim, self.decay, self.commitment = num_codes, code_dim, decay, commitment
-        self.cosine, self.kmeans_init, self.kmeans_iters, self.kmeans_samples = cosine, kmeans_init, kmeans_iters, kmeans_samples
+        self.cosine, self.kmeans_init, self.kmeans_iters = cosine, kmeans_init, kmeans_iters
+        self.kmeans_samples = kmeans_samples
         self.dead_threshold, self.restart, self.dead_steps = dead_threshold, restart, dead_steps
         self.eps, self.seed = eps, seed
         codebook = torch.randn(num_codes, code_dim, generator=torch.Generator().manual_seed(seed))
