@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - set up, get Fashion-MNIST, pretrain SimCLR (~12 min on 2 CPU cores with set-up), print the kNN table
 #   make test   - set up, run the test suite
+#   make beit-demo - BEiT's two stages on Fashion-MNIST: train the visual tokenizer, then BEiT on its tokens; kNN table
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN := scripts/with_jemalloc.sh
@@ -8,7 +9,7 @@ DEMO_CONFIG ?= configs/simclr/fashion_mnist.yaml
 DEMO_MINUTES ?= 8
 PYTEST_ARGS ?=
 
-.PHONY: demo test install data clean
+.PHONY: demo beit-demo test install data clean
 
 install:
 	@scripts/system_deps.sh
@@ -20,6 +21,11 @@ data: install
 demo: data
 	$(RUN) $(VENV)/bin/lightning-ssl fit --config $(DEMO_CONFIG) --config configs/shared/wandb.yaml --budget.minutes $(DEMO_MINUTES)
 	$(RUN) $(PY) -m lightning_ssl.eval.report --config $(DEMO_CONFIG) --ckpt last
+
+beit-demo: data  # BEiT's config names the tokenizer by its output root: the newest tokenizer run is used
+	$(RUN) $(VENV)/bin/lightning-ssl fit --config configs/visual_tokenizer/fashion_mnist.yaml
+	$(RUN) $(VENV)/bin/lightning-ssl fit --config configs/beit/fashion_mnist.yaml
+	$(RUN) $(PY) -m lightning_ssl.eval.report --config configs/beit/fashion_mnist.yaml --ckpt last
 
 test: install
 	$(RUN) $(PY) -m pytest $(PYTEST_ARGS)

@@ -80,3 +80,18 @@ def find_resumable(root: str | Path, model_config: dict[str, Any]) -> tuple[Path
             return run, []
         newest_diff = newest_diff or [f"{run.name}: " + "; ".join(changes[:4])]
     return None, newest_diff
+
+
+def resolve_checkpoint(path: str | Path) -> str:
+    """A checkpoint named by a file, a run directory (its ``checkpoints/last.ckpt``) or a config's root (the newest
+    run's), so configs can point at another config's output (BEiT's tokenizer, a VQ-KD teacher) by its root."""
+    p = Path(path)
+    if p.is_dir():
+        if (ckpt := last_checkpoint(p)) is not None:
+            return str(ckpt)
+        if versions(p):
+            return str(latest_checkpoint(p))
+        raise FileNotFoundError(f"{p} holds no checkpoint: neither checkpoints/last.ckpt nor version_*/ runs")
+    if not p.exists() and p.parent.name == "checkpoints" and not p.parent.exists() and versions(p.parent.parent):
+        return str(latest_checkpoint(p.parent.parent))  # an old-style <root>/checkpoints/last.ckpt path
+    return str(path)

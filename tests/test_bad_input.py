@@ -27,7 +27,8 @@ from lightning_ssl.eval import Classifier, export_backbone
 from lightning_ssl.losses import InfoNCELoss, NTXentLoss
 from lightning_ssl.data import ImageTextDataModule, MultiCropViews
 from lightning_ssl.losses import CLIPLoss, DINOLoss
-from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, SimCLR
+from lightning_ssl.methods import (BEiT, BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, SimCLR,
+                                   VisualTokenizer)
 from lightning_ssl.modules.color import rgb_to_lab
 from lightning_ssl.modules.masking import block_masking, patchify
 from lightning_ssl.modules.text import BPETokenizer, TextTransformer
@@ -127,8 +128,19 @@ def undecodable_caption_file(tmp_path):
     TextClassificationDataModule(source=str(tmp_path / "t.jsonl")).setup()
 
 
-def vit():
-    return ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+def vit(patch_size=4):
+    return ViT(in_channels=1, image_size=16, patch_size=patch_size, embed_dim=16, depth=1, num_heads=2)
+
+
+def _tokenizer(patch_size=4, **kw):
+    return VisualTokenizer(vit(patch_size), **{"num_codes": 8, "code_dim": 4, "decoder_dim": 8, "decoder_depth": 1,
+                                               "decoder_heads": 2, **kw})
+
+
+def _simclr_checkpoint(tmp_path):
+    path = tmp_path / "simclr.ckpt"
+    torch.save({"state_dict": SimCLR(cnn()).state_dict(), "hyper_parameters": {}}, path)
+    return str(path)
 
 
 def image_text_table(tmp_path, text: str | None):
@@ -300,6 +312,18 @@ CASES = [
     ("ibot-on-a-cnn", lambda t: DINO(cnn(), ibot_weight=1.0), ValueError, r"iBOT"),
     ("ibot-mask-ratio-above-1", lambda t: block_masking(2, (4, 4), (0.1, 1.2)), ValueError, r"mask ratio range"),
     ("multicrop-no-global-crops", lambda t: MultiCropViews(global_crops=0), ValueError, r"global_crops >= 1"),
+    # BEiT and its visual tokenizer
+    ("beit-mask-every-patch", lambda t: BEiT(vit(), _tokenizer(), num_masked=16), ValueError, r"num_masked must lie"),
+    ("beit-block-above-masked", lambda t: BEiT(vit(), _tokenizer(), num_masked=4, min_block=5), ValueError,
+     r"min_block must lie"),
+    ("beit-tokenizer-of-another-grid", lambda t: BEiT(vit(), _tokenizer(patch_size=8)), ValueError, r"grid of tokens"),
+    ("beit-missing-tokenizer-checkpoint", lambda t: BEiT(vit(), str(t / "none.ckpt")), CheckpointError, r"does not exist"),
+    ("beit-tokenizer-checkpoint-of-another-method", lambda t: BEiT(vit(), _simclr_checkpoint(t)), CheckpointError,
+     r"not a checkpoint of lightning_ssl.methods.VisualTokenizer"),
+    ("tokenizer-one-code", lambda t: _tokenizer(num_codes=1), ValueError, r"num_codes must be >= 2"),
+    ("tokenizer-decay-1", lambda t: _tokenizer(decay=1.0), ValueError, r"decay must lie in \[0, 1\)"),
+    ("tokenizer-encoder-not-a-vit", lambda t: VisualTokenizer(cnn()), ValueError, r"must be a ViT"),
+    ("tokenizer-teacher-without-patches", lambda t: _tokenizer(teacher=cnn()), ValueError, r"no per-patch features"),
     # pretext tasks
     ("jigsaw-too-many-permutations", lambda t: Jigsaw(cnn(), grid=2, num_permutations=30), ValueError,
      r"num_permutations must lie in \[2, 24\]"),

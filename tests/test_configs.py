@@ -2,6 +2,7 @@
 channels and number of classes: training configs one training and one validation batch (fast_dev_run), the
 lightning-ssl-eval configs a kNN evaluation."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,15 +67,29 @@ def test_every_config_is_covered():
     assert len(TRAIN) >= 10 and set(TRAIN) | set(EVAL) == set(ALL)
 
 
+def _tiny_vit(patch_size: int) -> dict:
+    return {"class_path": "lightning_ssl.modules.vit.ViT",
+            "init_args": {"patch_size": patch_size, "embed_dim": 16, "depth": 1, "num_heads": 2}}
+
+
 @pytest.mark.parametrize("config", TRAIN, ids=_ids)
 def test_config_fast_dev_run(config, tmp_path):
     cfg = yaml.safe_load(config.read_text())
     extra = []
-    backbone = cfg["model"]["init_args"].get("backbone", {})
+    args = cfg["model"]["init_args"]
+    backbone = args.get("backbone", {})
     if backbone.get("class_path", "").endswith("CheckpointBackbone"):  # no pretrained checkpoint here
         extra = ["--model.init_args.backbone=lightning_ssl.modules.backbones.SmallCNN",
                  "--model.init_args.backbone.init_args.width=4"]
     extra += CPU_OVERRIDES.get(_ids(config), [])
+    # BEiT's tokenizer checkpoint and a VQ-KD tokenizer's teacher checkpoint: untrained tiny ViTs stand in
+    patch = backbone.get("init_args", {}).get("patch_size", 16)
+    if isinstance(args.get("tokenizer"), str):
+        tokenizer = {"class_path": "lightning_ssl.methods.PatchTokenizer",
+                     "init_args": {"backbone": _tiny_vit(patch), "num_codes": 64}}
+        extra.append(f"--model.init_args.tokenizer={json.dumps(tokenizer)}")
+    if (args.get("teacher") or {}).get("class_path", "").endswith("CheckpointBackbone"):
+        extra.append(f"--model.init_args.teacher={json.dumps(_tiny_vit(patch))}")
     cli(["fit", "--config", str(config), *_synthetic(cfg["data"], tmp_path), *extra, "--trainer.fast_dev_run=true",
          "--trainer.logger=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
          f"--checkpoint.dirpath={tmp_path}/ckpt"])

@@ -5,9 +5,10 @@ BatchNorm is put in eval mode so the comparison is exact (per-process batch stat
 BatchNorm, not of the loss); the ``*_syncbn`` cases keep it in training mode and synchronize it across the
 processes instead (``DistributedBatchNorm``). A new method is covered by adding one entry to ``CASES``.
 
-Methods that draw random numbers inside the step (MAE's masks, iBOT's block masks, jigsaw's permutations and
-tile offsets) make both runs draw them for the whole batch from one seed; each process keeps its own rows
-(``SHARDED_DRAWS``), so the comparison is between the same computations."""
+Methods that draw random numbers inside the step (MAE's masks, iBOT's and BEiT's block masks, jigsaw's
+permutations and tile offsets) make both runs draw them for the whole batch from one seed; each process keeps its own
+rows (``SHARDED_DRAWS``), so the comparison is between the same computations. The visual tokenizer's cases also
+compare its EMA codebook state (k-means init from the gathered first batch, cluster sizes, sums, restarts)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ import inspect
 from contextlib import ExitStack
 from unittest import mock
 
+import lightning_ssl.methods.beit as beit_module
 import lightning_ssl.methods.dino as dino_module
 import lightning_ssl.methods.jigsaw as jigsaw_module
 import lightning_ssl.methods.mae as mae_module
-from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, RotNet, SimCLR, SimSiam
+from lightning_ssl.methods import (BEiT, BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, RotNet, SimCLR,
+                                   SimSiam, VisualTokenizer)
 from lightning_ssl.modules.backbones import SmallCNN
 from lightning_ssl.modules.text import TextTransformer
 from lightning_ssl.modules.vit import ViT
@@ -68,6 +71,15 @@ CAPTIONS = ["a red circle", "a blue square", "a green star", "a big yellow heart
             "a cat face", "hot coffee"]
 
 
+def visual_tokenizer(teacher: bool = False):
+    return VisualTokenizer(vit(), teacher=vit() if teacher else None, num_codes=16, code_dim=4, decoder_dim=16,
+                           decoder_depth=1, decoder_heads=2, dead_threshold=2.0)
+
+
+def beit():
+    return BEiT(vit(), visual_tokenizer())  # an untrained tokenizer: the loss and its distribution are the same
+
+
 def clip():
     text = TextTransformer(vocab_size=300, width=16, layers=1, heads=2, context_length=8)
     text.fit_tokenizer(CAPTIONS * 2)
@@ -106,6 +118,10 @@ CASES = {
     "colorization_regression": (lambda: Colorization(SmallCNN(in_channels=1, image_size=S, width=4),
                                                      mode="regression"), colour_view),
     "clip": (clip, image_text),
+    "beit": (beit, one_view),
+    # k-means init on the first batch, EMA cluster sizes / sums and restarts from the global batch
+    "visual_tokenizer": (visual_tokenizer, one_view),
+    "visual_tokenizer_vqkd": (lambda: visual_tokenizer(teacher=True), one_view),
     "clip_local_loss": (clip_local, image_text),
 }
 SYNC_BN = {  # BatchNorm in training mode, synchronized over the processes
@@ -152,6 +168,7 @@ SHARDED_DRAWS = {  # name prefix: patches that make a process draw its rows of t
     "dino_ibot": lambda r, w: [mock.patch.object(dino_module, "block_masking",
                                                  _sharded(dino_module.block_masking, r, w, groups=2))],
     "jigsaw": _jigsaw_draws,
+    "beit": lambda r, w: [mock.patch.object(beit_module, "beit_masking", _sharded(beit_module.beit_masking, r, w))],
 }
 
 
@@ -235,6 +252,7 @@ def test_ddp_matches_single_process(name):
         tol = dict(rtol=1e-3, atol=1e-5) if name in SYNC_BN else dict(rtol=1e-4, atol=1e-6)
         for k in ref_grads:
             torch.testing.assert_close(grads[k], ref_grads[k], **tol, msg=lambda m: f"grad of {k}: {m}")
-        for k in [b for b in ref_buffers if b in ("queue", "queue_ptr", "center") or "running_" in b]:
+        shared = ("queue", "queue_ptr", "center", "codebook", "cluster_size", "embed_sum", "restarted")
+        for k in [b for b in ref_buffers if b.rpartition(".")[2] in shared or "running_" in b]:
             if k in ref_buffers:
                 torch.testing.assert_close(buffers[k].float(), ref_buffers[k].float(), **tol, msg=lambda m: f"{k}: {m}")

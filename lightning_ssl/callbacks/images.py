@@ -1,4 +1,5 @@
-"""Pictures of a run: the augmented views, MAE reconstructions, DINO's CLS attention maps, embedding plots.
+"""Pictures of a run: the augmented views, MAE reconstructions, DINO's CLS attention maps, a visual tokenizer's
+reconstructions and token maps, embedding plots.
 
 The model pictures keep a fixed set of images (the first validation batch, or until one has been seen, the first
 view of the first training batch), render a grid every ``every_n_epochs`` training epochs and after the last step
@@ -82,6 +83,23 @@ def render_reconstructions(original: Tensor, masked: Tensor, reconstruction: Ten
     if tiles.shape[1] == 1:
         tiles = tiles.expand(-1, 3, -1, -1)
     return make_grid(tiles.clamp(0, 1), nrow=3, padding=1, pad_value=1.0)
+
+
+def token_colours(ids: Tensor, num_codes: int) -> Tensor:
+    """Token ids (B, h, w) -> RGB (B, 3, h, w): one fixed random colour per code (the same in every epoch)."""
+    palette = torch.rand(num_codes, 3, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.2
+    return palette[ids.long().cpu()].permute(0, 3, 1, 2)
+
+
+def render_tokens(original: Tensor, tokens: Tensor, num_codes: int, reconstruction: Tensor | None = None) -> Tensor:
+    """One row per image: original | reconstruction (when there is one) | token map, upsampled to the image
+    (nearest: one block per patch). Images (B, C, H, W) in [0, 1], tokens (B, h, w) -> grid (3, H', W')."""
+    b, _, hh, ww = original.shape
+    colours = F.interpolate(token_colours(tokens, num_codes), size=(hh, ww), mode="nearest")
+    shown = [t for t in (original, reconstruction) if t is not None]
+    rgb = [t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t[:, :3] for t in shown]
+    tiles = torch.stack([*rgb, colours], dim=1).flatten(0, 1)
+    return make_grid(tiles.clamp(0, 1), nrow=len(rgb) + 1, padding=1, pad_value=1.0)
 
 
 def publish(trainer: L.Trainer, grid: Tensor, name: str, out_dir: str | Path | None, caption: str) -> Path:
@@ -265,3 +283,18 @@ class EmbeddingPlot(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=f"images/{self.name}", images=[str(self.last_path)], step=trainer.global_step)
+
+
+class TokenizerReconstructionLogger(_ImageCallback):
+    """Grid of original | reconstruction | token ids (one colour per code) for a ``VisualTokenizer``; a VQ-KD
+    tokenizer reconstructs teacher features, not pixels, and shows original | token ids."""
+
+    name = "tokenizer"
+
+    def render(self, pl_module, images, trainer):
+        rec, tokens = pl_module.reconstruct(images)
+        mean, std = self._norm_stats(trainer)
+        grid = render_tokens(to_unit_range(images, mean, std), tokens, pl_module.num_codes,
+                             None if rec is None else to_unit_range(rec, mean, std))
+        parts = "original | reconstruction | tokens" if rec is not None else "original | tokens"
+        return grid, f"{parts} ({pl_module.num_codes} codes), epoch {trainer.current_epoch}"

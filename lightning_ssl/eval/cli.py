@@ -34,6 +34,7 @@ from torch import nn
 import lightning_ssl.data  # noqa: F401  (short class names in configs)
 import lightning_ssl.modules.backbones  # noqa: F401
 import lightning_ssl.modules.pretrained  # noqa: F401
+from lightning_ssl import runs
 from lightning_ssl.config import DATA_TO_MODEL, import_class, inject, to_dict
 from lightning_ssl.eval.export import export_backbone
 from lightning_ssl.eval.features import extract_features
@@ -96,6 +97,11 @@ def _cache_key(cfg: Namespace) -> str:
     backbone = to_dict(cfg.backbone)
     stamp = []
     for v in to_dict(backbone.get("init_args")).values():  # a weights file: include its identity
+        if isinstance(v, str) and os.path.isdir(v):  # a run directory or root: the checkpoint it stands for now
+            try:
+                v = runs.resolve_checkpoint(v)
+            except FileNotFoundError:
+                continue
         if isinstance(v, str) and os.path.isfile(v):
             st = os.stat(v)
             stamp.append([os.path.abspath(v), st.st_size, st.st_mtime_ns])

@@ -1,5 +1,6 @@
 """Losses: pure functions plus thin ``nn.Module`` wrappers. No Lightning imports here."""
 
+from lightning_ssl.losses.beit import feature_cosine_loss, masked_token_loss
 from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.losses.dino import DINOLoss, dino_loss, updated_center
@@ -11,7 +12,7 @@ from lightning_ssl.losses.negative_cosine import NegativeCosineSimilarity, byol_
 
 __all__ = [
     "ab_regression_loss", "byol_loss", "clip_logits", "clip_loss", "CLIPLoss", "colorization_loss", "dino_loss",
-    "DINOLoss", "ibot_loss", "IBOTPatchLoss", "info_nce_loss", "InfoNCELoss", "koleo_loss", "KoLeoLoss", "mae_loss",
-    "MAELoss", "negative_cosine_similarity", "NegativeCosineSimilarity", "nt_xent_loss", "NTXentLoss",
-    "updated_center",
+    "DINOLoss", "feature_cosine_loss", "ibot_loss", "IBOTPatchLoss", "info_nce_loss", "InfoNCELoss", "koleo_loss",
+    "KoLeoLoss", "mae_loss", "MAELoss", "masked_token_loss", "negative_cosine_similarity", "NegativeCosineSimilarity",
+    "nt_xent_loss", "NTXentLoss", "updated_center",
 ]

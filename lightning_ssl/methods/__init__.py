@@ -1,6 +1,7 @@
 """Self-supervised methods: one LightningModule per file, each reading like its paper's algorithm."""
 
 from lightning_ssl.methods.base import MomentumMethod, SSLMethod
+from lightning_ssl.methods.beit import BEiT
 from lightning_ssl.methods.byol import BYOL
 from lightning_ssl.methods.clip import CLIP
 from lightning_ssl.methods.colorization import Colorization
@@ -12,8 +13,9 @@ from lightning_ssl.methods.mocov3 import MoCoV3
 from lightning_ssl.methods.rotation import RotNet
 from lightning_ssl.methods.simclr import SimCLR
 from lightning_ssl.methods.simsiam import SimSiam
+from lightning_ssl.methods.visual_tokenizer import PatchTokenizer, VisualTokenizer
 
 __all__ = [
-    "BYOL", "CLIP", "Colorization", "DINO", "Jigsaw", "MAE", "MoCo", "MoCoV3", "MomentumMethod", "RotNet", "SimCLR",
-    "SimSiam", "SSLMethod",
+    "BEiT", "BYOL", "CLIP", "Colorization", "DINO", "Jigsaw", "MAE", "MoCo", "MoCoV3", "MomentumMethod",
+    "PatchTokenizer", "RotNet", "SimCLR", "SimSiam", "SSLMethod", "VisualTokenizer",
 ]

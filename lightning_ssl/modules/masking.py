@@ -9,12 +9,15 @@ p * p * C values in (row, column, channel) order, as in the MAE reference code (
   ``shuffled.gather(ids_restore)`` puts tokens back in image order.
 - ``block_masking``: BEiT/iBOT block-wise masks (Bao et al., 2021, alg. 1): rectangles of random area and
   aspect ratio until about the requested number of patches is masked.
+- ``beit_masking``: BEiT's own block-wise masking generator (Bao et al., 2021, alg. 1, ``masking_generator.py``):
+  75 of 196 patches at 14x14, blocks of at least 16 patches, counts scaled to other grids.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -134,3 +137,80 @@ def block_masking(
                 break
             count += added
     return masks.flatten(1)
+
+
+BEIT_MASKED, BEIT_MIN_BLOCK, BEIT_GRID = 75, 16, 196  # BEiT's counts at 224 px / patch 16 (14 x 14 patches)
+
+
+def beit_masking(
+    batch_size: int,
+    grid: tuple[int, int],
+    num_masked: int | None = None,
+    min_block: int | None = None,
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
+    attempts: int = 10,
+    generator: torch.Generator | None = None,
+    return_blocks: bool = False,
+) -> Tensor | tuple[Tensor, list[list[tuple[int, int, int, int]]]]:
+    """BEiT's block-wise masks: (B, h*w) bool, True = masked (Bao et al., 2021, algorithm 1).
+
+    Each mask is grown from rectangles until ``num_masked`` patches are masked or no rectangle fits: a rectangle
+    has a random area in [``min_block``, patches still to mask] and an aspect ratio h/w log-uniform in
+    ``aspect``; it must add at least one new patch and no more than are still to mask (it may overlap the
+    mask so far); ``attempts`` tries per rectangle. Defaults follow the paper at 14 x 14 patches (75 masked,
+    blocks >= 16) and scale with the number of patches N: ``num_masked = round(75 N / 196)``, ``min_block =
+    max(1, round(16 N / 196))``. Unlike the reference code, a rectangle whose rounded sides break the area or
+    aspect limits is redrawn, so every block keeps them; no patches are added or removed at random afterwards,
+    so a mask is a union of its blocks and may hold a few patches fewer than ``num_masked`` (about 36% of the
+    patches are masked on average at 14 x 14, the paper's "around 40%").
+
+    ``return_blocks``: also return, per sample, the rectangles ``(top, left, height, width)`` it was grown from.
+    """
+    h, w = grid
+    n = h * w
+    if num_masked is None:
+        num_masked = round(BEIT_MASKED * n / BEIT_GRID)
+    if min_block is None:
+        min_block = max(1, round(BEIT_MIN_BLOCK * n / BEIT_GRID))
+    if not 0 < num_masked < n:
+        raise ValueError(f"num_masked must lie in [1, {n - 1}] for a {h}x{w} grid, got {num_masked}")
+    if not 1 <= min_block <= num_masked:
+        raise ValueError(f"min_block must lie in [1, num_masked={num_masked}], got {min_block}")
+    lo_aspect, hi_aspect = aspect
+    if not 0 < lo_aspect <= hi_aspect:
+        raise ValueError(f"aspect ratio range must satisfy 0 < min <= max, got {aspect}")
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    log_lo, log_hi = math.log(lo_aspect), math.log(hi_aspect)
+    masks = np.zeros((batch_size, h, w), dtype=bool)  # numpy: cheap slicing in the loop
+    all_blocks: list[list[tuple[int, int, int, int]]] = []
+    # 4 uniform numbers per attempt (area, aspect ratio, top, left), drawn for a few blocks per sample at once
+    per_draw = num_masked // min_block + 2
+    draws = torch.rand(batch_size, per_draw, attempts, 4, generator=generator).tolist()
+    for i in range(batch_size):
+        mask, count, blocks, sample_draws = masks[i], 0, [], draws[i]
+        while count < num_masked:
+            remaining = num_masked - count
+            added = 0
+            if not sample_draws:  # overlapping blocks added few patches: more draws
+                sample_draws = torch.rand(per_draw, attempts, 4, generator=generator).tolist()
+            for u_area, u_aspect, u_top, u_left in sample_draws.pop():
+                area = min_block + (max(min_block, remaining) - min_block) * u_area
+                ar = math.exp(log_lo + (log_hi - log_lo) * u_aspect)
+                bh, bw = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
+                if not (bh * bw >= min_block and 0 < bh <= h and 0 < bw <= w
+                        and lo_aspect <= bh / bw <= hi_aspect):
+                    continue
+                top, left = int(u_top * (h - bh + 1)), int(u_left * (w - bw + 1))
+                new = bh * bw - int(mask[top : top + bh, left : left + bw].sum())
+                if 0 < new <= remaining:
+                    mask[top : top + bh, left : left + bw] = True
+                    blocks.append((top, left, bh, bw))
+                    added = new
+                    break
+            if added == 0:
+                break
+            count += added
+        all_blocks.append(blocks)
+    flat = torch.from_numpy(masks).flatten(1)
+    return (flat, all_blocks) if return_blocks else flat

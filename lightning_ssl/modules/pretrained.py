@@ -2,12 +2,15 @@
 
 - ``CheckpointBackbone``: the backbone of a lightning_ssl checkpoint, or a file written by ``export_backbone``;
 - ``TorchvisionBackbone``: any torchvision classification model, classifier removed;
-- ``HFVisionBackbone``: a Hugging Face ``transformers`` vision model (ViT, ViT-MAE, DINOv2, CLIP vision, ...)
-  from a local directory (``save_pretrained``) or a hub name;
+- ``HFVisionBackbone``: a Hugging Face ``transformers`` vision model (ViT, ViT-MAE, DINOv2, CLIP vision, BEiT
+  with or without its masked-image-modelling head, ...) from a local directory (``save_pretrained``) or a hub name;
 - ``HFTextEncoder``: a Hugging Face text model (BERT-like, or CLIP's text tower) with its tokenizer: strings in,
   (B, D) out;
 - ``HFCLIP``: a whole pretrained Hugging Face CLIP (towers, projections, logit scale) for zero-shot and retrieval;
 - ``Pixels``: raw pixels as features, the baseline every representation must beat.
+
+``patch_features(backbone, x)`` gives the per-patch feature map of any of them that has one (our ViT, timm
+models, Hugging Face ViTs, checkpoints of those): the targets of BEiT v2's VQ-KD tokenizer.
 
 Timm models are ``backbones.TimmBackbone`` (by name; ``checkpoint_path`` for local weights). Everything loads
 with ``weights_only=True``; mismatched files raise errors that list what does not fit.
@@ -81,7 +84,9 @@ class CheckpointBackbone(nn.Module):
 
     def __init__(self, path: str, freeze: bool = False, weights: str = "auto") -> None:
         super().__init__()
-        path_ = Path(path)
+        from lightning_ssl.runs import resolve_checkpoint
+
+        path_ = Path(resolve_checkpoint(path))  # a file, a run directory, or a config's root (its newest run)
         meta_file = path_.with_suffix(".json")
         if meta_file.exists():  # an exported backbone
             meta = json.loads(meta_file.read_text())
@@ -98,6 +103,8 @@ class CheckpointBackbone(nn.Module):
             self.backbone = _instantiate(hp["backbone"])
             prefix = backbone_prefix(ckpt, weights, path)
             sd = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+            if "mask_token" in sd and getattr(self.backbone, "mask_token", "absent") is None:
+                sd.pop("mask_token")  # the [MASK] embedding of masked-image pretraining (BEiT, iBOT) is not needed here
             load_weights(self.backbone, sd, f"the {prefix[:-1]} in {path!r}")
         self.num_features = getattr(self.backbone, "num_features", None)
         self.in_channels = getattr(self.backbone, "in_channels", None)
@@ -204,12 +211,21 @@ class HFVisionBackbone(nn.Module):
         config = AutoConfig.from_pretrained(name_or_path)
         if config.model_type == "vit_mae":
             config.mask_ratio = 0.0
+        self.final_norm: nn.Module = nn.Identity()
         if config.model_type == "clip":
             from transformers import CLIPVisionModel
 
             model = CLIPVisionModel.from_pretrained(name_or_path)
+        elif config.model_type == "beit" and "BeitForMaskedImageModeling" in (config.architectures or []):
+            from transformers import BeitForMaskedImageModeling
+
+            mim = BeitForMaskedImageModeling.from_pretrained(name_or_path, config=config)
+            model, self.final_norm = mim.beit, mim.layernorm
         else:
             model = AutoModel.from_pretrained(name_or_path, config=config)
+        mask_token = getattr(getattr(model, "embeddings", None), "mask_token", None)
+        if isinstance(mask_token, nn.Parameter):
+            mask_token.requires_grad_(False)  # only masked pretraining uses it; unused parameters break DDP
         vision_config = getattr(model.config, "vision_config", model.config)
         channels = getattr(vision_config, "num_channels", 3)
         if channels != in_channels:
@@ -236,12 +252,58 @@ class HFVisionBackbone(nn.Module):
                 "model.load_state_dict(torch.load(PATH, weights_only=True))\n"
                 f"model.features = lambda x: model(pixel_values=x{extra}).{pool}")
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _tokens(self, x: Tensor):
         out = self.model(pixel_values=x, **self._forward_kwargs)
+        return out, self.final_norm(out.last_hidden_state)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, tokens = self._tokens(x)
         if self.pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
             return out.pooler_output
-        tokens = out.last_hidden_state
-        return tokens[:, 1:].mean(1) if self.pooling == "mean" else tokens[:, 0]
+        start = self._prefix_tokens()
+        return tokens[:, start:].mean(1) if self.pooling == "mean" else tokens[:, 0]
+
+    def _prefix_tokens(self) -> int:
+        config = getattr(self.model.config, "vision_config", self.model.config)
+        return 1 + int(getattr(config, "num_register_tokens", 0) or 0)  # CLS (+ DINOv2's registers)
+
+    def forward_patches(self, x: Tensor) -> Tensor:
+        """Patch tokens as a feature map (B, D, h, w)."""
+        _, tokens = self._tokens(x)
+        patches = tokens[:, self._prefix_tokens():]
+        h, w = _grid_of(patches.shape[1], x.shape[-2:])
+        return patches.transpose(1, 2).reshape(len(x), -1, h, w)
+
+
+def _grid_of(n: int, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) token grid of n patch tokens for an image of this height and width."""
+    hh, ww = int(image_hw[0]), int(image_hw[1])
+    for h in range(1, n + 1):
+        if n % h == 0 and h * ww == (n // h) * hh:
+            return h, n // h
+    raise ValueError(f"{n} patch tokens do not tile a {hh}x{ww} image")
+
+
+def patch_features(backbone: nn.Module, x: Tensor) -> Tensor:
+    """Per-patch features of a backbone as a map (B, D, h, w): our ``ViT`` (patch tokens after the final norm),
+    a timm model (``forward_features``: a CNN's last feature map or a ViT's patch tokens), a Hugging Face vision
+    model (``HFVisionBackbone.forward_patches``), or a ``CheckpointBackbone`` of any of them."""
+    if isinstance(backbone, CheckpointBackbone):
+        return patch_features(backbone.backbone, x)
+    if hasattr(backbone, "forward_patches"):
+        return backbone.forward_patches(x)
+    if hasattr(backbone, "forward_tokens"):  # lightning_ssl.modules.vit.ViT: CLS first
+        patches = backbone.forward_tokens(x)[:, 1:]
+    elif hasattr(getattr(backbone, "model", None), "forward_features"):  # TimmBackbone
+        out = backbone.model.forward_features(x)
+        if out.ndim == 4:
+            return out
+        patches = out[:, getattr(backbone.model, "num_prefix_tokens", 1):]
+    else:
+        raise ValueError(f"{type(backbone).__name__} gives no per-patch features: use a ViT, a timm model, a Hugging "
+                         f"Face vision model or a checkpoint of one")
+    h, w = _grid_of(patches.shape[1], x.shape[-2:])
+    return patches.transpose(1, 2).reshape(len(x), -1, h, w)
 
 
 class HFTextEncoder(nn.Module):
