@@ -31,6 +31,14 @@ class WandbLogger(_WandbLogger):
             kwargs["tags"] = list(tags)
         super().__init__(project=project, save_dir=save_dir, offline=offline, log_model=log_model, name=name, **kwargs)
 
+    def finalize(self, status: str) -> None:
+        """End the W&B run when fitting ends (the service writes its files asynchronously: when ``fit`` returns,
+        the run on disk is complete, and a later fit in the same process starts its own run)."""
+        super().finalize(status)
+        if self._experiment is not None:
+            self._experiment.finish(exit_code=0 if status == "success" else 1)
+            self._experiment = None
+
 
 class CSVLogger(_CSVLogger):
     """Lightning's ``CSVLogger`` that keeps what a run already wrote: a run resumed into its own directory

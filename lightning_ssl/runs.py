@@ -20,6 +20,20 @@ import yaml
 PREFIX = "version_"
 
 
+def log_dir(trainer: Any) -> Path:
+    """The run's folder as ``trainer.log_dir`` gives it, without its broadcast: ``trainer.log_dir`` is a collective,
+    so a callback that writes on rank 0 only and called it would leave the other processes waiting for a
+    different collective (gloo: "Received data size doesn't match expected size")."""
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+        folder = logger.log_dir if isinstance(logger, (CSVLogger, TensorBoardLogger)) else logger.save_dir
+        if folder:
+            return Path(folder)
+    return Path(trainer.default_root_dir)
+
+
 def versions(root: str | Path) -> list[Path]:
     """The run directories under ``root``, oldest first."""
     root = Path(root)

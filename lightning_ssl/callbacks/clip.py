@@ -11,6 +11,7 @@ import torch
 from lightning_ssl.metrics.zeroshot import clip_embedding_plot
 from lightning_ssl.callbacks.end_of_fit import is_final_validation
 from lightning_ssl.modules.distributed import gather
+from lightning_ssl.runs import log_dir
 
 
 class CLIPEmbeddingPlot(L.Callback):
@@ -49,7 +50,7 @@ class CLIPEmbeddingPlot(L.Callback):
         self._store = []
         if trainer.global_rank != 0:
             return
-        folder = Path(self.dirpath or (trainer.log_dir if trainer.logger is not None else None) or trainer.default_root_dir)
+        folder = Path(self.dirpath) if self.dirpath else log_dir(trainer)
         names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
         self.last_path = clip_embedding_plot(
             img, txt, labels, folder / f"clip_embeddings_e{trainer.current_epoch:03d}.png", self.method, names,

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from lightning_ssl.runs import log_dir
+
 # a few control points of the "viridis" colormap (dark blue -> green -> yellow), interpolated linearly
 _VIRIDIS = torch.tensor([[0.267, 0.005, 0.329], [0.231, 0.322, 0.545], [0.129, 0.565, 0.553],
                          [0.369, 0.788, 0.384], [0.993, 0.906, 0.144]])
@@ -104,7 +106,7 @@ def render_tokens(original: Tensor, tokens: Tensor, num_codes: int, reconstructi
 
 def publish(trainer: L.Trainer, grid: Tensor, name: str, out_dir: str | Path | None, caption: str) -> Path:
     """Save ``grid`` (3, H, W) as ``<out_dir>/<name>_epoch<NNN>.png`` and log it to every W&B logger."""
-    root = Path(out_dir) if out_dir is not None else Path(trainer.log_dir or trainer.default_root_dir) / "images"
+    root = Path(out_dir) if out_dir is not None else log_dir(trainer) / "images"
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}_epoch{trainer.current_epoch:03d}.png"
     save_image(grid, path)
@@ -272,7 +274,7 @@ class EmbeddingPlot(L.Callback):
 
         features, labels = (torch.cat(t)[: self.max_points] for t in zip(*self._store))
         self._store = []
-        root = Path(self.out_dir) if self.out_dir is not None else Path(trainer.log_dir or trainer.default_root_dir) / "images"
+        root = Path(self.out_dir) if self.out_dir is not None else log_dir(trainer) / "images"
         names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
         self.last_path = embedding_plot(
             features, labels, root / f"{self.name}_epoch{trainer.current_epoch:03d}.png", self.method, self.max_points,

@@ -90,8 +90,9 @@ class SSLMethod(L.LightningModule):
         """A checkpoint of the same method with another architecture: say which tensors differ (and the
         backbone config it was written with), before PyTorch's bare size-mismatch error."""
         own = self.state_dict()
-        wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
-                 if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()  # extra state (a tokenizer's
+                 if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)  # bytes) has any size
+                 and not k.endswith("_extra_state")]
         missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
         if not wrong and not missing:
             return

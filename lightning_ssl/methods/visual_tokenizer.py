@@ -264,6 +264,6 @@ class VisualTokenizer(SSLMethod):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if self.teacher is not None and "state_dict" in checkpoint:
+        if self.teacher is not None and "state_dict" in checkpoint:  # before the architecture check sees it missing
             checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+        super().on_load_checkpoint(checkpoint)
