@@ -97,3 +97,18 @@ def test_param_groups_exclude_norm_and_bias_from_decay():
     decay, no_decay = param_groups(m)
     assert [p.shape for p in decay["params"]] == [(4, 4)]
     assert len(no_decay["params"]) == 2 and no_decay["weight_decay"] == 0.0  # linear bias + BN bias
+
+
+# --- queues (MoCo, NNCLR, SwAV) ----------------------------------------------------------------------------------
+def test_enqueue_wraps_around_and_rejects_overfull_batches():
+    from lightning_ssl.modules.queue import check_queue_size, enqueue
+
+    queue, ptr = torch.zeros(5, 2), torch.zeros((), dtype=torch.long)
+    for value, n in ((1.0, 2), (2.0, 2), (3.0, 3)):  # 2 + 2 + 3 rows into 5: the last batch wraps to rows 4, 0, 1
+        enqueue(queue, ptr, torch.full((n, 2), value))
+    assert queue[:, 0].tolist() == [3, 3, 2, 2, 3] and int(ptr) == 2
+    with pytest.raises(ValueError, match="6 keys do not fit in a queue of 5"):
+        enqueue(queue, ptr, torch.zeros(6, 2))
+    check_queue_size("X", 16, 8, 2)
+    with pytest.raises(ValueError, match=r"X queue_size=15 is smaller than the global batch \(8 x 2 processes\)"):
+        check_queue_size("X", 15, 8, 2)
