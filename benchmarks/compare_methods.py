@@ -24,6 +24,7 @@ from lightning_ssl.precision import describe_machine
 NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "mocov3": "MoCo v3", "byol": "BYOL", "simsiam": "SimSiam"}
 NAMES.update({"rotation": "RotNet (rotation)", "jigsaw": "Jigsaw"})
 NAMES.update({"mae": "MAE (ViT)", "dino": "DINO (ViT)"})
+NAMES["barlow_twins"] = "Barlow Twins"
 
 
 class TrainThroughput(L.Callback):

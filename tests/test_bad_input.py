@@ -27,6 +27,7 @@ from lightning_ssl.losses import InfoNCELoss, NTXentLoss
 from lightning_ssl.data import ImageTextDataModule, MultiCropViews
 from lightning_ssl.losses import CLIPLoss, DINOLoss
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, SimCLR
+from lightning_ssl.methods import BarlowTwins
 from lightning_ssl.modules.color import rgb_to_lab
 from lightning_ssl.modules.masking import block_masking, patchify
 from lightning_ssl.modules.text import BPETokenizer, TextTransformer
@@ -314,6 +315,9 @@ CASES = [
      r"needs a 'caption' column"),
     ("image-text-table-empty-caption", lambda t: image_text_table(t, "image,caption\na.png,\n"), ValueError, r"empty caption"),
     ("image-text-missing-image", missing_image_in_table, FileNotFoundError, r"b\.png.*does not exist"),
+    # Barlow Twins, VICReg, SwAV, NNCLR, I-JEPA, SimMIM
+    ("barlow-twins-lambda-0", lambda t: BarlowTwins(cnn(), proj_hidden_dim=8, proj_dim=8, lambda_offdiag=0.0), ValueError,
+     r"lambda_offdiag must be > 0"),
 ]
 
 

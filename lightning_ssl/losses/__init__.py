@@ -1,5 +1,6 @@
 """Losses: pure functions plus thin ``nn.Module`` wrappers. No Lightning imports here."""
 
+from lightning_ssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.losses.dino import DINOLoss, dino_loss, updated_center
@@ -14,4 +15,5 @@ __all__ = [
     "DINOLoss", "ibot_loss", "IBOTPatchLoss", "info_nce_loss", "InfoNCELoss", "koleo_loss", "KoLeoLoss", "mae_loss",
     "MAELoss", "negative_cosine_similarity", "NegativeCosineSimilarity", "nt_xent_loss", "NTXentLoss",
     "updated_center",
+    "barlow_twins_loss", "BarlowTwinsLoss",
 ]

@@ -1,5 +1,6 @@
 """Self-supervised methods: one LightningModule per file, each reading like its paper's algorithm."""
 
+from lightning_ssl.methods.barlow_twins import BarlowTwins
 from lightning_ssl.methods.base import MomentumMethod, SSLMethod
 from lightning_ssl.methods.byol import BYOL
 from lightning_ssl.methods.clip import CLIP
@@ -16,4 +17,5 @@ from lightning_ssl.methods.simsiam import SimSiam
 __all__ = [
     "BYOL", "CLIP", "Colorization", "DINO", "Jigsaw", "MAE", "MoCo", "MoCoV3", "MomentumMethod", "RotNet", "SimCLR",
     "SimSiam", "SSLMethod",
+    "BarlowTwins",
 ]
