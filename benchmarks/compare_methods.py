@@ -25,6 +25,7 @@ NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "mocov3": "MoCo v3", "byol": "BY
 NAMES.update({"rotation": "RotNet (rotation)", "jigsaw": "Jigsaw"})
 NAMES.update({"mae": "MAE (ViT)", "dino": "DINO (ViT)"})
 NAMES["barlow_twins"] = "Barlow Twins"
+NAMES["vicreg"] = "VICReg"
 
 
 class TrainThroughput(L.Callback):

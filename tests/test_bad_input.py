@@ -27,7 +27,7 @@ from lightning_ssl.losses import InfoNCELoss, NTXentLoss
 from lightning_ssl.data import ImageTextDataModule, MultiCropViews
 from lightning_ssl.losses import CLIPLoss, DINOLoss
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, SimCLR
-from lightning_ssl.methods import BarlowTwins
+from lightning_ssl.methods import BarlowTwins, VICReg
 from lightning_ssl.modules.color import rgb_to_lab
 from lightning_ssl.modules.masking import block_masking, patchify
 from lightning_ssl.modules.text import BPETokenizer, TextTransformer
@@ -318,6 +318,9 @@ CASES = [
     # Barlow Twins, VICReg, SwAV, NNCLR, I-JEPA, SimMIM
     ("barlow-twins-lambda-0", lambda t: BarlowTwins(cnn(), proj_hidden_dim=8, proj_dim=8, lambda_offdiag=0.0), ValueError,
      r"lambda_offdiag must be > 0"),
+    ("vicreg-negative-weight", lambda t: VICReg(cnn(), proj_hidden_dim=8, proj_dim=8, cov_weight=-1.0), ValueError,
+     r"cov_weight must be >= 0"),
+    ("vicreg-gamma-0", lambda t: VICReg(cnn(), proj_hidden_dim=8, proj_dim=8, gamma=0.0), ValueError, r"gamma and eps must be > 0"),
 ]
 
 

@@ -24,7 +24,7 @@ import lightning_ssl.methods.dino as dino_module
 import lightning_ssl.methods.jigsaw as jigsaw_module
 import lightning_ssl.methods.mae as mae_module
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, RotNet, SimCLR, SimSiam
-from lightning_ssl.methods import BarlowTwins
+from lightning_ssl.methods import BarlowTwins, VICReg
 from lightning_ssl.modules.backbones import SmallCNN
 from lightning_ssl.modules.text import TextTransformer
 from lightning_ssl.modules.vit import ViT
@@ -109,6 +109,7 @@ CASES = {
     "clip": (clip, image_text),
     "clip_local_loss": (clip_local, image_text),
     "barlow_twins": (lambda: BarlowTwins(cnn(), proj_hidden_dim=16, proj_dim=8), two_views),
+    "vicreg": (lambda: VICReg(cnn(), proj_hidden_dim=16, proj_dim=8), two_views),
 }
 SYNC_BN = {  # BatchNorm in training mode, synchronized over the processes
     "simclr_syncbn": CASES["simclr"],

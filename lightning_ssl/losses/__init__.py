@@ -9,6 +9,7 @@ from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss
 from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
 from lightning_ssl.losses.mae import MAELoss, mae_loss
 from lightning_ssl.losses.negative_cosine import NegativeCosineSimilarity, byol_loss, negative_cosine_similarity
+from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
     "ab_regression_loss", "byol_loss", "clip_logits", "clip_loss", "CLIPLoss", "colorization_loss", "dino_loss",
@@ -16,4 +17,5 @@ __all__ = [
     "MAELoss", "negative_cosine_similarity", "NegativeCosineSimilarity", "nt_xent_loss", "NTXentLoss",
     "updated_center",
     "barlow_twins_loss", "BarlowTwinsLoss",
+    "vicreg_loss", "VICRegLoss",
 ]

@@ -13,9 +13,11 @@ from lightning_ssl.methods.mocov3 import MoCoV3
 from lightning_ssl.methods.rotation import RotNet
 from lightning_ssl.methods.simclr import SimCLR
 from lightning_ssl.methods.simsiam import SimSiam
+from lightning_ssl.methods.vicreg import VICReg
 
 __all__ = [
     "BYOL", "CLIP", "Colorization", "DINO", "Jigsaw", "MAE", "MoCo", "MoCoV3", "MomentumMethod", "RotNet", "SimCLR",
     "SimSiam", "SSLMethod",
     "BarlowTwins",
+    "VICReg",
 ]
