@@ -26,6 +26,7 @@ NAMES.update({"rotation": "RotNet (rotation)", "jigsaw": "Jigsaw"})
 NAMES.update({"mae": "MAE (ViT)", "dino": "DINO (ViT)"})
 NAMES["barlow_twins"] = "Barlow Twins"
 NAMES["vicreg"] = "VICReg"
+NAMES["swav"] = "SwAV (multi-crop)"
 
 
 class TrainThroughput(L.Callback):

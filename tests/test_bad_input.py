@@ -27,7 +27,7 @@ from lightning_ssl.losses import InfoNCELoss, NTXentLoss
 from lightning_ssl.data import ImageTextDataModule, MultiCropViews
 from lightning_ssl.losses import CLIPLoss, DINOLoss
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, SimCLR
-from lightning_ssl.methods import BarlowTwins, VICReg
+from lightning_ssl.methods import BarlowTwins, SwAV, VICReg
 from lightning_ssl.modules.color import rgb_to_lab
 from lightning_ssl.modules.masking import block_masking, patchify
 from lightning_ssl.modules.text import BPETokenizer, TextTransformer
@@ -321,6 +321,14 @@ CASES = [
     ("vicreg-negative-weight", lambda t: VICReg(cnn(), proj_hidden_dim=8, proj_dim=8, cov_weight=-1.0), ValueError,
      r"cov_weight must be >= 0"),
     ("vicreg-gamma-0", lambda t: VICReg(cnn(), proj_hidden_dim=8, proj_dim=8, gamma=0.0), ValueError, r"gamma and eps must be > 0"),
+    ("swav-epsilon-0", lambda t: SwAV(cnn(), proj_dim=8, num_prototypes=4, sinkhorn_epsilon=0.0), ValueError,
+     r"sinkhorn epsilon must be > 0"),
+    ("swav-temperature-0", lambda t: SwAV(cnn(), proj_dim=8, num_prototypes=4, temperature=0), ValueError,
+     r"temperature must be > 0"),
+    ("swav-one-prototype", lambda t: SwAV(cnn(), proj_dim=8, num_prototypes=1), ValueError, r"num_prototypes must be >= 2"),
+    ("swav-queue-smaller-than-batch", lambda t: fit(SwAV(cnn(), proj_hidden_dim=8, proj_dim=4, num_prototypes=4,
+                                                         queue_size=4), data(), t), ValueError,
+     r"SwAV queue_size=4 is smaller than the global batch"),
 ]
 
 

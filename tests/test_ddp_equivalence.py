@@ -24,7 +24,7 @@ import lightning_ssl.methods.dino as dino_module
 import lightning_ssl.methods.jigsaw as jigsaw_module
 import lightning_ssl.methods.mae as mae_module
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, RotNet, SimCLR, SimSiam
-from lightning_ssl.methods import BarlowTwins, VICReg
+from lightning_ssl.methods import BarlowTwins, SwAV, VICReg
 from lightning_ssl.modules.backbones import SmallCNN
 from lightning_ssl.modules.text import TextTransformer
 from lightning_ssl.modules.vit import ViT
@@ -81,6 +81,13 @@ def clip_local():
     return model
 
 
+def swav_queue():  # a full queue (13 rows: the processes bring 7 and 6 of them to the Sinkhorn problem)
+    model = SwAV(cnn(), proj_hidden_dim=16, proj_dim=8, num_prototypes=10, queue_size=13, queue_start_epoch=0)
+    model.queue.copy_(torch.nn.functional.normalize(torch.randn_like(model.queue), dim=-1))
+    model.queue_count.fill_(13)
+    return model
+
+
 def image_text(g: torch.Generator):
     return torch.randn(N, C, S, S, generator=g), torch.arange(N) % 4, list(CAPTIONS)
 
@@ -110,6 +117,8 @@ CASES = {
     "clip_local_loss": (clip_local, image_text),
     "barlow_twins": (lambda: BarlowTwins(cnn(), proj_hidden_dim=16, proj_dim=8), two_views),
     "vicreg": (lambda: VICReg(cnn(), proj_hidden_dim=16, proj_dim=8), two_views),
+    "swav": (lambda: SwAV(cnn(), proj_hidden_dim=16, proj_dim=8, num_prototypes=10), multi_crop),
+    "swav_queue": (swav_queue, multi_crop),
 }
 SYNC_BN = {  # BatchNorm in training mode, synchronized over the processes
     "simclr_syncbn": CASES["simclr"],

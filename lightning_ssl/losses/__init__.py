@@ -9,6 +9,7 @@ from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss
 from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
 from lightning_ssl.losses.mae import MAELoss, mae_loss
 from lightning_ssl.losses.negative_cosine import NegativeCosineSimilarity, byol_loss, negative_cosine_similarity
+from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
 from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "updated_center",
     "barlow_twins_loss", "BarlowTwinsLoss",
     "vicreg_loss", "VICRegLoss",
+    "sinkhorn", "swav_loss", "SwAVLoss",
 ]

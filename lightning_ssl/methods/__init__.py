@@ -13,6 +13,7 @@ from lightning_ssl.methods.mocov3 import MoCoV3
 from lightning_ssl.methods.rotation import RotNet
 from lightning_ssl.methods.simclr import SimCLR
 from lightning_ssl.methods.simsiam import SimSiam
+from lightning_ssl.methods.swav import SwAV
 from lightning_ssl.methods.vicreg import VICReg
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "SimSiam", "SSLMethod",
     "BarlowTwins",
     "VICReg",
+    "SwAV",
 ]
