@@ -27,6 +27,7 @@ NAMES.update({"mae": "MAE (ViT)", "dino": "DINO (ViT)"})
 NAMES["barlow_twins"] = "Barlow Twins"
 NAMES["vicreg"] = "VICReg"
 NAMES["swav"] = "SwAV (multi-crop)"
+NAMES["nnclr"] = "NNCLR"
 
 
 class TrainThroughput(L.Callback):

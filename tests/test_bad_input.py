@@ -27,7 +27,7 @@ from lightning_ssl.losses import InfoNCELoss, NTXentLoss
 from lightning_ssl.data import ImageTextDataModule, MultiCropViews
 from lightning_ssl.losses import CLIPLoss, DINOLoss
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, SimCLR
-from lightning_ssl.methods import BarlowTwins, SwAV, VICReg
+from lightning_ssl.methods import BarlowTwins, NNCLR, SwAV, VICReg
 from lightning_ssl.modules.color import rgb_to_lab
 from lightning_ssl.modules.masking import block_masking, patchify
 from lightning_ssl.modules.text import BPETokenizer, TextTransformer
@@ -329,6 +329,12 @@ CASES = [
     ("swav-queue-smaller-than-batch", lambda t: fit(SwAV(cnn(), proj_hidden_dim=8, proj_dim=4, num_prototypes=4,
                                                          queue_size=4), data(), t), ValueError,
      r"SwAV queue_size=4 is smaller than the global batch"),
+    ("nnclr-temperature-0", lambda t: NNCLR(cnn(), proj_dim=8, temperature=0.0, queue_size=8), ValueError,
+     r"temperature must be > 0"),
+    ("nnclr-queue-size-0", lambda t: NNCLR(cnn(), proj_dim=8, queue_size=0), ValueError, r"queue_size must be >= 1"),
+    ("nnclr-queue-smaller-than-batch", lambda t: fit(NNCLR(cnn(), proj_hidden_dim=8, proj_dim=4, pred_hidden_dim=8,
+                                                           queue_size=4), data(), t), ValueError,
+     r"NNCLR queue_size=4 is smaller than the global batch"),
 ]
 
 

@@ -24,7 +24,7 @@ import lightning_ssl.methods.dino as dino_module
 import lightning_ssl.methods.jigsaw as jigsaw_module
 import lightning_ssl.methods.mae as mae_module
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, RotNet, SimCLR, SimSiam
-from lightning_ssl.methods import BarlowTwins, SwAV, VICReg
+from lightning_ssl.methods import BarlowTwins, NNCLR, SwAV, VICReg
 from lightning_ssl.modules.backbones import SmallCNN
 from lightning_ssl.modules.text import TextTransformer
 from lightning_ssl.modules.vit import ViT
@@ -119,6 +119,7 @@ CASES = {
     "vicreg": (lambda: VICReg(cnn(), proj_hidden_dim=16, proj_dim=8), two_views),
     "swav": (lambda: SwAV(cnn(), proj_hidden_dim=16, proj_dim=8, num_prototypes=10), multi_crop),
     "swav_queue": (swav_queue, multi_crop),
+    "nnclr": (lambda: NNCLR(cnn(), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, queue_size=12), two_views),
 }
 SYNC_BN = {  # BatchNorm in training mode, synchronized over the processes
     "simclr_syncbn": CASES["simclr"],

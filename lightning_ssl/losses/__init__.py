@@ -9,6 +9,7 @@ from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss
 from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
 from lightning_ssl.losses.mae import MAELoss, mae_loss
 from lightning_ssl.losses.negative_cosine import NegativeCosineSimilarity, byol_loss, negative_cosine_similarity
+from lightning_ssl.losses.nnclr import nearest_neighbours, nnclr_loss
 from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
 from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_loss
 
@@ -20,4 +21,5 @@ __all__ = [
     "barlow_twins_loss", "BarlowTwinsLoss",
     "vicreg_loss", "VICRegLoss",
     "sinkhorn", "swav_loss", "SwAVLoss",
+    "nearest_neighbours", "nnclr_loss",
 ]

@@ -10,6 +10,7 @@ from lightning_ssl.methods.jigsaw import Jigsaw
 from lightning_ssl.methods.mae import MAE
 from lightning_ssl.methods.moco import MoCo
 from lightning_ssl.methods.mocov3 import MoCoV3
+from lightning_ssl.methods.nnclr import NNCLR
 from lightning_ssl.methods.rotation import RotNet
 from lightning_ssl.methods.simclr import SimCLR
 from lightning_ssl.methods.simsiam import SimSiam
@@ -22,4 +23,5 @@ __all__ = [
     "BarlowTwins",
     "VICReg",
     "SwAV",
+    "NNCLR",
 ]
