@@ -28,6 +28,7 @@ NAMES["barlow_twins"] = "Barlow Twins"
 NAMES["vicreg"] = "VICReg"
 NAMES["swav"] = "SwAV (multi-crop)"
 NAMES["nnclr"] = "NNCLR"
+NAMES["ijepa"] = "I-JEPA (ViT)"
 
 
 class TrainThroughput(L.Callback):

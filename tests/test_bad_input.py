@@ -27,7 +27,7 @@ from lightning_ssl.losses import InfoNCELoss, NTXentLoss
 from lightning_ssl.data import ImageTextDataModule, MultiCropViews
 from lightning_ssl.losses import CLIPLoss, DINOLoss
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, SimCLR
-from lightning_ssl.methods import BarlowTwins, NNCLR, SwAV, VICReg
+from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SwAV, VICReg
 from lightning_ssl.modules.color import rgb_to_lab
 from lightning_ssl.modules.masking import block_masking, patchify
 from lightning_ssl.modules.text import BPETokenizer, TextTransformer
@@ -335,6 +335,13 @@ CASES = [
     ("nnclr-queue-smaller-than-batch", lambda t: fit(NNCLR(cnn(), proj_hidden_dim=8, proj_dim=4, pred_hidden_dim=8,
                                                            queue_size=4), data(), t), ValueError,
      r"NNCLR queue_size=4 is smaller than the global batch"),
+    ("ijepa-on-a-cnn", lambda t: IJEPA(cnn()), ValueError, r"I-JEPA needs a ViT backbone"),
+    ("ijepa-target-scale-above-1", lambda t: IJEPA(vit(), target_scale=(0.5, 1.5)), ValueError,
+     r"target scale must satisfy 0 < min <= max <= 1"),
+    ("ijepa-no-targets", lambda t: IJEPA(vit(), num_targets=0), ValueError, r"num_targets must be >= 1"),
+    ("ijepa-unknown-loss", lambda t: IJEPA(vit(), loss="l1"), ValueError, r"I-JEPA loss kind must be one of"),
+    ("ijepa-predictor-heads", lambda t: IJEPA(vit(), predictor_dim=16, predictor_heads=3), ValueError,
+     r"predictor_dim 16 is not divisible by predictor_heads 3"),
 ]
 
 

@@ -21,10 +21,11 @@ from contextlib import ExitStack
 from unittest import mock
 
 import lightning_ssl.methods.dino as dino_module
+import lightning_ssl.methods.ijepa as ijepa_module
 import lightning_ssl.methods.jigsaw as jigsaw_module
 import lightning_ssl.methods.mae as mae_module
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, RotNet, SimCLR, SimSiam
-from lightning_ssl.methods import BarlowTwins, NNCLR, SwAV, VICReg
+from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SwAV, VICReg
 from lightning_ssl.modules.backbones import SmallCNN
 from lightning_ssl.modules.text import TextTransformer
 from lightning_ssl.modules.vit import ViT
@@ -120,6 +121,7 @@ CASES = {
     "swav": (lambda: SwAV(cnn(), proj_hidden_dim=16, proj_dim=8, num_prototypes=10), multi_crop),
     "swav_queue": (swav_queue, multi_crop),
     "nnclr": (lambda: NNCLR(cnn(), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, queue_size=12), two_views),
+    "ijepa": (lambda: IJEPA(vit(), predictor_dim=16, predictor_depth=1, predictor_heads=2, min_context=2), one_view),
 }
 SYNC_BN = {  # BatchNorm in training mode, synchronized over the processes
     "simclr_syncbn": CASES["simclr"],
@@ -165,6 +167,7 @@ SHARDED_DRAWS = {  # name prefix: patches that make a process draw its rows of t
     "dino_ibot": lambda r, w: [mock.patch.object(dino_module, "block_masking",
                                                  _sharded(dino_module.block_masking, r, w, groups=2))],
     "jigsaw": _jigsaw_draws,
+    "ijepa": lambda r, w: [mock.patch.object(ijepa_module, "multiblock_masks", _sharded(ijepa_module.multiblock_masks, r, w))],
 }
 
 

@@ -5,6 +5,7 @@ from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.losses.dino import DINOLoss, dino_loss, updated_center
 from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_loss
+from lightning_ssl.losses.ijepa import IJEPALoss, ijepa_loss
 from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss, nt_xent_loss
 from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
 from lightning_ssl.losses.mae import MAELoss, mae_loss
@@ -22,4 +23,5 @@ __all__ = [
     "vicreg_loss", "VICRegLoss",
     "sinkhorn", "swav_loss", "SwAVLoss",
     "nearest_neighbours", "nnclr_loss",
+    "ijepa_loss", "IJEPALoss",
 ]

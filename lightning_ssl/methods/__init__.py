@@ -6,6 +6,7 @@ from lightning_ssl.methods.byol import BYOL
 from lightning_ssl.methods.clip import CLIP
 from lightning_ssl.methods.colorization import Colorization
 from lightning_ssl.methods.dino import DINO
+from lightning_ssl.methods.ijepa import IJEPA
 from lightning_ssl.methods.jigsaw import Jigsaw
 from lightning_ssl.methods.mae import MAE
 from lightning_ssl.methods.moco import MoCo
@@ -24,4 +25,5 @@ __all__ = [
     "VICReg",
     "SwAV",
     "NNCLR",
+    "IJEPA",
 ]
