@@ -29,6 +29,7 @@ NAMES["vicreg"] = "VICReg"
 NAMES["swav"] = "SwAV (multi-crop)"
 NAMES["nnclr"] = "NNCLR"
 NAMES["ijepa"] = "I-JEPA (ViT)"
+NAMES["simmim"] = "SimMIM (ViT)"
 
 
 class TrainThroughput(L.Callback):

@@ -27,7 +27,7 @@ from lightning_ssl.losses import InfoNCELoss, NTXentLoss
 from lightning_ssl.data import ImageTextDataModule, MultiCropViews
 from lightning_ssl.losses import CLIPLoss, DINOLoss
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, SimCLR
-from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SwAV, VICReg
+from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SimMIM, SwAV, VICReg
 from lightning_ssl.modules.color import rgb_to_lab
 from lightning_ssl.modules.masking import block_masking, patchify
 from lightning_ssl.modules.text import BPETokenizer, TextTransformer
@@ -342,6 +342,11 @@ CASES = [
     ("ijepa-unknown-loss", lambda t: IJEPA(vit(), loss="l1"), ValueError, r"I-JEPA loss kind must be one of"),
     ("ijepa-predictor-heads", lambda t: IJEPA(vit(), predictor_dim=16, predictor_heads=3), ValueError,
      r"predictor_dim 16 is not divisible by predictor_heads 3"),
+    ("simmim-mask-ratio-1", lambda t: SimMIM(vit(), mask_patch_size=8, mask_ratio=1.0), ValueError,
+     r"mask_ratio must lie in \(0, 1\)"),
+    ("simmim-mask-patch-not-dividing", lambda t: SimMIM(vit(), mask_patch_size=12), ValueError,
+     r"mask_patch_size 12 must be a multiple of the stem's stride \(4 px\) and divide the image size \(16 px\)"),
+    ("simmim-on-a-plain-cnn", lambda t: SimMIM(cnn()), ValueError, r"SimMIM needs a lightning_ssl.modules.vit.ViT or a timm"),
 ]
 
 

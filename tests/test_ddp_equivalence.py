@@ -24,9 +24,10 @@ import lightning_ssl.methods.dino as dino_module
 import lightning_ssl.methods.ijepa as ijepa_module
 import lightning_ssl.methods.jigsaw as jigsaw_module
 import lightning_ssl.methods.mae as mae_module
+import lightning_ssl.methods.simmim as simmim_module
 from lightning_ssl.methods import BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, RotNet, SimCLR, SimSiam
-from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SwAV, VICReg
-from lightning_ssl.modules.backbones import SmallCNN
+from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SimMIM, SwAV, VICReg
+from lightning_ssl.modules.backbones import SmallCNN, TimmBackbone
 from lightning_ssl.modules.text import TextTransformer
 from lightning_ssl.modules.vit import ViT
 from lightning_ssl.modules.sync_bn import convert_batchnorm
@@ -122,6 +123,11 @@ CASES = {
     "swav_queue": (swav_queue, multi_crop),
     "nnclr": (lambda: NNCLR(cnn(), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, queue_size=12), two_views),
     "ijepa": (lambda: IJEPA(vit(), predictor_dim=16, predictor_depth=1, predictor_heads=2, min_context=2), one_view),
+    "simmim": (lambda: SimMIM(vit(), mask_patch_size=8), one_view),
+    "simmim_swin": (lambda: SimMIM(TimmBackbone("swin_tiny_patch4_window7_224", in_channels=C, image_size=S,
+                                                model_kwargs=dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+                                                                  window_size=2, drop_path_rate=0.0)),  # no random depth
+                                   mask_patch_size=8), one_view),
 }
 SYNC_BN = {  # BatchNorm in training mode, synchronized over the processes
     "simclr_syncbn": CASES["simclr"],
@@ -168,6 +174,7 @@ SHARDED_DRAWS = {  # name prefix: patches that make a process draw its rows of t
                                                  _sharded(dino_module.block_masking, r, w, groups=2))],
     "jigsaw": _jigsaw_draws,
     "ijepa": lambda r, w: [mock.patch.object(ijepa_module, "multiblock_masks", _sharded(ijepa_module.multiblock_masks, r, w))],
+    "simmim": lambda r, w: [mock.patch.object(simmim_module, "simmim_masks", _sharded(simmim_module.simmim_masks, r, w))],
 }
 
 

@@ -11,6 +11,7 @@ from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
 from lightning_ssl.losses.mae import MAELoss, mae_loss
 from lightning_ssl.losses.negative_cosine import NegativeCosineSimilarity, byol_loss, negative_cosine_similarity
 from lightning_ssl.losses.nnclr import nearest_neighbours, nnclr_loss
+from lightning_ssl.losses.simmim import SimMIMLoss, simmim_loss
 from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
 from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_loss
 
@@ -24,4 +25,5 @@ __all__ = [
     "sinkhorn", "swav_loss", "SwAVLoss",
     "nearest_neighbours", "nnclr_loss",
     "ijepa_loss", "IJEPALoss",
+    "simmim_loss", "SimMIMLoss",
 ]

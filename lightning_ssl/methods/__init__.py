@@ -14,6 +14,7 @@ from lightning_ssl.methods.mocov3 import MoCoV3
 from lightning_ssl.methods.nnclr import NNCLR
 from lightning_ssl.methods.rotation import RotNet
 from lightning_ssl.methods.simclr import SimCLR
+from lightning_ssl.methods.simmim import SimMIM
 from lightning_ssl.methods.simsiam import SimSiam
 from lightning_ssl.methods.swav import SwAV
 from lightning_ssl.methods.vicreg import VICReg
@@ -26,4 +27,5 @@ __all__ = [
     "SwAV",
     "NNCLR",
     "IJEPA",
+    "SimMIM",
 ]
