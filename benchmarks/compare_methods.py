@@ -28,6 +28,12 @@ from lightning_ssl.precision import describe_machine
 NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "mocov3": "MoCo v3", "byol": "BYOL", "simsiam": "SimSiam"}
 NAMES.update({"rotation": "RotNet (rotation)", "jigsaw": "Jigsaw"})
 NAMES.update({"mae": "MAE (ViT)", "dino": "DINO (ViT)", "beit": "BEiT (ViT)"})
+NAMES["barlow_twins"] = "Barlow Twins"
+NAMES["vicreg"] = "VICReg"
+NAMES["swav"] = "SwAV (multi-crop)"
+NAMES["nnclr"] = "NNCLR"
+NAMES["ijepa"] = "I-JEPA (ViT)"
+NAMES["simmim"] = "SimMIM (ViT)"
 
 
 class TrainThroughput(L.Callback):

@@ -29,6 +29,7 @@ from lightning_ssl.data import ImageTextDataModule, MultiCropViews
 from lightning_ssl.losses import CLIPLoss, DINOLoss
 from lightning_ssl.methods import (BEiT, BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, SimCLR,
                                    VisualTokenizer)
+from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SimMIM, SwAV, VICReg
 from lightning_ssl.modules.color import rgb_to_lab
 from lightning_ssl.modules.masking import block_masking, patchify
 from lightning_ssl.modules.text import BPETokenizer, TextTransformer
@@ -340,6 +341,38 @@ CASES = [
      r"needs a 'caption' column"),
     ("image-text-table-empty-caption", lambda t: image_text_table(t, "image,caption\na.png,\n"), ValueError, r"empty caption"),
     ("image-text-missing-image", missing_image_in_table, FileNotFoundError, r"b\.png.*does not exist"),
+    # Barlow Twins, VICReg, SwAV, NNCLR, I-JEPA, SimMIM
+    ("barlow-twins-lambda-0", lambda t: BarlowTwins(cnn(), proj_hidden_dim=8, proj_dim=8, lambda_offdiag=0.0), ValueError,
+     r"lambda_offdiag must be > 0"),
+    ("vicreg-negative-weight", lambda t: VICReg(cnn(), proj_hidden_dim=8, proj_dim=8, cov_weight=-1.0), ValueError,
+     r"cov_weight must be >= 0"),
+    ("vicreg-gamma-0", lambda t: VICReg(cnn(), proj_hidden_dim=8, proj_dim=8, gamma=0.0), ValueError, r"gamma and eps must be > 0"),
+    ("swav-epsilon-0", lambda t: SwAV(cnn(), proj_dim=8, num_prototypes=4, sinkhorn_epsilon=0.0), ValueError,
+     r"sinkhorn epsilon must be > 0"),
+    ("swav-temperature-0", lambda t: SwAV(cnn(), proj_dim=8, num_prototypes=4, temperature=0), ValueError,
+     r"temperature must be > 0"),
+    ("swav-one-prototype", lambda t: SwAV(cnn(), proj_dim=8, num_prototypes=1), ValueError, r"num_prototypes must be >= 2"),
+    ("swav-queue-smaller-than-batch", lambda t: fit(SwAV(cnn(), proj_hidden_dim=8, proj_dim=4, num_prototypes=4,
+                                                         queue_size=4), data(), t), ValueError,
+     r"SwAV queue_size=4 is smaller than the global batch"),
+    ("nnclr-temperature-0", lambda t: NNCLR(cnn(), proj_dim=8, temperature=0.0, queue_size=8), ValueError,
+     r"temperature must be > 0"),
+    ("nnclr-queue-size-0", lambda t: NNCLR(cnn(), proj_dim=8, queue_size=0), ValueError, r"queue_size must be >= 1"),
+    ("nnclr-queue-smaller-than-batch", lambda t: fit(NNCLR(cnn(), proj_hidden_dim=8, proj_dim=4, pred_hidden_dim=8,
+                                                           queue_size=4), data(), t), ValueError,
+     r"NNCLR queue_size=4 is smaller than the global batch"),
+    ("ijepa-on-a-cnn", lambda t: IJEPA(cnn()), ValueError, r"I-JEPA needs a ViT backbone"),
+    ("ijepa-target-scale-above-1", lambda t: IJEPA(vit(), target_scale=(0.5, 1.5)), ValueError,
+     r"target scale must satisfy 0 < min <= max <= 1"),
+    ("ijepa-no-targets", lambda t: IJEPA(vit(), num_targets=0), ValueError, r"num_targets must be >= 1"),
+    ("ijepa-unknown-loss", lambda t: IJEPA(vit(), loss="l1"), ValueError, r"I-JEPA loss kind must be one of"),
+    ("ijepa-predictor-heads", lambda t: IJEPA(vit(), predictor_dim=16, predictor_heads=3), ValueError,
+     r"predictor_dim 16 is not divisible by predictor_heads 3"),
+    ("simmim-mask-ratio-1", lambda t: SimMIM(vit(), mask_patch_size=8, mask_ratio=1.0), ValueError,
+     r"mask_ratio must lie in \(0, 1\)"),
+    ("simmim-mask-patch-not-dividing", lambda t: SimMIM(vit(), mask_patch_size=12), ValueError,
+     r"mask_patch_size 12 must be a multiple of the stem's stride \(4 px\) and divide the image size \(16 px\)"),
+    ("simmim-on-a-plain-cnn", lambda t: SimMIM(cnn()), ValueError, r"SimMIM needs a lightning_ssl.modules.vit.ViT or a timm"),
 ]
 
 

@@ -23,11 +23,14 @@ from unittest import mock
 
 import lightning_ssl.methods.beit as beit_module
 import lightning_ssl.methods.dino as dino_module
+import lightning_ssl.methods.ijepa as ijepa_module
 import lightning_ssl.methods.jigsaw as jigsaw_module
 import lightning_ssl.methods.mae as mae_module
+import lightning_ssl.methods.simmim as simmim_module
 from lightning_ssl.methods import (BEiT, BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, RotNet, SimCLR,
                                    SimSiam, VisualTokenizer)
-from lightning_ssl.modules.backbones import SmallCNN
+from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SimMIM, SwAV, VICReg
+from lightning_ssl.modules.backbones import SmallCNN, TimmBackbone
 from lightning_ssl.modules.text import TextTransformer
 from lightning_ssl.modules.vit import ViT
 from lightning_ssl.modules.sync_bn import convert_batchnorm
@@ -92,6 +95,13 @@ def clip_local():
     return model
 
 
+def swav_queue():  # a full queue (13 rows: the processes bring 7 and 6 of them to the Sinkhorn problem)
+    model = SwAV(cnn(), proj_hidden_dim=16, proj_dim=8, num_prototypes=10, queue_size=13, queue_start_epoch=0)
+    model.queue.copy_(torch.nn.functional.normalize(torch.randn_like(model.queue), dim=-1))
+    model.queue_count.fill_(13)
+    return model
+
+
 def image_text(g: torch.Generator):
     return torch.randn(N, C, S, S, generator=g), torch.arange(N) % 4, list(CAPTIONS)
 
@@ -123,6 +133,17 @@ CASES = {
     "visual_tokenizer": (visual_tokenizer, one_view),
     "visual_tokenizer_vqkd": (lambda: visual_tokenizer(teacher=True), one_view),
     "clip_local_loss": (clip_local, image_text),
+    "barlow_twins": (lambda: BarlowTwins(cnn(), proj_hidden_dim=16, proj_dim=8), two_views),
+    "vicreg": (lambda: VICReg(cnn(), proj_hidden_dim=16, proj_dim=8), two_views),
+    "swav": (lambda: SwAV(cnn(), proj_hidden_dim=16, proj_dim=8, num_prototypes=10), multi_crop),
+    "swav_queue": (swav_queue, multi_crop),
+    "nnclr": (lambda: NNCLR(cnn(), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, queue_size=12), two_views),
+    "ijepa": (lambda: IJEPA(vit(), predictor_dim=16, predictor_depth=1, predictor_heads=2, min_context=2), one_view),
+    "simmim": (lambda: SimMIM(vit(), mask_patch_size=8), one_view),
+    "simmim_swin": (lambda: SimMIM(TimmBackbone("swin_tiny_patch4_window7_224", in_channels=C, image_size=S,
+                                                model_kwargs=dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+                                                                  window_size=2, drop_path_rate=0.0)),  # no random depth
+                                   mask_patch_size=8), one_view),
 }
 SYNC_BN = {  # BatchNorm in training mode, synchronized over the processes
     "simclr_syncbn": CASES["simclr"],
@@ -169,6 +190,8 @@ SHARDED_DRAWS = {  # name prefix: patches that make a process draw its rows of t
                                                  _sharded(dino_module.block_masking, r, w, groups=2))],
     "jigsaw": _jigsaw_draws,
     "beit": lambda r, w: [mock.patch.object(beit_module, "beit_masking", _sharded(beit_module.beit_masking, r, w))],
+    "ijepa": lambda r, w: [mock.patch.object(ijepa_module, "multiblock_masks", _sharded(ijepa_module.multiblock_masks, r, w))],
+    "simmim": lambda r, w: [mock.patch.object(simmim_module, "simmim_masks", _sharded(simmim_module.simmim_masks, r, w))],
 }
 
 
@@ -179,6 +202,9 @@ def _draws(name: str, rank: int, world: int) -> ExitStack:
             for p in patches(rank, world):
                 stack.enter_context(p)
     return stack
+
+
+STATE = ("queue", "queue_ptr", "center", "codebook", "cluster_size", "embed_sum", "restarted")  # buffers every process must hold alike (by their own name, any module)
 
 
 class _Step(nn.Module):
@@ -252,7 +278,6 @@ def test_ddp_matches_single_process(name):
         tol = dict(rtol=1e-3, atol=1e-5) if name in SYNC_BN else dict(rtol=1e-4, atol=1e-6)
         for k in ref_grads:
             torch.testing.assert_close(grads[k], ref_grads[k], **tol, msg=lambda m: f"grad of {k}: {m}")
-        shared = ("queue", "queue_ptr", "center", "codebook", "cluster_size", "embed_sum", "restarted")
-        for k in [b for b in ref_buffers if b.rpartition(".")[2] in shared or "running_" in b]:
+        for k in [b for b in ref_buffers if b.rsplit(".", 1)[-1] in STATE or "running_" in b]:
             if k in ref_buffers:
                 torch.testing.assert_close(buffers[k].float(), ref_buffers[k].float(), **tol, msg=lambda m: f"{k}: {m}")

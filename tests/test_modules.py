@@ -97,3 +97,63 @@ def test_param_groups_exclude_norm_and_bias_from_decay():
     decay, no_decay = param_groups(m)
     assert [p.shape for p in decay["params"]] == [(4, 4)]
     assert len(no_decay["params"]) == 2 and no_decay["weight_decay"] == 0.0  # linear bias + BN bias
+
+
+# --- queues (MoCo, NNCLR, SwAV) ----------------------------------------------------------------------------------
+def test_enqueue_wraps_around_and_rejects_overfull_batches():
+    from lightning_ssl.modules.queue import check_queue_size, enqueue
+
+    queue, ptr = torch.zeros(5, 2), torch.zeros((), dtype=torch.long)
+    for value, n in ((1.0, 2), (2.0, 2), (3.0, 3)):  # 2 + 2 + 3 rows into 5: the last batch wraps to rows 4, 0, 1
+        enqueue(queue, ptr, torch.full((n, 2), value))
+    assert queue[:, 0].tolist() == [3, 3, 2, 2, 3] and int(ptr) == 2
+    with pytest.raises(ValueError, match="6 keys do not fit in a queue of 5"):
+        enqueue(queue, ptr, torch.zeros(6, 2))
+    check_queue_size("X", 16, 8, 2)
+    with pytest.raises(ValueError, match=r"X queue_size=15 is smaller than the global batch \(8 x 2 processes\)"):
+        check_queue_size("X", 15, 8, 2)
+
+
+# --- differentiable all-reduce ------------------------------------------------------------------------------------
+def _standardized_loss(x, w, reduce):
+    """A loss of global batch statistics: standardize x @ w with the batch mean and variance, then a cross term."""
+    z = x @ w
+    n = reduce(torch.tensor(float(len(z))))
+    mean = reduce(z.sum(0)) / n
+    var = reduce((z - mean).pow(2).sum(0)) / n
+    zn = (z - mean) / (var + 1e-5).sqrt()
+    c = reduce(zn.T @ zn.roll(1, dims=1)) / n
+    return c.pow(2).sum() + c.diagonal().sum()
+
+
+def _ddp_all_reduce_sum(rank, world_size, x, weight, with_grad):
+    from lightning_ssl.modules.distributed import all_reduce_sum
+    import torch.distributed as dist
+
+    n = len(x) // world_size
+    w = weight.clone().requires_grad_(True)
+    if with_grad:
+        reduce = all_reduce_sum
+    else:  # what an in-place dist.all_reduce does: the summed value, the gradient of the local summand only
+        def reduce(t):
+            return t + (all_reduce_sum(t, with_grad=False) - t).detach()
+    loss = _standardized_loss(x[rank * n : (rank + 1) * n], w, reduce)
+    loss.backward()
+    dist.all_reduce(w.grad)  # what DDP does to parameter gradients: average over processes
+    return loss.item(), w.grad / world_size
+
+
+def test_all_reduce_sum_gives_the_global_loss_and_its_gradient():
+    from tests.helpers import run_distributed
+
+    x, weight = torch.randn(8, 5), torch.randn(5, 3)
+    w = weight.clone().requires_grad_(True)
+    full = _standardized_loss(x, w, lambda t: t)
+    full.backward()
+    for loss, grad in run_distributed(_ddp_all_reduce_sum, x, weight, True):
+        assert loss == pytest.approx(full.item(), rel=1e-5)
+        torch.testing.assert_close(grad, w.grad, rtol=1e-4, atol=1e-6)
+    # an all-reduce without a backward gives the right loss but not its gradient
+    for loss, grad in run_distributed(_ddp_all_reduce_sum, x, weight, False):
+        assert loss == pytest.approx(full.item(), rel=1e-5)
+        assert not torch.allclose(grad, w.grad, rtol=1e-2)

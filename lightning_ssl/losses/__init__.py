@@ -1,18 +1,30 @@
 """Losses: pure functions plus thin ``nn.Module`` wrappers. No Lightning imports here."""
 
 from lightning_ssl.losses.beit import feature_cosine_loss, masked_token_loss
+from lightning_ssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.losses.dino import DINOLoss, dino_loss, updated_center
 from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_loss
+from lightning_ssl.losses.ijepa import IJEPALoss, ijepa_loss
 from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss, nt_xent_loss
 from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
 from lightning_ssl.losses.mae import MAELoss, mae_loss
 from lightning_ssl.losses.negative_cosine import NegativeCosineSimilarity, byol_loss, negative_cosine_similarity
+from lightning_ssl.losses.nnclr import nearest_neighbours, nnclr_loss
+from lightning_ssl.losses.simmim import SimMIMLoss, simmim_loss
+from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
+from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
     "ab_regression_loss", "byol_loss", "clip_logits", "clip_loss", "CLIPLoss", "colorization_loss", "dino_loss",
     "DINOLoss", "feature_cosine_loss", "ibot_loss", "IBOTPatchLoss", "info_nce_loss", "InfoNCELoss", "koleo_loss",
     "KoLeoLoss", "mae_loss", "MAELoss", "masked_token_loss", "negative_cosine_similarity", "NegativeCosineSimilarity",
     "nt_xent_loss", "NTXentLoss", "updated_center",
+    "barlow_twins_loss", "BarlowTwinsLoss",
+    "vicreg_loss", "VICRegLoss",
+    "sinkhorn", "swav_loss", "SwAVLoss",
+    "nearest_neighbours", "nnclr_loss",
+    "ijepa_loss", "IJEPALoss",
+    "simmim_loss", "SimMIMLoss",
 ]

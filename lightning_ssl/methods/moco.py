@@ -31,6 +31,7 @@ from lightning_ssl.modules.distributed import gather, is_distributed, rank, worl
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.modules.sync_bn import DistributedBatchNorm, split_batchnorm
+from lightning_ssl.modules.queue import check_queue_size, enqueue
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -81,11 +82,7 @@ class MoCo(MomentumMethod):
                 "--trainer.sync_batchnorm false (shuffle-BN, the paper's) or --model.init_args.shuffle_bn false.")
         if batch is not None and self.split_bn > 1 and batch % self.split_bn:
             raise ValueError(f"MoCo split_bn={self.split_bn} does not divide the batch size {batch}")
-        if batch is not None and batch * self.trainer.world_size > len(self.queue):
-            raise ValueError(
-                f"MoCo queue_size={len(self.queue)} is smaller than the global batch "
-                f"({batch} x {self.trainer.world_size} processes): keys would overwrite each other"
-            )
+        check_queue_size("MoCo", len(self.queue), batch, self.trainer.world_size)
 
     @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
@@ -103,16 +100,9 @@ class MoCo(MomentumMethod):
             k = self.key_projector(self.key_backbone(x))
         return F.normalize(k.float(), dim=1)
 
-    @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
         """Write the keys of all processes into the ring buffer at ``queue_ptr`` (wrapping around)."""
-        keys = gather(keys, with_grad=False)
-        n, size = len(keys), len(self.queue)
-        if n > size:
-            raise ValueError(f"{n} keys do not fit in a queue of {size}")
-        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + n) % size)
+        enqueue(self.queue, self.queue_ptr, keys)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         (x_q, x_k), _ = batch

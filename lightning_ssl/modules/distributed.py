@@ -54,6 +54,36 @@ def gather(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
     return torch.cat(out)
 
 
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)  # every process's copy of the loss depends on every process's summand
+        return grad
+
+
+def all_reduce_sum(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """Sum of ``x`` over processes (a new tensor; ``x`` itself on one process).
+
+    With ``with_grad`` it is differentiable: every process computes the same loss from the sum, the backward
+    pass sums that loss's gradient over processes, and DDP's averaging then leaves each process with exactly
+    the gradient of the one global loss (the convention of ``gather``). Batch statistics and Barlow Twins'
+    cross-correlation over the global batch are built from it."""
+    if not is_distributed():
+        return x
+    if with_grad and x.requires_grad:
+        return _AllReduceSumWithGrad.apply(x)
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x
+
+
 @torch.no_grad()
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over processes (in place, also returned); identity on one process."""

@@ -1,0 +1,51 @@
+"""Barlow Twins: Self-Supervised Learning via Redundancy Reduction (Zbontar et al., ICML 2021).
+
+For each image, two augmented views x_a, x_b:
+    h = f(x)                  backbone (the representation kept for downstream tasks)
+    z = g(h)                  projector: 3 linear layers, BN + ReLU between them (8192-8192-8192 in the paper)
+    C = z_a'^T z_b' / N       cross-correlation of the batch-standardized embeddings over the global batch
+    loss = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2       (losses/barlow_twins.py)
+Pushing C to the identity makes the views agree dimension by dimension (diagonal) and decorrelates the
+dimensions (off-diagonal), so no negatives, predictor or momentum encoder are needed. lambda = 5e-3 at D = 8192
+(the paper), scaled by 1/D for other widths unless given. The paper trains with LARS (lr 0.2 for weights, 0.0048
+for biases and BN parameters, batch 2048); the two views go through the networks separately, as in the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_ssl.losses.barlow_twins import BarlowTwinsLoss
+from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.heads import ProjectionHead
+from lightning_ssl.optim import WarmupCosineLR
+
+
+class BarlowTwins(SSLMethod):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        proj_hidden_dim: int = 8192,
+        proj_dim: int = 8192,
+        proj_layers: int = 3,
+        lambda_offdiag: float | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
+        """``lambda_offdiag``: weight of the off-diagonal (redundancy) term; None: 5e-3 * 8192 / proj_dim."""
+        super().__init__(backbone, optimizer, scheduler)
+        self.save_hyperparameters()
+        self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=proj_layers)
+        self.criterion = BarlowTwinsLoss(lambda_offdiag)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        (x_a, x_b), _ = batch
+        h_a = self.backbone(x_a)
+        z_a, z_b = self.projector(h_a), self.projector(self.backbone(x_b))
+        loss = self.criterion(z_a, z_b)
+        self.log("train/loss", loss, prog_bar=True)
+        return {"loss": loss, "features": h_a.detach()}

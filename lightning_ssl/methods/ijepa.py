@@ -1,0 +1,125 @@
+"""I-JEPA: Self-Supervised Learning from Images with a Joint-Embedding Predictive Architecture (Assran et al.,
+CVPR 2023).
+
+For each image x (one view: random resized crop, no other augmentation), on its h x w patch grid:
+    context (B, K_c), targets (B, M, K_t) = multiblock_masks(...)   M = 4 target blocks (scale 0.15-0.2, aspect
+                                           0.75-1.5), one context block (scale 0.85-1.0) with the targets cut out;
+                                           the whole batch shares K_c and K_t (modules/multiblock.py)
+    s_y = f_t(x)[targets]                  EMA target encoder on the *full* image, its tokens at each target block
+    s_x = f(x[context])                    context encoder: a ViT on the context patches only (B, K_c, D)
+    s_y_hat = g(s_x, positions)            narrow ViT predictor: context tokens + one mask token per target patch
+                                           (with its position), run once per target block -> (B, M, K_t, D)
+    loss = smooth_l1(s_y_hat, LayerNorm(s_y))                       (losses/ijepa.py; as facebookresearch/ijepa)
+    f_t <- m f_t + (1 - m) f                m from 0.996 to 1 (cosine here, linear in the reference)
+No pixel reconstruction and no hand-made view augmentations: the targets are representations. ``embed`` is the
+target encoder with its patch tokens pooled (the paper evaluates the target encoder, average-pooled); exported and
+evaluated from a checkpoint the same way (``teacher_backbone``, ``eval_teacher``; see ``lightning-ssl-eval export``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from lightning_ssl.losses.ijepa import IJEPALoss
+from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.masking import gather_tokens
+from lightning_ssl.modules.momentum import make_teacher
+from lightning_ssl.modules.multiblock import multiblock_masks
+from lightning_ssl.modules.vit import sincos_pos_embed
+from lightning_ssl.optim import WarmupCosineLR
+
+
+class JEPAPredictor(nn.Module):
+    """The predictor: project the context tokens to ``dim``, add fixed 2-D sin-cos positions, append a learnable
+    mask token (plus its position) for every patch of one target block, transformer blocks, project back."""
+
+    def __init__(self, encoder_dim: int, grid: tuple[int, int], dim: int = 384, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.embed = nn.Linear(encoder_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos_embed", sincos_pos_embed(dim, grid, cls_token=False)[None], persistent=False)
+        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, encoder_dim)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, context: Tensor, context_ids: Tensor, target_ids: Tensor) -> Tensor:
+        """context (B, K_c, D_enc) at patches ``context_ids`` (B, K_c); target_ids (B, M, K_t) -> (B, M, K_t, D_enc)."""
+        b, m, kt = target_ids.shape
+        pos = self.pos_embed.expand(b, -1, -1)
+        x = self.embed(context) + gather_tokens(pos, context_ids)  # (B, K_c, d)
+        queries = self.mask_token.to(x.dtype) + gather_tokens(pos, target_ids.flatten(1))  # (B, M * K_t, d)
+        x = torch.cat([x.repeat_interleave(m, dim=0), queries.reshape(b * m, kt, -1)], dim=1)  # one run per block
+        x = self.norm(self.blocks(x))[:, -kt:]
+        return self.proj(x).view(b, m, kt, -1)
+
+
+class IJEPA(MomentumMethod):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        predictor_dim: int = 384,
+        predictor_depth: int = 12,
+        predictor_heads: int = 12,
+        num_targets: int = 4,
+        target_scale: tuple[float, float] = (0.15, 0.2),
+        target_aspect: tuple[float, float] = (0.75, 1.5),
+        context_scale: tuple[float, float] = (0.85, 1.0),
+        min_context: int = 10,
+        loss: str = "smooth_l1",
+        eval_teacher: bool = True,
+        momentum: float = 0.996,
+        momentum_end: float = 1.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
+        """``backbone``: a ``lightning_ssl.modules.vit.ViT`` (``pool: avg`` as in the paper's evaluation).
+        ``loss``: ``smooth_l1`` (the reference code) or ``mse`` (the paper's L2). ``eval_teacher``: ``embed`` with
+        the target encoder (the paper) or the context encoder."""
+        if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "grid_size"):
+            raise ValueError(f"I-JEPA needs a ViT backbone that encodes a subset of patches "
+                             f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}")
+        super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
+        self.save_hyperparameters()
+        self.mask_kwargs = dict(num_targets=num_targets, target_scale=tuple(target_scale),
+                                target_aspect=tuple(target_aspect), context_scale=tuple(context_scale),
+                                min_keep=min_context)
+        multiblock_masks(1, backbone.grid_size, **self.mask_kwargs)  # validates the settings
+        if predictor_dim % predictor_heads:
+            raise ValueError(f"predictor_dim {predictor_dim} is not divisible by predictor_heads {predictor_heads}")
+        self.criterion = IJEPALoss(loss)
+        self.eval_teacher = eval_teacher
+        self.teacher_backbone = make_teacher(self.backbone)  # the target encoder (named as DINO's, for export/eval)
+        self.predictor = JEPAPredictor(backbone.num_features, backbone.grid_size, predictor_dim, predictor_depth,
+                                       predictor_heads)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.teacher_backbone)]
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        views, _ = batch
+        x = views[0] if isinstance(views, (list, tuple)) else views
+        if tuple(x.shape[-2:]) != (self.backbone.image_size,) * 2:
+            raise ValueError(f"I-JEPA's masks are drawn for {self.backbone.image_size} px images, got {tuple(x.shape[-2:])}")
+        context_ids, target_ids = (t.to(x.device) for t in multiblock_masks(len(x), self.backbone.grid_size,
+                                                                             **self.mask_kwargs))
+        with torch.no_grad():
+            t_tokens = self.teacher_backbone.forward_tokens(x)  # (B, 1 + N, D): the full image
+            b, m, kt = target_ids.shape
+            targets = gather_tokens(t_tokens[:, 1:], target_ids.flatten(1)).view(b, m, kt, -1)
+        context = self.backbone.forward_tokens(x, ids_keep=context_ids)[:, 1:]  # (B, K_c, D), CLS dropped
+        pred = self.predictor(context, context_ids, target_ids)
+        loss = self.criterion(pred, targets)
+        self.log("train/loss", loss, prog_bar=True)
+        if self.eval_teacher:  # the monitors see what embed gives: the target encoder on the full image
+            return {"loss": loss, "features": self.teacher_backbone.pool(t_tokens).detach()}
+        return {"loss": loss, "embed_input": x}
+
+    def embed(self, x: Tensor) -> Tensor:
+        return (self.teacher_backbone if self.eval_teacher else self.backbone)(x)
