@@ -21,6 +21,22 @@ def test_small_cnn_and_resnet_shapes(channels):
     assert big.net.conv1.kernel_size == (7, 7) and big.net.conv1.in_channels == channels
 
 
+def test_small_cnn_grid_pooling_keeps_the_layout():
+    """pool=2: the 2x2 cells of the last feature map, concatenated; pool=1 is their mean."""
+    torch.manual_seed(0)
+    cnn = SmallCNN(1, 28, width=4, stages=2, pool=2).eval()
+    x = torch.rand(3, 1, 28, 28)
+    f = cnn(x)
+    assert f.shape == (3, cnn.num_features) == (3, 8 * 4)
+    cells = nn.functional.adaptive_avg_pool2d(cnn.features(x), 2)  # (B, C, 2, 2)
+    torch.testing.assert_close(f, cells.flatten(1))
+    glob = SmallCNN(1, 28, width=4, stages=2).eval()  # same weights, global pool: the mean of the 4 cells (14x14 map)
+    glob.load_state_dict(cnn.state_dict())
+    torch.testing.assert_close(glob(x), cells.mean((2, 3)))
+    with pytest.raises(ValueError, match="pool must be"):
+        SmallCNN(1, 28, pool=0)
+
+
 def test_resnet_rejects_unknown_arch():
     with pytest.raises(ValueError, match="unknown ResNet"):
         ResNet("vgg11")

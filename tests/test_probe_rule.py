@@ -81,3 +81,25 @@ def test_mae_monitors_see_the_full_image_not_the_visible_patches():
 def test_probe_every_n_steps_and_bad_interval():
     with pytest.raises(ValueError, match="every_n_steps"):
         OnlineLinearProbe(every_n_steps=0)
+
+
+def test_probe_top1_is_plain_accuracy_and_macro_is_logged_beside_it():
+    """val/probe_top1 counts images (as the kNN monitor does); the mean of per-class accuracies is its own key.
+    9 images of class 0 all right, 1 image of class 1 wrong: plain 90%, macro 50%."""
+    from types import SimpleNamespace
+
+    probe = OnlineLinearProbe(num_classes=2)
+    module = SimpleNamespace(num_features=2, device=torch.device("cpu"), logged={})
+    module.log = lambda name, value, **kw: module.logged.__setitem__(name, float(value))
+    trainer = SimpleNamespace(datamodule=None, sanity_checking=False)
+    probe.setup(trainer, module, "fit")
+    with torch.no_grad():
+        probe.probe.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        probe.probe.bias.zero_()
+    features = torch.tensor([[1.0, 0.0]] * 10)  # the probe says class 0 for all ten
+    labels = torch.tensor([0] * 9 + [1])
+    probe.on_validation_epoch_start(trainer, module)
+    probe.on_validation_batch_end(trainer, module, {"features": features, "labels": labels}, None, 0)
+    probe.on_validation_epoch_end(trainer, module)
+    assert module.logged["val/probe_top1"] == pytest.approx(0.9)
+    assert module.logged["val/probe_top1_macro"] == pytest.approx(0.5)
