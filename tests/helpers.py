@@ -68,3 +68,21 @@ class Throttle(L.Callback):
 
     def on_train_batch_end(self, *args, **kwargs) -> None:
         time.sleep(self.seconds)
+
+
+WORDS = ("the cat dog king queen sword crown night day love war sea ship house lord lady fool ghost moon sun "
+         "sat ran saw loved fought sailed slept spoke said wept is was shall will doth hath and but or of to in on by").split()
+
+
+def write_corpus(folder, docs: int = 6, sentences: int = 40, seed: int = 0):
+    """A folder of generated text files (pseudo-sentences over a small vocabulary, one file per document)."""
+    import random
+    from pathlib import Path
+
+    rng = random.Random(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(docs):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))).capitalize() + "." for _ in range(sentences)]
+        (folder / f"doc{d}.txt").write_text("\n".join(lines) + "\n")
+    return folder

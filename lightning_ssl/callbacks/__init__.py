@@ -7,8 +7,9 @@ from lightning_ssl.callbacks.guards import CollapseMonitor, NonFiniteError, NonF
 from lightning_ssl.callbacks.images import AttentionMapLogger, MAEReconstructionLogger
 from lightning_ssl.callbacks.knn import KNNMonitor
 from lightning_ssl.callbacks.probe import OnlineLinearProbe
+from lightning_ssl.callbacks.text import TextSamples
 
 __all__ = [
     "AttentionMapLogger", "CLIPEmbeddingPlot", "CollapseMonitor", "ColorizationImages", "KNNMonitor",
-    "MAEReconstructionLogger", "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe", "TimeBudget",
+    "MAEReconstructionLogger", "NonFiniteError", "NonFiniteGuard", "OnlineLinearProbe", "TextSamples", "TimeBudget",
 ]

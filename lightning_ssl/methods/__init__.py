@@ -1,19 +1,24 @@
-"""Self-supervised methods: one LightningModule per file, each reading like its paper's algorithm."""
+"""Self-supervised methods (vision, multimodal, language): one LightningModule per file, each reading like its
+paper's algorithm."""
 
 from lightning_ssl.methods.base import MomentumMethod, SSLMethod
+from lightning_ssl.methods.bert import BERT
 from lightning_ssl.methods.byol import BYOL
 from lightning_ssl.methods.clip import CLIP
 from lightning_ssl.methods.colorization import Colorization
 from lightning_ssl.methods.dino import DINO
+from lightning_ssl.methods.gpt import GPT
 from lightning_ssl.methods.jigsaw import Jigsaw
+from lightning_ssl.methods.lm import LanguageModel
 from lightning_ssl.methods.mae import MAE
 from lightning_ssl.methods.moco import MoCo
 from lightning_ssl.methods.mocov3 import MoCoV3
 from lightning_ssl.methods.rotation import RotNet
 from lightning_ssl.methods.simclr import SimCLR
 from lightning_ssl.methods.simsiam import SimSiam
+from lightning_ssl.methods.t5 import T5
 
 __all__ = [
-    "BYOL", "CLIP", "Colorization", "DINO", "Jigsaw", "MAE", "MoCo", "MoCoV3", "MomentumMethod", "RotNet", "SimCLR",
-    "SimSiam", "SSLMethod",
+    "BERT", "BYOL", "CLIP", "Colorization", "DINO", "GPT", "Jigsaw", "LanguageModel", "MAE", "MoCo", "MoCoV3",
+    "MomentumMethod", "RotNet", "SimCLR", "SimSiam", "SSLMethod", "T5",
 ]
