@@ -371,3 +371,17 @@ def test_exact_resume_mid_epoch(tmp_path):
         for k, v in straight.state_dict().items():
             torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
         assert resumed.tokenizer == straight.tokenizer
+
+
+@pytest.mark.parametrize("cls", [GPT, BERT, T5])
+def test_compile_switch_compiles_the_training_forward(cls, tmp_path):
+    """``performance.compile`` compiles the backbone's forward, which every training step goes through."""
+    from lightning_ssl.callbacks.performance import Performance
+
+    torch.manual_seed(0)
+    model = cls(**TINY)
+    calls = []
+    model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Performance(compile=True, compile_backend="eager")]).fit(
+        model, data(tmp_path, sentences=5))
+    assert calls and model.backbone._compiled_call_impl is not None

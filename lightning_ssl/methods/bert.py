@@ -60,6 +60,11 @@ class BERTNet(nn.Module):
     def head(self, h: Tensor) -> Tensor:
         return self.decoder(self.transform(h))
 
+    def forward(self, ids: Tensor, selected: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V), or (M, V) at the ``selected`` positions only (what training decodes)."""
+        h = self.hidden(ids, mask)
+        return self.head(h if selected is None else h[selected])
+
 
 class BERT(LanguageModel):
     needs = ("mask",)
@@ -118,8 +123,8 @@ class BERT(LanguageModel):
         inputs, labels = mlm_mask(ids, self.special_mask(ids), self.tokenizer.mask_id, self.tokenizer.vocab_size,
                                   self.mlm_probability, self.mask_fraction, self.random_fraction, generator)
         selected = labels != IGNORE_INDEX
-        h = self.backbone.hidden(inputs)  # (B, T, C), no padding in packed rows
-        return self.backbone.head(h[selected]), labels[selected], None  # (M, V), (M,)
+        logits = self.backbone(inputs, selected)  # (M, V): no padding in packed rows
+        return logits, labels[selected], None
 
     def embed(self, ids: Tensor) -> Tensor:
         mask = ~self.special_mask(ids) if self.tokenizer is not None else None

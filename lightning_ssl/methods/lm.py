@@ -1,9 +1,10 @@
 """What GPT, BERT and T5 share: the tokenizer, the token-level loss and metrics, sampling.
 
-A language model is an ``SSLMethod`` whose backbone is its transformer (so ``performance.compile`` compiles it
-and the optimizer's weight decay falls on the >= 2-D weights only, embeddings included, as in nanoGPT). Each
-subclass says what its step predicts in ``predict_targets(rows) -> (logits (N, V), targets (N,), scored (N,))``:
-next tokens (GPT), the masked tokens (BERT), the corrupted spans (T5); the rest is here:
+A language model is an ``SSLMethod`` whose backbone is its transformer: ``performance.compile`` compiles it (the
+training step goes through the network's ``forward``), and the optimizer's weight decay falls on the >= 2-D weights
+only, embeddings included, as in nanoGPT. Each subclass says what its step predicts in
+``predict_targets(rows) -> (logits (N, V), targets (N,), scored (N,))``: next tokens (GPT), the masked tokens
+(BERT), the corrupted spans (T5); the rest is here:
 
 * **the tokenizer** comes from the datamodule when fitting starts (trained on the corpus or loaded), or from the
   pretrained model's folder; it is saved in every checkpoint and as ``tokenizer.json`` in the run's directory. A

@@ -71,6 +71,9 @@ class T5Net(nn.Module):
             x = block(x, causal=True, memory=memory, memory_mask=memory_mask)
         return self.lm_head(self.dec_ln(x))  # (B, T, V)
 
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.decode(tgt_in, self.encode(src))
+
 
 class T5(LanguageModel):
     needs = ("sentinels", "eos")
@@ -135,7 +138,7 @@ class T5(LanguageModel):
 
     def predict_targets(self, rows: Tensor, generator: torch.Generator | None = None):
         src, tgt = self.corrupt(rows[:, :-1], generator)  # (B, L_in), (B, L_tgt)
-        logits = self.backbone.decode(self.shift_right(tgt), self.backbone.encode(src))  # (B, L_tgt, V)
+        logits = self.backbone(src, self.shift_right(tgt))  # (B, L_tgt, V)
         scored = ~torch.isin(tgt, self.sentinel_ids.to(tgt.device)) & (tgt != self.tokenizer.eos_id)
         return logits.flatten(0, 1), tgt.flatten(), scored.flatten()
 

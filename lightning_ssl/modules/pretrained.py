@@ -317,6 +317,10 @@ class HFMaskedLM(nn.Module):
     def head(self, h: Tensor) -> Tensor:
         return self.mlm_head(h)
 
+    def forward(self, ids: Tensor, selected: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        h = self.hidden(ids, mask)
+        return self.head(h if selected is None else h[selected])
+
 
 class HFSeq2SeqLM(nn.Module):
     """A ``transformers`` encoder-decoder (T5, ...) from a local folder as T5's network: ``encode(src, mask) ->
@@ -346,3 +350,6 @@ class HFSeq2SeqLM(nn.Module):
         out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=memory_mask,
                          decoder_input_ids=tgt_in)
         return out.logits
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.model(input_ids=src, decoder_input_ids=tgt_in).logits
