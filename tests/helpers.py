@@ -95,6 +95,8 @@ def write_multiband_folder(root, bands: int = 6, size: int = 24, per_class: int 
             tifffile.imwrite(path, x, photometric="minisblack", planarconfig="contig" if layout == "interleaved" else None)
             paths.append(path)
     return paths
+
+
 class RecordSamples(L.Callback):
     """Writes what this process trained on and ended with to ``out_dir/rank{global_rank}.pt``: the labels of
     every training batch (with ``SyntheticDataModule(num_classes=num_samples)`` a label is the sample index),
@@ -112,3 +114,21 @@ class RecordSamples(L.Callback):
         torch.save({"labels": self.labels, "global_rank": trainer.global_rank, "node_rank": trainer.node_rank,
                     "world_size": trainer.world_size, "num_nodes": trainer.num_nodes, "state_dict": state},
                    os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+
+
+WORDS = ("the cat dog king queen sword crown night day love war sea ship house lord lady fool ghost moon sun "
+         "sat ran saw loved fought sailed slept spoke said wept is was shall will doth hath and but or of to in on by").split()
+
+
+def write_corpus(folder, docs: int = 6, sentences: int = 40, seed: int = 0):
+    """A folder of generated text files (pseudo-sentences over a small vocabulary, one file per document)."""
+    import random
+    from pathlib import Path
+
+    rng = random.Random(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(docs):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))).capitalize() + "." for _ in range(sentences)]
+        (folder / f"doc{d}.txt").write_text("\n".join(lines) + "\n")
+    return folder

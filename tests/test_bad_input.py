@@ -38,6 +38,11 @@ from lightning_ssl.modules.backbones import ResNet, SmallCNN
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.pretrained import CheckpointBackbone
 from lightning_ssl.optim import WarmupCosineLR
+from lightning_ssl.data import TextCorpusDataModule
+from lightning_ssl.methods import BERT, GPT, T5
+from lightning_ssl.methods.lm import sample_logits
+from lightning_ssl.modules.tokenizer import TextTokenizer, train_tokenizer
+from tests.helpers import write_corpus
 
 
 def cnn(c=1):
@@ -243,7 +248,98 @@ def export_from_plain_state_dict(tmp_path):
     export_backbone(str(tmp_path / "w.pt"), str(tmp_path / "out.pt"))
 
 
+# -- language models --------------------------------------------------------------------------------------------
+LM = dict(vocab_size=300, block_size=8, n_layer=1, n_head=2, n_embd=8)
+
+
+def corpus(tmp_path, content: bytes | None = None, **kw):
+    source = write_corpus(tmp_path / "corpus", docs=3, sentences=10) if content is None else tmp_path / "c.txt"
+    if content is not None:
+        source.write_bytes(content)
+    return TextCorpusDataModule(**{"source": str(source), "tokenizer": "byte", "block_size": 8, "batch_size": 2, **kw})
+
+
+def lm_checkpoint(tmp_path, **data_kw) -> Path:
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(GPT(**LM), datamodule=corpus(tmp_path, **data_kw))
+    trainer.save_checkpoint(tmp_path / "lm.ckpt")
+    return tmp_path / "lm.ckpt"
+
+
+def lm_fine_tune_with_another_tokenizer(tmp_path):
+    model = GPT.load_from_checkpoint(lm_checkpoint(tmp_path), weights_only=True)
+    fit(model, corpus(tmp_path, tokenizer="char", vocab_size=60), tmp_path)
+
+
+def lm_resume(tmp_path, model, dm):
+    ckpt = lm_checkpoint(tmp_path)
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    finally:
+        assert trainer.global_step <= 1, "the error came after training had resumed"
+
+
+def jsonl_without_text(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"body": "x"}\n')
+    fit(GPT(**LM), TextCorpusDataModule(source=str(tmp_path / "d.jsonl")), tmp_path)
+
+
+def char_tokenizer(sentinels: int = 0, specials=None) -> TextTokenizer:
+    if specials is not None:
+        return TextTokenizer(train_tokenizer(["some text"], "char", 64, special_tokens=specials))
+    return TextTokenizer.train(["some text"], "char", 64, sentinels=sentinels)
+
+
+def corrupt_tokenizer_json(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    TextTokenizer.load(str(tmp_path))
+
+
 CASES = [
+    # language models and text corpora
+    ("text-empty-file", lambda t: fit(GPT(**LM), corpus(t, b"  \n"), t), ValueError, r"c\.txt' is empty"),
+    ("text-binary-file", lambda t: fit(GPT(**LM), corpus(t, b"PK\x03\x04\x00\x00binary"), t), ValueError,
+     r"not a text file \(it holds binary data"),
+    ("text-not-utf8", lambda t: fit(GPT(**LM), corpus(t, "café".encode("latin-1")), t), ValueError, r"not UTF-8 text"),
+    ("text-missing-source", lambda t: TextCorpusDataModule(source=str(t / "nope")).setup(), FileNotFoundError,
+     r"no text found at"),
+    ("text-jsonl-without-text", jsonl_without_text, ValueError, r"line 1 has no string field 'text'"),
+    ("shakespeare-not-fetched", lambda t: TextCorpusDataModule(root=str(t)).prepare_data(), FileNotFoundError,
+     r"python -m lightning_ssl.data.fetch shakespeare"),
+    ("text-block-larger-than-corpus", lambda t: fit(GPT(**{**LM, "block_size": 10000}), corpus(t, block_size=10000), t),
+     ValueError, r"fewer than one batch.*Lower data.block_size"),
+    ("text-vocab-no-room-for-specials", lambda t: TextCorpusDataModule(tokenizer="bpe", vocab_size=10, sentinels=8),
+     ValueError, r"vocab_size=10 leaves no room"),
+    ("tokenizer-unknown-kind", lambda t: TextTokenizer.load("sentencepiece"), FileNotFoundError, r"no tokenizer at"),
+    ("tokenizer-corrupt-json", corrupt_tokenizer_json, ValueError, r"not a readable tokenizer.json"),
+    ("tokenizer-larger-than-model", lambda t: fit(GPT(**{**LM, "vocab_size": 100}), corpus(t), t), ValueError,
+     r"has 260 tokens, more than the model's embedding table \(vocab_size=100\)"),
+    ("tokenizer-differs-from-checkpoint", lm_fine_tune_with_another_tokenizer, ValueError,
+     r"the data's tokenizer .* is not the model's own"),
+    ("resume-with-another-tokenizer", lambda t: lm_resume(t, GPT(**LM), corpus(t, tokenizer="char", vocab_size=60)),
+     ValueError,
+     r"checkpoint's data was tokenized by .*'byte'.* this run asks for .*'char'"),
+    ("resume-with-another-vocab-size", lambda t: lm_resume(t, GPT(**{**LM, "vocab_size": 400}), corpus(t)), ValueError,
+     r"has vocab_size=300, this one 400"),
+    ("bert-tokenizer-without-mask", lambda t: BERT(**LM).set_tokenizer(char_tokenizer(specials=["<pad>", "<unk>"])),
+     ValueError, r"BERT needs a tokenizer with mask tokens"),
+    ("t5-tokenizer-without-sentinels", lambda t: T5(**LM).set_tokenizer(char_tokenizer()), ValueError,
+     r"T5 needs a tokenizer with sentinels tokens"),
+    ("t5-too-few-sentinels", lambda t: T5(**{**LM, "block_size": 141}).set_tokenizer(char_tokenizer(sentinels=3)),
+     ValueError, r"141 tokens are corrupted in 7 spans, but .* only 3 sentinels"),
+    ("bert-mlm-probability-1", lambda t: BERT(**LM, mlm_probability=1.0), ValueError, r"mlm_probability must lie in \(0, 1\)"),
+    ("bert-fractions-above-1", lambda t: BERT(**LM, mask_fraction=0.9, random_fraction=0.2), ValueError,
+     r"mask_fraction \(0.9\) \+ random_fraction \(0.2\)"),
+    ("t5-noise-density-1", lambda t: T5(**LM, noise_density=1.0), ValueError, r"noise_density must lie in \(0, 1\)"),
+    ("gpt-dropout-1", lambda t: GPT(**LM, dropout=1.0), ValueError, r"dropout must lie in \[0, 1\)"),
+    ("gpt-heads-not-dividing-width", lambda t: GPT(**{**LM, "n_head": 3}), ValueError, r"width \(8\) must be divisible"),
+    ("gpt-longer-than-block-size", lambda t: GPT(**LM).backbone(torch.zeros(1, 9, dtype=torch.long)), ValueError,
+     r"9 tokens is longer than block_size=8"),
+    ("sampling-top-p-0", lambda t: sample_logits(torch.zeros(1, 4), top_p=0.0), ValueError, r"0 < top_p <= 1"),
+    ("lm-text-without-tokenizer", lambda t: GPT(**LM).complete("hi"), RuntimeError, r"has no tokenizer yet"),
     # impossible hyperparameters
     ("simclr-temperature-0", lambda t: SimCLR(cnn(), temperature=0.0), ValueError, r"temperature must be > 0"),
     ("moco-temperature-negative", lambda t: MoCo(cnn(), temperature=-0.1), ValueError, r"temperature must be > 0"),

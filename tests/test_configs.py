@@ -33,6 +33,11 @@ def _synthetic(data: dict, tmp_path: Path) -> list[str]:
             rows.append(f"{i}.png,a {colour} square number {i},{colour},{colour} things,squares")
         (tmp_path / "pairs.csv").write_text("\n".join(rows))
         return [f"--data.source={tmp_path / 'pairs.csv'}", "--data.batch_size=4", "--data.num_workers=0"]
+    if data["class_path"].endswith("TextCorpusDataModule"):  # a folder of generated text files
+        from tests.helpers import write_corpus
+
+        return [f"--data.source={write_corpus(tmp_path / 'corpus')}", "--data.block_size=16", "--data.batch_size=4",
+                "--data.num_workers=0"]
     if data["class_path"].endswith("TextClassificationDataModule"):
         rows = ["text,label"] + [f"{w} number {i},{w}" for i in range(10) for w in ("cats", "stocks")]
         (tmp_path / "text.csv").write_text("\n".join(rows))
@@ -90,6 +95,12 @@ def test_config_fast_dev_run(config, tmp_path):
         extra.append(f"--model.init_args.tokenizer={json.dumps(tokenizer)}")
     if (args.get("teacher") or {}).get("class_path", "").endswith("CheckpointBackbone"):
         extra.append(f"--model.init_args.teacher={json.dumps(_tiny_vit(patch))}")
+    if "FSDP" in str(cfg.get("trainer", {}).get("strategy", "")):  # GPU-only: the smoke run checks the rest on CPU
+        extra.append("--trainer.strategy=auto")
+        if "n_layer" in cfg["model"]["init_args"]:  # and a GPU-sized transformer, one small layer of it
+            extra += ["--model.init_args.n_layer=1", "--model.init_args.n_head=2", "--model.init_args.n_embd=32"]
+    if any(c.get("class_path", "").endswith("TextSamples") for c in cfg.get("trainer", {}).get("callbacks", [])):
+        extra.append("--trainer.callbacks.max_new_tokens=4")  # the last callback: a few tokens show it works
     cli(["fit", "--config", str(config), *_synthetic(cfg["data"], tmp_path), *extra, "--trainer.fast_dev_run=true",
          "--trainer.logger=false", "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
          f"--checkpoint.dirpath={tmp_path}/ckpt"])

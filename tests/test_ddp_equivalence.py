@@ -22,15 +22,19 @@ from contextlib import ExitStack
 from unittest import mock
 
 import lightning_ssl.methods.beit as beit_module
+import lightning_ssl.methods.bert as bert_module
 import lightning_ssl.methods.dino as dino_module
 import lightning_ssl.methods.ijepa as ijepa_module
 import lightning_ssl.methods.jigsaw as jigsaw_module
 import lightning_ssl.methods.mae as mae_module
 import lightning_ssl.methods.simmim as simmim_module
-from lightning_ssl.methods import (BEiT, BYOL, CLIP, DINO, MAE, Colorization, Jigsaw, MoCo, MoCoV3, RotNet, SimCLR,
-                                   SimSiam, VisualTokenizer)
+import lightning_ssl.methods.t5 as t5_module
+from lightning_ssl.methods import (BEiT, BERT, BYOL, CLIP, DINO, GPT, MAE, T5, Colorization, Jigsaw, MoCo, MoCoV3,
+                                   RotNet, SimCLR, SimSiam, VisualTokenizer)
 from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SimMIM, SwAV, VICReg
 from lightning_ssl.modules.backbones import SmallCNN, TimmBackbone
+from lightning_ssl.modules.distributed import gather
+from lightning_ssl.modules.tokenizer import TextTokenizer
 from lightning_ssl.modules.text import TextTransformer
 from lightning_ssl.modules.vit import ViT
 from lightning_ssl.modules.sync_bn import convert_batchnorm
@@ -106,6 +110,19 @@ def image_text(g: torch.Generator):
     return torch.randn(N, C, S, S, generator=g), torch.arange(N) % 4, list(CAPTIONS)
 
 
+def language(cls):
+    """A tiny language model with a character tokenizer (4 T5 sentinels at the top of its 64 ids)."""
+    def build():
+        model = cls(vocab_size=64, block_size=12, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+        model.set_tokenizer(TextTokenizer.train(CAPTIONS, "char", vocab_size=64, sentinels=4))
+        return model
+    return build
+
+
+def token_rows(g: torch.Generator):  # packed rows of block_size + 1 token ids (special ones included)
+    return torch.randint(0, 64, (N, 13), generator=g)
+
+
 # name: (model factory, batch factory)
 CASES = {
     "simclr": (lambda: SimCLR(cnn(), proj_hidden_dim=16, proj_dim=8), two_views),
@@ -144,7 +161,12 @@ CASES = {
                                                 model_kwargs=dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2),
                                                                   window_size=2, drop_path_rate=0.0)),  # no random depth
                                    mask_patch_size=8), one_view),
+    # token-mean losses: BERT's processes mask different numbers of tokens, and the mean is still the global one
+    "gpt": (language(GPT), token_rows),
+    "bert": (language(BERT), token_rows),
+    "t5": (language(T5), token_rows),
 }
+LANGUAGE = {"gpt", "bert", "t5"}  # no image features: the monitoring rule (test_probe_rule) does not apply
 SYNC_BN = {  # BatchNorm in training mode, synchronized over the processes
     "simclr_syncbn": CASES["simclr"],
     "byol_syncbn": CASES["byol"],
@@ -184,6 +206,19 @@ def _jigsaw_draws(rank: int, world: int):
     return [mock.patch.object(torch, "randint", randint), mock.patch.object(jigsaw_module, "extract_tiles", tiles)]
 
 
+def _gathered(fn, rank: int, world: int, seed: int = 7, batched=("ids", "special")):
+    """``fn`` on the whole batch (the ``batched`` arguments all-gathered from the processes) with a generator from a
+    fixed seed; this process's rows of each output returned (BERT's masks, T5's spans)."""
+    def draw(*args, **kwargs):
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+        for name in batched:
+            if name in bound.arguments:
+                bound.arguments[name] = gather(bound.arguments[name], with_grad=False)
+        bound.arguments["generator"] = torch.Generator().manual_seed(seed)
+        return tuple(out.chunk(world)[rank] for out in fn(*bound.args, **bound.kwargs))
+    return draw
+
+
 SHARDED_DRAWS = {  # name prefix: patches that make a process draw its rows of the whole batch's random numbers
     "mae": lambda r, w: [mock.patch.object(mae_module, "random_masking", _sharded(mae_module.random_masking, r, w))],
     "dino_ibot": lambda r, w: [mock.patch.object(dino_module, "block_masking",
@@ -192,6 +227,8 @@ SHARDED_DRAWS = {  # name prefix: patches that make a process draw its rows of t
     "beit": lambda r, w: [mock.patch.object(beit_module, "beit_masking", _sharded(beit_module.beit_masking, r, w))],
     "ijepa": lambda r, w: [mock.patch.object(ijepa_module, "multiblock_masks", _sharded(ijepa_module.multiblock_masks, r, w))],
     "simmim": lambda r, w: [mock.patch.object(simmim_module, "simmim_masks", _sharded(simmim_module.simmim_masks, r, w))],
+    "bert": lambda r, w: [mock.patch.object(bert_module, "mlm_mask", _gathered(bert_module.mlm_mask, r, w))],
+    "t5": lambda r, w: [mock.patch.object(t5_module, "span_corruption", _gathered(t5_module.span_corruption, r, w))],
 }
 
 

@@ -15,9 +15,10 @@ from lightning_ssl.callbacks.images import (
 from lightning_ssl.callbacks.knn import KNNMonitor
 from lightning_ssl.callbacks.lr_scaling import LinearLRScaling
 from lightning_ssl.callbacks.probe import OnlineLinearProbe
+from lightning_ssl.callbacks.text import TextSamples
 
 __all__ = [
     "AttentionMapLogger", "CLIPEmbeddingPlot", "CollapseMonitor", "ColorizationImages", "EmbeddingPlot", "EndOfRun",
     "KNNMonitor", "LearningRateLogger", "LinearLRScaling", "MAEReconstructionLogger", "NonFiniteError",
-    "NonFiniteGuard", "OnlineLinearProbe", "TimeBudget", "TokenizerReconstructionLogger", "ViewGrid",
+    "NonFiniteGuard", "OnlineLinearProbe", "TextSamples", "TimeBudget", "TokenizerReconstructionLogger", "ViewGrid",
 ]

@@ -10,6 +10,7 @@ from lightning_ssl.data.datamodules import (
     STL10DataModule,
     SyntheticDataModule,
 )
+from lightning_ssl.data.corpus import TextCorpusDataModule, read_documents
 from lightning_ssl.data.emoji import EmojiDataModule, load_emoji
 from lightning_ssl.data.image_text import ImageTextDataModule, ImageTextDataset, read_image_text_table
 from lightning_ssl.data.multiband import MultiBandDataModule, MultiBandDataset, band_statistics, read_tiff
@@ -34,8 +35,8 @@ __all__ = [
     "augmented_view", "BYOLViews", "CIFAR100DataModule", "CIFAR10DataModule", "ClassifierViews", "EmojiDataModule",
     "eval_transform", "FashionMNISTDataModule", "ImageDataModule", "ImageFolderDataModule", "ImageTextDataModule",
     "ImageTextDataset", "load_emoji", "MedicalViews", "MNISTDataModule", "MultiBandDataModule", "MultiBandDataset",
-    "MultiBandViews", "MultiCropViews", "MultiViewTransform", "optimize_images", "RandomBrightnessContrast",
+    "MultiBandViews", "MultiCropViews", "MultiViewTransform", "optimize_images", "read_documents", "RandomBrightnessContrast",
     "band_statistics", "read_tiff", "read_image_text_table", "SatelliteViews", "SimCLRViews", "STL10DataModule",
     "StreamingImageDataModule", "SyntheticDataModule",
-    "TextClassificationDataModule", "ViewPreset",
+    "TextClassificationDataModule", "TextCorpusDataModule", "ViewPreset",
 ]

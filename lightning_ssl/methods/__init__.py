@@ -1,14 +1,18 @@
-"""Self-supervised methods: one LightningModule per file, each reading like its paper's algorithm."""
+"""Self-supervised methods (vision, multimodal, language): one LightningModule per file, each reading like its
+paper's algorithm."""
 
 from lightning_ssl.methods.barlow_twins import BarlowTwins
 from lightning_ssl.methods.base import MomentumMethod, SSLMethod
 from lightning_ssl.methods.beit import BEiT
+from lightning_ssl.methods.bert import BERT
 from lightning_ssl.methods.byol import BYOL
 from lightning_ssl.methods.clip import CLIP
 from lightning_ssl.methods.colorization import Colorization
 from lightning_ssl.methods.dino import DINO
+from lightning_ssl.methods.gpt import GPT
 from lightning_ssl.methods.ijepa import IJEPA
 from lightning_ssl.methods.jigsaw import Jigsaw
+from lightning_ssl.methods.lm import LanguageModel
 from lightning_ssl.methods.mae import MAE
 from lightning_ssl.methods.moco import MoCo
 from lightning_ssl.methods.mocov3 import MoCoV3
@@ -18,11 +22,12 @@ from lightning_ssl.methods.simclr import SimCLR
 from lightning_ssl.methods.simmim import SimMIM
 from lightning_ssl.methods.simsiam import SimSiam
 from lightning_ssl.methods.swav import SwAV
+from lightning_ssl.methods.t5 import T5
 from lightning_ssl.methods.vicreg import VICReg
 from lightning_ssl.methods.visual_tokenizer import PatchTokenizer, VisualTokenizer
 
 __all__ = [
-    "BarlowTwins", "BEiT", "BYOL", "CLIP", "Colorization", "DINO", "IJEPA", "Jigsaw", "MAE", "MoCo", "MoCoV3",
-    "MomentumMethod", "NNCLR", "PatchTokenizer", "RotNet", "SimCLR", "SimMIM", "SimSiam", "SSLMethod", "SwAV",
+    "BarlowTwins", "BEiT", "BERT", "BYOL", "CLIP", "Colorization", "DINO", "GPT", "IJEPA", "Jigsaw", "LanguageModel",
+    "MAE", "MoCo", "MoCoV3", "MomentumMethod", "NNCLR", "PatchTokenizer", "RotNet", "SimCLR", "SimMIM", "SimSiam", "SSLMethod", "SwAV", "T5",
     "VICReg", "VisualTokenizer",
 ]

@@ -7,6 +7,8 @@
 - ``HFTextEncoder``: a Hugging Face text model (BERT-like, or CLIP's text tower) with its tokenizer: strings in,
   (B, D) out;
 - ``HFCLIP``: a whole pretrained Hugging Face CLIP (towers, projections, logit scale) for zero-shot and retrieval;
+- ``HFCausalLM`` / ``HFMaskedLM`` / ``HFSeq2SeqLM``: Hugging Face language models from a local folder, as the
+  networks of ``GPT`` / ``BERT`` / ``T5`` (``pretrained:``), with the folder's tokenizer;
 - ``Pixels``: raw pixels as features, the baseline every representation must beat.
 
 ``patch_features(backbone, x)`` gives the per-patch feature map of any of them that has one (our ViT, timm
@@ -397,3 +399,112 @@ class Pixels(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.flatten(1)
+
+
+# -- language models from Hugging Face folders (GPT / BERT / T5 start from these) ------------------------------
+def _hf_folder(path: str) -> str:
+    from lightning_ssl.modules.backbones import resolve_weights
+
+    path = resolve_weights(path)
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"no Hugging Face model folder at {path!r} (save one with save_pretrained)")
+    return path
+
+
+def _folder_tokenizer(path: str):
+    from lightning_ssl.modules.tokenizer import TextTokenizer
+
+    return TextTokenizer.load(path) if (Path(path) / "tokenizer.json").is_file() else None
+
+
+class HFCausalLM(nn.Module):
+    """A ``transformers`` causal LM (GPT-2, ...) from a local folder as GPT's network: ``forward(idx (B, T)) ->
+    logits (B, T, V)``, ``hidden(idx) -> (B, T, C)``; ``tokenizer`` is the folder's ``tokenizer.json`` (or None)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        from transformers import AutoModelForCausalLM
+
+        path = _hf_folder(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path).train()  # from_pretrained leaves it in eval mode
+        cfg = self.model.config
+        self.vocab_size = cfg.vocab_size
+        self.block_size = getattr(cfg, "n_positions", None) or cfg.max_position_embeddings
+        self.num_features = cfg.hidden_size
+        self.tokenizer = _folder_tokenizer(path)
+
+    def hidden(self, idx: Tensor) -> Tensor:
+        return self.model(input_ids=idx, output_hidden_states=True).hidden_states[-1]
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.model(input_ids=idx).logits
+
+
+class HFMaskedLM(nn.Module):
+    """A ``transformers`` masked LM (BERT, RoBERTa, ...) from a local folder as BERT's network: ``hidden(ids,
+    mask) -> (B, T, C)`` and ``head(h) -> logits``. A folder without the MLM head (a sentence-transformers
+    checkpoint such as all-MiniLM-L6-v2) gets a fresh one: ``missing`` lists what started from scratch."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        import logging
+
+        from transformers import AutoModelForMaskedLM
+
+        path = _hf_folder(path)
+        self.model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+        self.model.train()
+        self.missing = sorted(info.get("missing_keys", []))
+        if self.missing:
+            logging.getLogger("lightning.pytorch").warning(
+                f"{path}: {len(self.missing)} tensors are not in the checkpoint and start fresh (the MLM head of a "
+                f"sentence encoder): {self.missing}")
+        self.mlm_head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
+        if self.mlm_head is None:
+            raise ValueError(f"{type(self.model).__name__} has no BERT-style (cls) or RoBERTa-style (lm_head) MLM head")
+        cfg = self.model.config
+        self.vocab_size, self.block_size, self.num_features = cfg.vocab_size, cfg.max_position_embeddings, cfg.hidden_size
+        self.tokenizer = _folder_tokenizer(path)
+
+    def hidden(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.mlm_head(h)
+
+    def forward(self, ids: Tensor, selected: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        h = self.hidden(ids, mask)
+        return self.head(h if selected is None else h[selected])
+
+
+class HFSeq2SeqLM(nn.Module):
+    """A ``transformers`` encoder-decoder (T5, ...) from a local folder as T5's network: ``encode(src, mask) ->
+    (B, S, C)``, ``decode(tgt_in, memory, mask) -> logits (B, T, V)``."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        from transformers import AutoModelForSeq2SeqLM
+
+        path = _hf_folder(path)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(path).train()
+        cfg = self.model.config
+        self.vocab_size, self.num_features = cfg.vocab_size, cfg.d_model
+        self.block_size = getattr(cfg, "n_positions", None) or 512
+        self.decoder_start_id = cfg.decoder_start_token_id or 0
+        self.tokenizer = _folder_tokenizer(path)
+
+    def encode(self, src: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.model.get_encoder()(input_ids=src, attention_mask=mask).last_hidden_state
+
+    def hidden(self, ids: Tensor) -> Tensor:
+        return self.encode(ids)
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, memory_mask: Tensor | None = None) -> Tensor:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=memory_mask,
+                         decoder_input_ids=tgt_in)
+        return out.logits
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.model(input_ids=src, decoder_input_ids=tgt_in).logits

@@ -33,21 +33,9 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, lowercase: bool = True) -> BPETokenizer:
-        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+        from lightning_ssl.modules.tokenizer import train_tokenizer
 
-        tok = Tokenizer(models.BPE())
-        norms = [normalizers.NFC()] + ([normalizers.Lowercase()] if lowercase else [])
-        tok.normalizer = normalizers.Sequence(norms)
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                      special_tokens=[PAD, SOT, EOT],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # no unknown bytes
-        texts = list(texts)
-        if not texts:
-            raise ValueError("cannot train a tokenizer on no text")
-        tok.train_from_iterator(texts, trainer)
-        return cls(tok)
+        return cls(train_tokenizer(texts, "bpe", vocab_size, min_frequency, lowercase, special_tokens=[PAD, SOT, EOT]))
 
     @classmethod
     def from_str(cls, s: str) -> BPETokenizer:

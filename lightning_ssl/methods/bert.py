@@ -1,0 +1,181 @@
+"""BERT: masked-language-model pre-training of a bidirectional transformer (Devlin et al., NAACL 2019, sec. 3.1).
+
+For each row of T tokens of packed text (documents ended by [SEP] / <eos>):
+    inputs, labels = mlm_mask(row)          15% of the non-special tokens selected: 80% -> [MASK], 10% -> a random
+                                            token, 10% unchanged; labels -100 on the others (Hugging Face's draws)
+    h = blocks(wte(inputs) + wpe(0..T-1))   (B, T, C)   bidirectional self-attention, padding masked out
+    logits = head(h[selected])              (M, V)      only the M selected positions are decoded
+    loss = cross_entropy(logits, labels[selected])
+The head is BERT's (dense -> GELU -> LayerNorm -> output layer tied to the token embedding, plus a bias). No
+next-sentence prediction (RoBERTa showed it does not help). ``pretrained``: start from a Hugging Face masked LM
+in a local folder, e.g. ``packaged:all-MiniLM-L6-v2``: a sentence-transformers checkpoint that has no MLM head,
+so the head's transform starts fresh (the output layer is tied to the pretrained embedding).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_ssl.losses.lm import IGNORE_INDEX
+from lightning_ssl.methods.lm import LanguageModel
+from lightning_ssl.modules.lm_masking import mlm_mask
+from lightning_ssl.modules.transformer import Block, init_gpt2
+from lightning_ssl.optim import WarmupCosineLR
+
+
+def bert_adamw(params: Any) -> torch.optim.Optimizer:
+    """BERT's optimizer: Adam(W), lr 1e-4, betas (0.9, 0.999), weight decay 0.01."""
+    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01)
+
+
+class BERTNet(nn.Module):
+    """``hidden(ids (B, T), mask (B, T) or None) -> (B, T, C)``; ``head(h (..., C)) -> logits (..., V)``."""
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float = 0.1,
+                 bias: bool = True) -> None:
+        super().__init__()
+        self.vocab_size, self.block_size, self.num_features = vocab_size, block_size, n_embd
+        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head, bias, dropout) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+        self.transform = nn.Sequential(nn.Linear(n_embd, n_embd), nn.GELU(), nn.LayerNorm(n_embd))
+        self.decoder = nn.Linear(n_embd, vocab_size)
+        init_gpt2(self, n_layer)
+        self.decoder.weight = self.wte.weight  # tied output layer, own bias
+
+    def hidden(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
+        t = ids.shape[1]
+        if t > self.block_size:
+            raise ValueError(f"a sequence of {t} tokens is longer than block_size={self.block_size}")
+        x = self.drop(self.wte(ids) + self.wpe(torch.arange(t, device=ids.device)))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return self.ln_f(x)
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.decoder(self.transform(h))
+
+    def forward(self, ids: Tensor, selected: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V), or (M, V) at the ``selected`` positions only (what training decodes)."""
+        h = self.hidden(ids, mask)
+        return self.head(h if selected is None else h[selected])
+
+
+class BERT(LanguageModel):
+    needs = ("mask",)
+
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        block_size: int = 128,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 256,
+        dropout: float = 0.1,
+        bias: bool = True,
+        mlm_probability: float = 0.15,
+        mask_fraction: float = 0.8,
+        random_fraction: float = 0.1,
+        pretrained: str | None = None,
+        optimizer: OptimizerCallable = bert_adamw,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
+        """``vocab_size`` and ``block_size`` come from the datamodule in a config. ``pretrained``: a folder holding a
+        Hugging Face masked LM (``packaged:all-MiniLM-L6-v2``); its sizes and tokenizer apply."""
+        for name, v in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer),
+                        ("n_head", n_head), ("n_embd", n_embd)):
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if not 0 < mlm_probability < 1:
+            raise ValueError(f"mlm_probability must lie in (0, 1), got {mlm_probability}")
+        if mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
+            raise ValueError(f"mask_fraction ({mask_fraction}) + random_fraction ({random_fraction}) must lie in [0, 1]")
+        if pretrained:
+            from lightning_ssl.modules.pretrained import HFMaskedLM
+
+            net = HFMaskedLM(pretrained)
+            vocab_size, block_size = net.vocab_size, net.block_size
+        else:
+            net = BERTNet(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
+        super().__init__(net, vocab_size, optimizer, scheduler)
+        self.save_hyperparameters()
+        self.block_size = block_size
+        self.mlm_probability, self.mask_fraction, self.random_fraction = mlm_probability, mask_fraction, random_fraction
+        if pretrained and net.tokenizer is not None:
+            self.set_tokenizer(net.tokenizer)
+
+    def set_tokenizer(self, tokenizer) -> None:
+        super().set_tokenizer(tokenizer)
+        self.register_buffer("special_ids", torch.tensor(tokenizer.special_ids, dtype=torch.long, device=self.device),
+                             persistent=False)
+
+    def special_mask(self, ids: Tensor) -> Tensor:
+        """(B, T) bool: special tokens and padding, never selected."""
+        return torch.isin(ids, self.special_ids.to(ids.device))
+
+    def predict_targets(self, rows: Tensor, generator: torch.Generator | None = None):
+        ids = rows[:, :-1]  # (B, T): the rows tile the text
+        inputs, labels = mlm_mask(ids, self.special_mask(ids), self.tokenizer.mask_id, self.tokenizer.vocab_size,
+                                  self.mlm_probability, self.mask_fraction, self.random_fraction, generator)
+        selected = labels != IGNORE_INDEX
+        logits = self.backbone(inputs, selected)  # (M, V): no padding in packed rows
+        return logits, labels[selected], None
+
+    def embed(self, ids: Tensor) -> Tensor:
+        mask = ~self.special_mask(ids) if self.tokenizer is not None else None
+        h = self.backbone.hidden(ids, None)
+        if mask is None:
+            return h.mean(1)
+        w = mask.unsqueeze(-1).to(h.dtype)
+        return (h * w).sum(1) / w.sum(1).clamp_min(1)
+
+    # -- text in, text out -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fill_mask(self, text: str | list[str], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``top_k`` most likely (token, probability) for every [MASK] (or the tokenizer's mask token) of
+        ``text``, in order; a list of texts gives one such list per text, concatenated."""
+        tok = self._tok()
+        texts = [text] if isinstance(text, str) else list(text)
+        rows = [ids[: self.block_size] for ids in tok.encode_documents([t.replace("[MASK]", tok.mask_token) for t in texts])]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tok.pad_id or 0, dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        valid = torch.arange(width, device=self.device)[None] < torch.tensor([len(r) for r in rows], device=self.device)[:, None]
+        was_training = self.training
+        self.eval()
+        h = self.backbone.hidden(ids, valid if not valid.all() else None)
+        self.train(was_training)
+        where = ids == tok.mask_id
+        probs = self._valid_logits(self.backbone.head(h[where]).float()).softmax(-1)  # (masks, V)
+        top = probs.topk(top_k, dim=-1)
+        return [[(self._show(i), p) for i, p in zip(idx.tolist(), val.tolist())] for val, idx in zip(*top)]
+
+    def _show(self, i: int) -> str:
+        return self._tok().decode([i]).strip() or self._tok().id_to_token(i)
+
+    def complete(self, prompt: str, max_new_tokens: int = 0, **_: Any) -> str:
+        """``prompt`` with every [MASK] replaced by the most likely token."""
+        parts = prompt.replace(self._tok().mask_token, "[MASK]").split("[MASK]")
+        fills = [f[0][0] for f in self.fill_mask(prompt, top_k=1)]
+        return parts[0] + "".join(fill + part for fill, part in zip(fills, parts[1:]))
+
+    def text_samples(self, rows: Tensor, max_new_tokens: int = 64, **_: Any):
+        """(masked row, the row with the model's guesses at the selected tokens, the original row)."""
+        tok = self._tok()
+        ids = rows[:, :-1][:, :max_new_tokens].to(self.device)
+        g = torch.Generator(device=ids.device).manual_seed(0)
+        inputs, labels = mlm_mask(ids, self.special_mask(ids), tok.mask_id, tok.vocab_size, self.mlm_probability,
+                                  self.mask_fraction, self.random_fraction, g)
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            guess = self._valid_logits(self.backbone.head(self.backbone.hidden(inputs)).float()).argmax(-1)
+        self.train(was_training)
+        filled = torch.where(labels != IGNORE_INDEX, guess, inputs)
+        return [(tok.decode(x, skip_special_tokens=False), tok.decode(f), tok.decode(r)) for x, f, r in zip(inputs, filled, ids)]
