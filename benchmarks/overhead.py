@@ -2,10 +2,15 @@
 hand-written PyTorch loop with the same model, data, batch size, optimizer, schedule and precision.
 
     scripts/with_jemalloc.sh .venv/bin/python benchmarks/overhead.py [--methods simclr byol mae] [--steps 60]
+        [--rounds 3] [--precision auto]
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 ... benchmarks/overhead.py   # what an AVX2-only CPU does
 
 For each method the two are run alternately (ours, plain, ours, plain, ...) in this one process, and each run
 is timed from its ``--warmup``-th step to its last, so start-up (Trainer construction, sanity checks, dataloader
-workers) is excluded and only the per-step cost is compared. Prints a table of images/s and the ratio.
+workers) is excluded and only the per-step cost is compared. Ours runs with the callbacks ``lightning-ssl fit``
+always adds (online probe, collapse monitor, non-finite guard; the kNN monitor only acts at validation, which
+neither side runs). The precision is what ``auto`` picks on this machine (bf16-mixed only with native bf16).
+Prints the machine, then images/s (median and range over the rounds) and the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from lightning_ssl.methods import BYOL, SimCLR
 from lightning_ssl.modules.backbones import SmallCNN
 from lightning_ssl.modules.momentum import update_momentum
 from lightning_ssl.optim import WarmupCosineLR, param_groups
+from lightning_ssl.precision import describe_machine, resolve_precision
 
 
 def datamodule(batch_size: int) -> FashionMNISTDataModule:
@@ -65,10 +71,10 @@ class StepTimer(L.Callback):
         self.t1 = time.perf_counter()
 
 
-def run_ours(method: str, dm, steps: int, warmup: int) -> float:
+def run_ours(method: str, dm, steps: int, warmup: int, precision: str) -> float:
     model = build(method)
     timer = StepTimer(warmup)
-    trainer = L.Trainer(max_steps=steps, precision="bf16-mixed", accelerator="cpu", devices=1, logger=False,
+    trainer = L.Trainer(max_steps=steps, precision=precision, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=True, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0,
                         callbacks=[timer, OnlineLinearProbe(), CollapseMonitor(), NonFiniteGuard()])
@@ -94,7 +100,7 @@ def plain_loss(method: str, model, views) -> torch.Tensor:
     raise ValueError(method)
 
 
-def run_plain(method: str, dm, steps: int, warmup: int) -> float:
+def run_plain(method: str, dm, steps: int, warmup: int, precision: str) -> float:
     """The loop a user would write by hand around the same modules."""
     model = build(method).train()
     opt = torch.optim.AdamW(param_groups(model))
@@ -106,7 +112,7 @@ def run_plain(method: str, dm, steps: int, warmup: int) -> float:
             if step == warmup:
                 t0 = time.perf_counter()
             views, _ = dm.on_after_batch_transfer((x, y), 0)  # the same batched augmentation
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
                 loss = plain_loss(method, model, views)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -134,7 +140,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--precision", default="auto", help="auto (the machine's), 32-true or bf16-mixed")
     a = p.parse_args()
+    precision = str(resolve_precision(a.precision, "cpu")[0])
+    if precision not in ("32-true", "bf16-mixed"):
+        raise SystemExit(f"--precision: this CPU benchmark runs 32-true or bf16-mixed, not {precision}")
     torch.set_float32_matmul_precision("high")
     dm = datamodule(a.batch_size)
     dm.trainer = _Training()  # on_after_batch_transfer augments only while training
@@ -143,17 +153,18 @@ def main() -> None:
         ours, plain = [], []
         for _ in range(a.rounds):
             dm.trainer = None
-            ours.append(run_ours(method, dm, a.steps, a.warmup))
+            ours.append(run_ours(method, dm, a.steps, a.warmup, precision))
             dm.trainer = _Training()
-            plain.append(run_plain(method, dm, a.steps, a.warmup))
+            plain.append(run_plain(method, dm, a.steps, a.warmup, precision))
         o, q = statistics.median(ours), statistics.median(plain)
-        rows.append((method, o, q, o / q))
+        rows.append((method, o, q, o / q, (min(ours), max(ours)), (min(plain), max(plain))))
         print(f"{method}: ours {[round(v) for v in ours]} plain {[round(v) for v in plain]}", flush=True)
-    print(f"\nFashion-MNIST 28 px, batch {a.batch_size}, bf16-mixed, {a.steps} steps per run ({a.warmup} warm-up), "
-          f"median of {a.rounds} alternating rounds, {torch.get_num_threads()} threads\n")
-    print("| method | lightning-ssl (Trainer + callbacks) img/s | plain PyTorch loop img/s | ratio |\n|---|---|---|---|")
-    for m, o, q, r in rows:
-        print(f"| {m} | {o:.0f} | {q:.0f} | {r:.3f} |")
+    print(f"\n{describe_machine(precision)}\nFashion-MNIST 28 px, batch {a.batch_size}, {a.steps} steps per run "
+          f"({a.warmup} warm-up), median [min-max] of {a.rounds} alternating rounds\n")
+    print("| method | lightning-ssl (Trainer + callbacks) img/s | plain PyTorch loop img/s | ratio of medians |\n"
+          "|---|---|---|---|")
+    for m, o, q, r, ro, rq in rows:
+        print(f"| {m} | {o:.0f} [{ro[0]:.0f}-{ro[1]:.0f}] | {q:.0f} [{rq[0]:.0f}-{rq[1]:.0f}] | {r:.3f} |")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,13 @@ optimizer, LR schedule, precision and number of epochs on Fashion-MNIST; trainin
 in one table. `lightly` is a benchmark-only dependency:
 
     .venv/bin/pip install -c requirements/constraints.txt -r requirements/bench.txt
-    scripts/with_jemalloc.sh .venv/bin/python benchmarks/vs_lightly.py [--epochs 3]
+    scripts/with_jemalloc.sh .venv/bin/python benchmarks/vs_lightly.py [--steps 150] [--rounds 3] [--precision auto]
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 ... benchmarks/vs_lightly.py   # what an AVX2-only CPU does
 
-Both sides train with the same Lightning Trainer settings. The lightly modules follow lightly's documented
+Both sides train with the same Lightning Trainer settings, at the precision ``auto`` picks on this machine; ours
+with the callbacks ``lightning-ssl fit`` always adds (online probe, collapse monitor, non-finite guard). The
+implementations alternate within each of ``--rounds`` rounds; the table gives the median images/s with the range
+over the rounds, and the kNN of the last round's models. The lightly modules follow lightly's documented
 examples (projection/prediction heads, NTXentLoss / NegativeCosineSimilarity, update_momentum with
 cosine_schedule in training_step). Rows "same views" feed both the identical batches (our datamodule, batched
 augmentation); the row "own views" gives lightly its own per-image SimCLRTransform in a dataloader worker, which
@@ -24,11 +28,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_ssl.callbacks import CollapseMonitor, NonFiniteGuard, OnlineLinearProbe
 from lightning_ssl.data import FashionMNISTDataModule, SimCLRViews
 from lightning_ssl.eval.report import evaluate_knn
 from lightning_ssl.methods import BYOL, SimCLR
 from lightning_ssl.modules.backbones import SmallCNN
 from lightning_ssl.optim import WarmupCosineLR, param_groups
+from lightning_ssl.precision import describe_machine, resolve_precision
 
 LR, WD, TEMPERATURE = 2e-3, 1e-4, 0.2
 
@@ -159,12 +165,15 @@ def datamodule(batch_size: int) -> FashionMNISTDataModule:
     return dm
 
 
-def train(model: L.LightningModule, epochs: int, batch_size: int, own_views: bool) -> dict:
-    dm = datamodule(batch_size)
+def train(model: L.LightningModule, a, own_views: bool, monitors: bool, evaluate: bool) -> dict:
+    dm = datamodule(a.batch_size)
     meter = Throughput()
-    trainer = L.Trainer(max_epochs=epochs, precision="bf16-mixed", accelerator="cpu", devices=1, logger=False,
+    extra = [OnlineLinearProbe(), CollapseMonitor(), NonFiniteGuard()] if monitors else []
+    limit = {"max_steps": a.steps, "max_epochs": -1} if a.steps else {"max_epochs": a.epochs}
+    trainer = L.Trainer(**limit, precision=a.precision, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[meter])
+                        num_sanity_val_steps=0, enable_progress_bar=False, callbacks=[meter, *extra])
+    batch_size = a.batch_size
     t0 = time.perf_counter()
     if own_views:
         dm.setup("fit")
@@ -178,38 +187,51 @@ def train(model: L.LightningModule, epochs: int, batch_size: int, own_views: boo
     else:
         trainer.fit(model, datamodule=dm)
         ips = meter.images / meter.seconds
-    eval_dm = datamodule(512)
-    knn = evaluate_knn(model.backbone, eval_dm)
+    knn = evaluate_knn(model.backbone, datamodule(512)) if evaluate else {"k=20": float("nan"), "k=200": float("nan")}
     return {"images_per_s": ips, "knn20": knn["k=20"], "knn200": knn["k=200"], "wall_s": time.perf_counter() - t0}
 
 
 def main() -> None:
+    import statistics
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps", type=int, default=150, help="optimizer steps per run (0: --epochs instead)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--methods", nargs="+", default=["simclr", "byol"])
+    p.add_argument("--own-views", action="store_true", help="also lightly with its own per-image views (SimCLR)")
+    p.add_argument("--precision", default="auto", help="auto (the machine's), 32-true or bf16-mixed")
     a = p.parse_args()
+    a.precision = str(resolve_precision(a.precision, "cpu")[0])
     rows = []
     for method in a.methods:
         runs = [("lightning-ssl", lambda: OursSimCLR(backbone(), 512, 128, TEMPERATURE) if method == "simclr"
                  else OursBYOL(backbone(), 512, 128, 512, momentum=0.99), False),
                 ("lightly (same views)", LightlySimCLR if method == "simclr" else LightlyBYOL, False)]
-        if method == "simclr":
+        if method == "simclr" and a.own_views:
             runs.append(("lightly (own views, 1 worker)", LightlySimCLR, True))
-        for name, factory, own in runs:
-            torch.manual_seed(0)
-            r = train(factory(), a.epochs, a.batch_size, own)
-            rows.append((method, name, r))
-            print(method, name, r, flush=True)
-    print(f"\nFashion-MNIST, SmallCNN(width 16, 4 stages), batch {a.batch_size}, AdamW lr {LR}, warmup+cosine, "
-          f"{a.epochs} epochs, bf16-mixed, 2 CPU threads\n")
+        results: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
+        for r in range(a.rounds):
+            for name, factory, own in runs:
+                torch.manual_seed(0)
+                out = train(factory(), a, own, monitors=name == "lightning-ssl", evaluate=r == a.rounds - 1)
+                results[name].append(out)
+                print(method, name, f"round {r + 1}", {k: round(v, 4) for k, v in out.items()}, flush=True)
+        for name, _, _ in runs:
+            rates = [o["images_per_s"] for o in results[name]]
+            rows.append((method, name, statistics.median(rates), min(rates), max(rates), results[name][-1]))
+    length = f"{a.steps} steps" if a.steps else f"{a.epochs} epochs"
+    print(f"\n{describe_machine(a.precision)}\nFashion-MNIST, SmallCNN(width 16, 4 stages), batch {a.batch_size}, "
+          f"AdamW lr {LR}, warmup+cosine, {length} per run, median [min-max] of {a.rounds} alternating rounds\n")
     print("| method | implementation | train images/s | kNN top-1 k=20 | kNN top-1 k=200 |\n|---|---|---|---|---|")
-    for method, name, r in rows:
-        print(f"| {method} | {name} | {r['images_per_s']:.0f} | {100 * r['knn20']:.2f}% | {100 * r['knn200']:.2f}% |")
+    for method, name, med, lo, hi, last in rows:
+        print(f"| {method} | {name} | {med:.0f} [{lo:.0f}-{hi:.0f}] | {100 * last['knn20']:.2f}% | "
+              f"{100 * last['knn200']:.2f}% |")
     for method in a.methods:
-        ours = next(r for m, n, r in rows if m == method and n == "lightning-ssl")
-        peer = next(r for m, n, r in rows if m == method and n == "lightly (same views)")
-        print(f"{method}: throughput ratio lightning-ssl / lightly (same views) = {ours['images_per_s'] / peer['images_per_s']:.2f}")
+        ours = next(r[2] for r in rows if r[0] == method and r[1] == "lightning-ssl")
+        peer = next(r[2] for r in rows if r[0] == method and r[1] == "lightly (same views)")
+        print(f"{method}: throughput ratio lightning-ssl / lightly (same views) = {ours / peer:.3f}")
 
 
 if __name__ == "__main__":

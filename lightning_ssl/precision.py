@@ -78,6 +78,11 @@ def describe_machine(precision: str | None = None) -> str:
     named = [n for f, n in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
                             ("amx_bf16", "AMX-BF16"), ("asimd", "NEON"), ("sve", "SVE")) if f in flags]
     where = f"CPU {cpu} ({', '.join(named) or 'no AVX2'}), {torch.get_num_threads()} threads"
+    import os
+
+    limited = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
+    if limited:
+        where += f" restricted by {' '.join(limited)}"
     if torch.cuda.is_available():
         where = f"GPU {torch.cuda.get_device_name()} + {where}"
     if precision is None:
