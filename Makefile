@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 RUN := scripts/with_jemalloc.sh
 DEMO_CONFIG ?= configs/simclr/fashion_mnist.yaml
 DEMO_MINUTES ?= 8
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n auto --durations=15
 
 .PHONY: demo beit-demo test install data clean
 
