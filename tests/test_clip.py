@@ -238,6 +238,8 @@ def test_image_text_datamodule_from_csv(tmp_path):
     images, labels, captions = next(iter(val))
     assert images.shape[1:] == (3, 16, 16) and all(c.startswith("a ") for c in captions)  # eval template
     assert len(dm.train_captions()) == 2 * len(dm.train_set)
+    images, labels = dm.evaluation_tensors()  # the held-out images, without their captions
+    assert images.shape == (6, 3, 16, 16) and labels.tolist() == [dm.val_set.labels[i] for i in range(6)]
 
 
 def test_image_text_datamodule_unlabelled_jsonl_and_errors(tmp_path):

@@ -55,6 +55,19 @@ def test_embedding_plot(tmp_path):
     assert path.exists() and path.stat().st_size > 5000
 
 
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    from lightning_ssl.metrics import clip_embedding_plot
+
+    matplotlib.use("svg")  # a notebook's inline backend must survive a plot written to a file
+    x, y = separable(n=40)
+    embedding_plot(x, y, tmp_path / "a.png")
+    clip_embedding_plot(x, x + 0.1, y, tmp_path / "b.png")
+    assert matplotlib.get_backend() == "svg"
+    assert (tmp_path / "b.png").stat().st_size > 5000
+
+
 # --- export / load --------------------------------------------------------------------------------------------
 def _pretrain(tmp_path, backbone_args):
     c = cli([

@@ -195,7 +195,8 @@ class ImageDataModule(L.LightningDataModule):
         if max_images is not None:
             dataset = Subset(dataset, range(min(max_images, len(dataset))))
         xs, ys = [], []
-        for x, y in DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0):
+        for batch in DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0):
+            x, y = batch[0], batch[1]  # image-text pairs come as (image, label, caption)
             x, y = self._normalize_eval(x, y) if self.batch_augment else (x, y)
             xs.append(x), ys.append(y)
         return torch.cat(xs), torch.cat(ys)

@@ -38,17 +38,16 @@ def embedding_plot(
 ) -> Path:
     """Scatter plot of a 2-D embedding of (a random subset of) ``features``, one colour per label; saves a PNG."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend (a notebook's inline one) is left alone
 
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(features), generator=g)[:max_points]
     xy = embed_2d(features[idx], method, seed)
     y = labels[idx].numpy()
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    fig = Figure(figsize=(7, 6), dpi=120)
+    ax = fig.subplots()
     classes = np.unique(y)
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
     for i, c in enumerate(classes):
         m = y == c
         name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
@@ -61,5 +60,4 @@ def embedding_plot(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -180,9 +180,7 @@ def clip_embedding_plot(image_emb: Tensor, text_emb: Tensor, labels: Tensor, pat
     """One t-SNE/UMAP of image (dots) and text (crosses) embeddings together, coloured by class, with a thin
     line joining a few matching pairs; saves a PNG. Labels -1 (none) are drawn grey."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the process's backend (a notebook's inline one) is left alone
 
     from lightning_ssl.metrics.plots import embed_2d
 
@@ -191,9 +189,10 @@ def clip_embedding_plot(image_emb: Tensor, text_emb: Tensor, labels: Tensor, pat
     n = len(idx)
     xy = embed_2d(torch.cat([image_emb[idx], text_emb[idx]]), method, seed)
     img_xy, txt_xy, y = xy[:n], xy[n:], labels[idx].cpu().numpy()
-    fig, ax = plt.subplots(figsize=(8, 7), dpi=120)
+    fig = Figure(figsize=(8, 7), dpi=120)
+    ax = fig.subplots()
     classes = np.unique(y)
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
     for i, c in enumerate(classes):
         m = y == c
         color = "0.6" if c < 0 else cmap(i % cmap.N)
@@ -210,5 +209,4 @@ def clip_embedding_plot(image_emb: Tensor, text_emb: Tensor, labels: Tensor, pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
