@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from lightning_ssl.eval.cli import main as eval_main
+from lightning_ssl.precision import describe_machine
 
 DATA = ["--data", "lightning_ssl.data.FashionMNISTDataModule", "--data.root", "data", "--data.num_workers", "0",
         "--data.batch_size", "512", "--data.batch_augment", "true"]
@@ -52,7 +53,8 @@ def main() -> None:
         if ckpt.exists():
             backbone = ["--backbone", "lightning_ssl.modules.pretrained.CheckpointBackbone", "--backbone.path", str(ckpt)]
             rows.append((f"{label} (SSL, compare_methods checkpoint)", evaluate(method, backbone, a)))
-    lines = ["| backbone | dim | kNN k=20 | kNN k=200 | linear top-1 | 10-shot top-1 | eval time |",
+    lines = [describe_machine(), "",
+             "| backbone | dim | kNN k=20 | kNN k=200 | linear top-1 | 10-shot top-1 | eval time |",
              "|---|---|---|---|---|---|---|"]
     for label, r in rows:
         fs = r["fewshot"]["10"]
