@@ -8,7 +8,7 @@ hand-written PyTorch loop with the same model, data, batch size, optimizer, sche
 For each method the two are run alternately (ours, plain, ours, plain, ...) in this one process, and each run
 is timed from its ``--warmup``-th step to its last, so start-up (Trainer construction, sanity checks, dataloader
 workers) is excluded and only the per-step cost is compared. Ours runs with the callbacks ``lightning-ssl fit``
-always adds (online probe, collapse monitor, non-finite guard; the kNN monitor only acts at validation, which
+always adds, set as in the method's config (online probe, collapse monitor, non-finite guard; the kNN monitor only acts at validation, which
 neither side runs). The precision is what ``auto`` picks on this machine (bf16-mixed only with native bf16).
 Prints the machine, then images/s (median and range over the rounds) and the ratio of the medians.
 """
@@ -57,6 +57,14 @@ def build(method: str):
     raise ValueError(method)
 
 
+def monitor_settings(method: str, key: str) -> dict:
+    """The monitor's settings in the method's config (MAE's probe runs every 32 steps, as ``lightning-ssl fit``)."""
+    import yaml
+
+    with open(f"configs/{method}/fashion_mnist.yaml") as f:
+        return dict(yaml.safe_load(f).get(key) or {})
+
+
 class StepTimer(L.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup, self.t0, self.t1, self.images = warmup, 0.0, 0.0, 0
@@ -77,7 +85,8 @@ def run_ours(method: str, dm, steps: int, warmup: int, precision: str) -> float:
     trainer = L.Trainer(max_steps=steps, precision=precision, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=True, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0,
-                        callbacks=[timer, OnlineLinearProbe(), CollapseMonitor(), NonFiniteGuard()])
+                        callbacks=[timer, OnlineLinearProbe(**monitor_settings(method, "probe")),
+                                   CollapseMonitor(**monitor_settings(method, "collapse")), NonFiniteGuard()])
     trainer.fit(model, datamodule=dm)
     return timer.images / (timer.t1 - timer.t0)
 
