@@ -114,11 +114,11 @@ class LanguageModel(SSLMethod):
             checkpoint["tokenizer"] = self.tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("hyper_parameters", {}).get("vocab_size")
-        if isinstance(saved, int) and saved != self.vocab_size:
+        if isinstance(saved, int) and saved != self.vocab_size:  # before the generic architecture check: say why
             raise ValueError(f"the checkpoint's {type(self).__name__} has vocab_size={saved}, this one {self.vocab_size}: "
                              f"use the checkpoint's tokenizer (data.tokenizer: its tokenizer.json)")
+        super().on_load_checkpoint(checkpoint)
         if checkpoint.get("tokenizer"):
             self.set_tokenizer(TextTokenizer.from_str(checkpoint["tokenizer"], source="checkpoint"))
 
