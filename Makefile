@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   - set up, get Fashion-MNIST, pretrain SimCLR (~12 min on 2 CPU cores with set-up), print the kNN table
+#   make demo   - set up, get Fashion-MNIST, pretrain SimCLR for DEMO_MINUTES of training (8), print the kNN table
 #   make test   - set up, run the test suite
 #   make beit-demo - BEiT's two stages on Fashion-MNIST: train the visual tokenizer, then BEiT on its tokens; kNN table
 VENV ?= .venv
