@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_ssl.runs import log_dir
 
 
 class TextSamples(L.Callback):
@@ -59,7 +60,7 @@ class TextSamples(L.Callback):
                                 data=[[step, *r] for r in rows], step=step)
         text = "\n".join(f"--- step {step} ---\ninput:     {i!r}\noutput:    {o!r}\nreference: {r!r}" for i, o, r in rows)
         rank_zero_info(text)
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder = log_dir(trainer)  # not trainer.log_dir: a broadcast, and this runs on rank 0 only
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "samples.txt", "a", encoding="utf-8") as f:
             f.write(text + "\n")

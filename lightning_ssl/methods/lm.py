@@ -35,6 +35,7 @@ from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.modules.distributed import world_size
 from lightning_ssl.modules.tokenizer import TextTokenizer
 from lightning_ssl.optim import WarmupCosineLR
+from lightning_ssl.runs import log_dir
 
 
 def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -102,7 +103,7 @@ class LanguageModel(SSLMethod):
         self._bind_tokenizer()
         if self.global_rank == 0:
             ckpt = self.trainer.checkpoint_callback
-            folder = Path(getattr(ckpt, "dirpath", None) or self.trainer.log_dir or self.trainer.default_root_dir)
+            folder = Path(getattr(ckpt, "dirpath", None) or log_dir(self.trainer))  # no broadcast on rank 0 alone
             self.tokenizer.save(folder / "tokenizer.json")  # also stored in every checkpoint
 
     def on_validation_start(self) -> None:
