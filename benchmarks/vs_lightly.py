@@ -13,8 +13,8 @@ over the rounds, and the kNN of the last round's models. The lightly modules fol
 examples (projection/prediction heads, NTXentLoss / NegativeCosineSimilarity, update_momentum with
 cosine_schedule in training_step). Rows "same views" feed both the identical batches (our datamodule, batched
 augmentation); the row "own views" gives lightly its own per-image SimCLRTransform in a dataloader worker, which
-is how lightly is normally used. Throughput skips the first 20 steps of each run (warm-up). kNN: weighted,
-cosine, T=0.07, bank = all 60k training images.
+is how lightly is normally used. Throughput is wall time per image after the first 20 steps of each run
+(warm-up): data, augmentation, step and callbacks. kNN: weighted, cosine, T=0.07, bank = all 60k training images.
 """
 
 from __future__ import annotations
@@ -142,20 +142,22 @@ class LightlyViews(Dataset):
 
 
 class Throughput(L.Callback):
-    """Images/s over the training batches after the first ``warmup`` (kernel selection, allocator warm-up)."""
+    """Images/s over the wall time from the end of batch ``warmup`` to the end of the last batch: whole cycles of
+    data, augmentation, step and every callback (monitors included), as a user waits for them. The first
+    ``warmup`` batches (kernel selection, allocator warm-up) are left out."""
 
     def __init__(self, warmup: int = 20) -> None:
         self.warmup, self.seen = warmup, 0
-        self.images, self.seconds, self._t = 0, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._t = time.perf_counter()
+        self.images, self.seconds, self._t0 = 0, 0.0, 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.seen += 1
-        if self.seen > self.warmup:
-            self.seconds += time.perf_counter() - self._t
+        now = time.perf_counter()
+        if self.seen == self.warmup:
+            self._t0 = now
+        elif self.seen > self.warmup:
             self.images += len(batch[1])
+            self.seconds = now - self._t0
 
 
 def datamodule(batch_size: int) -> FashionMNISTDataModule:
