@@ -1,6 +1,7 @@
 """Pretrain SimCLR, MoCo v2, MoCo v3, BYOL and SimSiam on Fashion-MNIST with the same small CNN, views, batch
-size, optimizer and number of epochs (their configs/<method>/fashion_mnist.yaml), then print one table with
-each method's kNN top-1 on the test set (bank: all 60k training images) and its training throughput.
+size (256 for all, ``--batch-size``), optimizer and number of epochs (their configs/<method>/fashion_mnist.yaml),
+then print one table with each method's kNN top-1 on the test set (bank: all 60k training images) and its
+training throughput.
 
     scripts/with_jemalloc.sh .venv/bin/python benchmarks/compare_methods.py [--epochs 10] [--methods simclr byol]
 
@@ -95,11 +96,12 @@ def main() -> None:
     p.add_argument("--out", default="outputs/bench_methods")
     p.add_argument("--tokenizer", default=None, help="BEiT: a trained VisualTokenizer checkpoint (default: train one)")
     p.add_argument("--tokenizer-epochs", type=int, default=None, help="BEiT: epochs of tokenizer training")
+    p.add_argument("--batch-size", type=int, default=256, help="one batch size for every method (0: each config's)")
     a, extra = p.parse_known_args()
     out = Path(a.out)
     rows, notes = [], []
     for m in a.methods:
-        method_extra = list(extra)
+        method_extra = list(extra) + ([f"--data.init_args.batch_size={a.batch_size}"] if a.batch_size else [])
         if m == "beit":
             if a.tokenizer is None:
                 a.tokenizer, stats = train_tokenizer(a.tokenizer_epochs or a.epochs, out, extra)

@@ -30,7 +30,8 @@ CONFIGS = {"simclr": "configs/simclr/fashion_mnist.yaml", "mocov3": "configs/moc
 def run(method: str, minutes: float | None, steps: int | None, out: Path, extra: list[str]) -> dict:
     name = f"{method}_{minutes}min" if minutes else f"{method}_{steps}steps"
     limit = [f"--budget.minutes={minutes}"] if minutes else [f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1"]
-    config = CONFIGS.get(method, method)
+    config = CONFIGS.get(method) or (f"configs/{method}/fashion_mnist.yaml"
+                                      if Path(f"configs/{method}/fashion_mnist.yaml").exists() else method)
     c = cli(["--config", config, *limit, "--trainer.enable_progress_bar=false", "--trainer.logger=false",
              "--trainer.check_val_every_n_epoch=1000", "--knn.every_n_epochs=0", "--end_of_run.enabled=false",
              f"--trainer.default_root_dir={out / name}", f"--checkpoint.dirpath={out / name / 'ckpt'}", *extra], run=False)
