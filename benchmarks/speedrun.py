@@ -4,7 +4,8 @@ demo's kNN protocol (test set of 10k, bank of all 60k training images, cosine, T
 side by side, with the raw-pixel and random-init rows it must beat.
 
     scripts/with_jemalloc.sh .venv/bin/python benchmarks/speedrun.py [--minutes 5 10 20]
-        [--methods simclr mocov3 byol rotation] [--steps 2000]   # --steps: a fixed step count instead (tuning)
+        [--methods simclr mocov3 byol vicreg] [--steps 2000]   # --steps: a fixed step count instead (tuning)
+    (VICReg: the best of the other methods after one epoch in benchmarks/compare_methods.py)
         [-- extra CLI overrides for every run, e.g. --model.init_args.temperature=0.1]
 
 Run it alone on the machine: a time budget measured while other jobs run buys fewer steps.
@@ -47,7 +48,7 @@ def run(method: str, minutes: float | None, steps: int | None, out: Path, extra:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", nargs="+", default=["simclr", "mocov3", "byol", "rotation"])
+    p.add_argument("--methods", nargs="+", default=["simclr", "mocov3", "byol", "vicreg"])
     p.add_argument("--minutes", type=float, nargs="+", default=[5, 10, 20])
     p.add_argument("--steps", type=int, default=None, help="fixed optimizer steps instead of time budgets")
     p.add_argument("--out", default="outputs/speedrun")
