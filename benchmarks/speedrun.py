@@ -5,8 +5,9 @@ side by side, with the raw-pixel and random-init rows it must beat.
 
     scripts/with_jemalloc.sh .venv/bin/python benchmarks/speedrun.py [--minutes 5 10 20]
         [--methods simclr mocov3 byol vicreg] [--steps 2000]   # --steps: a fixed step count instead (tuning)
-    (VICReg: the best of the other methods after one epoch in benchmarks/compare_methods.py)
         [-- extra CLI overrides for every run, e.g. --model.init_args.temperature=0.1]
+
+VICReg is the fourth default: the best of the other methods after one epoch in benchmarks/compare_methods.py.
 
 Run it alone on the machine: a time budget measured while other jobs run buys fewer steps.
 """
