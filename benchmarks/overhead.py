@@ -79,15 +79,19 @@ class StepTimer(L.Callback):
         self.t1 = time.perf_counter()
 
 
+def ours_trainer(method: str, steps: int, precision: str, meter: L.Callback, progress_bar: bool = True) -> L.Trainer:
+    """The Trainer of ours: ``meter`` first, then the monitors ``lightning-ssl fit`` adds, set as in the config."""
+    return L.Trainer(max_steps=steps, precision=precision, accelerator="cpu", devices=1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=progress_bar, enable_model_summary=False,
+                     limit_val_batches=0, num_sanity_val_steps=0,
+                     callbacks=[meter, OnlineLinearProbe(**monitor_settings(method, "probe")),
+                                CollapseMonitor(**monitor_settings(method, "collapse")), NonFiniteGuard()])
+
+
 def run_ours(method: str, dm, steps: int, warmup: int, precision: str) -> float:
     model = build(method)
     timer = StepTimer(warmup)
-    trainer = L.Trainer(max_steps=steps, precision=precision, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=True, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0,
-                        callbacks=[timer, OnlineLinearProbe(**monitor_settings(method, "probe")),
-                                   CollapseMonitor(**monitor_settings(method, "collapse")), NonFiniteGuard()])
-    trainer.fit(model, datamodule=dm)
+    ours_trainer(method, steps, precision, timer).fit(model, datamodule=dm)
     return timer.images / (timer.t1 - timer.t0)
 
 

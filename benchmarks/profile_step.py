@@ -42,12 +42,7 @@ class Profiled(L.Callback):
 def profile_ours(method: str, dm, steps: int, warmup: int, precision: str):
     model = overhead.build(method)
     prof = Profiled(warmup)
-    trainer = L.Trainer(max_steps=steps, precision=precision, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0,
-                        callbacks=[prof, overhead.OnlineLinearProbe(**overhead.monitor_settings(method, "probe")),
-                                   overhead.CollapseMonitor(**overhead.monitor_settings(method, "collapse")),
-                                   overhead.NonFiniteGuard()])
+    trainer = overhead.ours_trainer(method, steps, precision, prof, progress_bar=False)
     dm.trainer = None
     trainer.fit(model, datamodule=dm)
     return prof.prof, prof.seconds
