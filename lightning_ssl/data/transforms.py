@@ -208,7 +208,10 @@ class ViewPreset:
 
 class SimCLRViews(ViewPreset):
     """``num_views`` views from the SimCLR recipe (Chen et al., 2020, appendix A). ``blur_prob`` defaults to
-    0.5 as on ImageNet; small-image configs (CIFAR, Fashion-MNIST) set it to 0 as the paper does."""
+    0.5 as on ImageNet; small-image configs (CIFAR, Fashion-MNIST) set it to 0 as the paper does. ``size``: the
+    side of the views (default the image size); training on smaller crops than the test images costs less per
+    step and, with random-resized crops, matches the objects' apparent size at test time (Touvron et al., 2019,
+    "FixRes")."""
 
     def __init__(
         self,
@@ -221,12 +224,15 @@ class SimCLRViews(ViewPreset):
         grayscale_prob: float = 0.2,
         blur_prob: float = 0.5,
         solarize_prob: float = 0.0,
+        size: int | None = None,
     ) -> None:
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
+        if size is not None and size < 1:
+            raise ValueError(f"size must be a positive side length, got {size}")
         view = dict(min_scale=min_scale, max_scale=max_scale, flip_prob=flip_prob, jitter_prob=jitter_prob,
                     jitter_strength=jitter_strength, grayscale_prob=grayscale_prob, blur_prob=blur_prob,
-                    solarize_prob=solarize_prob)
+                    solarize_prob=solarize_prob, size=size)
         super().__init__([view] * num_views)
 
 

@@ -6,6 +6,11 @@ For each image, two augmented views x1, x2:
     loss = NT-Xent(z1, z2, tau)   the other view is the positive, the other 2N-2 views are negatives
 Negatives come from the global batch under DDP (gathered with gradients). The two views are forwarded as
 one batch, so BatchNorm statistics cover both (as in the reference implementation).
+
+Multi-crop (Caron et al., 2020, SwAV sec. 3.2, who also apply it to SimCLR): with ``MultiCropViews`` the batch
+holds 2 global views and V small local ones (forwarded as a second batch); the loss averages NT-Xent over every
+pair of a global view with another view, (g1, g2), (g1, l_v), (g2, l_v), so small crops are pulled towards the
+global ones and never towards each other.
 """
 
 from __future__ import annotations
@@ -38,9 +43,15 @@ class SimCLR(SSLMethod):
         self.criterion = NTXentLoss(temperature)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        (x1, x2), _ = batch
+        views, _ = batch
+        if len(views) < 2:
+            raise ValueError(f"SimCLR needs at least 2 views per image, got {len(views)}")
+        x1, x2, local = views[0], views[1], views[2:]
         h = self.backbone(torch.cat([x1, x2]))  # (2B, D)
-        z1, z2 = self.projector(h).chunk(2)
-        loss = self.criterion(z1, z2)
+        z = list(self.projector(h).chunk(2))
+        if local:  # multi-crop: the small views as one more batch
+            z += list(self.projector(self.backbone(torch.cat(list(local)))).chunk(len(local)))
+        pairs = [(g, j) for g in range(2) for j in range(g + 1, len(z))]
+        loss = sum(self.criterion(z[g], z[j]) for g, j in pairs) / len(pairs)
         self.log("train/loss", loss, prog_bar=True)
         return {"loss": loss, "features": h[: len(x1)].detach()}
