@@ -52,11 +52,32 @@ def test_precision(tmp_path, precision):
     assert c.trainer.precision == expected and torch.isfinite(c.trainer.callback_metrics["train/loss"])
 
 
-def test_channels_last(tmp_path):
-    c = run(tiny(tmp_path), "--performance.channels_last=true")
+@pytest.mark.parametrize("setting", ["true", "auto", "false"])
+def test_channels_last(tmp_path, setting):
+    """`auto` (the default) is channels-last for a CNN backbone, as `true`; `false` keeps NCHW."""
+    args = () if setting == "auto" else (f"--performance.channels_last={setting}",)
+    c = run(tiny(tmp_path), *args)
     conv = c.model.backbone.features[3].weight  # (4, 4, 3, 3): NHWC differs from NCHW here
-    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    nhwc = setting != "false"
+    assert conv.is_contiguous(memory_format=torch.channels_last) == nhwc and conv.is_contiguous() != nhwc
     assert c.trainer.global_step == 4
+
+
+def test_channels_last_auto_leaves_a_vit_alone():
+    from lightning_ssl.callbacks.performance import Performance, is_convolutional
+    from lightning_ssl.methods import MAE
+    from lightning_ssl.modules.backbones import SmallCNN
+    from lightning_ssl.modules.vit import ViT
+
+    model = MAE(ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2), decoder_dim=8,
+                decoder_depth=1, decoder_heads=2)
+    perf = Performance()
+    perf.setup(None, model, "fit")
+    patch = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)).weight
+    assert perf.uses_channels_last is False and patch.is_contiguous()
+    assert is_convolutional(SmallCNN(1, 16, width=4)) and not is_convolutional(model.backbone)
+    with pytest.raises(ValueError, match="true, false or auto"):
+        Performance(channels_last="yes")
 
 
 def test_speed_yaml_with_compile(tmp_path):

@@ -14,18 +14,30 @@ def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
     return args
 
 
+def is_convolutional(backbone: nn.Module | None) -> bool:
+    """A convolutional network: more than one ``Conv2d`` (a ViT has one, its patch embedding)."""
+    return isinstance(backbone, nn.Module) and sum(isinstance(m, nn.Conv2d) for m in backbone.modules()) > 1
+
+
 class Performance(L.Callback):
     """``channels_last``: convolution weights (of the whole method, teachers included) and the backbone's input
-    images in NHWC layout, which tensor-core convolutions and oneDNN prefer. ``compile``: ``torch.compile`` the
-    backbone's forward in place (``nn.Module.compile``), so parameter names and checkpoints are unchanged.
-    Both are off by default; in a config: ``performance: {channels_last: true, compile: true}``.
-    ``compile_backend``: torch.compile's backend (``inductor`` generates kernels; ``aot_eager`` / ``eager`` only
-    trace, for machines without a C compiler and for tests)."""
+    images in NHWC layout, which tensor-core convolutions and oneDNN prefer. ``"auto"`` (the default) turns it on
+    for convolutional backbones (``is_convolutional``): on a 2-core Xeon a SimCLR / BYOL step of the Fashion-MNIST
+    CNN ran 1.27x / 1.40x faster in bf16-mixed and 1.24x / 1.25x in fp32 restricted to AVX2 (max-pooling and the
+    layout reorders around oneDNN's convolutions are what NCHW pays for), and a ViT is left as it is (no
+    difference measured for MAE). ``compile``: ``torch.compile`` the backbone's forward in place
+    (``nn.Module.compile``), so parameter names and checkpoints are unchanged; off by default. In a config:
+    ``performance: {channels_last: false, compile: true}``. ``compile_backend``: torch.compile's backend
+    (``inductor`` generates kernels; ``aot_eager`` / ``eager`` only trace, for machines without a C compiler and
+    for tests)."""
 
-    def __init__(self, channels_last: bool = False, compile: bool = False, compile_mode: str | None = None,
+    def __init__(self, channels_last: bool | str = "auto", compile: bool = False, compile_mode: str | None = None,
                  compile_backend: str = "inductor") -> None:
+        if not isinstance(channels_last, bool) and channels_last != "auto":
+            raise ValueError(f"performance.channels_last must be true, false or auto, got {channels_last!r}")
         self.channels_last, self.compile, self.compile_mode = channels_last, compile, compile_mode
         self.compile_backend = compile_backend
+        self.uses_channels_last: bool | None = None  # what "auto" resolved to, once set up
         self._done = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -33,7 +45,8 @@ class Performance(L.Callback):
             return
         self._done = True
         backbone = getattr(pl_module, "backbone", None)
-        if self.channels_last:
+        self.uses_channels_last = is_convolutional(backbone) if self.channels_last == "auto" else self.channels_last
+        if self.uses_channels_last:
             pl_module.to(memory_format=torch.channels_last)
             if isinstance(backbone, nn.Module):
                 backbone.register_forward_pre_hook(_to_channels_last)
