@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 
-from lightning_ssl.precision import resolve_precision
+from lightning_ssl.precision import Chosen, resolve_precision
 
 log = logging.getLogger("lightning.pytorch")
 
@@ -17,7 +17,8 @@ log = logging.getLogger("lightning.pytorch")
 class Trainer(L.Trainer):
     def __init__(self, *args: Any, precision: str | int | None = "auto", **kwargs: Any) -> None:
         chosen, why = resolve_precision(precision, kwargs.get("accelerator", "auto"))
-        self.precision_reason = f"precision {chosen} ({why})" if chosen != precision else f"precision {chosen} (as set)"
+        as_set = chosen == precision and not isinstance(precision, Chosen)
+        self.precision_reason = f"precision {chosen} (as set)" if as_set else f"precision {chosen} ({why})"
         super().__init__(*args, precision=chosen, **kwargs)
         if self.is_global_zero:
             log.info(f"lightning-ssl: {self.precision_reason}")

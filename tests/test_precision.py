@@ -86,3 +86,91 @@ def test_no_config_hard_codes_bf16():
         cfg = yaml.safe_load(path.read_text()) or {}
         value = (cfg.get("trainer") or {}).get("precision", cfg.get("precision", "auto"))
         assert value == "auto", f"{path.relative_to(ROOT)}: precision {value!r}; use auto (chosen for the hardware)"
+
+
+@pytest.mark.parametrize("fp32_s, bf16_s, expected", [(0.10, 0.05, "bf16-mixed"), (0.05, 0.10, "32-true"),
+                                                      (0.10, 0.097, "32-true")])  # within the 5% margin: fp32
+def test_measured_cpu_precision_keeps_the_faster(monkeypatch, tmp_path, fp32_s, bf16_s, expected):
+    from lightning_ssl.modules.backbones import SmallCNN
+
+    monkeypatch.setenv("LIGHTNING_SSL_CACHE", str(tmp_path))
+    monkeypatch.setattr(P, "_step_seconds", lambda net, x, bf16, repeats: bf16_s if bf16 else fp32_s)
+    chosen, why = P.measure_cpu_precision(SmallCNN(1, 16, width=4), 1, 16, batch_size=4)
+    assert chosen == expected and f"fp32 {1000 * fp32_s:.0f} ms, bf16 {1000 * bf16_s:.0f} ms" in why
+
+
+def test_measured_cpu_precision_times_a_copy_for_real_and_remembers(monkeypatch, tmp_path):
+    from lightning_ssl.modules.backbones import SmallCNN
+
+    monkeypatch.setenv("LIGHTNING_SSL_CACHE", str(tmp_path))
+    net = SmallCNN(1, 16, width=4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    chosen, why = P.measure_cpu_precision(net, 1, 16, batch_size=4, channels_last=True)
+    assert chosen in ("bf16-mixed", "32-true") and "SmallCNN forward+backward at batch" in why
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # BN statistics untouched
+    assert all(p.grad is None for p in net.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)  # the run's random numbers are not consumed
+    # the same model again: the remembered answer, no timing (a second run or a resume chooses the same)
+    monkeypatch.setattr(P, "_step_seconds", lambda *a: pytest.fail("timed again"))
+    again, why_again = P.measure_cpu_precision(SmallCNN(1, 16, width=4), 1, 16, batch_size=4, channels_last=True)
+    assert again == chosen and why_again.startswith(why) and "measured before on this machine" in why_again
+    assert P.cache_path() == tmp_path / "precision.json"
+
+
+def test_cli_measures_the_backbone_on_one_cpu_with_native_bf16(monkeypatch, tmp_path):
+    import lightning_ssl.cli as C
+
+    calls = []
+
+    def fake_measure(backbone, channels, size, batch, channels_last=False):
+        calls.append((type(backbone).__name__, channels, size, batch, channels_last))
+        return "32-true", "measured (fake)"
+
+    fake_cpu(monkeypatch, amx=True, avx512_bf16=True)
+    monkeypatch.setattr(C, "measure_cpu_precision", fake_measure)
+    args = ["--config", str(ROOT / "configs/simclr/fashion_mnist.yaml"), "--data=SyntheticDataModule",
+            "--data.image_size=28", "--data.channels=1", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    t = C.cli(args, run=False).trainer
+    assert t.precision == "32-true" and t.precision_reason == "precision 32-true (measured (fake))"
+    assert calls == [("SmallCNN", 1, 28, 128, True)]  # the CNN is timed channels-last, as it will train
+    assert C.cli([*args, "--trainer.precision=bf16-mixed"], run=False).trainer.precision == "bf16-mixed"
+    assert C.cli([*args, "--trainer.devices=2", "--trainer.strategy=ddp"], run=False).trainer.precision == "bf16-mixed"
+    assert len(calls) == 1  # neither an explicit precision nor a multi-process run is measured
+    fake_cpu(monkeypatch, amx=False, avx512_bf16=False)
+    assert C.cli(args, run=False).trainer.precision == "32-true" and len(calls) == 1  # no native bf16: fp32, no timing
+
+
+def test_cli_falls_back_to_the_hardware_rule_when_timing_fails(monkeypatch, tmp_path):
+    import lightning_ssl.cli as C
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("needs real data")
+
+    fake_cpu(monkeypatch, amx=True, avx512_bf16=True)
+    monkeypatch.setattr(C, "measure_cpu_precision", broken)
+    args = ["--config", str(ROOT / "configs/simclr/fashion_mnist.yaml"), "--data=SyntheticDataModule",
+            "--data.image_size=28", "--data.channels=1", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    t = C.cli(args, run=False).trainer
+    assert t.precision == "bf16-mixed" and "timing the backbone failed (RuntimeError: needs real data)" in t.precision_reason
+
+
+def test_a_resumed_run_keeps_the_precision_it_was_trained_in(monkeypatch, tmp_path):
+    """The measured choice is written into each checkpoint: a resume never re-times (noise could flip it)."""
+    import lightning_ssl.cli as C
+    from lightning_ssl.checkpoint import safe_load
+
+    fake_cpu(monkeypatch, amx=True, avx512_bf16=True)
+    answers = iter([("32-true", "measured (first)"), ("bf16-mixed", "measured (second)")])
+    monkeypatch.setattr(C, "measure_cpu_precision", lambda *a, **k: next(answers))
+    args = ["fit", "--config", str(ROOT / "configs/simclr/fashion_mnist.yaml"), "--data=SyntheticDataModule",
+            "--data.image_size=16", "--data.channels=1", "--data.num_samples=16", "--data.batch_size=8",
+            "--data.val_bank_size=8", "--trainer.max_epochs=1", "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+            f"--checkpoint.dirpath={tmp_path}/ckpt", "--knn.every_n_epochs=0"]
+    C.cli(args)
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    assert safe_load(ckpt)["precision"] == "32-true"
+    t = C.cli([*args[:-1], "--trainer.max_epochs=2", f"--ckpt_path={ckpt}"]).trainer
+    assert t.precision == "32-true" and t.precision_reason == "precision 32-true (as the run being resumed, last.ckpt)"
+    assert next(answers) == ("bf16-mixed", "measured (second)")  # the second answer was never asked for

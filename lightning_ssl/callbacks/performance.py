@@ -40,6 +40,9 @@ class Performance(L.Callback):
         self.uses_channels_last: bool | None = None  # what "auto" resolved to, once set up
         self._done = False
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["precision"] = str(trainer.precision)  # a resumed run keeps it (``precision: auto`` may measure)
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._done:
             return
