@@ -5,12 +5,20 @@ hand-written PyTorch loop with the same model, data, batch size, optimizer, sche
         [--rounds 3] [--precision auto]
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 ... benchmarks/overhead.py   # what an AVX2-only CPU does
 
-For each method the two are run alternately (ours, plain, ours, plain, ...) in this one process, and each run
-is timed from its ``--warmup``-th step to its last, so start-up (Trainer construction, sanity checks, dataloader
+For each method and round, ours trains for ``--steps`` steps and, by default (``--mode interleaved``), the plain
+loop takes one step of its own after each of ours' steps (a callback placed after ours' monitors), the two timed
+apart: a VM whose speed drifts by 10-15% over minutes slows both alike, which separate runs cannot promise
+(``--mode alternating`` runs them one after the other instead, the order swapped every round). Each side is
+timed from its ``--warmup``-th step to its last, so start-up (Trainer construction, sanity checks, dataloader
 workers) is excluded and only the per-step cost is compared. Ours runs with the callbacks ``lightning-ssl fit``
 always adds, set as in the method's config (online probe, collapse monitor, non-finite guard; the kNN monitor only acts at validation, which
-neither side runs). The precision is what ``auto`` picks on this machine (bf16-mixed only with native bf16).
-Prints the machine, then images/s (median and range over the rounds) and the ratio of the medians.
+neither side runs) and ``performance.channels_last: auto``; the plain loop uses the same memory format (channels-last
+for the CNNs, NCHW for MAE's ViT), so only the framework's per-step cost differs. The precision is
+what ``lightning-ssl fit`` picks for the method here (``auto``: fp32 without native bf16; with it, the faster of the
+two for the backbone, ``measure_cpu_precision``).
+Prints the machine, then images/s (median and range over the rounds), the ratio of the medians, and the median
+and range of the per-round ratios (each round's two runs are adjacent in time, so their ratio is the least
+affected by a VM whose speed moves by 10-15% over minutes).
 """
 
 from __future__ import annotations
@@ -23,13 +31,14 @@ import lightning as L
 import torch
 
 from lightning_ssl.callbacks import CollapseMonitor, NonFiniteGuard, OnlineLinearProbe
+from lightning_ssl.callbacks.performance import Performance, is_convolutional
 from lightning_ssl.data import FashionMNISTDataModule, SimCLRViews
 from lightning_ssl.losses import byol_loss, mae_loss, nt_xent_loss
 from lightning_ssl.methods import BYOL, SimCLR
 from lightning_ssl.modules.backbones import SmallCNN
 from lightning_ssl.modules.momentum import update_momentum
 from lightning_ssl.optim import WarmupCosineLR, param_groups
-from lightning_ssl.precision import describe_machine, resolve_precision
+from lightning_ssl.precision import cpu_bf16_support, describe_machine, measure_cpu_precision, resolve_precision
 
 
 def datamodule(batch_size: int) -> FashionMNISTDataModule:
@@ -79,13 +88,16 @@ class StepTimer(L.Callback):
         self.t1 = time.perf_counter()
 
 
-def ours_trainer(method: str, steps: int, precision: str, meter: L.Callback, progress_bar: bool = True) -> L.Trainer:
-    """The Trainer of ours: ``meter`` first, then the monitors ``lightning-ssl fit`` adds, set as in the config."""
+def ours_trainer(method: str, steps: int, precision: str, meter: L.Callback | None, progress_bar: bool = True,
+                 last: L.Callback | None = None) -> L.Trainer:
+    """The Trainer of ours: ``meter`` first, then the monitors ``lightning-ssl fit`` adds, set as in the config,
+    then ``last``."""
     return L.Trainer(max_steps=steps, precision=precision, accelerator="cpu", devices=1, logger=False,
                      enable_checkpointing=False, enable_progress_bar=progress_bar, enable_model_summary=False,
                      limit_val_batches=0, num_sanity_val_steps=0,
-                     callbacks=[meter, OnlineLinearProbe(**monitor_settings(method, "probe")),
-                                CollapseMonitor(**monitor_settings(method, "collapse")), NonFiniteGuard()])
+                     callbacks=[c for c in (meter, OnlineLinearProbe(**monitor_settings(method, "probe")),
+                                            CollapseMonitor(**monitor_settings(method, "collapse")), NonFiniteGuard(),
+                                            Performance(), last) if c is not None])
 
 
 def run_ours(method: str, dm, steps: int, warmup: int, precision: str) -> float:
@@ -113,17 +125,19 @@ def plain_loss(method: str, model, views) -> torch.Tensor:
     raise ValueError(method)
 
 
-def run_plain(method: str, dm, steps: int, warmup: int, precision: str) -> float:
-    """The loop a user would write by hand around the same modules."""
+def plain_steps(method: str, dm, steps: int, precision: str):
+    """The loop a user would write by hand around the same modules, as a generator: one training step (batch,
+    augmentation, forward, backward, optimizer, schedule, EMA) per ``next``, yielding the batch's image count."""
     model = build(method).train()
+    nhwc = is_convolutional(model.backbone)  # the memory format ours picks (performance.channels_last: auto)
+    if nhwc:  # weights, and the backbone's input at each forward
+        model.to(memory_format=torch.channels_last)
+        model.backbone.register_forward_pre_hook(lambda m, args: (args[0].contiguous(memory_format=torch.channels_last),))
     opt = torch.optim.AdamW(param_groups(model))
     sched = WarmupCosineLR(opt, total_steps=steps)
-    images, t0 = 0, 0.0
     step = 0
     while step < steps:
         for x, y in dm.train_dataloader():
-            if step == warmup:
-                t0 = time.perf_counter()
             views, _ = dm.on_after_batch_transfer((x, y), 0)  # the same batched augmentation
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
                 loss = plain_loss(method, model, views)
@@ -135,11 +149,58 @@ def run_plain(method: str, dm, steps: int, warmup: int, precision: str) -> float
                 for s, t in model.momentum_pairs():
                     update_momentum(s, t, 0.99)
             step += 1
-            if step > warmup:
-                images += len(y)
+            yield len(y)
             if step >= steps:
                 break
-    return images / (time.perf_counter() - t0)
+
+
+def run_plain(method: str, dm, steps: int, warmup: int, precision: str, profiler=None) -> float:
+    """The plain loop alone, timed from its ``warmup``-th step. ``profiler`` (a torch.profiler context) is
+    entered where the timer starts and left after the last step."""
+    it = plain_steps(method, dm, steps, precision)
+    for _ in range(warmup):
+        next(it)
+    if profiler is not None:
+        profiler.__enter__()
+    t0 = time.perf_counter()
+    images = sum(it)
+    seconds = time.perf_counter() - t0
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+    return images / seconds
+
+
+class Interleaved(L.Callback):
+    """Runs one step of the plain loop after each of ours' steps (after all of ours' callbacks: put it last), and
+    times the two apart: ours' cycle is the time from the end of one plain step to the end of ours' next batch
+    (data, augmentation, step, callbacks), the plain one's is its own step. Both run in the same seconds, so a
+    machine whose speed drifts over minutes slows both alike."""
+
+    def __init__(self, plain, warmup: int) -> None:
+        self.plain, self.warmup = plain, warmup
+        self.ours_s = self.plain_s = 0.0
+        self.ours_images = self.plain_images = 0
+        self._since: float | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        counted = trainer.global_step > self.warmup
+        if counted and self._since is not None:
+            self.ours_s += now - self._since
+            self.ours_images += len(batch[1])
+        t = time.perf_counter()
+        n = next(self.plain, 0)
+        if counted:
+            self.plain_s += time.perf_counter() - t
+            self.plain_images += n
+        self._since = time.perf_counter()
+
+
+def run_interleaved(method: str, dm, steps: int, warmup: int, precision: str) -> tuple[float, float]:
+    """(ours img/s, plain img/s) from one fit of ours with the plain loop stepping in between."""
+    meter = Interleaved(plain_steps(method, dm, steps, precision), warmup)
+    ours_trainer(method, steps, precision, None, progress_bar=False, last=meter).fit(build(method), datamodule=dm)
+    return meter.ours_images / meter.ours_s, meter.plain_images / meter.plain_s
 
 
 class _Training:
@@ -151,33 +212,55 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["simclr", "byol", "mae"])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--precision", default="auto", help="auto (the machine's), 32-true or bf16-mixed")
+    p.add_argument("--mode", choices=["interleaved", "alternating"], default="interleaved",
+                   help="step by step within one run (default), or whole runs one after the other")
     a = p.parse_args()
-    precision = str(resolve_precision(a.precision, "cpu")[0])
-    if precision not in ("32-true", "bf16-mixed"):
-        raise SystemExit(f"--precision: this CPU benchmark runs 32-true or bf16-mixed, not {precision}")
+    hardware = str(resolve_precision(a.precision, "cpu")[0])
+    if hardware not in ("32-true", "bf16-mixed"):
+        raise SystemExit(f"--precision: this CPU benchmark runs 32-true or bf16-mixed, not {hardware}")
+
+    def precision_for(method: str) -> str:  # as `lightning-ssl fit` chooses it for this backbone
+        if a.precision != "auto" or not cpu_bf16_support()[0]:
+            return hardware
+        backbone = build(method).backbone
+        return measure_cpu_precision(backbone, 1, 28, a.batch_size, channels_last=is_convolutional(backbone))[0]
+
     torch.set_float32_matmul_precision("high")
     dm = datamodule(a.batch_size)
     dm.trainer = _Training()  # on_after_batch_transfer augments only while training
     rows = []
     for method in a.methods:
+        precision = precision_for(method)
         ours, plain = [], []
-        for _ in range(a.rounds):
-            dm.trainer = None
-            ours.append(run_ours(method, dm, a.steps, a.warmup, precision))
-            dm.trainer = _Training()
-            plain.append(run_plain(method, dm, a.steps, a.warmup, precision))
+        for r in range(a.rounds):
+            if a.mode == "interleaved":  # one fit of ours, the plain loop stepping between its steps
+                dm.trainer = None
+                o, q = run_interleaved(method, dm, a.steps, a.warmup, precision)
+                ours.append(o)
+                plain.append(q)
+                continue
+            for side in (("ours", "plain") if r % 2 == 0 else ("plain", "ours")):
+                if side == "ours":
+                    dm.trainer = None
+                    ours.append(run_ours(method, dm, a.steps, a.warmup, precision))
+                else:
+                    dm.trainer = _Training()
+                    plain.append(run_plain(method, dm, a.steps, a.warmup, precision))
         o, q = statistics.median(ours), statistics.median(plain)
-        rows.append((method, o, q, o / q, (min(ours), max(ours)), (min(plain), max(plain))))
-        print(f"{method}: ours {[round(v) for v in ours]} plain {[round(v) for v in plain]}", flush=True)
-    print(f"\n{describe_machine(precision)}\nFashion-MNIST 28 px, batch {a.batch_size}, {a.steps} steps per run "
-          f"({a.warmup} warm-up), median [min-max] of {a.rounds} alternating rounds\n")
-    print("| method | lightning-ssl (Trainer + callbacks) img/s | plain PyTorch loop img/s | ratio of medians |\n"
-          "|---|---|---|---|")
-    for m, o, q, r, ro, rq in rows:
-        print(f"| {m} | {o:.0f} [{ro[0]:.0f}-{ro[1]:.0f}] | {q:.0f} [{rq[0]:.0f}-{rq[1]:.0f}] | {r:.3f} |")
+        paired = [x / y for x, y in zip(ours, plain)]
+        rows.append((method, precision, o, q, o / q, (min(ours), max(ours)), (min(plain), max(plain)), paired))
+        print(f"{method}: ours {[round(v) for v in ours]} plain {[round(v) for v in plain]} "
+              f"per-round ratios {[round(v, 3) for v in paired]}", flush=True)
+    print(f"\n{describe_machine('per row')}\nFashion-MNIST 28 px, batch {a.batch_size}, {a.steps} steps per run "
+          f"({a.warmup} warm-up), median [min-max] of {a.rounds} rounds, {a.mode}\n")
+    print("| method | precision | lightning-ssl (Trainer + callbacks) img/s | plain PyTorch loop img/s | ratio of medians "
+          "| per-round ratio, median [min-max] |\n|---|---|---|---|---|---|")
+    for m, prec, o, q, r, ro, rq, paired in rows:
+        print(f"| {m} | {prec} | {o:.0f} [{ro[0]:.0f}-{ro[1]:.0f}] | {q:.0f} [{rq[0]:.0f}-{rq[1]:.0f}] | {r:.3f} "
+              f"| {statistics.median(paired):.3f} [{min(paired):.3f}-{max(paired):.3f}] |")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ in one table. `lightly` is a benchmark-only dependency:
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 ... benchmarks/vs_lightly.py   # what an AVX2-only CPU does
 
 Both sides train with the same Lightning Trainer settings, at the precision ``auto`` picks on this machine; ours
-with the callbacks ``lightning-ssl fit`` always adds (online probe, collapse monitor, non-finite guard). The
-implementations alternate within each of ``--rounds`` rounds; the table gives the median images/s with the range
-over the rounds, and the kNN of the last round's models. The lightly modules follow lightly's documented
+with the callbacks ``lightning-ssl fit`` always adds (online probe, collapse monitor, non-finite guard) and its
+default ``performance.channels_last: auto`` (channels-last for this CNN); lightly as its examples do (NCHW), or
+with ``--lightly-channels-last`` in the same memory format as ours, which isolates the rest of the difference. The
+implementations alternate within each of ``--rounds`` rounds, the order swapped every round (so a drift of the
+machine's speed favours neither); the table gives the median images/s with the range over the rounds, and the
+kNN of the last round's models; the ratio line adds the median and range of the per-round ratios (the two runs
+of a round are adjacent in time: their ratio is the least affected by a VM whose speed moves over minutes). The lightly modules follow lightly's documented
 examples (projection/prediction heads, NTXentLoss / NegativeCosineSimilarity, update_momentum with
 cosine_schedule in training_step). Rows "same views" feed both the identical batches (our datamodule, batched
 augmentation); the row "own views" gives lightly its own per-image SimCLRTransform in a dataloader worker, which
@@ -29,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_ssl.callbacks import CollapseMonitor, NonFiniteGuard, OnlineLinearProbe
+from lightning_ssl.callbacks.performance import Performance
 from lightning_ssl.data import FashionMNISTDataModule, SimCLRViews
 from lightning_ssl.eval.report import evaluate_knn
 from lightning_ssl.methods import BYOL, SimCLR
@@ -170,7 +175,10 @@ def datamodule(batch_size: int) -> FashionMNISTDataModule:
 def train(model: L.LightningModule, a, own_views: bool, monitors: bool, evaluate: bool) -> dict:
     dm = datamodule(a.batch_size)
     meter = Throughput()
-    extra = [OnlineLinearProbe(), CollapseMonitor(), NonFiniteGuard()] if monitors else []
+    if monitors:  # ours, as `lightning-ssl fit` runs it
+        extra = [OnlineLinearProbe(), CollapseMonitor(), NonFiniteGuard(), Performance()]
+    else:
+        extra = [Performance(channels_last=True)] if a.lightly_channels_last else []
     limit = {"max_steps": a.steps, "max_epochs": -1} if a.steps else {"max_epochs": a.epochs}
     trainer = L.Trainer(**limit, precision=a.precision, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
@@ -197,16 +205,17 @@ def main() -> None:
     import statistics
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=150, help="optimizer steps per run (0: --epochs instead)")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per run (0: --epochs instead)")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--methods", nargs="+", default=["simclr", "byol"])
+    p.add_argument("--lightly-channels-last", action="store_true", help="lightly in channels-last memory format too")
     p.add_argument("--own-views", action="store_true", help="also lightly with its own per-image views (SimCLR)")
     p.add_argument("--precision", default="auto", help="auto (the machine's), 32-true or bf16-mixed")
     a = p.parse_args()
     a.precision = str(resolve_precision(a.precision, "cpu")[0])
-    rows = []
+    rows, per_method = [], {}
     for method in a.methods:
         runs = [("lightning-ssl", lambda: OursSimCLR(backbone(), 512, 128, TEMPERATURE) if method == "simclr"
                  else OursBYOL(backbone(), 512, 128, 512, momentum=0.99), False),
@@ -214,8 +223,9 @@ def main() -> None:
         if method == "simclr" and a.own_views:
             runs.append(("lightly (own views, 1 worker)", LightlySimCLR, True))
         results: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
+        per_method[method] = results
         for r in range(a.rounds):
-            for name, factory, own in runs:
+            for name, factory, own in (runs if r % 2 == 0 else runs[::-1]):
                 torch.manual_seed(0)
                 out = train(factory(), a, own, monitors=name == "lightning-ssl", evaluate=r == a.rounds - 1)
                 results[name].append(out)
@@ -224,16 +234,21 @@ def main() -> None:
             rates = [o["images_per_s"] for o in results[name]]
             rows.append((method, name, statistics.median(rates), min(rates), max(rates), results[name][-1]))
     length = f"{a.steps} steps" if a.steps else f"{a.epochs} epochs"
+    layout = "channels-last on both sides" if a.lightly_channels_last else "ours channels-last (its default), lightly NCHW"
     print(f"\n{describe_machine(a.precision)}\nFashion-MNIST, SmallCNN(width 16, 4 stages), batch {a.batch_size}, "
-          f"AdamW lr {LR}, warmup+cosine, {length} per run, median [min-max] of {a.rounds} alternating rounds\n")
+          f"AdamW lr {LR}, warmup+cosine, {length} per run, median [min-max] of {a.rounds} alternating rounds; "
+          f"{layout}\n")
     print("| method | implementation | train images/s | kNN top-1 k=20 | kNN top-1 k=200 |\n|---|---|---|---|---|")
     for method, name, med, lo, hi, last in rows:
         print(f"| {method} | {name} | {med:.0f} [{lo:.0f}-{hi:.0f}] | {100 * last['knn20']:.2f}% | "
               f"{100 * last['knn200']:.2f}% |")
-    for method in a.methods:
-        ours = next(r[2] for r in rows if r[0] == method and r[1] == "lightning-ssl")
-        peer = next(r[2] for r in rows if r[0] == method and r[1] == "lightly (same views)")
-        print(f"{method}: throughput ratio lightning-ssl / lightly (same views) = {ours / peer:.3f}")
+    for method, results in per_method.items():
+        ours = [o["images_per_s"] for o in results["lightning-ssl"]]
+        peer = [o["images_per_s"] for o in results["lightly (same views)"]]
+        paired = [x / y for x, y in zip(ours, peer)]
+        print(f"{method}: throughput lightning-ssl / lightly (same views): ratio of medians "
+              f"{statistics.median(ours) / statistics.median(peer):.3f}, per-round ratio median "
+              f"{statistics.median(paired):.3f} [{min(paired):.3f}-{max(paired):.3f}]")
 
 
 if __name__ == "__main__":
