@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
@@ -36,8 +38,18 @@ class WandbLogger(_WandbLogger):
         the run on disk is complete, and a later fit in the same process starts its own run)."""
         super().finalize(status)
         if self._experiment is not None:
+            folder = Path(self._experiment.dir).parent  # .../wandb/offline-run-.../files -> the run folder
             self._experiment.finish(exit_code=0 if status == "success" else 1)
             self._experiment = None
+            # offline, finish() can return before the service has written the last records: wait for the exit record
+            deadline = time.monotonic() + (60 if self._offline else 0)
+            while time.monotonic() < deadline:
+                try:
+                    if read_wandb_run(folder)["finished"]:
+                        break
+                except Exception:  # not written yet (a half-written record does not parse), or another layout
+                    pass
+                time.sleep(0.2)
 
 
 class CSVLogger(_CSVLogger):
@@ -80,7 +92,7 @@ def read_wandb_run(path: str | os.PathLike) -> dict[str, Any]:
             raise FileNotFoundError(f"no W&B run under {path}")
         path = runs[-1]
     data = next(path.glob("run-*.wandb")).read_bytes()
-    out: dict[str, Any] = {"history": [], "config": {}, "summary": {}, "tags": [], "name": None}
+    out: dict[str, Any] = {"history": [], "config": {}, "summary": {}, "tags": [], "name": None, "finished": False}
     pos, block, pieces = 7, 32768, b""  # after the file header (":W&B", magic, version)
     while pos + 7 <= len(data):
         left = block - pos % block
@@ -106,5 +118,7 @@ def read_wandb_run(path: str | os.PathLike) -> dict[str, Any]:
                                    for item in record.summary.update})
         elif field == "run":
             out["name"], out["tags"] = record.run.display_name, list(record.run.tags)
+        elif field == "exit":
+            out["finished"] = True
     out["images"] = sorted(str(p) for p in (path / "files" / "media" / "images").rglob("*.png"))
     return out

@@ -24,6 +24,7 @@ def test_offline_wandb_run_records_metrics_config_and_pictures(tmp_path, monkeyp
     run = read_wandb_run(run_dir)
     keys = set().union(*run["history"])
     # the config logs every 20 steps and validates every 5 epochs; a 3-step, 1-epoch run still records both
+    assert run["finished"]  # fit returned after the service wrote the run's exit record
     assert {"train/loss", "val/knn_top1", "val/probe_top1", "trainer/global_step"} <= keys
     assert any(k.startswith("lr-") for k in keys)  # the learning rate
     assert run["name"] == "mae_run/version_0" and set(run["tags"]) == {"MAE", "SyntheticDataModule"}
