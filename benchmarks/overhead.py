@@ -31,7 +31,7 @@ import lightning as L
 import torch
 
 from lightning_ssl.callbacks import CollapseMonitor, NonFiniteGuard, OnlineLinearProbe
-from lightning_ssl.callbacks.performance import Performance, is_convolutional
+from lightning_ssl.callbacks.performance import Performance, _to_channels_last, is_convolutional
 from lightning_ssl.data import FashionMNISTDataModule, SimCLRViews
 from lightning_ssl.losses import byol_loss, mae_loss, nt_xent_loss
 from lightning_ssl.methods import BYOL, SimCLR
@@ -132,7 +132,7 @@ def plain_steps(method: str, dm, steps: int, precision: str):
     nhwc = is_convolutional(model.backbone)  # the memory format ours picks (performance.channels_last: auto)
     if nhwc:  # weights, and the backbone's input at each forward
         model.to(memory_format=torch.channels_last)
-        model.backbone.register_forward_pre_hook(lambda m, args: (args[0].contiguous(memory_format=torch.channels_last),))
+        model.backbone.register_forward_pre_hook(_to_channels_last)  # the hook ours' Performance callback adds
     opt = torch.optim.AdamW(param_groups(model))
     sched = WarmupCosineLR(opt, total_steps=steps)
     step = 0

@@ -115,7 +115,7 @@ class SSLCLI(LightningCLI):
 
     def _measured_precision(self) -> Chosen | None:
         """``precision: auto`` on one CPU with native bf16: bf16-mixed only if this model's backbone trains faster
-        in it (``measure_cpu_precision``, a second or so). Not under multi-process runs, whose ranks must agree."""
+        in it (``measure_cpu_precision``, a few seconds). Not under multi-process runs, whose ranks must agree."""
         cfg = self._get(self.config_init, "trainer", default={}) or {}
         if str(cfg.get("precision", "auto")).lower() not in ("auto", "none") or os.environ.get("LOCAL_RANK"):
             return None

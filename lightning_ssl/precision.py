@@ -22,7 +22,13 @@ faster.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -98,8 +104,6 @@ def measure_cpu_precision(backbone: torch.nn.Module, in_channels: int, image_siz
     autocast; bf16-mixed only if it is more than ``margin`` faster. The batch is the training batch (``batch_size``,
     at most 128: AMX gains with the batch, so a tiny one would mislead), fewer for a model so large that a pass
     would take over ~0.3 s; the measurement takes a few seconds. The copy leaves the model as it is."""
-    import copy
-
     key = _cache_key(backbone, in_channels, image_size, batch_size, channels_last)
     cache = _read_cache()
     if key in cache:  # the same model on the same machine gets the same answer: runs stay reproducible
@@ -115,24 +119,16 @@ def measure_cpu_precision(backbone: torch.nn.Module, in_channels: int, image_siz
 
 def cache_path():
     """Where measured precisions are kept: ``$LIGHTNING_SSL_CACHE`` or ``~/.cache/lightning_ssl``."""
-    from pathlib import Path
-    import os
-
     return Path(os.environ.get("LIGHTNING_SSL_CACHE") or Path.home() / ".cache" / "lightning_ssl") / "precision.json"
 
 
 def _cache_key(backbone, in_channels, image_size, batch_size, channels_last) -> str:
-    import hashlib
-    import os
-
     parts = [describe_machine("-"), os.environ.get("ONEDNN_MAX_CPU_ISA", ""), repr(backbone), in_channels, image_size,
              min(batch_size, 128), channels_last]
     return hashlib.sha1(repr(parts).encode()).hexdigest()
 
 
 def _read_cache() -> dict:
-    import json
-
     try:
         return json.loads(cache_path().read_text())
     except (OSError, ValueError):
@@ -140,9 +136,6 @@ def _read_cache() -> dict:
 
 
 def _write_cache(key: str, answer: tuple[str, str]) -> None:
-    import json
-    import os
-
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,8 +171,6 @@ def describe_machine(precision: str | None = None) -> str:
     """One line naming what a measurement ran on, for benchmark table headers: the CPU model and its relevant
     features (or the GPU), the torch version, the thread count and the precision (default: what ``auto``
     picks, with the reason)."""
-    import platform
-
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -194,8 +185,6 @@ def describe_machine(precision: str | None = None) -> str:
     named = [n for f, n in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
                             ("amx_bf16", "AMX-BF16"), ("asimd", "NEON"), ("sve", "SVE")) if f in flags]
     where = f"CPU {cpu} ({', '.join(named) or 'no AVX2'}), {torch.get_num_threads()} threads"
-    import os
-
     limited = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
     if limited:
         where += f" restricted by {' '.join(limited)}"
