@@ -162,3 +162,37 @@ def test_collapse_monitor_adds_no_forwards_for_methods_without_step_features():
         trainer.fit(model, datamodule=dm)
     assert CountingMAE.calls == 2  # steps 4 and 8 of 8, nothing in between
     assert sizes == [8, 8, 32, 32]  # MAE: the measuring batch; SimCLR: four batches of 8
+
+
+def test_collapse_monitor_shares_the_probes_extra_forward():
+    """On a masked-input method (MAE) both monitors need an encoder forward of their own; at coinciding steps they
+    share one (``step_features`` stores it in the step's outputs). The default collapse interval is a multiple of
+    every config's probe interval, so in the configs the collapse monitor adds no forward at all."""
+    from pathlib import Path
+
+    import yaml
+
+    from lightning_ssl.callbacks import OnlineLinearProbe
+    from lightning_ssl.methods import MAE
+    from lightning_ssl.modules.vit import ViT
+
+    class CountingMAE(MAE):
+        calls = 0
+
+        def embed(self, x):
+            if len(x) == 8:
+                CountingMAE.calls += 1
+            return super().embed(x)
+
+    dm = SyntheticDataModule(num_samples=64, batch_size=8, num_workers=0, image_size=16, channels=1, val_bank_size=0)
+    vit = ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        callbacks=[OnlineLinearProbe(num_classes=4, every_n_steps=2), CollapseMonitor(every_n_steps=4)],
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(CountingMAE(vit, decoder_dim=16, decoder_depth=1, decoder_heads=2), datamodule=dm)
+    assert CountingMAE.calls == 4  # the probe's steps 2, 4, 6, 8; the monitor's 4 and 8 reuse theirs
+
+    default = CollapseMonitor().every_n_steps
+    intervals = {p.name: (yaml.safe_load(p.read_text()).get("probe") or {}).get("every_n_steps", 1)
+                 for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")}
+    assert all(default % n == 0 for n in intervals.values()), {k: v for k, v in intervals.items() if default % v}
