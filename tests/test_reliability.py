@@ -136,9 +136,9 @@ def test_collapse_monitor_warns_and_logs(tmp_path):
     assert healthy.last["embedding_std"] > 0.1
 
 
-def test_collapse_monitor_adds_no_forwards_for_methods_without_step_features():
-    """MAE's step gives no features: a window of several batches would cost an encoder forward per batch, so the
-    monitor embeds the measuring step's batch only; SimCLR's step gives them, and the window spans batches."""
+def _counting_mae():
+    """A tiny MAE that counts its ``embed`` calls on training batches of 8 (the input-shape check at fit start
+    embeds 2 images), and synthetic data in batches of 8."""
     from lightning_ssl.methods import MAE
     from lightning_ssl.modules.vit import ViT
 
@@ -146,21 +146,27 @@ def test_collapse_monitor_adds_no_forwards_for_methods_without_step_features():
         calls = 0
 
         def embed(self, x):
-            if len(x) == 8:  # training batches (the input-shape check at fit start embeds 2 images)
+            if len(x) == 8:
                 CountingMAE.calls += 1
             return super().embed(x)
 
-    dm = SyntheticDataModule(num_samples=64, batch_size=8, num_workers=0, image_size=16, channels=1, val_bank_size=0)
     vit = ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    dm = SyntheticDataModule(num_samples=64, batch_size=8, num_workers=0, image_size=16, channels=1, val_bank_size=0)
+    return CountingMAE(vit, decoder_dim=16, decoder_depth=1, decoder_heads=2), dm
+
+
+def test_collapse_monitor_adds_no_forwards_for_methods_without_step_features():
+    """MAE's step gives no features: a window of several batches would cost an encoder forward per batch, so the
+    monitor embeds the measuring step's batch only; SimCLR's step gives them, and the window spans batches."""
+    mae, dm = _counting_mae()
     sizes = []
-    for model in (CountingMAE(vit, decoder_dim=16, decoder_depth=1, decoder_heads=2),
-                  SimCLR(SmallCNN(1, 16, width=4), proj_hidden_dim=16, proj_dim=8)):
+    for model in (mae, SimCLR(SmallCNN(1, 16, width=4), proj_hidden_dim=16, proj_dim=8)):
         mon = CollapseMonitor(every_n_steps=4, window=32)
         mon.measure = lambda z, _m=mon.measure: sizes.append(len(z)) or _m(z)
         trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[mon],
                             enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0)
         trainer.fit(model, datamodule=dm)
-    assert CountingMAE.calls == 2  # steps 4 and 8 of 8, nothing in between
+    assert type(mae).calls == 2  # steps 4 and 8 of 8, nothing in between
     assert sizes == [8, 8, 32, 32]  # MAE: the measuring batch; SimCLR: four batches of 8
 
 
@@ -173,26 +179,16 @@ def test_collapse_monitor_shares_the_probes_extra_forward():
     import yaml
 
     from lightning_ssl.callbacks import OnlineLinearProbe
-    from lightning_ssl.methods import MAE
-    from lightning_ssl.modules.vit import ViT
 
-    class CountingMAE(MAE):
-        calls = 0
-
-        def embed(self, x):
-            if len(x) == 8:
-                CountingMAE.calls += 1
-            return super().embed(x)
-
-    dm = SyntheticDataModule(num_samples=64, batch_size=8, num_workers=0, image_size=16, channels=1, val_bank_size=0)
-    vit = ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    mae, dm = _counting_mae()
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
                         callbacks=[OnlineLinearProbe(num_classes=4, every_n_steps=2), CollapseMonitor(every_n_steps=4)],
                         enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(CountingMAE(vit, decoder_dim=16, decoder_depth=1, decoder_heads=2), datamodule=dm)
-    assert CountingMAE.calls == 4  # the probe's steps 2, 4, 6, 8; the monitor's 4 and 8 reuse theirs
+    trainer.fit(mae, datamodule=dm)
+    assert type(mae).calls == 4  # the probe's steps 2, 4, 6, 8; the monitor's 4 and 8 reuse theirs
 
     default = CollapseMonitor().every_n_steps
-    intervals = {p.name: (yaml.safe_load(p.read_text()).get("probe") or {}).get("every_n_steps", 1)
-                 for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")}
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    intervals = {str(p.relative_to(configs)): (yaml.safe_load(p.read_text()).get("probe") or {}).get("every_n_steps", 1)
+                 for p in configs.rglob("*.yaml")}
     assert all(default % n == 0 for n in intervals.values()), {k: v for k, v in intervals.items() if default % v}
