@@ -67,8 +67,10 @@ def main() -> None:
         rows.append((name, len(preset.views), one, b))
         print(rows[-1], flush=True)
     print(f"\n{describe_machine('fp32 (augmentation)')}")
-    print(f"Per image: torchvision v2 in one process, 1 thread (= one dataloader worker). Batched: kornia on "
-          f"the CPU, 2 threads, batch {a.batch} (64 at >96 px).\n")
+    print(
+        f"Per image: torchvision v2 in one process, 1 thread (= one dataloader worker). Batched: kornia on "
+        f"the CPU, 2 threads, batch {a.batch} (64 at >96 px).\n"
+    )
     print("| preset | views | per image, 1 worker (img/s) | batched, CPU (img/s) | ratio |\n|---|---|---|---|---|")
     for name, v, one, b in rows:
         print(f"| {name} | {v} | {one:.0f} | {b:.0f} | {b / one:.1f}x |")

@@ -52,19 +52,33 @@ class TrainThroughput(L.Callback):
 
 
 def run_method(method: str, epochs: int, out_dir: Path, extra: list[str]) -> dict:
-    c = cli([
-        "--config", f"configs/{method}/fashion_mnist.yaml", f"--trainer.max_epochs={epochs}",
-        f"--trainer.check_val_every_n_epoch={epochs}", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
-        f"--trainer.default_root_dir={out_dir / method}", f"--checkpoint.dirpath={out_dir / method / 'ckpt'}", *extra,
-    ], run=False)
+    c = cli(
+        [
+            "--config",
+            f"configs/{method}/fashion_mnist.yaml",
+            f"--trainer.max_epochs={epochs}",
+            f"--trainer.check_val_every_n_epoch={epochs}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={out_dir / method}",
+            f"--checkpoint.dirpath={out_dir / method / 'ckpt'}",
+            *extra,
+        ],
+        run=False,
+    )
     meter = TrainThroughput()
     c.trainer.callbacks.append(meter)
     t0 = time.perf_counter()
     c.trainer.fit(c.model, datamodule=c.datamodule)
     wall = time.perf_counter() - t0
     knn = evaluate_knn(c.model, c.datamodule)
-    return {"method": NAMES.get(method, method), "knn20": knn["k=20"], "knn200": knn["k=200"],
-            "images_per_s": meter.images / meter.seconds, "wall_s": wall}
+    return {
+        "method": NAMES.get(method, method),
+        "knn20": knn["k=20"],
+        "knn200": knn["k=200"],
+        "images_per_s": meter.images / meter.seconds,
+        "wall_s": wall,
+    }
 
 
 def train_tokenizer(epochs: int, out_dir: Path, extra: list[str]) -> tuple[str, dict]:
@@ -73,17 +87,32 @@ def train_tokenizer(epochs: int, out_dir: Path, extra: list[str]) -> tuple[str, 
     stats_file = ckpt.with_name("codebook.json")
     if ckpt.exists() and stats_file.exists():
         return str(ckpt), json.loads(stats_file.read_text())
-    c = cli([
-        "--config", "configs/visual_tokenizer/fashion_mnist.yaml", f"--trainer.max_epochs={epochs}",
-        f"--trainer.check_val_every_n_epoch={epochs}", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
-        f"--trainer.default_root_dir={out_dir / 'visual_tokenizer'}", f"--checkpoint.dirpath={ckpt.parent}", *extra,
-    ], run=False)
+    c = cli(
+        [
+            "--config",
+            "configs/visual_tokenizer/fashion_mnist.yaml",
+            f"--trainer.max_epochs={epochs}",
+            f"--trainer.check_val_every_n_epoch={epochs}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={out_dir / 'visual_tokenizer'}",
+            f"--checkpoint.dirpath={ckpt.parent}",
+            *extra,
+        ],
+        run=False,
+    )
     t0 = time.perf_counter()
     c.trainer.fit(c.model, datamodule=c.datamodule)
     usage, perplexity = c.model.last_val_usage
     metrics = {k: float(v) for k, v in c.trainer.callback_metrics.items() if k.startswith("val/rec")}
-    stats = {"codebook_usage": usage, "perplexity": perplexity, "num_codes": c.model.num_codes, "epochs": epochs,
-             "wall_s": time.perf_counter() - t0, **metrics}
+    stats = {
+        "codebook_usage": usage,
+        "perplexity": perplexity,
+        "num_codes": c.model.num_codes,
+        "epochs": epochs,
+        "wall_s": time.perf_counter() - t0,
+        **metrics,
+    }
     stats_file.write_text(json.dumps(stats))
     print(json.dumps({"visual_tokenizer": stats}), flush=True)
     return str(ckpt), stats
@@ -105,18 +134,27 @@ def main() -> None:
         if m == "beit":
             if a.tokenizer is None:
                 a.tokenizer, stats = train_tokenizer(a.tokenizer_epochs or a.epochs, out, extra)
-                notes.append(f"BEiT's tokenizer ({stats['epochs']} epochs, {stats['wall_s'] / 60:.1f} min): "
-                             f"{100 * stats['codebook_usage']:.1f}% of {stats['num_codes']} codes used on the test "
-                             f"set, "
-                             f"perplexity {stats['perplexity']:.0f}")
+                notes.append(
+                    f"BEiT's tokenizer ({stats['epochs']} epochs, {stats['wall_s'] / 60:.1f} min): "
+                    f"{100 * stats['codebook_usage']:.1f}% of {stats['num_codes']} codes used on the test "
+                    f"set, "
+                    f"perplexity {stats['perplexity']:.0f}"
+                )
             method_extra.append(f"--model.init_args.tokenizer={a.tokenizer}")
         rows.append(run_method(m, a.epochs, out, method_extra))
         print(json.dumps(rows[-1]), flush=True)
-    table = [describe_machine(),
-             f"Fashion-MNIST, each method's configs/<method>/fashion_mnist.yaml, {a.epochs} epochs, batched views", "", "| method | kNN top-1 k=20 | kNN top-1 k=200 | train images/s | wall time |", "|---|---|---|---|---|"]
+    table = [
+        describe_machine(),
+        f"Fashion-MNIST, each method's configs/<method>/fashion_mnist.yaml, {a.epochs} epochs, batched views",
+        "",
+        "| method | kNN top-1 k=20 | kNN top-1 k=200 | train images/s | wall time |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        table.append(f"| {r['method']} | {100 * r['knn20']:.2f}% | {100 * r['knn200']:.2f}% | {r['images_per_s']:.0f} "
-                     f"| {r['wall_s'] / 60:.1f} min |")
+        table.append(
+            f"| {r['method']} | {100 * r['knn20']:.2f}% | {100 * r['knn200']:.2f}% | {r['images_per_s']:.0f} "
+            f"| {r['wall_s'] / 60:.1f} min |"
+        )
     text = "\n".join(table + ([""] + notes if notes else []))
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,8 +46,21 @@ def photographs() -> list[np.ndarray]:
     from skimage import data
 
     out = []
-    for name in ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket",
-                 "stereo_motorcycle", "camera", "grass", "gravel", "brick", "moon"):
+    for name in (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+        "rocket",
+        "stereo_motorcycle",
+        "camera",
+        "grass",
+        "gravel",
+        "brick",
+        "moon",
+    ):
         try:
             x = getattr(data, name)()
         except Exception:  # some need a download
@@ -70,7 +83,7 @@ def _write_jpeg(args: tuple[Path, int, int]) -> None:
     s = rng.uniform(0.35, 1.0)
     ch, cw = min(h, max(32, int(h * s))), min(w, max(32, int(w * s * rng.uniform(0.75, 1.33))))
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    im = Image.fromarray(src[top: top + ch, left: left + cw]).resize(SIZES[i % len(SIZES)], Image.Resampling.BILINEAR)
+    im = Image.fromarray(src[top : top + ch, left : left + cw]).resize(SIZES[i % len(SIZES)], Image.Resampling.BILINEAR)
     if rng.random() < 0.5:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     im = ImageEnhance.Color(im).enhance(rng.uniform(0.5, 1.5))
@@ -137,8 +150,9 @@ def pillow_decode_worker(paths, seconds: float, size: int = 256) -> float:
 def streaming_worker(chunks: str, seconds: float, size: int = 256) -> float:
     from lightning_ssl.data import StreamingImageDataModule
 
-    dm = StreamingImageDataModule(input_dir=chunks, image_size=224, decode_size=size, batch_augment=True,
-                                  num_workers=0, views=SimCLRViews())
+    dm = StreamingImageDataModule(
+        input_dir=chunks, image_size=224, decode_size=size, batch_augment=True, num_workers=0, views=SimCLRViews()
+    )
     dm.setup("fit")
     stream = dm.train_set
     it = iter(stream)
@@ -171,15 +185,21 @@ def main() -> None:
     p.add_argument("--images", type=int, default=3000, help="JPEGs to generate (once) into --folder")
     p.add_argument("--folder", default="outputs/bench_jpegs")
     p.add_argument("--seconds", type=float, default=8.0, help="seconds per measurement")
-    p.add_argument("--gpu-rate", type=float, default=3000.0,
-                   help="training images/s to feed (default 3000: about ResNet-50 on one H100, bf16)")
+    p.add_argument(
+        "--gpu-rate",
+        type=float,
+        default=3000.0,
+        help="training images/s to feed (default 3000: about ResNet-50 on one H100, bf16)",
+    )
     a = p.parse_args()
     torch.set_num_threads(1)  # a dataloader worker: one thread
     t0 = time.perf_counter()
     folder = make_jpegs(Path(a.folder) / "train", a.images)
     paths = list_image_folder(folder)[0][: a.images]
     mb = sum(os.path.getsize(q) for q in paths) / len(paths) / 1e3
-    print(f"{len(paths)} JPEGs in {folder} (mean {mb:.0f} kB), ready after {time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"{len(paths)} JPEGs in {folder} (mean {mb:.0f} kB), ready after {time.perf_counter() - t0:.0f} s", flush=True
+    )
     chunks = Path(a.folder) / "chunks"
     if not (chunks / "index.json").is_file():
         from lightning_ssl.data import optimize_images
@@ -209,17 +229,23 @@ def main() -> None:
     print(("batched views on this CPU", aug), flush=True)
 
     print(f"\n{describe_machine('fp32 (data pipeline)')}")
-    print(f"{len(paths)} generated JPEGs (mean {mb:.0f} kB, 500x375-class sizes), 2 SimCLR views of 224 px per image; "
-          f"one process, 1 thread per worker; rates per second of the process's CPU time (holds on a shared "
-          f"machine); {a.seconds:.0f} s per measurement; GPU step rate to feed: "
-          f"{a.gpu_rate:.0f} img/s (--gpu-rate).\n")
-    print(f"| pipeline | images per CPU-second (one worker) | CPU cores to feed {a.gpu_rate:.0f} img/s |\n|---|---|---|")
+    print(
+        f"{len(paths)} generated JPEGs (mean {mb:.0f} kB, 500x375-class sizes), 2 SimCLR views of 224 px per image; "
+        f"one process, 1 thread per worker; rates per second of the process's CPU time (holds on a shared "
+        f"machine); {a.seconds:.0f} s per measurement; GPU step rate to feed: "
+        f"{a.gpu_rate:.0f} img/s (--gpu-rate).\n"
+    )
+    print(
+        f"| pipeline | images per CPU-second (one worker) | CPU cores to feed {a.gpu_rate:.0f} img/s |\n|---|---|---|"
+    )
     for name, r, _ in rows:
         print(f"| {name} | {r:.0f} | {math.ceil(a.gpu_rate / r)} |")
-    print(f"\nThe batched views themselves (2 x 224 px from 256 px uint8, crop + flip + jitter + grayscale + blur): "
-          f"{aug:.0f} img per CPU-second on this CPU (2 threads, batch 64) — on the GPU in training (not measured here). "
-          f"Per-worker speed-up of the decode-only workers over per-image augmentation: {dec / per_image:.1f}x "
-          f"(folder), {stream / per_image:.1f}x (litdata).")
+    print(
+        f"\nThe batched views themselves (2 x 224 px from 256 px uint8, crop + flip + jitter + grayscale + blur): "
+        f"{aug:.0f} img per CPU-second on this CPU (2 threads, batch 64) — on the GPU in training (not measured here). "
+        f"Per-worker speed-up of the decode-only workers over per-image augmentation: {dec / per_image:.1f}x "
+        f"(folder), {stream / per_image:.1f}x (litdata)."
+    )
 
 
 if __name__ == "__main__":

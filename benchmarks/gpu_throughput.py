@@ -89,18 +89,41 @@ def run(method: str, batched: bool, compile: bool, a) -> dict:
     torch.manual_seed(0)
     model, views, size = build(method, a.quick)
     n = a.batch_size * (a.steps + 1)
-    dm = SyntheticDataModule(num_samples=n, num_classes=10, image_size=size, channels=3, batch_size=a.batch_size,
-                             views=views, batch_augment=batched, num_workers=a.workers, val_bank_size=0,
-                             pin_memory=torch.cuda.is_available())
+    dm = SyntheticDataModule(
+        num_samples=n,
+        num_classes=10,
+        image_size=size,
+        channels=3,
+        batch_size=a.batch_size,
+        views=views,
+        batch_augment=batched,
+        num_workers=a.workers,
+        val_bank_size=0,
+        pin_memory=torch.cuda.is_available(),
+    )
     timer = Timer(a.warmup)
-    trainer = L.Trainer(max_steps=a.steps, precision=auto_precision()[0], accelerator="auto", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0,
-                        callbacks=[timer, Performance(channels_last=True, compile=compile)])
+    trainer = L.Trainer(
+        max_steps=a.steps,
+        precision=auto_precision()[0],
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer, Performance(channels_last=True, compile=compile)],
+    )
     trainer.fit(model, datamodule=dm)
     ips = timer.images / max(timer.t1 - timer.t0, 1e-9)
-    return {"method": method, "size": size, "augmentation": "batched on device" if batched else f"{a.workers} CPU workers",
-            "compile": compile, "images_per_s": ips}
+    return {
+        "method": method,
+        "size": size,
+        "augmentation": "batched on device" if batched else f"{a.workers} CPU workers",
+        "compile": compile,
+        "images_per_s": ips,
+    }
 
 
 def main() -> None:
@@ -130,11 +153,15 @@ def main() -> None:
             rows.append(r)
             print(json.dumps(r), flush=True)
     print(f"\n{describe_machine()}\nbatch {a.batch_size}, channels_last, {a.steps} steps ({a.warmup} warm-up)\n")
-    print("| method | image size | augmentation | compile | images/s | model TFLOP/s | MFU |\n|---|---|---|---|---|---|---|")
+    print(
+        "| method | image size | augmentation | compile | images/s | model TFLOP/s | MFU |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        print(f"| {r['method']} | {r['size']} | {r['augmentation']} | {'yes' if r['compile'] else 'no'} "
-              f"| {r['images_per_s']:.0f} | {r['tflops_per_s']:.2f} | {mfu} |")
+        print(
+            f"| {r['method']} | {r['size']} | {r['augmentation']} | {'yes' if r['compile'] else 'no'} "
+            f"| {r['images_per_s']:.0f} | {r['tflops_per_s']:.2f} | {mfu} |"
+        )
 
 
 if __name__ == "__main__":

@@ -68,10 +68,20 @@ class StepTimer(L.Callback):
 
 
 def trainer(a, steps: int, callbacks=(), **kw) -> L.Trainer:
-    return L.Trainer(max_steps=steps, default_root_dir=a.out, precision=a.precision, accelerator="cpu" if a.cpu else "auto", devices=1,
-                     logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, callbacks=[*callbacks, OnlineLinearProbe(), CollapseMonitor(),
-                                                        NonFiniteGuard(), KNNMonitor()], **kw)
+    return L.Trainer(
+        max_steps=steps,
+        default_root_dir=a.out,
+        precision=a.precision,
+        accelerator="cpu" if a.cpu else "auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[*callbacks, OnlineLinearProbe(), CollapseMonitor(), NonFiniteGuard(), KNNMonitor()],
+        **kw,
+    )
 
 
 @torch.no_grad()
@@ -144,8 +154,18 @@ def build_peer(name: str, a, vocab, eos: int = 0):
     if name == "hf":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        cfg = GPT2Config(vocab_size=vocab, n_positions=a.block_size, n_embd=a.n_embd, n_layer=a.n_layer, n_head=a.n_head,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos, eos_token_id=eos)
+        cfg = GPT2Config(
+            vocab_size=vocab,
+            n_positions=a.block_size,
+            n_embd=a.n_embd,
+            n_layer=a.n_layer,
+            n_head=a.n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=eos,
+            eos_token_id=eos,
+        )
         net = GPT2LMHeadModel(cfg)  # scaled_dot_product_attention, as ours
         return net, lambda idx: net(input_ids=idx).logits
     if name == "litgpt":
@@ -153,10 +173,20 @@ def build_peer(name: str, a, vocab, eos: int = 0):
         from litgpt.model import GPT as LitGPT
         from litgpt.pretrain import initialize_weights
 
-        cfg = Config(block_size=a.block_size, vocab_size=vocab, padded_vocab_size=vocab, n_layer=a.n_layer,
-                     n_head=a.n_head, n_embd=a.n_embd, bias=True, norm_class_name="LayerNorm",
-                     mlp_class_name="GptNeoxMLP", intermediate_size=4 * a.n_embd, parallel_residual=False,
-                     rotary_percentage=1.0)
+        cfg = Config(
+            block_size=a.block_size,
+            vocab_size=vocab,
+            padded_vocab_size=vocab,
+            n_layer=a.n_layer,
+            n_head=a.n_head,
+            n_embd=a.n_embd,
+            bias=True,
+            norm_class_name="LayerNorm",
+            mlp_class_name="GptNeoxMLP",
+            intermediate_size=4 * a.n_embd,
+            parallel_residual=False,
+            rotary_percentage=1.0,
+        )
         net = LitGPT(cfg)
         initialize_weights(types.SimpleNamespace(strategy=None), net, a.n_layer, a.n_embd)
         return net, net
@@ -166,6 +196,7 @@ def build_peer(name: str, a, vocab, eos: int = 0):
 def litgpt_available() -> bool:
     try:
         import litgpt.model  # noqa: F401
+
         return True
     except ImportError:
         return False
@@ -189,17 +220,27 @@ def peers(a):
             speed[name].append(s)
             loss[name] = v
             print(f"round {r + 1}: {name}: {s:.0f} tokens/s, val loss {v:.4f}", flush=True)
-    label = {"ours": "lightning-ssl GPT (Trainer + callbacks)", "plain": "lightning-ssl GPTNet, plain PyTorch loop",
-             "hf": "Hugging Face GPT2LMHeadModel, plain loop", "litgpt": "litgpt GPT, plain loop"}
+    label = {
+        "ours": "lightning-ssl GPT (Trainer + callbacks)",
+        "plain": "lightning-ssl GPTNet, plain PyTorch loop",
+        "hf": "Hugging Face GPT2LMHeadModel, plain loop",
+        "litgpt": "litgpt GPT, plain loop",
+    }
     ref = statistics.median(speed["ours"])
     print(f"\n{describe_machine(a.precision)}")
-    print(f"Shakespeare, byte-level BPE {vocab} tokens, GPT {a.n_layer} layers x {a.n_embd} wide x {a.n_head} heads, "
-          f"context {a.block_size}, batch {a.batch_size}, {a.steps} steps ({a.warmup} warm-up), AdamW lr 1e-3 + "
-          f"warmup/cosine, median of {a.rounds} alternating round(s); val loss on {a.val_batches} batches of held-out works\n")
-    print("| implementation | parameters | tokens/s | ratio to lightning-ssl | val loss | val ppl |\n|---|---|---|---|---|---|")
+    print(
+        f"Shakespeare, byte-level BPE {vocab} tokens, GPT {a.n_layer} layers x {a.n_embd} wide x {a.n_head} heads, "
+        f"context {a.block_size}, batch {a.batch_size}, {a.steps} steps ({a.warmup} warm-up), AdamW lr 1e-3 + "
+        f"warmup/cosine, median of {a.rounds} alternating round(s); val loss on {a.val_batches} batches of held-out works\n"
+    )
+    print(
+        "| implementation | parameters | tokens/s | ratio to lightning-ssl | val loss | val ppl |\n|---|---|---|---|---|---|"
+    )
     for n in names:
         m = statistics.median(speed[n])
-        print(f"| {label[n]} | {params[n] / 1e6:.2f}M | {m:.0f} | {m / ref:.2f} | {loss[n]:.3f} | {math.exp(loss[n]):.1f} |")
+        print(
+            f"| {label[n]} | {params[n] / 1e6:.2f}M | {m:.0f} | {m / ref:.2f} | {loss[n]:.3f} | {math.exp(loss[n]):.1f} |"
+        )
     if not litgpt_available():
         print("(litgpt not installed: pip install --no-deps litgpt==0.5.13 adds its row)")
     return dm, model
@@ -220,34 +261,67 @@ def quality(a, gpt_dm=None, gpt=None):
         gpt, _, _ = run_ours(a, gpt_dm, gpt_dm.tokenizer.vocab_size)
     v = val_loss(gpt.backbone, gpt_dm, types.SimpleNamespace(**{**vars(a), "val_batches": -1}), gpt.device)
     u = unigram_loss(gpt_dm)
-    rows.append(("GPT", f"{a.steps} steps", f"val perplexity {math.exp(v):.1f} (loss {v:.3f})",
-                 f"unigram baseline {math.exp(u):.1f} (loss {u:.3f})"))
-    sample = gpt.complete("ROMEO.\n", a.sample_tokens, temperature=0.8, top_k=50,
-                          generator=torch.Generator(device=gpt.device).manual_seed(0))
+    rows.append(
+        (
+            "GPT",
+            f"{a.steps} steps",
+            f"val perplexity {math.exp(v):.1f} (loss {v:.3f})",
+            f"unigram baseline {math.exp(u):.1f} (loss {u:.3f})",
+        )
+    )
+    sample = gpt.complete(
+        "ROMEO.\n",
+        a.sample_tokens,
+        temperature=0.8,
+        top_k=50,
+        generator=torch.Generator(device=gpt.device).manual_seed(0),
+    )
 
     bert_dm = corpus(a, tokenizer="packaged:all-MiniLM-L6-v2", block_size=a.bert_block_size)
-    for name, kw in (("scratch", dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, vocab_size=30522,
-                                      block_size=a.bert_block_size)),
-                     ("all-MiniLM-L6-v2", dict(pretrained="packaged:all-MiniLM-L6-v2"))):
-        for steps in ((0, a.bert_steps) if name != "scratch" else (a.bert_steps,)):
+    for name, kw in (
+        (
+            "scratch",
+            dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, vocab_size=30522, block_size=a.bert_block_size),
+        ),
+        ("all-MiniLM-L6-v2", dict(pretrained="packaged:all-MiniLM-L6-v2")),
+    ):
+        for steps in (0, a.bert_steps) if name != "scratch" else (a.bert_steps,):
             torch.manual_seed(0)
             model = BERT(**kw, dropout=0.1, optimizer=lambda p: torch.optim.AdamW(p, lr=a.bert_lr, weight_decay=0.01))
             t = trainer(a, steps, limit_val_batches=a.val_batches)
             if steps:
                 t.fit(model, datamodule=bert_dm)
             acc = t.validate(model, datamodule=bert_dm, verbose=False)[0]["val/accuracy"]
-            rows.append((f"BERT, {name}", f"{steps} steps", f"masked-token accuracy {100 * acc:.1f}%",
-                         "MLM head fresh" if name != "scratch" and steps == 0 else ""))
+            rows.append(
+                (
+                    f"BERT, {name}",
+                    f"{steps} steps",
+                    f"masked-token accuracy {100 * acc:.1f}%",
+                    "MLM head fresh" if name != "scratch" and steps == 0 else "",
+                )
+            )
 
     t5_dm = corpus(a, tokenizer="bpe", vocab_size=a.vocab_size, sentinels=100, block_size=a.t5_block_size)
     torch.manual_seed(0)
-    t5 = T5(vocab_size=t5_dm.tokenizer.vocab_size, block_size=a.t5_block_size, n_layer=a.n_layer,
-            n_decoder_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd)
+    t5 = T5(
+        vocab_size=t5_dm.tokenizer.vocab_size,
+        block_size=a.t5_block_size,
+        n_layer=a.n_layer,
+        n_decoder_layer=a.n_layer,
+        n_head=a.n_head,
+        n_embd=a.n_embd,
+    )
     t = trainer(a, a.steps, limit_val_batches=a.val_batches)
     t.fit(t5, datamodule=t5_dm)
     acc = t.validate(t5, datamodule=t5_dm, verbose=False)[0]["val/accuracy"]
-    rows.append(("T5", f"{a.steps} steps", f"span-token accuracy {100 * acc:.1f}%", f"inputs {t5.input_length}, "
-                                                                                   f"targets {t5.target_length} tokens"))
+    rows.append(
+        (
+            "T5",
+            f"{a.steps} steps",
+            f"span-token accuracy {100 * acc:.1f}%",
+            f"inputs {t5.input_length}, targets {t5.target_length} tokens",
+        )
+    )
     fill = t5.complete("O Romeo, Romeo! <extra_id_0> art thou Romeo?", 16, temperature=0)
 
     print(f"\n{describe_machine(a.precision)}\n")

@@ -42,8 +42,14 @@ from lightning_ssl.precision import cpu_bf16_support, describe_machine, measure_
 
 
 def datamodule(batch_size: int) -> FashionMNISTDataModule:
-    dm = FashionMNISTDataModule(root="data", batch_size=batch_size, num_workers=0, batch_augment=True, val_bank_size=0,
-                                views=SimCLRViews(min_scale=0.4, jitter_strength=0.5, blur_prob=0.0))
+    dm = FashionMNISTDataModule(
+        root="data",
+        batch_size=batch_size,
+        num_workers=0,
+        batch_augment=True,
+        val_bank_size=0,
+        views=SimCLRViews(min_scale=0.4, jitter_strength=0.5, blur_prob=0.0),
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -60,8 +66,16 @@ def build(method: str):
         from lightning_ssl.methods import MAE
         from lightning_ssl.modules.vit import ViT
 
-        vit = ViT(in_channels=1, image_size=28, patch_size=4, embed_dim=96, depth=4, num_heads=3, pool="avg",
-                  pos_embed="sincos")  # configs/mae/fashion_mnist.yaml
+        vit = ViT(
+            in_channels=1,
+            image_size=28,
+            patch_size=4,
+            embed_dim=96,
+            depth=4,
+            num_heads=3,
+            pool="avg",
+            pos_embed="sincos",
+        )  # configs/mae/fashion_mnist.yaml
         return MAE(vit, decoder_dim=64, decoder_depth=2, decoder_heads=4)
     raise ValueError(method)
 
@@ -88,16 +102,40 @@ class StepTimer(L.Callback):
         self.t1 = time.perf_counter()
 
 
-def ours_trainer(method: str, steps: int, precision: str, meter: L.Callback | None, progress_bar: bool = True,
-                 last: L.Callback | None = None) -> L.Trainer:
+def ours_trainer(
+    method: str,
+    steps: int,
+    precision: str,
+    meter: L.Callback | None,
+    progress_bar: bool = True,
+    last: L.Callback | None = None,
+) -> L.Trainer:
     """The Trainer of ours: ``meter`` first, then the monitors ``lightning-ssl fit`` adds, set as in the config,
     then ``last``."""
-    return L.Trainer(max_steps=steps, precision=precision, accelerator="cpu", devices=1, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=progress_bar, enable_model_summary=False,
-                     limit_val_batches=0, num_sanity_val_steps=0,
-                     callbacks=[c for c in (meter, OnlineLinearProbe(**monitor_settings(method, "probe")),
-                                            CollapseMonitor(**monitor_settings(method, "collapse")), NonFiniteGuard(),
-                                            Performance(), last) if c is not None])
+    return L.Trainer(
+        max_steps=steps,
+        precision=precision,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[
+            c
+            for c in (
+                meter,
+                OnlineLinearProbe(**monitor_settings(method, "probe")),
+                CollapseMonitor(**monitor_settings(method, "collapse")),
+                NonFiniteGuard(),
+                Performance(),
+                last,
+            )
+            if c is not None
+        ],
+    )
 
 
 def run_ours(method: str, dm, steps: int, warmup: int, precision: str) -> float:
@@ -215,8 +253,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--precision", default="auto", help="auto (the machine's), 32-true or bf16-mixed")
-    p.add_argument("--mode", choices=["interleaved", "alternating"], default="interleaved",
-                   help="step by step within one run (default), or whole runs one after the other")
+    p.add_argument(
+        "--mode",
+        choices=["interleaved", "alternating"],
+        default="interleaved",
+        help="step by step within one run (default), or whole runs one after the other",
+    )
     a = p.parse_args()
     hardware = str(resolve_precision(a.precision, "cpu")[0])
     if hardware not in ("32-true", "bf16-mixed"):
@@ -242,7 +284,7 @@ def main() -> None:
                 ours.append(o)
                 plain.append(q)
                 continue
-            for side in (("ours", "plain") if r % 2 == 0 else ("plain", "ours")):
+            for side in ("ours", "plain") if r % 2 == 0 else ("plain", "ours"):
                 if side == "ours":
                     dm.trainer = None
                     ours.append(run_ours(method, dm, a.steps, a.warmup, precision))
@@ -252,15 +294,24 @@ def main() -> None:
         o, q = statistics.median(ours), statistics.median(plain)
         paired = [x / y for x, y in zip(ours, plain)]
         rows.append((method, precision, o, q, o / q, (min(ours), max(ours)), (min(plain), max(plain)), paired))
-        print(f"{method}: ours {[round(v) for v in ours]} plain {[round(v) for v in plain]} "
-              f"per-round ratios {[round(v, 3) for v in paired]}", flush=True)
-    print(f"\n{describe_machine('per row')}\nFashion-MNIST 28 px, batch {a.batch_size}, {a.steps} steps per run "
-          f"({a.warmup} warm-up), median [min-max] of {a.rounds} rounds, {a.mode}\n")
-    print("| method | precision | lightning-ssl (Trainer + callbacks) img/s | plain PyTorch loop img/s | ratio of medians "
-          "| per-round ratio, median [min-max] |\n|---|---|---|---|---|---|")
+        print(
+            f"{method}: ours {[round(v) for v in ours]} plain {[round(v) for v in plain]} "
+            f"per-round ratios {[round(v, 3) for v in paired]}",
+            flush=True,
+        )
+    print(
+        f"\n{describe_machine('per row')}\nFashion-MNIST 28 px, batch {a.batch_size}, {a.steps} steps per run "
+        f"({a.warmup} warm-up), median [min-max] of {a.rounds} rounds, {a.mode}\n"
+    )
+    print(
+        "| method | precision | lightning-ssl (Trainer + callbacks) img/s | plain PyTorch loop img/s | ratio of medians "
+        "| per-round ratio, median [min-max] |\n|---|---|---|---|---|---|"
+    )
     for m, prec, o, q, r, ro, rq, paired in rows:
-        print(f"| {m} | {prec} | {o:.0f} [{ro[0]:.0f}-{ro[1]:.0f}] | {q:.0f} [{rq[0]:.0f}-{rq[1]:.0f}] | {r:.3f} "
-              f"| {statistics.median(paired):.3f} [{min(paired):.3f}-{max(paired):.3f}] |")
+        print(
+            f"| {m} | {prec} | {o:.0f} [{ro[0]:.0f}-{ro[1]:.0f}] | {q:.0f} [{rq[0]:.0f}-{rq[1]:.0f}] | {r:.3f} "
+            f"| {statistics.median(paired):.3f} [{min(paired):.3f}-{max(paired):.3f}] |"
+        )
 
 
 if __name__ == "__main__":

@@ -48,12 +48,23 @@ SETTINGS = [("32-true", "false"), ("32-true", "true"), ("bf16-mixed", "false"), 
 
 
 def images_per_s(config: str, precision: str, channels_last: str, steps: int, warmup: int) -> float:
-    c = cli(["--config", config, f"--trainer.precision={precision}", f"--performance.channels_last={channels_last}",
-             f"--trainer.max_steps={steps}",
-             "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-             "--trainer.enable_model_summary=false", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-             "--trainer.default_root_dir=outputs/bench_precision", "--checkpoint.dirpath=outputs/bench_precision/ckpt"],
-            run=False)
+    c = cli(
+        [
+            "--config",
+            config,
+            f"--trainer.precision={precision}",
+            f"--performance.channels_last={channels_last}",
+            f"--trainer.max_steps={steps}",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--trainer.limit_val_batches=0",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.default_root_dir=outputs/bench_precision",
+            "--checkpoint.dirpath=outputs/bench_precision/ckpt",
+        ],
+        run=False,
+    )
     timer = StepTimer(warmup)
     c.trainer.callbacks.append(timer)
     c.trainer.fit(c.model, datamodule=c.datamodule)
@@ -96,18 +107,40 @@ def main() -> None:
     rows = [("this machine, as it is", auto, results)]
     if a.emulate_avx2:
         env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
-        cmd = [sys.executable, __file__, "--config", a.config, "--steps", str(a.emulated_steps),
-               "--warmup", str(max(1, a.emulated_steps // 4)), "--rounds", "1", "--json"]
-        child = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-        rows.append((f"the same CPU limited to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2; 1 round of "
-                     f"{a.emulated_steps} steps)", child["auto"],
-                     child["results"]))
+        cmd = [
+            sys.executable,
+            __file__,
+            "--config",
+            a.config,
+            "--steps",
+            str(a.emulated_steps),
+            "--warmup",
+            str(max(1, a.emulated_steps // 4)),
+            "--rounds",
+            "1",
+            "--json",
+        ]
+        child = json.loads(
+            subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+        )
+        rows.append(
+            (
+                f"the same CPU limited to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2; 1 round of "
+                f"{a.emulated_steps} steps)",
+                child["auto"],
+                child["results"],
+            )
+        )
     nhwc = "channels-last" if nhwc else "NCHW"
-    print(f"\n{describe_machine('see table')}\n{a.config}: training step through the Trainer, img/s, median of "
-          f"{a.rounds} alternating rounds of {a.steps} steps ({a.warmup} warm-up); `channels_last: auto` picks {nhwc} "
-          f"for this backbone\n")
-    print("| machine | fp32 NCHW | fp32 channels-last | bf16-mixed NCHW | bf16-mixed channels-last | `precision: auto` "
-          "picks |\n|---|---|---|---|---|---|")
+    print(
+        f"\n{describe_machine('see table')}\n{a.config}: training step through the Trainer, img/s, median of "
+        f"{a.rounds} alternating rounds of {a.steps} steps ({a.warmup} warm-up); `channels_last: auto` picks {nhwc} "
+        f"for this backbone\n"
+    )
+    print(
+        "| machine | fp32 NCHW | fp32 channels-last | bf16-mixed NCHW | bf16-mixed channels-last | `precision: auto` "
+        "picks |\n|---|---|---|---|---|---|"
+    )
     for name, auto, res in rows:
         m = {k: statistics.median(v) for k, v in res.items()}
         base = m["32-true false"]

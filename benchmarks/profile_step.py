@@ -78,8 +78,10 @@ def main() -> None:
         po, so = profile_ours(method, dm, a.steps, a.warmup, precision)
         pp, sp = profile_plain(method, dm, a.steps, a.warmup, precision)
         to, tp = self_times(po), self_times(pp)
-        print(f"## {method}: wall per step ours {1e3 * so / n:.1f} ms, plain {1e3 * sp / n:.1f} ms; profiled CPU "
-              f"self time per step ours {sum(to.values()) / n / 1e3:.1f} ms, plain {sum(tp.values()) / n / 1e3:.1f} ms\n")
+        print(
+            f"## {method}: wall per step ours {1e3 * so / n:.1f} ms, plain {1e3 * sp / n:.1f} ms; profiled CPU "
+            f"self time per step ours {sum(to.values()) / n / 1e3:.1f} ms, plain {sum(tp.values()) / n / 1e3:.1f} ms\n"
+        )
         print("| operator | ours ms/step | plain ms/step | difference |\n|---|---|---|---|")
         keys = sorted(set(to) | set(tp), key=lambda k: -abs(to.get(k, 0) - tp.get(k, 0)))
         for k in keys[: a.top]:

@@ -23,28 +23,57 @@ from lightning_ssl.cli import cli
 from lightning_ssl.eval.report import evaluate_knn
 from lightning_ssl.precision import describe_machine
 
-CONFIGS = {"simclr": "configs/simclr/fashion_mnist.yaml", "mocov3": "configs/mocov3/fashion_mnist.yaml",
-           "byol": "configs/byol/fashion_mnist.yaml", "rotation": "configs/rotation/fashion_mnist.yaml",
-           "moco": "configs/moco/fashion_mnist.yaml", "simsiam": "configs/simsiam/fashion_mnist.yaml",
-           "mae": "configs/mae/fashion_mnist.yaml", "dino": "configs/dino/fashion_mnist.yaml"}
+CONFIGS = {
+    "simclr": "configs/simclr/fashion_mnist.yaml",
+    "mocov3": "configs/mocov3/fashion_mnist.yaml",
+    "byol": "configs/byol/fashion_mnist.yaml",
+    "rotation": "configs/rotation/fashion_mnist.yaml",
+    "moco": "configs/moco/fashion_mnist.yaml",
+    "simsiam": "configs/simsiam/fashion_mnist.yaml",
+    "mae": "configs/mae/fashion_mnist.yaml",
+    "dino": "configs/dino/fashion_mnist.yaml",
+}
 
 
 def run(method: str, minutes: float | None, steps: int | None, out: Path, extra: list[str]) -> dict:
     name = f"{method}_{minutes}min" if minutes else f"{method}_{steps}steps"
     limit = [f"--budget.minutes={minutes}"] if minutes else [f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1"]
-    config = CONFIGS.get(method) or (f"configs/{method}/fashion_mnist.yaml"
-                                      if Path(f"configs/{method}/fashion_mnist.yaml").exists() else method)
-    c = cli(["--config", config, *limit, "--trainer.enable_progress_bar=false", "--trainer.logger=false",
-             "--trainer.check_val_every_n_epoch=1000", "--knn.every_n_epochs=0", "--end_of_run.enabled=false",
-             f"--trainer.default_root_dir={out / name}", f"--checkpoint.dirpath={out / name / 'ckpt'}", *extra], run=False)
+    config = CONFIGS.get(method) or (
+        f"configs/{method}/fashion_mnist.yaml" if Path(f"configs/{method}/fashion_mnist.yaml").exists() else method
+    )
+    c = cli(
+        [
+            "--config",
+            config,
+            *limit,
+            "--trainer.enable_progress_bar=false",
+            "--trainer.logger=false",
+            "--trainer.check_val_every_n_epoch=1000",
+            "--knn.every_n_epochs=0",
+            "--end_of_run.enabled=false",
+            f"--trainer.default_root_dir={out / name}",
+            f"--checkpoint.dirpath={out / name / 'ckpt'}",
+            *extra,
+        ],
+        run=False,
+    )
     t0 = time.perf_counter()
     c.trainer.fit(c.model, datamodule=c.datamodule)
     wall = time.perf_counter() - t0
     knn = evaluate_knn(c.model, c.datamodule)
     steps_done = c.trainer.global_step
     epochs = steps_done / max(1, c.trainer.num_training_batches)
-    return {"method": method, "config": config, "minutes": minutes, "steps": steps_done, "epochs": round(epochs, 2),
-            "wall_s": round(wall, 1), "knn20": knn["k=20"], "knn200": knn["k=200"], "extra": extra}
+    return {
+        "method": method,
+        "config": config,
+        "minutes": minutes,
+        "steps": steps_done,
+        "epochs": round(epochs, 2),
+        "wall_s": round(wall, 1),
+        "knn20": knn["k=20"],
+        "knn200": knn["k=200"],
+        "extra": extra,
+    }
 
 
 def main() -> None:
@@ -70,13 +99,20 @@ def main() -> None:
         c = cli(["--config", CONFIGS["simclr"], "--trainer.logger=false"], run=False)
         base = {"raw pixels": evaluate_knn(None, c.datamodule), "random init": evaluate_knn(c.model, c.datamodule)}
     budget = "training budget" if not a.steps else "optimizer steps"
-    lines = [describe_machine(), "Fashion-MNIST, configs/<method>/fashion_mnist.yaml, kNN top-1 on the 10k test images "
-             "(bank: 60k, cosine, T=0.07)", "", f"| method | {budget} | epochs reached | kNN k=20 | kNN k=200 | wall |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        describe_machine(),
+        "Fashion-MNIST, configs/<method>/fashion_mnist.yaml, kNN top-1 on the 10k test images "
+        "(bank: 60k, cosine, T=0.07)",
+        "",
+        f"| method | {budget} | epochs reached | kNN k=20 | kNN k=200 | wall |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         limit = f"{r['minutes']:g} min" if r["minutes"] else f"{r['steps']}"
-        lines.append(f"| {r['method']} | {limit} | {r['epochs']:.1f} | {100 * r['knn20']:.2f}% | {100 * r['knn200']:.2f}% "
-                     f"| {r['wall_s'] / 60:.1f} min |")
+        lines.append(
+            f"| {r['method']} | {limit} | {r['epochs']:.1f} | {100 * r['knn20']:.2f}% | {100 * r['knn200']:.2f}% "
+            f"| {r['wall_s'] / 60:.1f} min |"
+        )
     for name, r in base.items():
         lines.append(f"| *{name}* | | | *{100 * r['k=20']:.2f}%* | *{100 * r['k=200']:.2f}%* | |")
     text = "\n".join(lines)

@@ -135,9 +135,16 @@ class LightlyViews(Dataset):
         from PIL import Image
 
         self.images, self.labels, self.pil = images, labels, Image
-        self.transform = SimCLRTransform(input_size=28, cj_strength=0.5, cj_sat=0.0, cj_hue=0.0, min_scale=0.4,
-                                         random_gray_scale=0.0, gaussian_blur=0.0,
-                                         normalize={"mean": [0.2860], "std": [0.3530]})
+        self.transform = SimCLRTransform(
+            input_size=28,
+            cj_strength=0.5,
+            cj_sat=0.0,
+            cj_hue=0.0,
+            min_scale=0.4,
+            random_gray_scale=0.0,
+            gaussian_blur=0.0,
+            normalize={"mean": [0.2860], "std": [0.3530]},
+        )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -166,8 +173,14 @@ class Throughput(L.Callback):
 
 
 def datamodule(batch_size: int) -> FashionMNISTDataModule:
-    dm = FashionMNISTDataModule(root="data", batch_size=batch_size, num_workers=0, batch_augment=True, val_bank_size=0,
-                                views=SimCLRViews(min_scale=0.4, jitter_strength=0.5, blur_prob=0.0))
+    dm = FashionMNISTDataModule(
+        root="data",
+        batch_size=batch_size,
+        num_workers=0,
+        batch_augment=True,
+        val_bank_size=0,
+        views=SimCLRViews(min_scale=0.4, jitter_strength=0.5, blur_prob=0.0),
+    )
     dm.prepare_data()
     return dm
 
@@ -180,16 +193,32 @@ def train(model: L.LightningModule, a, own_views: bool, monitors: bool, evaluate
     else:
         extra = [Performance(channels_last=True)] if a.lightly_channels_last else []
     limit = {"max_steps": a.steps, "max_epochs": -1} if a.steps else {"max_epochs": a.epochs}
-    trainer = L.Trainer(**limit, precision=a.precision, accelerator="cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, enable_progress_bar=False, callbacks=[meter, *extra])
+    trainer = L.Trainer(
+        **limit,
+        precision=a.precision,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        callbacks=[meter, *extra],
+    )
     batch_size = a.batch_size
     t0 = time.perf_counter()
     if own_views:
         dm.setup("fit")
         images, labels = dm.train_set.images, dm.train_set.labels
-        loader = DataLoader(LightlyViews(images, labels), batch_size=batch_size, shuffle=True, drop_last=True,
-                            num_workers=1, persistent_workers=True)
+        loader = DataLoader(
+            LightlyViews(images, labels),
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=1,
+            persistent_workers=True,
+        )
         trainer.fit(model, train_dataloaders=loader)
         # the per-image pipeline runs in the worker, in parallel with the step: count wall time per image
         seconds = time.perf_counter() - t0
@@ -217,15 +246,24 @@ def main() -> None:
     a.precision = str(resolve_precision(a.precision, "cpu")[0])
     rows, per_method = [], {}
     for method in a.methods:
-        runs = [("lightning-ssl", lambda: OursSimCLR(backbone(), 512, 128, TEMPERATURE) if method == "simclr"
-                 else OursBYOL(backbone(), 512, 128, 512, momentum=0.99), False),
-                ("lightly (same views)", LightlySimCLR if method == "simclr" else LightlyBYOL, False)]
+        runs = [
+            (
+                "lightning-ssl",
+                lambda: (
+                    OursSimCLR(backbone(), 512, 128, TEMPERATURE)
+                    if method == "simclr"
+                    else OursBYOL(backbone(), 512, 128, 512, momentum=0.99)
+                ),
+                False,
+            ),
+            ("lightly (same views)", LightlySimCLR if method == "simclr" else LightlyBYOL, False),
+        ]
         if method == "simclr" and a.own_views:
             runs.append(("lightly (own views, 1 worker)", LightlySimCLR, True))
         results: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
         per_method[method] = results
         for r in range(a.rounds):
-            for name, factory, own in (runs if r % 2 == 0 else runs[::-1]):
+            for name, factory, own in runs if r % 2 == 0 else runs[::-1]:
                 torch.manual_seed(0)
                 out = train(factory(), a, own, monitors=name == "lightning-ssl", evaluate=r == a.rounds - 1)
                 results[name].append(out)
@@ -234,21 +272,29 @@ def main() -> None:
             rates = [o["images_per_s"] for o in results[name]]
             rows.append((method, name, statistics.median(rates), min(rates), max(rates), results[name][-1]))
     length = f"{a.steps} steps" if a.steps else f"{a.epochs} epochs"
-    layout = "channels-last on both sides" if a.lightly_channels_last else "ours channels-last (its default), lightly NCHW"
-    print(f"\n{describe_machine(a.precision)}\nFashion-MNIST, SmallCNN(width 16, 4 stages), batch {a.batch_size}, "
-          f"AdamW lr {LR}, warmup+cosine, {length} per run, median [min-max] of {a.rounds} alternating rounds; "
-          f"{layout}\n")
+    layout = (
+        "channels-last on both sides" if a.lightly_channels_last else "ours channels-last (its default), lightly NCHW"
+    )
+    print(
+        f"\n{describe_machine(a.precision)}\nFashion-MNIST, SmallCNN(width 16, 4 stages), batch {a.batch_size}, "
+        f"AdamW lr {LR}, warmup+cosine, {length} per run, median [min-max] of {a.rounds} alternating rounds; "
+        f"{layout}\n"
+    )
     print("| method | implementation | train images/s | kNN top-1 k=20 | kNN top-1 k=200 |\n|---|---|---|---|---|")
     for method, name, med, lo, hi, last in rows:
-        print(f"| {method} | {name} | {med:.0f} [{lo:.0f}-{hi:.0f}] | {100 * last['knn20']:.2f}% | "
-              f"{100 * last['knn200']:.2f}% |")
+        print(
+            f"| {method} | {name} | {med:.0f} [{lo:.0f}-{hi:.0f}] | {100 * last['knn20']:.2f}% | "
+            f"{100 * last['knn200']:.2f}% |"
+        )
     for method, results in per_method.items():
         ours = [o["images_per_s"] for o in results["lightning-ssl"]]
         peer = [o["images_per_s"] for o in results["lightly (same views)"]]
         paired = [x / y for x, y in zip(ours, peer)]
-        print(f"{method}: throughput lightning-ssl / lightly (same views): ratio of medians "
-              f"{statistics.median(ours) / statistics.median(peer):.3f}, per-round ratio median "
-              f"{statistics.median(paired):.3f} [{min(paired):.3f}-{max(paired):.3f}]")
+        print(
+            f"{method}: throughput lightning-ssl / lightly (same views): ratio of medians "
+            f"{statistics.median(ours) / statistics.median(peer):.3f}, per-round ratio median "
+            f"{statistics.median(paired):.3f} [{min(paired):.3f}-{max(paired):.3f}]"
+        )
 
 
 if __name__ == "__main__":

@@ -97,8 +97,13 @@ class SSLCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateLogger, "lr_monitor")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EndOfRun, "end_of_run")  # last: sees the others' should_stop
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:03d}",
-                             "checkpoint.auto_insert_metric_name": False})
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Lightning rebuilds the model from a checkpoint file's hyperparameters: say which values given here that
@@ -110,8 +115,11 @@ class SSLCLI(LightningCLI):
             after = to_dict(self.config[sub].get("model"))
             changed = runs.diff(before, after, there="in the checkpoint")
             if changed and self.config[sub].get("ckpt_path"):
-                warnings.warn(f"--ckpt_path {self.config[sub].ckpt_path}: the model is rebuilt from the checkpoint's "
-                              f"hyperparameters, which replace these values: {'; '.join(changed[:4])}", stacklevel=2)
+                warnings.warn(
+                    f"--ckpt_path {self.config[sub].ckpt_path}: the model is rebuilt from the checkpoint's "
+                    f"hyperparameters, which replace these values: {'; '.join(changed[:4])}",
+                    stacklevel=2,
+                )
 
     def _measured_precision(self) -> Chosen | None:
         """``precision: auto`` on one CPU with native bf16: bf16-mixed only if this model's backbone trains faster
@@ -120,9 +128,17 @@ class SSLCLI(LightningCLI):
         if str(cfg.get("precision", "auto")).lower() not in ("auto", "none") or os.environ.get("LOCAL_RANK"):
             return None
         accelerator = str(cfg.get("accelerator") or "auto").lower()
-        one_process = str(cfg.get("devices", "auto")) in ("auto", "1") and int(cfg.get("num_nodes") or 1) == 1 and \
-            str(cfg.get("strategy") or "auto") == "auto"
-        if accelerator not in ("auto", "cpu") or not one_process or torch.cuda.is_available() or not cpu_bf16_support()[0]:
+        one_process = (
+            str(cfg.get("devices", "auto")) in ("auto", "1")
+            and int(cfg.get("num_nodes") or 1) == 1
+            and str(cfg.get("strategy") or "auto") == "auto"
+        )
+        if (
+            accelerator not in ("auto", "cpu")
+            or not one_process
+            or torch.cuda.is_available()
+            or not cpu_bf16_support()[0]
+        ):
             return None
         resume = (self.config_init.get(self.subcommand) if self.subcommand else self.config_init).get("ckpt_path")
         if resume == "last":  # Lightning's "last" with an explicit checkpoint.dirpath: that directory's last.ckpt
@@ -152,7 +168,8 @@ class SSLCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make it atomic
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if isinstance(getattr(trainer.strategy, "_layer_sync", None), TorchSyncBatchNorm) and isinstance(
-                trainer.accelerator, CPUAccelerator):  # torch's SyncBatchNorm is GPU-only
+            trainer.accelerator, CPUAccelerator
+        ):  # torch's SyncBatchNorm is GPU-only
             trainer.strategy._layer_sync = DistributedBatchNormSync()
         return trainer
 
@@ -176,8 +193,12 @@ class SSLCLI(LightningCLI):
         data_cls = import_class(cfg.data.class_path)
         if hasattr(data_cls, "describe"):
             info = data_cls.describe(to_dict(cfg.data.get("init_args")))
-            inject(cfg.model, {DATA_TO_MODEL[k]: v for k, v in info.items()}, source=f"data ({cfg.data.class_path})",
-                   prefix="model.")
+            inject(
+                cfg.model,
+                {DATA_TO_MODEL[k]: v for k, v in info.items()},
+                source=f"data ({cfg.data.class_path})",
+                prefix="model.",
+            )
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -189,7 +210,8 @@ class SSLCLI(LightningCLI):
                     f"--{key} at the top level would replace the method's whole optimizer setup (its warm-up + cosine "
                     f"schedule and the no-weight-decay groups for biases and norms). Set model.init_args."
                     f"{'optimizer' if key == 'optimizer' else 'scheduler'} instead, e.g. "
-                    f"--model.init_args.optimizer.init_args.lr 0.001")
+                    f"--model.init_args.optimizer.init_args.lr 0.001"
+                )
         if cfg.get("data") is None or cfg.get("model") is None:
             return
         self._fill_in_data_facts(cfg)
@@ -199,14 +221,18 @@ class SSLCLI(LightningCLI):
     def _place_run(self, cfg: Namespace) -> None:
         """Give a fit its own run directory (``lightning_ssl.runs``), resolve ``--ckpt_path last`` to the newest
         run of the same model config, and point checkpoints and loggers into the run's directory."""
-        root = Path(cfg.trainer.get("default_root_dir") or Path("outputs") / cfg.model.class_path.rpartition(".")[2].lower())
+        root = Path(
+            cfg.trainer.get("default_root_dir") or Path("outputs") / cfg.model.class_path.rpartition(".")[2].lower()
+        )
         resume, run_dir = cfg.get("ckpt_path"), None
         if resume == "last":
             run_dir, diff = runs.find_resumable(root, to_dict(cfg.model))
             if run_dir is None and diff:
-                raise ValueError(f"--ckpt_path last: no run under {root} was trained with this model config "
-                                 f"(the newest one differs: {diff[0]}). Resume that run with its own config, or give "
-                                 f"its checkpoint file as --ckpt_path.")
+                raise ValueError(
+                    f"--ckpt_path last: no run under {root} was trained with this model config "
+                    f"(the newest one differs: {diff[0]}). Resume that run with its own config, or give "
+                    f"its checkpoint file as --ckpt_path."
+                )
             if run_dir is None:
                 warnings.warn(f"--ckpt_path last: nothing to resume under {root}; starting a new run", stacklevel=2)
             cfg.ckpt_path = str(runs.last_checkpoint(run_dir)) if run_dir is not None else None

@@ -10,8 +10,13 @@ from typing import Any
 
 from jsonargparse import Namespace
 
-DATA_TO_MODEL = {"image_size": "image_size", "channels": "in_channels", "num_classes": "num_classes",
-                 "vocab_size": "vocab_size", "block_size": "block_size"}  # the last two: text corpora
+DATA_TO_MODEL = {
+    "image_size": "image_size",
+    "channels": "in_channels",
+    "num_classes": "num_classes",
+    "vocab_size": "vocab_size",
+    "block_size": "block_size",
+}  # the last two: text corpora
 
 
 def import_class(class_path: str) -> Any:
@@ -51,7 +56,8 @@ def inject(config: Namespace, values: dict[str, Any], source: str = "the data", 
                         raise ValueError(
                             f"{prefix}init_args.{key}={current!r} contradicts {source}, which gives "
                             f"{names.get(key, key)}={value!r}. Leave the model's value out (the data's is filled in) "
-                            f"or change the data's.")
+                            f"or change the data's."
+                        )
                     init[key] = value
                     done.append(f"{prefix}init_args.{key}")
             for key, value in vars(init).items():  # top-level entries (keys() would be flattened)

@@ -21,9 +21,16 @@ class WandbLogger(_WandbLogger):
     later with ``wandb sync``.
     """
 
-    def __init__(self, project: str = "lightning-ssl", save_dir: str = "outputs", offline: bool | None = None,
-                 log_model: bool | str = False, name: str | None = None, tags: list[str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        project: str = "lightning-ssl",
+        save_dir: str = "outputs",
+        offline: bool | None = None,
+        log_model: bool | str = False,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if offline is None:
             mode = os.environ.get("LIGHTNING_SSL_WANDB", os.environ.get("WANDB_MODE", "offline"))
             offline = mode != "online"
@@ -99,8 +106,8 @@ def read_wandb_run(path: str | os.PathLike) -> dict[str, Any]:
         if left < 7:  # the rest of a block too small for a header is padding
             pos += left
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 0 and length == 0:
             continue
         pieces += payload
@@ -109,13 +116,15 @@ def read_wandb_run(path: str | os.PathLike) -> dict[str, Any]:
         record, pieces = pb.Record.FromString(pieces), b""
         field = record.WhichOneof("record_type")
         if field == "history":
-            out["history"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                                   for item in record.history.item})
+            out["history"].append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
         elif field == "config":
             out["config"].update({item.key: json.loads(item.value_json) for item in record.config.update})
         elif field == "summary":
-            out["summary"].update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                                   for item in record.summary.update})
+            out["summary"].update(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update}
+            )
         elif field == "run":
             out["name"], out["tags"] = record.run.display_name, list(record.run.tags)
         elif field == "exit":

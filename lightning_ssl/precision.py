@@ -38,8 +38,11 @@ AUTO = "auto"
 def cpu_bf16_support() -> tuple[bool, str]:
     """(native bf16 on this CPU, why): the CPU must have AVX512-BF16 or AMX-BF16 *and* oneDNN must be allowed to
     use them."""
-    flags = [name for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
-             if getattr(torch.cpu, check, lambda: False)()]
+    flags = [
+        name
+        for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+        if getattr(torch.cpu, check, lambda: False)()
+    ]
     if not flags:
         return False, f"this CPU has no native bf16 (no AMX or AVX512-BF16; {torch.backends.cpu.get_cpu_capability()})"
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -97,8 +100,15 @@ def _step_seconds(backbone: torch.nn.Module, x: torch.Tensor, bf16: bool, repeat
     return sorted(times)[len(times) // 2]
 
 
-def measure_cpu_precision(backbone: torch.nn.Module, in_channels: int, image_size: int, batch_size: int = 128,
-                          channels_last: bool = False, repeats: int = 3, margin: float = 0.05) -> tuple[str, str]:
+def measure_cpu_precision(
+    backbone: torch.nn.Module,
+    in_channels: int,
+    image_size: int,
+    batch_size: int = 128,
+    channels_last: bool = False,
+    repeats: int = 3,
+    margin: float = 0.05,
+) -> tuple[str, str]:
     """(precision, reason) for training ``backbone`` on this CPU: the median time of ``repeats`` forward + backward
     passes of a copy of it on a random (batch, in_channels, image_size, image_size) batch in fp32 and in bf16
     autocast; bf16-mixed only if it is more than ``margin`` faster. The batch is the training batch (``batch_size``,
@@ -111,8 +121,16 @@ def measure_cpu_precision(backbone: torch.nn.Module, in_channels: int, image_siz
         return precision, f"{why}; measured before on this machine, {cache_path()}"
     with torch.random.fork_rng():  # the run's random stream is left as it was
         torch.manual_seed(0)
-        answer = _measure(copy.deepcopy(backbone).train(), in_channels, image_size, batch_size, channels_last, repeats,
-                          margin, type(backbone).__name__)
+        answer = _measure(
+            copy.deepcopy(backbone).train(),
+            in_channels,
+            image_size,
+            batch_size,
+            channels_last,
+            repeats,
+            margin,
+            type(backbone).__name__,
+        )
     _write_cache(key, answer)
     return answer
 
@@ -123,8 +141,15 @@ def cache_path():
 
 
 def _cache_key(backbone, in_channels, image_size, batch_size, channels_last) -> str:
-    parts = [describe_machine("-"), os.environ.get("ONEDNN_MAX_CPU_ISA", ""), repr(backbone), in_channels, image_size,
-             min(batch_size, 128), channels_last]
+    parts = [
+        describe_machine("-"),
+        os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+        repr(backbone),
+        in_channels,
+        image_size,
+        min(batch_size, 128),
+        channels_last,
+    ]
     return hashlib.sha1(repr(parts).encode()).hexdigest()
 
 
@@ -182,8 +207,18 @@ def describe_machine(precision: str | None = None) -> str:
                     break
     except OSError:
         pass
-    named = [n for f, n in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
-                            ("amx_bf16", "AMX-BF16"), ("asimd", "NEON"), ("sve", "SVE")) if f in flags]
+    named = [
+        n
+        for f, n in (
+            ("avx2", "AVX2"),
+            ("avx512f", "AVX-512"),
+            ("avx512_bf16", "AVX512-BF16"),
+            ("amx_bf16", "AMX-BF16"),
+            ("asimd", "NEON"),
+            ("sve", "SVE"),
+        )
+        if f in flags
+    ]
     where = f"CPU {cpu} ({', '.join(named) or 'no AVX2'}), {torch.get_num_threads()} threads"
     limited = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
     if limited:

@@ -37,7 +37,7 @@ def log_dir(trainer: Any) -> Path:
 def versions(root: str | Path) -> list[Path]:
     """The run directories under ``root``, oldest first."""
     root = Path(root)
-    found = [(int(p.name[len(PREFIX):]), p) for p in root.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit()]
+    found = [(int(p.name[len(PREFIX) :]), p) for p in root.glob(f"{PREFIX}*") if p.name[len(PREFIX) :].isdigit()]
     return [p for _, p in sorted(found)]
 
 
@@ -45,7 +45,7 @@ def new_run_dir(root: str | Path) -> Path:
     """``<root>/version_<N+1>`` (created, so a second run started at the same moment takes the next number)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    n = int(versions(root)[-1].name[len(PREFIX):]) + 1 if versions(root) else 0
+    n = int(versions(root)[-1].name[len(PREFIX) :]) + 1 if versions(root) else 0
     while True:
         path = root / f"{PREFIX}{n}"
         try:

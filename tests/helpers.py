@@ -70,8 +70,16 @@ class Throttle(L.Callback):
         time.sleep(self.seconds)
 
 
-def write_multiband_folder(root, bands: int = 6, size: int = 24, per_class: int = 8, classes: int = 2,
-                           dtype: str = "uint16", seed: int = 0, layout: str = "planar") -> list:
+def write_multiband_folder(
+    root,
+    bands: int = 6,
+    size: int = 24,
+    per_class: int = 8,
+    classes: int = 2,
+    dtype: str = "uint16",
+    seed: int = 0,
+    layout: str = "planar",
+) -> list:
     """``root/<class>/<i>.tif``: multi-band tiles whose spectrum depends on the class (class k is bright in the
     bands b with b % classes == k, like a land-cover class's spectral signature) plus a low-frequency pattern
     and noise, in uint16 "reflectances" (0-10000) or float32. ``layout``: planar (C, H, W) or interleaved (H, W, C).
@@ -92,7 +100,9 @@ def write_multiband_folder(root, bands: int = 6, size: int = 24, per_class: int 
             if layout == "interleaved":
                 x = x.transpose(1, 2, 0)
             path = Path(root) / f"class{k}" / f"{i}.tif"
-            tifffile.imwrite(path, x, photometric="minisblack", planarconfig="contig" if layout == "interleaved" else None)
+            tifffile.imwrite(
+                path, x, photometric="minisblack", planarconfig="contig" if layout == "interleaved" else None
+            )
             paths.append(path)
     return paths
 
@@ -111,13 +121,23 @@ class RecordSamples(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         os.makedirs(self.out_dir, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-        torch.save({"labels": self.labels, "global_rank": trainer.global_rank, "node_rank": trainer.node_rank,
-                    "world_size": trainer.world_size, "num_nodes": trainer.num_nodes, "state_dict": state},
-                   os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+        torch.save(
+            {
+                "labels": self.labels,
+                "global_rank": trainer.global_rank,
+                "node_rank": trainer.node_rank,
+                "world_size": trainer.world_size,
+                "num_nodes": trainer.num_nodes,
+                "state_dict": state,
+            },
+            os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"),
+        )
 
 
-WORDS = ("the cat dog king queen sword crown night day love war sea ship house lord lady fool ghost moon sun "
-         "sat ran saw loved fought sailed slept spoke said wept is was shall will doth hath and but or of to in on by").split()
+WORDS = (
+    "the cat dog king queen sword crown night day love war sea ship house lord lady fool ghost moon sun "
+    "sat ran saw loved fought sailed slept spoke said wept is was shall will doth hath and but or of to in on by"
+).split()
 
 
 def write_corpus(folder, docs: int = 6, sentences: int = 40, seed: int = 0):
@@ -129,6 +149,8 @@ def write_corpus(folder, docs: int = 6, sentences: int = 40, seed: int = 0):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for d in range(docs):
-        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))).capitalize() + "." for _ in range(sentences)]
+        lines = [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))).capitalize() + "." for _ in range(sentences)
+        ]
         (folder / f"doc{d}.txt").write_text("\n".join(lines) + "\n")
     return folder

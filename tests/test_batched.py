@@ -36,13 +36,19 @@ def _torchvision_boxes(height: int, width: int, scale, n: int) -> np.ndarray:
 
 def _stats(boxes: np.ndarray, height: int, width: int) -> dict[str, np.ndarray]:
     top, left, h, w = boxes.T
-    return {"area": h * w / (height * width), "log_aspect": np.log(w / h),
-            "centre_y": (top + h / 2) / height, "centre_x": (left + w / 2) / width}
+    return {
+        "area": h * w / (height * width),
+        "log_aspect": np.log(w / h),
+        "centre_y": (top + h / 2) / height,
+        "centre_x": (left + w / 2) / width,
+    }
 
 
-@pytest.mark.parametrize("height,width,scale", [(375, 500, (0.08, 1.0)), (500, 375, (0.2, 1.0)),
-                                                (64, 64, (0.08, 1.0)), (120, 600, (0.4, 1.0))],
-                         ids=["landscape-4:3", "portrait-3:4", "square", "panorama-5:1"])
+@pytest.mark.parametrize(
+    "height,width,scale",
+    [(375, 500, (0.08, 1.0)), (500, 375, (0.2, 1.0)), (64, 64, (0.08, 1.0)), (120, 600, (0.4, 1.0))],
+    ids=["landscape-4:3", "portrait-3:4", "square", "panorama-5:1"],
+)
 def test_crop_distribution_matches_torchvision_on_the_original(height, width, scale):
     torch.manual_seed(1)
     ours = sample_crop_boxes(torch.tensor([[height, width]] * N), scale).double().numpy()
@@ -164,8 +170,16 @@ def _folder(root: Path, sizes=((40, 30), (30, 50), (64, 64), (20, 90))) -> Path:
 
 def test_image_folder_batch_augment_decodes_in_workers_and_crops_on_device(tmp_path):
     root = _folder(tmp_path)
-    dm = ImageFolderDataModule(train_dir=str(root / "train"), val_dir=str(root / "val"), image_size=16, batch_size=8,
-                               num_workers=0, batch_augment=True, views=SimCLRViews(blur_prob=0), val_bank_size=None)
+    dm = ImageFolderDataModule(
+        train_dir=str(root / "train"),
+        val_dir=str(root / "val"),
+        image_size=16,
+        batch_size=8,
+        num_workers=0,
+        batch_augment=True,
+        views=SimCLRViews(blur_prob=0),
+        val_bank_size=None,
+    )
     assert dm.decode_size == 18  # 8/7 of the view size
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -191,8 +205,14 @@ def test_decode_on_the_device_matches_the_workers(tmp_path):
     """decode: device (workers read bytes; decode_jpeg on the trainer's device, the CPU here) gives the same
     images and sizes as decoding in the workers, up to the two resizers' rounding."""
     root = _folder(tmp_path)
-    kw = dict(train_dir=str(root / "train"), image_size=16, batch_size=8, num_workers=0, batch_augment=True,
-              views=SimCLRViews(blur_prob=0))
+    kw = dict(
+        train_dir=str(root / "train"),
+        image_size=16,
+        batch_size=8,
+        num_workers=0,
+        batch_augment=True,
+        views=SimCLRViews(blur_prob=0),
+    )
     workers = ImageFolderDataModule(**kw)
     device = ImageFolderDataModule(**kw, decode="device")
     for d in (workers, device):
@@ -207,8 +227,9 @@ def test_decode_on_the_device_matches_the_workers(tmp_path):
         ImageFolderDataModule(train_dir=str(root / "train"), decode="device")
     with pytest.raises(ValueError, match="decode must be"):
         ImageFolderDataModule(train_dir=str(root / "train"), decode="gpu", batch_augment=True)
-    images, sizes = decode_jpeg_batch([torch.frombuffer(bytearray((root / "train/cat/0.jpg").read_bytes()),
-                                                        dtype=torch.uint8)], 10, 1, "cpu")
+    images, sizes = decode_jpeg_batch(
+        [torch.frombuffer(bytearray((root / "train/cat/0.jpg").read_bytes()), dtype=torch.uint8)], 10, 1, "cpu"
+    )
     assert images.shape == (1, 1, 10, 10) and sizes.tolist() == [[30.0, 40.0]]
 
 
@@ -231,9 +252,24 @@ def test_a_new_user_switches_the_demo_config_to_their_folder(tmp_path):
 
     root = _folder(tmp_path)
     config = Path(__file__).resolve().parents[1] / "configs/simclr/fashion_mnist.yaml"
-    c = cli(["fit", "--config", str(config), "--data", "ImageFolderDataModule",
-             f"--data.train_dir={root / 'train'}", f"--data.val_dir={root / 'val'}", "--data.batch_size=4",
-             "--data.image_size=24", "--data.val_bank_size=8", "--trainer.fast_dev_run=true", "--trainer.logger=false",
-             "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path}/ck"])
+    c = cli(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--data",
+            "ImageFolderDataModule",
+            f"--data.train_dir={root / 'train'}",
+            f"--data.val_dir={root / 'val'}",
+            "--data.batch_size=4",
+            "--data.image_size=24",
+            "--data.val_bank_size=8",
+            "--trainer.fast_dev_run=true",
+            "--trainer.logger=false",
+            "--trainer.accelerator=cpu",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--checkpoint.dirpath={tmp_path}/ck",
+        ]
+    )
     assert c.datamodule.batch_augment and c.datamodule.decode_size == 27
     assert c.trainer.global_step == 1 and c.model.backbone.image_size == 24

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def vit(**kw):
-    return ViT(**{"in_channels": 1, "image_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, **kw})
+    return ViT(
+        **{"in_channels": 1, "image_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, **kw}
+    )
 
 
 def tokenizer(**kw):
@@ -42,7 +44,7 @@ def test_beit_masking_ratio_blocks_and_limits(grid, num_masked, min_block):
         for top, left, bh, bw in rects:
             assert bh * bw >= min_block and 0.3 - 1e-9 <= bh / bw <= 1 / 0.3 + 1e-9
             assert 0 <= top and top + bh <= h and 0 <= left and left + bw <= w
-            union[top:top + bh, left:left + bw] = True
+            union[top : top + bh, left : left + bw] = True
         assert torch.equal(union.flatten(), mask)  # the mask is exactly its rectangles: contiguous blocks
     # per-sample masks differ, and a generator makes them reproducible
     assert not torch.equal(masks[0], masks[1])
@@ -81,8 +83,17 @@ def test_beit_masking_follows_the_reference_algorithm():
         assert got[i].tolist() == [v for row in mask for v in row], i
 
 
-@pytest.mark.parametrize("kwargs", [{"num_masked": 0}, {"num_masked": 49}, {"min_block": 0},
-                                    {"min_block": 30, "num_masked": 20}, {"aspect": (2.0, 1.0)}, {"attempts": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_masked": 0},
+        {"num_masked": 49},
+        {"min_block": 0},
+        {"min_block": 30, "num_masked": 20},
+        {"aspect": (2.0, 1.0)},
+        {"attempts": 0},
+    ],
+)
 def test_beit_masking_rejects_impossible_settings(kwargs):
     with pytest.raises(ValueError):
         beit_masking(2, (7, 7), **kwargs)
@@ -173,8 +184,12 @@ def test_tokenizer_is_frozen_and_gets_no_gradient():
 
 def test_beit_rejects_a_tokenizer_of_another_grid_and_a_non_vit():
     with pytest.raises(ValueError, match="grid"):
-        BEiT(vit(), VisualTokenizer(vit(patch_size=8), num_codes=16, code_dim=4, decoder_dim=16, decoder_depth=1,
-                                    decoder_heads=2))
+        BEiT(
+            vit(),
+            VisualTokenizer(
+                vit(patch_size=8), num_codes=16, code_dim=4, decoder_dim=16, decoder_depth=1, decoder_heads=2
+            ),
+        )
     with pytest.raises(ValueError, match="tokenize"):
         BEiT(vit(), nn.Linear(2, 2))
     from lightning_ssl.modules.backbones import SmallCNN
@@ -189,17 +204,48 @@ def test_two_stage_recipe_from_the_configs(tmp_path):
     from lightning_ssl.cli import cli
     from lightning_ssl.modules.pretrained import CheckpointBackbone
 
-    data = ["--data=lightning_ssl.data.SyntheticDataModule", "--data.image_size=28", "--data.channels=1",
-            "--data.num_classes=4", "--data.num_samples=16", "--data.batch_size=8", "--data.num_workers=0"]
-    common = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.logger=false",
-              "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]"]
-    stage1 = cli(["fit", "--config", str(ROOT / "configs/visual_tokenizer/fashion_mnist.yaml"), *data, *common,
-                  "--model.init_args.num_codes=16", f"--trainer.default_root_dir={tmp_path}/tok",
-                  f"--checkpoint.dirpath={tmp_path}/tok"])
+    data = [
+        "--data=lightning_ssl.data.SyntheticDataModule",
+        "--data.image_size=28",
+        "--data.channels=1",
+        "--data.num_classes=4",
+        "--data.num_samples=16",
+        "--data.batch_size=8",
+        "--data.num_workers=0",
+    ]
+    common = [
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.logger=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks=[]",
+    ]
+    stage1 = cli(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/visual_tokenizer/fashion_mnist.yaml"),
+            *data,
+            *common,
+            "--model.init_args.num_codes=16",
+            f"--trainer.default_root_dir={tmp_path}/tok",
+            f"--checkpoint.dirpath={tmp_path}/tok",
+        ]
+    )
     ckpt = tmp_path / "tok" / "last.ckpt"
-    stage2 = cli(["fit", "--config", str(ROOT / "configs/beit/fashion_mnist.yaml"), *data, *common,
-                  f"--model.init_args.tokenizer={ckpt}", f"--trainer.default_root_dir={tmp_path}/beit",
-                  f"--checkpoint.dirpath={tmp_path}/beit"])
+    stage2 = cli(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/beit/fashion_mnist.yaml"),
+            *data,
+            *common,
+            f"--model.init_args.tokenizer={ckpt}",
+            f"--trainer.default_root_dir={tmp_path}/beit",
+            f"--checkpoint.dirpath={tmp_path}/beit",
+        ]
+    )
     x = torch.randn(3, 1, 28, 28)
     stage1.model.eval()
     assert torch.equal(stage2.model.tokenizer.tokenize(x), stage1.model.tokenize(x))
@@ -213,9 +259,19 @@ def test_two_stage_recipe_from_the_configs(tmp_path):
 def _hf_config():
     from transformers import BeitConfig
 
-    return BeitConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=64, vocab_size=40, use_mask_token=True,
-                      use_mean_pooling=False, use_relative_position_bias=True)
+    return BeitConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=40,
+        use_mask_token=True,
+        use_mean_pooling=False,
+        use_relative_position_bias=True,
+    )
 
 
 def test_hf_beit_for_masked_image_modeling_loads_as_a_backbone(tmp_path):
@@ -260,5 +316,6 @@ def test_hf_beit_model_loads_as_a_backbone(tmp_path):
         out = model(pixel_values=x)
         backbone = HFVisionBackbone(str(tmp_path), pooling="pooler", in_channels=1, image_size=16).eval()
         torch.testing.assert_close(backbone(x), out.pooler_output)  # LayerNorm(mean of patch tokens), as BEiT evaluates
-        torch.testing.assert_close(HFVisionBackbone(str(tmp_path), pooling="cls", in_channels=1, image_size=16)(x),
-                                   out.last_hidden_state[:, 0])
+        torch.testing.assert_close(
+            HFVisionBackbone(str(tmp_path), pooling="cls", in_channels=1, image_size=16)(x), out.last_hidden_state[:, 0]
+        )

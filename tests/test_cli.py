@@ -15,21 +15,44 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_args(tmp_path, *extra):
     return [
-        "--model=SimCLR", "--model.backbone=lightning_ssl.modules.backbones.SmallCNN",
-        "--model.backbone.init_args.width=4", "--model.proj_hidden_dim=16", "--model.proj_dim=8",
-        "--data=SyntheticDataModule", "--data.num_samples=32", "--data.batch_size=8", "--data.num_workers=0",
-        "--data.image_size=16", "--data.channels=1", "--data.num_classes=4",
-        "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path}/ckpt",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
+        "--model=SimCLR",
+        "--model.backbone=lightning_ssl.modules.backbones.SmallCNN",
+        "--model.backbone.init_args.width=4",
+        "--model.proj_hidden_dim=16",
+        "--model.proj_dim=8",
+        "--data=SyntheticDataModule",
+        "--data.num_samples=32",
+        "--data.batch_size=8",
+        "--data.num_workers=0",
+        "--data.image_size=16",
+        "--data.channels=1",
+        "--data.num_classes=4",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--checkpoint.dirpath={tmp_path}/ckpt",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={tmp_path}",
         *extra,
     ]
 
 
 def test_print_config_works():
     out = subprocess.run(
-        [sys.executable, "-m", "lightning_ssl.cli", "fit", "--config", "configs/simclr/fashion_mnist.yaml", "--print_config"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "lightning_ssl.cli",
+            "fit",
+            "--config",
+            "configs/simclr/fashion_mnist.yaml",
+            "--print_config",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "not recommended to provide both args and command line" not in out.stderr  # the entry point passes one
@@ -68,8 +91,19 @@ def test_fit_resume_and_reload(tmp_path):
 
 
 def test_simclr_loss_decreases_and_embed_excludes_projector(tmp_path):
-    c = cli(["fit", *tiny_args(tmp_path, "--trainer.max_epochs=6", "--model.optimizer=torch.optim.Adam",
-                                "--model.optimizer.lr=0.01", "--knn.every_n_epochs=0", "--trainer.log_every_n_steps=1")])
+    c = cli(
+        [
+            "fit",
+            *tiny_args(
+                tmp_path,
+                "--trainer.max_epochs=6",
+                "--model.optimizer=torch.optim.Adam",
+                "--model.optimizer.lr=0.01",
+                "--knn.every_n_epochs=0",
+                "--trainer.log_every_n_steps=1",
+            ),
+        ]
+    )
     rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
@@ -101,8 +135,13 @@ def test_top_level_optimizer_is_refused_naming_the_right_key(tmp_path, flag):
 
 def test_lr_scaling_with_the_global_batch(tmp_path):
     args = [a for a in tiny_args(tmp_path) if not a.startswith("--model=")]
-    base = ["--model=SimCLR", "--model.optimizer=torch.optim.AdamW", "--model.optimizer.lr=0.001",
-            "--trainer.max_steps=1", "--knn.every_n_epochs=0"]
+    base = [
+        "--model=SimCLR",
+        "--model.optimizer=torch.optim.AdamW",
+        "--model.optimizer.lr=0.001",
+        "--trainer.max_steps=1",
+        "--knn.every_n_epochs=0",
+    ]
     c = cli(["fit", *base, *args, "--lr_scaling.base_batch_size=4", "--trainer.accumulate_grad_batches=2"])
     # batch 8 x 1 process x 2 accumulated = 16 images per step: 4x the rate given per 4 images
     assert c.trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.004)
@@ -114,15 +153,34 @@ def test_configs_ship_with_the_package_and_are_listed(tmp_path, monkeypatch, cap
     from lightning_ssl.cli import PACKAGED_CONFIGS, list_configs, main
 
     names = {n for n, _ in list_configs()}
-    assert {p.relative_to(ROOT / "configs").with_suffix("").as_posix() for p in (ROOT / "configs").glob("*/*.yaml")} == names
+    assert {
+        p.relative_to(ROOT / "configs").with_suffix("").as_posix() for p in (ROOT / "configs").glob("*/*.yaml")
+    } == names
     monkeypatch.chdir(tmp_path)  # no configs/ folder here, as after a pip install
     monkeypatch.setattr(sys, "argv", ["lightning-ssl", "configs"])
     main()
     out = capsys.readouterr().out
     assert "simclr/fashion_mnist" in out and str(PACKAGED_CONFIGS) in out
-    c = cli(["--config", "simclr/fashion_mnist", "--data=SyntheticDataModule", "--data.image_size=28",
-             "--data.channels=1", "--trainer.logger=false"], run=False)
+    c = cli(
+        [
+            "--config",
+            "simclr/fashion_mnist",
+            "--data=SyntheticDataModule",
+            "--data.image_size=28",
+            "--data.channels=1",
+            "--trainer.logger=false",
+        ],
+        run=False,
+    )
     assert type(c.model).__name__ == "SimCLR"
-    c = cli(["--config=configs/mae/fashion_mnist.yaml", "--data=SyntheticDataModule", "--data.image_size=28",
-             "--data.channels=1", "--trainer.logger=false"], run=False)
+    c = cli(
+        [
+            "--config=configs/mae/fashion_mnist.yaml",
+            "--data=SyntheticDataModule",
+            "--data.image_size=28",
+            "--data.channels=1",
+            "--trainer.logger=false",
+        ],
+        run=False,
+    )
     assert type(c.model).__name__ == "MAE"

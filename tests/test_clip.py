@@ -132,7 +132,9 @@ def test_tokenizer_round_trip(tmp_path):
 
 @pytest.mark.parametrize("causal,pooling", [(True, "eot"), (False, "mean")])
 def test_text_transformer_ignores_padding_and_saves_its_tokenizer(causal, pooling, tmp_path):
-    enc = TextTransformer(vocab_size=512, width=32, layers=2, heads=4, context_length=16, causal=causal, pooling=pooling)
+    enc = TextTransformer(
+        vocab_size=512, width=32, layers=2, heads=4, context_length=16, causal=causal, pooling=pooling
+    )
     with pytest.raises(RuntimeError, match="no tokenizer"):
         enc(["dog face"])
     enc.fit_tokenizer(CAPTIONS)
@@ -142,7 +144,9 @@ def test_text_transformer_ignores_padding_and_saves_its_tokenizer(causal, poolin
     torch.testing.assert_close(alone, padded, rtol=1e-4, atol=1e-5)
     assert alone.shape == (1, 32)
     torch.save(enc.state_dict(), tmp_path / "text.pt")
-    fresh = TextTransformer(vocab_size=512, width=32, layers=2, heads=4, context_length=16, causal=causal, pooling=pooling)
+    fresh = TextTransformer(
+        vocab_size=512, width=32, layers=2, heads=4, context_length=16, causal=causal, pooling=pooling
+    )
     fresh.load_state_dict(torch.load(tmp_path / "text.pt", weights_only=True))
     fresh.eval()
     torch.testing.assert_close(fresh(["dog face"]), alone)
@@ -226,8 +230,14 @@ def write_pairs(folder, per_pair=3, jsonl=False, labels=True):
 
 def test_image_text_datamodule_from_csv(tmp_path):
     path = write_pairs(tmp_path)
-    dm = ImageTextDataModule(source=str(path), image_size=16, batch_size=4, num_workers=0,
-                             caption_templates=["{caption}", "a picture of {caption}"], test_fraction=0.25)
+    dm = ImageTextDataModule(
+        source=str(path),
+        image_size=16,
+        batch_size=4,
+        num_workers=0,
+        caption_templates=["{caption}", "a picture of {caption}"],
+        test_fraction=0.25,
+    )
     dm.setup("fit")
     assert dm.class_names == ["blue", "green", "red"] and dm.num_classes == 3
     assert len(dm.train_set) + len(dm.val_set) == 18 and len(dm.val_set) == 6  # 2 of each colour held out
@@ -265,16 +275,26 @@ def test_emoji_source_uses_names_groups_and_templates(tmp_path, monkeypatch):
     import lightning_ssl.data.image_text as image_text
 
     groups = ["Animals & Nature", "Food & Drink", "Flags"]
-    fake = {"images": torch.randint(0, 255, (30, 3, 64, 64), dtype=torch.uint8),
-            "names": [f"thing {i}" for i in range(30)], "groups": [groups[i % 3] for i in range(30)],
-            "subgroups": [f"sub-{i % 6}" for i in range(30)], "chars": ["x"] * 30}
+    fake = {
+        "images": torch.randint(0, 255, (30, 3, 64, 64), dtype=torch.uint8),
+        "names": [f"thing {i}" for i in range(30)],
+        "groups": [groups[i % 3] for i in range(30)],
+        "subgroups": [f"sub-{i % 6}" for i in range(30)],
+        "chars": ["x"] * 30,
+    }
     monkeypatch.setattr(image_text, "load_emoji", lambda *a, **k: fake)
     dm = ImageTextDataModule(root=str(tmp_path), image_size=32, batch_size=4, num_workers=0)
     dm.setup("fit")
     assert dm.class_names == sorted(groups) and dm.num_classes == 3
     caps = dm.train_captions()
-    assert "an emoji of thing 0" in caps and "thing 0, a Animals & Nature emoji" in caps and "a sub 0 emoji: thing 0" in caps
-    assert dm.val_set.labels and {f["name"] for f in dm.val_set.fields}.isdisjoint(f["name"] for f in dm.train_set.fields)
+    assert (
+        "an emoji of thing 0" in caps
+        and "thing 0, a Animals & Nature emoji" in caps
+        and "a sub 0 emoji: thing 0" in caps
+    )
+    assert dm.val_set.labels and {f["name"] for f in dm.val_set.fields}.isdisjoint(
+        f["name"] for f in dm.train_set.fields
+    )
     sub = ImageTextDataModule(root=str(tmp_path), label="subgroup", num_workers=0)
     sub.setup("fit")
     assert sub.class_names == [f"sub {i}" for i in range(6)]
@@ -284,18 +304,31 @@ def test_emoji_source_uses_names_groups_and_templates(tmp_path, monkeypatch):
 
 # --- the LightningModule ----------------------------------------------------------------------------------------
 def tiny_clip(**kwargs):
-    return CLIP(SmallCNN(3, 16, width=8, stages=2), TextTransformer(vocab_size=300, width=32, layers=1, heads=2, context_length=12),
-                embed_dim=16, **kwargs)
+    return CLIP(
+        SmallCNN(3, 16, width=8, stages=2),
+        TextTransformer(vocab_size=300, width=32, layers=1, heads=2, context_length=12),
+        embed_dim=16,
+        **kwargs,
+    )
 
 
 def test_fit_logs_zero_shot_and_recall_and_reloads(tmp_path):
-    dm = ImageTextDataModule(source=str(write_pairs(tmp_path)), image_size=16, batch_size=6, num_workers=0, test_fraction=0.34)
+    dm = ImageTextDataModule(
+        source=str(write_pairs(tmp_path)), image_size=16, batch_size=6, num_workers=0, test_fraction=0.34
+    )
     model = tiny_clip(optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
     with torch.no_grad():
         model.criterion.log_scale.fill_(6.0)  # above ln(100): must be clamped after the optimizer steps
     plot = CLIPEmbeddingPlot(every_n_epochs=2)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path), default_root_dir=tmp_path,
-                        callbacks=[plot], enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path),
+        default_root_dir=tmp_path,
+        callbacks=[plot],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, dm)
     m = trainer.callback_metrics
     for key in ("val/zeroshot_top1", "val/i2t_recall@1", "val/i2t_recall@10", "val/t2i_recall@5", "train/logit_scale"):
@@ -307,8 +340,12 @@ def test_fit_logs_zero_shot_and_recall_and_reloads(tmp_path):
 
     ckpt = next(tmp_path.rglob("*.ckpt"))
     assert safe_load(ckpt)["state_dict"]["text_encoder._extra_state"].dtype == torch.uint8
-    fresh = CLIP.load_from_checkpoint(ckpt, weights_only=True, backbone=SmallCNN(3, 16, width=8, stages=2),
-                                      text_encoder=TextTransformer(vocab_size=300, width=32, layers=1, heads=2, context_length=12))
+    fresh = CLIP.load_from_checkpoint(
+        ckpt,
+        weights_only=True,
+        backbone=SmallCNN(3, 16, width=8, stages=2),
+        text_encoder=TextTransformer(vocab_size=300, width=32, layers=1, heads=2, context_length=12),
+    )
     model.eval(), fresh.eval()
     texts = ["a red circle", "a blue square"]
     torch.testing.assert_close(fresh.encode_text(texts), model.encode_text(texts))
@@ -323,8 +360,16 @@ def test_lock_text_trains_only_the_projection(tmp_path):
     model.text_encoder.fit_tokenizer(CAPTIONS + ["a red circle"])
     before = {k: v.clone() for k, v in model.text_encoder.state_dict().items()}
     proj = model.text_proj.weight.detach().clone()
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(model, dm)
     model.train()
     assert not model.text_encoder.training and model.image_proj.training

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _config(tmp_path: Path) -> Path:
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         seed_everything: 7
         model:
           class_path: lightning_ssl.methods.BYOL
@@ -37,12 +38,22 @@ def _config(tmp_path: Path) -> Path:
         trainer: {{max_epochs: 3, accelerator: cpu, logger: false, enable_progress_bar: false,
                   enable_model_summary: false, default_root_dir: {tmp_path}}}
         checkpoint: {{every_n_train_steps: 5, save_top_k: -1, filename: "step{{step}}"}}
-        """))
+        """)
+    )
     return cfg
 
 
 def _fit(cfg: Path, ckpt_dir: Path, *extra: str, wait: bool = True) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "lightning_ssl.cli", "fit", "--config", str(cfg), f"--checkpoint.dirpath={ckpt_dir}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_ssl.cli",
+        "fit",
+        "--config",
+        str(cfg),
+        f"--checkpoint.dirpath={ckpt_dir}",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if wait:
         out, _ = proc.communicate(timeout=600)
@@ -56,8 +67,13 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     # kernels chosen) that moves bf16 BatchNorm statistics by ~1e-6
     _fit(cfg, tmp_path / "straight")
 
-    proc = _fit(cfg, tmp_path / "killed", "--trainer.callbacks+=tests.helpers.Throttle", "--trainer.callbacks.seconds=0.15",
-                wait=False)
+    proc = _fit(
+        cfg,
+        tmp_path / "killed",
+        "--trainer.callbacks+=tests.helpers.Throttle",
+        "--trainer.callbacks.seconds=0.15",
+        wait=False,
+    )
     deadline = time.time() + 300
     last_path = tmp_path / "killed" / "last.ckpt"
     # wait for last.ckpt of step 15 = batch 5 of epoch 1 (10 batches per epoch); reading it while the run writes
@@ -93,7 +109,9 @@ for _ in range(50):
 
 def _kill_while_writing(tmp_path: Path, mode: str) -> Path:
     path = tmp_path / f"{mode}.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), mode], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path), mode], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "first written"
     first = path.stat().st_mtime_ns if mode == "atomic" else None
     deadline = time.time() + 120

@@ -46,8 +46,13 @@ def test_read_idx_round_trip_and_truncation(tmp_path):
 
 
 def test_fashion_mnist_datamodule_from_idx_files(fmnist_root):
-    dm = FashionMNISTDataModule(root=str(fmnist_root), batch_size=8, num_workers=0, val_bank_size=16,
-                                views=SimCLRViews(min_scale=0.3, blur_prob=0))
+    dm = FashionMNISTDataModule(
+        root=str(fmnist_root),
+        batch_size=8,
+        num_workers=0,
+        val_bank_size=16,
+        views=SimCLRViews(min_scale=0.3, blur_prob=0),
+    )
     dm.prepare_data()
     dm.setup("fit")
     (views, labels) = next(iter(dm.train_dataloader()))
@@ -89,8 +94,13 @@ def test_missing_fashion_mnist_names_the_fix(tmp_path, monkeypatch):
 
 
 def test_batch_augment_gives_per_sample_views(fmnist_root):
-    dm = FashionMNISTDataModule(root=str(fmnist_root), batch_size=8, num_workers=0, batch_augment=True,
-                                views=SimCLRViews(min_scale=0.2, blur_prob=0))
+    dm = FashionMNISTDataModule(
+        root=str(fmnist_root),
+        batch_size=8,
+        num_workers=0,
+        batch_augment=True,
+        views=SimCLRViews(min_scale=0.2, blur_prob=0),
+    )
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.dtype == torch.uint8  # augmentation happens after transfer
@@ -142,8 +152,14 @@ def test_image_folder_labelled_and_unlabelled(tmp_path):
         for c, color in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
             for i in range(3):
                 _png(tmp_path / split / c / f"{i}.png", color, size=(10 + i, 12))
-    dm = ImageFolderDataModule(train_dir=str(tmp_path / "train"), val_dir=str(tmp_path / "val"), image_size=8,
-                               batch_size=2, num_workers=0, views=SimCLRViews(blur_prob=0))
+    dm = ImageFolderDataModule(
+        train_dir=str(tmp_path / "train"),
+        val_dir=str(tmp_path / "val"),
+        image_size=8,
+        batch_size=2,
+        num_workers=0,
+        views=SimCLRViews(blur_prob=0),
+    )
     assert dm.num_classes == 2
     assert ImageFolderDataModule.describe({"train_dir": str(tmp_path / "train"), "image_size": 8})["num_classes"] == 2
     dm.setup("fit")
@@ -151,7 +167,9 @@ def test_image_folder_labelled_and_unlabelled(tmp_path):
     assert views[0].shape == (2, 3, 8, 8) and set(labels.tolist()) <= {0, 1}
     x, y = next(iter(dm.val_dataloader()[0]))
     assert x.shape == (2, 3, 8, 8)
-    un = ImageFolderDataModule(train_dir=str(tmp_path / "train"), labelled=False, image_size=8, batch_size=2, num_workers=0)
+    un = ImageFolderDataModule(
+        train_dir=str(tmp_path / "train"), labelled=False, image_size=8, batch_size=2, num_workers=0
+    )
     un.setup("fit")
     assert len(un.train_set) == 6 and un.val_dataloader() == []
 

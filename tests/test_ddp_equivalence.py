@@ -29,8 +29,24 @@ import lightning_ssl.methods.jigsaw as jigsaw_module
 import lightning_ssl.methods.mae as mae_module
 import lightning_ssl.methods.simmim as simmim_module
 import lightning_ssl.methods.t5 as t5_module
-from lightning_ssl.methods import (BEiT, BERT, BYOL, CLIP, DINO, GPT, MAE, T5, Colorization, Jigsaw, MoCo, MoCoV3,
-                                   RotNet, SimCLR, SimSiam, VisualTokenizer)
+from lightning_ssl.methods import (
+    BEiT,
+    BERT,
+    BYOL,
+    CLIP,
+    DINO,
+    GPT,
+    MAE,
+    T5,
+    Colorization,
+    Jigsaw,
+    MoCo,
+    MoCoV3,
+    RotNet,
+    SimCLR,
+    SimSiam,
+    VisualTokenizer,
+)
 from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SimMIM, SwAV, VICReg
 from lightning_ssl.modules.backbones import SmallCNN, TimmBackbone
 from lightning_ssl.modules.distributed import gather
@@ -66,7 +82,9 @@ def vit():
 
 
 def multi_crop(g: torch.Generator):  # DINO: 2 global crops of 16 px, 2 local crops of 8 px
-    views = [torch.randn(N, C, S, S, generator=g) for _ in range(2)] + [torch.randn(N, C, 8, 8, generator=g) for _ in range(2)]
+    views = [torch.randn(N, C, S, S, generator=g) for _ in range(2)] + [
+        torch.randn(N, C, 8, 8, generator=g) for _ in range(2)
+    ]
     return views, torch.arange(N) % 4
 
 
@@ -74,13 +92,29 @@ def colour_view(g: torch.Generator):
     return [torch.rand(N, 3, S, S, generator=g)], torch.arange(N) % 4
 
 
-CAPTIONS = ["a red circle", "a blue square", "a green star", "a big yellow heart", "the letter a", "two dogs",
-            "a cat face", "hot coffee"]
+CAPTIONS = [
+    "a red circle",
+    "a blue square",
+    "a green star",
+    "a big yellow heart",
+    "the letter a",
+    "two dogs",
+    "a cat face",
+    "hot coffee",
+]
 
 
 def visual_tokenizer(teacher: bool = False):
-    return VisualTokenizer(vit(), teacher=vit() if teacher else None, num_codes=16, code_dim=4, decoder_dim=16,
-                           decoder_depth=1, decoder_heads=2, dead_threshold=2.0)
+    return VisualTokenizer(
+        vit(),
+        teacher=vit() if teacher else None,
+        num_codes=16,
+        code_dim=4,
+        decoder_dim=16,
+        decoder_depth=1,
+        decoder_heads=2,
+        dead_threshold=2.0,
+    )
 
 
 def beit():
@@ -112,10 +146,12 @@ def image_text(g: torch.Generator):
 
 def language(cls):
     """A tiny language model with a character tokenizer (4 T5 sentinels at the top of its 64 ids)."""
+
     def build():
         model = cls(vocab_size=64, block_size=12, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
         model.set_tokenizer(TextTokenizer.train(CAPTIONS, "char", vocab_size=64, sentinels=4))
         return model
+
     return build
 
 
@@ -135,15 +171,23 @@ CASES = {
     "mae": (lambda: MAE(vit(), decoder_dim=16, decoder_depth=1, decoder_heads=2), one_view),
     "dino": (lambda: DINO(vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32), multi_crop),
     "dino_ibot": (lambda: DINO(vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32, ibot_weight=1.0), multi_crop),
-    "dino_ibot_koleo": (lambda: DINO(vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32, ibot_weight=1.0,
-                                     koleo_weight=0.1, koleo_local=False), multi_crop),  # global KoLeo: exact
+    "dino_ibot_koleo": (
+        lambda: DINO(
+            vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32, ibot_weight=1.0, koleo_weight=0.1, koleo_local=False
+        ),
+        multi_crop,
+    ),  # global KoLeo: exact
     "dino_resnet": (lambda: DINO(cnn(), hidden_dim=16, bottleneck_dim=8, out_dim=32), multi_crop),
     "rotation": (lambda: RotNet(cnn()), one_view),
-    "jigsaw": (lambda: Jigsaw(SmallCNN(in_channels=C, image_size=4, width=4), num_permutations=10, head_hidden_dim=16),
-               one_view),
+    "jigsaw": (
+        lambda: Jigsaw(SmallCNN(in_channels=C, image_size=4, width=4), num_permutations=10, head_hidden_dim=16),
+        one_view,
+    ),
     "colorization": (lambda: Colorization(SmallCNN(in_channels=1, image_size=S, width=4)), colour_view),
-    "colorization_regression": (lambda: Colorization(SmallCNN(in_channels=1, image_size=S, width=4),
-                                                     mode="regression"), colour_view),
+    "colorization_regression": (
+        lambda: Colorization(SmallCNN(in_channels=1, image_size=S, width=4), mode="regression"),
+        colour_view,
+    ),
     "clip": (clip, image_text),
     "beit": (beit, one_view),
     # k-means init on the first batch, EMA cluster sizes / sums and restarts from the global batch
@@ -157,10 +201,18 @@ CASES = {
     "nnclr": (lambda: NNCLR(cnn(), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, queue_size=12), two_views),
     "ijepa": (lambda: IJEPA(vit(), predictor_dim=16, predictor_depth=1, predictor_heads=2, min_context=2), one_view),
     "simmim": (lambda: SimMIM(vit(), mask_patch_size=8), one_view),
-    "simmim_swin": (lambda: SimMIM(TimmBackbone("swin_tiny_patch4_window7_224", in_channels=C, image_size=S,
-                                                model_kwargs=dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2),
-                                                                  window_size=2, drop_path_rate=0.0)),  # no random depth
-                                   mask_patch_size=8), one_view),
+    "simmim_swin": (
+        lambda: SimMIM(
+            TimmBackbone(
+                "swin_tiny_patch4_window7_224",
+                in_channels=C,
+                image_size=S,
+                model_kwargs=dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=2, drop_path_rate=0.0),
+            ),  # no random depth
+            mask_patch_size=8,
+        ),
+        one_view,
+    ),
     # token-mean losses: BERT's processes mask different numbers of tokens, and the mean is still the global one
     "gpt": (language(GPT), token_rows),
     "bert": (language(BERT), token_rows),
@@ -184,10 +236,12 @@ def _rows(full, rank: int, world: int, groups: int = 1):
 
 def _sharded(fn, rank: int, world: int, groups: int = 1, seed: int = 7):
     """``fn(batch, *args)`` drawn for ``world`` times the batch from a fixed seed; this process's rows returned."""
+
     def draw(batch_size, *args, **kwargs):
         bound = inspect.signature(fn).bind(batch_size * world, *args, **kwargs)
         bound.arguments["generator"] = torch.Generator().manual_seed(seed)
         return _rows(fn(*bound.args, **bound.kwargs), rank, world, groups)
+
     return draw
 
 
@@ -199,8 +253,9 @@ def _jigsaw_draws(rank: int, world: int):
         return _rows(full, rank, world).to(device)
 
     def tiles(x, grid, t, jitter):  # the tile offsets of every sample
-        full = real_randint(0, x.shape[-1] // grid - t + 1, (len(x) * world, 2, grid * grid),
-                            generator=torch.Generator().manual_seed(8))
+        full = real_randint(
+            0, x.shape[-1] // grid - t + 1, (len(x) * world, 2, grid * grid), generator=torch.Generator().manual_seed(8)
+        )
         return real_tiles(x, grid, t, jitter=jitter, offsets=_rows(full, rank, world).transpose(0, 1))
 
     return [mock.patch.object(torch, "randint", randint), mock.patch.object(jigsaw_module, "extract_tiles", tiles)]
@@ -209,6 +264,7 @@ def _jigsaw_draws(rank: int, world: int):
 def _gathered(fn, rank: int, world: int, seed: int = 7, batched=("ids", "special")):
     """``fn`` on the whole batch (the ``batched`` arguments all-gathered from the processes) with a generator from a
     fixed seed; this process's rows of each output returned (BERT's masks, T5's spans)."""
+
     def draw(*args, **kwargs):
         bound = inspect.signature(fn).bind(*args, **kwargs)
         for name in batched:
@@ -216,17 +272,23 @@ def _gathered(fn, rank: int, world: int, seed: int = 7, batched=("ids", "special
                 bound.arguments[name] = gather(bound.arguments[name], with_grad=False)
         bound.arguments["generator"] = torch.Generator().manual_seed(seed)
         return tuple(out.chunk(world)[rank] for out in fn(*bound.args, **bound.kwargs))
+
     return draw
 
 
 SHARDED_DRAWS = {  # name prefix: patches that make a process draw its rows of the whole batch's random numbers
     "mae": lambda r, w: [mock.patch.object(mae_module, "random_masking", _sharded(mae_module.random_masking, r, w))],
-    "dino_ibot": lambda r, w: [mock.patch.object(dino_module, "block_masking",
-                                                 _sharded(dino_module.block_masking, r, w, groups=2))],
+    "dino_ibot": lambda r, w: [
+        mock.patch.object(dino_module, "block_masking", _sharded(dino_module.block_masking, r, w, groups=2))
+    ],
     "jigsaw": _jigsaw_draws,
     "beit": lambda r, w: [mock.patch.object(beit_module, "beit_masking", _sharded(beit_module.beit_masking, r, w))],
-    "ijepa": lambda r, w: [mock.patch.object(ijepa_module, "multiblock_masks", _sharded(ijepa_module.multiblock_masks, r, w))],
-    "simmim": lambda r, w: [mock.patch.object(simmim_module, "simmim_masks", _sharded(simmim_module.simmim_masks, r, w))],
+    "ijepa": lambda r, w: [
+        mock.patch.object(ijepa_module, "multiblock_masks", _sharded(ijepa_module.multiblock_masks, r, w))
+    ],
+    "simmim": lambda r, w: [
+        mock.patch.object(simmim_module, "simmim_masks", _sharded(simmim_module.simmim_masks, r, w))
+    ],
     "bert": lambda r, w: [mock.patch.object(bert_module, "mlm_mask", _gathered(bert_module.mlm_mask, r, w))],
     "t5": lambda r, w: [mock.patch.object(t5_module, "span_corruption", _gathered(t5_module.span_corruption, r, w))],
 }
@@ -241,7 +303,15 @@ def _draws(name: str, rank: int, world: int) -> ExitStack:
     return stack
 
 
-STATE = ("queue", "queue_ptr", "center", "codebook", "cluster_size", "embed_sum", "restarted")  # buffers every process must hold alike (by their own name, any module)
+STATE = (
+    "queue",
+    "queue_ptr",
+    "center",
+    "codebook",
+    "cluster_size",
+    "embed_sum",
+    "restarted",
+)  # buffers every process must hold alike (by their own name, any module)
 
 
 class _Step(nn.Module):

@@ -35,14 +35,31 @@ def crops(b=4, n_local=2):
 
 def tiny_data(**kw):
     views = MultiCropViews(global_crops=2, local_crops=2, local_size=8, global_blur=(0.0, 0.0), local_blur=0.0)
-    kw = {"num_samples": 32, "batch_size": 8, "num_workers": 0, "image_size": 16, "channels": 1, "num_classes": 4,
-          "views": views, "batch_augment": True, **kw}
+    kw = {
+        "num_samples": 32,
+        "batch_size": 8,
+        "num_workers": 0,
+        "image_size": 16,
+        "channels": 1,
+        "num_classes": 4,
+        "views": views,
+        "batch_augment": True,
+        **kw,
+    }
     return SyntheticDataModule(**kw)
 
 
 def trainer(tmp_path, **kw):
-    kw = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-          "enable_checkpointing": False, "num_sanity_val_steps": 0, "limit_val_batches": 0, **kw}
+    kw = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        **kw,
+    }
     return L.Trainer(default_root_dir=tmp_path, **kw)
 
 
@@ -162,7 +179,10 @@ def test_dino_head_normalized_bottleneck_and_weight_normalized_last_layer():
     torch.testing.assert_close(w.norm(dim=1), torch.ones(10))  # g = 1: unit prototypes
     torch.testing.assert_close(head(x), z @ w.T)
     g = head.last_layer.parametrizations.weight.original0
-    assert not g.requires_grad and DINOHead(6, 16, 4, 10, norm_last_layer=False).last_layer.parametrizations.weight.original0.requires_grad
+    assert (
+        not g.requires_grad
+        and DINOHead(6, 16, 4, 10, norm_last_layer=False).last_layer.parametrizations.weight.original0.requires_grad
+    )
 
 
 def test_vit_matches_timm_and_last_attention_matches_unfused_attention():
@@ -243,8 +263,12 @@ class _Record(L.Callback):
         self.epochs, self.wd, self.temps = [], [], []
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.epochs.append({"last": [p.detach().clone() for p in pl_module.head.last_layer.parameters()],
-                            "mlp": [p.detach().clone() for p in pl_module.head.mlp.parameters()]})
+        self.epochs.append(
+            {
+                "last": [p.detach().clone() for p in pl_module.head.last_layer.parameters()],
+                "mlp": [p.detach().clone() for p in pl_module.head.mlp.parameters()],
+            }
+        )
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         self.wd.append([g["weight_decay"] for g in optimizer.param_groups])
@@ -252,10 +276,18 @@ class _Record(L.Callback):
 
 
 def test_last_layer_frozen_in_epoch_one_and_schedules(tmp_path):
-    model = DINO(tiny_vit(), **HEAD, norm_last_layer=False, warmup_teacher_temp_epochs=1, weight_decay_end=0.4,
-                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.04))
-    start = {"last": [p.detach().clone() for p in model.head.last_layer.parameters()],
-             "mlp": [p.detach().clone() for p in model.head.mlp.parameters()]}
+    model = DINO(
+        tiny_vit(),
+        **HEAD,
+        norm_last_layer=False,
+        warmup_teacher_temp_epochs=1,
+        weight_decay_end=0.4,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.04),
+    )
+    start = {
+        "last": [p.detach().clone() for p in model.head.last_layer.parameters()],
+        "mlp": [p.detach().clone() for p in model.head.mlp.parameters()],
+    }
     rec = _Record()
     t = trainer(tmp_path, max_epochs=2, callbacks=[rec])  # 4 optimizer steps per epoch
     t.fit(model, datamodule=tiny_data())

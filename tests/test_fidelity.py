@@ -136,7 +136,10 @@ def test_multicrop_follows_dino_augmentation():
 # 5. BYOL's asymmetric views
 def test_byol_views_are_asymmetric():
     v = BYOLViews().views
-    assert (v[0]["blur_prob"], v[1]["blur_prob"]) == (1.0, 0.1) and (v[0]["solarize_prob"], v[1]["solarize_prob"]) == (0.0, 0.2)
+    assert (v[0]["blur_prob"], v[1]["blur_prob"]) == (1.0, 0.1) and (v[0]["solarize_prob"], v[1]["solarize_prob"]) == (
+        0.0,
+        0.2,
+    )
     assert v[0]["jitter"] == v[1]["jitter"] == (0.4, 0.4, 0.2, 0.1)
     for name in ("cifar10", "fashion_mnist"):
         cfg = yaml.safe_load((ROOT / f"configs/byol/{name}.yaml").read_text())
@@ -146,7 +149,9 @@ def test_byol_views_are_asymmetric():
 # 6. DINO's weight-decay schedule is its own, whatever the optimizer's default
 def test_dino_weight_decay_starts_where_dino_says():
     model = DINO(tiny_vit(), hidden_dim=16, bottleneck_dim=8, out_dim=32, weight_decay=0.04, weight_decay_end=0.4)
-    opt = torch.optim.AdamW(__import__("lightning_ssl.optim", fromlist=["param_groups"]).param_groups(model), weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        __import__("lightning_ssl.optim", fromlist=["param_groups"]).param_groups(model), weight_decay=0.0
+    )
 
     class T:
         global_step, estimated_stepping_batches, optimizers = 0, 10, [opt]
@@ -179,7 +184,11 @@ def test_image_folder_evaluates_with_the_protocol_and_tensor_sets_resize_whole(t
         Image.new("RGB", (400, 300), "red" if c == "a" else "blue").save(tmp_path / c / "x.png")
     resize = ImageFolderDataModule(str(tmp_path), str(tmp_path), image_size=32).eval_transform().transforms[0]
     assert resize.size == [round(32 * 256 / 224)]
-    resize = ImageFolderDataModule(str(tmp_path), str(tmp_path), image_size=32, eval_resize_ratio=1.0).eval_transform().transforms[0]
+    resize = (
+        ImageFolderDataModule(str(tmp_path), str(tmp_path), image_size=32, eval_resize_ratio=1.0)
+        .eval_transform()
+        .transforms[0]
+    )
     assert resize.size == [32]
     whole = FashionMNISTDataModule(image_size=56).eval_transform().transforms  # an upsampled 28 px image is not cropped
     assert whole[0].size == [56] and whole[1].size == (56, 56)
@@ -219,7 +228,7 @@ def test_koleo_matches_dinov2_and_searches_per_process_by_default():
     def per_process(rank, world):
         torch.manual_seed(1)
         full = torch.randn(8, 4)
-        mine = full[rank * 4:(rank + 1) * 4]
+        mine = full[rank * 4 : (rank + 1) * 4]
         return koleo_loss(mine).item(), dinov2_koleo(mine).item(), koleo_loss(mine, local=False).item()
 
     (a, ref_a, glob_a), (b, ref_b, glob_b) = run_distributed(per_process)

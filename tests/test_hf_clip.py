@@ -16,11 +16,20 @@ def tiny_clip(tmp_path_factory):
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
     tok = AutoTokenizer.from_pretrained(resolve_weights("packaged:all-MiniLM-L6-v2"))
-    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                vocab_size=tok.vocab_size, max_position_embeddings=32, pad_token_id=tok.pad_token_id,
-                bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16,
-                  patch_size=4)
+    text = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=tok.vocab_size,
+        max_position_embeddings=32,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+    )
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=4
+    )
     torch.manual_seed(0)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8))
     path = tmp_path_factory.mktemp("clip") / "tiny_clip"
@@ -53,8 +62,13 @@ def test_index_save_load(tiny_clip, tmp_path):
 
 def test_our_clip_starts_as_the_pretrained_one_and_fine_tunes(tiny_clip):
     hf = HFCLIP(tiny_clip, image_size=16).eval()
-    ours = CLIP(HFVisionBackbone(tiny_clip, pooling="pooler", image_size=16), HFTextEncoder(tiny_clip, pooling="pooler"),
-                embed_dim=8, projections_from=tiny_clip, local_loss=False).eval()
+    ours = CLIP(
+        HFVisionBackbone(tiny_clip, pooling="pooler", image_size=16),
+        HFTextEncoder(tiny_clip, pooling="pooler"),
+        embed_dim=8,
+        projections_from=tiny_clip,
+        local_loss=False,
+    ).eval()
     images, texts = torch.randn(4, 3, 16, 16), ["a dog", "a cat", "two birds", "a red car"]
     with torch.no_grad():
         torch.testing.assert_close(ours.encode_image(images), hf.encode_image(images))
@@ -68,5 +82,9 @@ def test_our_clip_starts_as_the_pretrained_one_and_fine_tunes(tiny_clip):
     opt.step()
     assert torch.isfinite(loss) and not torch.equal(before, ours.image_proj.weight)
     with pytest.raises(ValueError, match="projection_dim"):
-        CLIP(HFVisionBackbone(tiny_clip, pooling="pooler", image_size=16), HFTextEncoder(tiny_clip, pooling="pooler"),
-             embed_dim=12, projections_from=tiny_clip)
+        CLIP(
+            HFVisionBackbone(tiny_clip, pooling="pooler", image_size=16),
+            HFTextEncoder(tiny_clip, pooling="pooler"),
+            embed_dim=12,
+            projections_from=tiny_clip,
+        )

@@ -33,7 +33,10 @@ def ijepa(**kw):
 def test_block_size_as_the_reference_computes_it():
     g = torch.Generator().manual_seed(0)
     assert block_size((14, 14), (0.15, 0.15), (1.0, 1.0), g) == (5, 5)  # int(196 * 0.15) = 29 -> round(sqrt(29))
-    assert block_size((14, 14), (0.2, 0.2), (2.0, 2.0), g) == (9, 4)  # 39 patches, h/w = 2: round(sqrt(78)), round(sqrt(19.5))
+    assert block_size((14, 14), (0.2, 0.2), (2.0, 2.0), g) == (
+        9,
+        4,
+    )  # 39 patches, h/w = 2: round(sqrt(78)), round(sqrt(19.5))
     assert block_size((7, 7), (1.0, 1.0), (1.0, 1.0), g) == (6, 6)  # never the whole grid
 
 
@@ -65,8 +68,9 @@ def test_target_area_and_aspect_follow_the_ranges():
 
 def test_crowded_grid_still_gives_a_context():
     # 4 large targets on a 4x4 grid leave little room: the sampler relaxes constraints instead of looping forever
-    context, targets = multiblock_masks(4, (4, 4), target_scale=(0.4, 0.5), min_keep=4,
-                                        generator=torch.Generator().manual_seed(0))
+    context, targets = multiblock_masks(
+        4, (4, 4), target_scale=(0.4, 0.5), min_keep=4, generator=torch.Generator().manual_seed(0)
+    )
     assert context.shape[0] == 4 and context.shape[1] >= 1
 
 
@@ -145,8 +149,9 @@ def test_exact_resume_with_the_ema_target_encoder(tmp_path):
 
     data = lambda: tiny_data(views=ClassifierViews(min_scale=0.5))  # noqa: E731
     straight = build()
-    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="step{step}", every_n_train_steps=6, save_top_k=-1,
-                           auto_insert_metric_name=False)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path, filename="step{step}", every_n_train_steps=6, save_top_k=-1, auto_insert_metric_name=False
+    )
     trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[ckpt]).fit(straight, datamodule=data())
     resumed = build()
     t2 = trainer(tmp_path, max_epochs=2)

@@ -73,8 +73,11 @@ def test_knn_monitor_known_answer():
     queries = torch.tensor([[1.0, 0.05], [0.05, 1.0], [0.95, 0.0], [0.0, 0.8]])
     q_labels = torch.tensor([0, 1, 1, 1])  # the third query sits with class 0: 3 of 4 right
     monitor = KNNMonitor(k=[1, 2], temperature=0.1)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[monitor])
-    metrics = trainer.validate(_FixedFeatures(), datamodule=_TwoLoaders(queries, q_labels, bank, bank_labels), verbose=False)[0]
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor]
+    )
+    metrics = trainer.validate(
+        _FixedFeatures(), datamodule=_TwoLoaders(queries, q_labels, bank, bank_labels), verbose=False
+    )[0]
     assert metrics["val/knn_top1"] == pytest.approx(0.75)
     assert metrics["val/knn_top1_k2"] == pytest.approx(0.75)

@@ -28,8 +28,12 @@ from lightning_ssl.modules.tokenizer import TextTokenizer
 from lightning_ssl.optim import param_groups
 from tests.helpers import write_corpus
 
-TEXTS = ["the king sat on the throne and the queen wept.", "O Romeo, Romeo! wherefore art thou Romeo?",
-         "To be, or not to be: that is the question.", "naïve café — “quoted” text\twith\ttabs\n"] * 5
+TEXTS = [
+    "the king sat on the throne and the queen wept.",
+    "O Romeo, Romeo! wherefore art thou Romeo?",
+    "To be, or not to be: that is the question.",
+    "naïve café — “quoted” text\twith\ttabs\n",
+] * 5
 
 
 def tokenizer(kind="bpe", vocab_size=300, sentinels=8, **kw):
@@ -37,14 +41,31 @@ def tokenizer(kind="bpe", vocab_size=300, sentinels=8, **kw):
 
 
 def data(tmp_path, sentences=40, **kw):
-    kw = {"source": str(write_corpus(tmp_path / "corpus", sentences=sentences)), "tokenizer": "bpe", "vocab_size": 300, "block_size": 16,
-          "batch_size": 4, "sentinels": 8, "min_frequency": 1, **kw}
+    kw = {
+        "source": str(write_corpus(tmp_path / "corpus", sentences=sentences)),
+        "tokenizer": "bpe",
+        "vocab_size": 300,
+        "block_size": 16,
+        "batch_size": 4,
+        "sentinels": 8,
+        "min_frequency": 1,
+        **kw,
+    }
     return TextCorpusDataModule(**kw)
 
 
 def trainer(tmp_path, **kw):
-    kw = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-          "enable_checkpointing": False, "num_sanity_val_steps": 0, "max_steps": 2, "limit_val_batches": 2, **kw}
+    kw = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "max_steps": 2,
+        "limit_val_batches": 2,
+        **kw,
+    }
     return L.Trainer(default_root_dir=tmp_path, **kw)
 
 
@@ -55,8 +76,11 @@ TINY = dict(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16)
 @pytest.mark.parametrize("kind", ["byte", "char", "bpe", "wordpiece"])
 def test_tokenizer_save_load_round_trip(kind, tmp_path):
     tok = tokenizer(kind, lowercase=kind == "wordpiece")
-    for loaded in (TextTokenizer.load(str(tok.save(tmp_path / "tokenizer.json"))), TextTokenizer.load(str(tmp_path)),
-                   TextTokenizer.from_tensor(tok.to_tensor())):
+    for loaded in (
+        TextTokenizer.load(str(tok.save(tmp_path / "tokenizer.json"))),
+        TextTokenizer.load(str(tmp_path)),
+        TextTokenizer.from_tensor(tok.to_tensor()),
+    ):
         assert loaded == tok and loaded.vocab_size == tok.vocab_size
         for text in TEXTS[:4]:
             assert loaded.encode(text) == tok.encode(text)
@@ -97,13 +121,23 @@ def test_mlm_mask_is_hugging_faces_collator_draw_for_draw():
     from lightning_ssl.modules.backbones import resolve_weights
 
     hf_tok = AutoTokenizer.from_pretrained(resolve_weights("packaged:all-MiniLM-L6-v2"))
-    enc = hf_tok(["the quick brown fox jumps over the lazy dog"] * 6 + ["a b"] * 2, padding="max_length", max_length=24,
-                 return_special_tokens_mask=True, return_tensors="pt")
+    enc = hf_tok(
+        ["the quick brown fox jumps over the lazy dog"] * 6 + ["a b"] * 2,
+        padding="max_length",
+        max_length=24,
+        return_special_tokens_mask=True,
+        return_tensors="pt",
+    )
     collator = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15)
     collator.generator = torch.Generator().manual_seed(3)
     want_inputs, want_labels = collator.torch_mask_tokens(enc["input_ids"].clone(), enc["special_tokens_mask"].clone())
-    got_inputs, got_labels = mlm_mask(enc["input_ids"], enc["special_tokens_mask"].bool(), hf_tok.mask_token_id,
-                                      len(hf_tok), generator=torch.Generator().manual_seed(3))
+    got_inputs, got_labels = mlm_mask(
+        enc["input_ids"],
+        enc["special_tokens_mask"].bool(),
+        hf_tok.mask_token_id,
+        len(hf_tok),
+        generator=torch.Generator().manual_seed(3),
+    )
     assert torch.equal(got_inputs, want_inputs) and torch.equal(got_labels, want_labels)
 
 
@@ -328,8 +362,10 @@ def test_rows_tile_the_text_and_split_by_document(tmp_path):
 
 def test_single_document_is_cut_and_gutenberg_is_stripped(tmp_path):
     f = tmp_path / "book.txt"
-    f.write_text("The Project Gutenberg EBook\n*** START OF THIS PROJECT GUTENBERG EBOOK ***\nline one\nline two\n"
-                 "line three\n*** END OF THIS PROJECT GUTENBERG EBOOK ***\nlicence\n")
+    f.write_text(
+        "The Project Gutenberg EBook\n*** START OF THIS PROJECT GUTENBERG EBOOK ***\nline one\nline two\n"
+        "line three\n*** END OF THIS PROJECT GUTENBERG EBOOK ***\nlicence\n"
+    )
     text = strip_gutenberg(f.read_text())
     assert text == "line one\nline two\nline three\n"
     train, val = split_documents(read_documents(str(f)), 0.3, 0)
@@ -356,17 +392,27 @@ def test_exact_resume_mid_epoch(tmp_path):
     for cls, kw in ((GPT, {"dropout": 0.1}), (BERT, {})):
         torch.manual_seed(0)
         straight = cls(**TINY, **kw)
-        ckpt = ModelCheckpoint(dirpath=tmp_path / cls.__name__, filename="step{step}", every_n_train_steps=5,
-                               save_top_k=-1, auto_insert_metric_name=False)
+        ckpt = ModelCheckpoint(
+            dirpath=tmp_path / cls.__name__,
+            filename="step{step}",
+            every_n_train_steps=5,
+            save_top_k=-1,
+            auto_insert_metric_name=False,
+        )
         trainer(tmp_path, max_steps=12, limit_val_batches=0, enable_checkpointing=True, callbacks=[ckpt]).fit(
-            straight, datamodule=data(tmp_path, sentences=5))
+            straight, datamodule=data(tmp_path, sentences=5)
+        )
         batches = len(data(tmp_path, sentences=5).train_dataloader())
         assert 5 < batches < 12 and 5 % batches != 0
         torch.manual_seed(1)  # a different init: everything must come from the checkpoint
         resumed = cls(**TINY, **kw)
         t2 = trainer(tmp_path, max_steps=12, limit_val_batches=0)
-        t2.fit(resumed, datamodule=data(tmp_path, sentences=5), ckpt_path=tmp_path / cls.__name__ / "step5.ckpt",
-               weights_only=True)
+        t2.fit(
+            resumed,
+            datamodule=data(tmp_path, sentences=5),
+            ckpt_path=tmp_path / cls.__name__ / "step5.ckpt",
+            weights_only=True,
+        )
         assert t2.global_step == 12
         for k, v in straight.state_dict().items():
             torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
@@ -382,6 +428,7 @@ def test_compile_switch_compiles_the_training_forward(cls, tmp_path):
     model = cls(**TINY)
     calls = []
     model.backbone.register_forward_hook(lambda *_: calls.append(1))
-    trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Performance(compile=True, compile_backend="eager")]).fit(
-        model, data(tmp_path, sentences=5))
+    trainer(
+        tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Performance(compile=True, compile_backend="eager")]
+    ).fit(model, data(tmp_path, sentences=5))
     assert calls and model.backbone._compiled_call_impl is not None

@@ -10,11 +10,23 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_ssl"
 LAYERS = {
     # 0: building blocks, no Lightning module or callback of ours
-    "config": 0, "runs": 0, "checkpoint": 0, "optim": 0, "precision": 0, "data": 0, "losses": 0, "modules": 0, "metrics": 0,
+    "config": 0,
+    "runs": 0,
+    "checkpoint": 0,
+    "optim": 0,
+    "precision": 0,
+    "data": 0,
+    "losses": 0,
+    "modules": 0,
+    "metrics": 0,
     # 1: what a Trainer runs
-    "methods": 1, "callbacks": 1, "loggers": 1, "trainer": 1,
+    "methods": 1,
+    "callbacks": 1,
+    "loggers": 1,
+    "trainer": 1,
     # 2: entry points
-    "eval": 2, "cli": 2,
+    "eval": 2,
+    "cli": 2,
 }
 
 
@@ -29,8 +41,9 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out += [(node.lineno, node.module)] + [(node.lineno, f"{node.module}.{a.name}") for a in node.names
-                                                   if node.module == "lightning_ssl"]
+            out += [(node.lineno, node.module)] + [
+                (node.lineno, f"{node.module}.{a.name}") for a in node.names if node.module == "lightning_ssl"
+            ]
     return out
 
 
@@ -47,8 +60,11 @@ def test_no_import_points_up(path):
     own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
     if own == "__init__":
         return
-    bad = [f"line {line}: {mod}" for line, mod in _imports(path)
-           if _part(mod) in LAYERS and LAYERS[_part(mod)] > LAYERS[own]]
+    bad = [
+        f"line {line}: {mod}"
+        for line, mod in _imports(path)
+        if _part(mod) in LAYERS and LAYERS[_part(mod)] > LAYERS[own]
+    ]
     assert not bad, f"{path.relative_to(PACKAGE)} (layer {LAYERS[own]}) imports from a higher layer: {bad}"
 
 

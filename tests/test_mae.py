@@ -26,14 +26,31 @@ def tiny_mae(**kw):
 
 
 def tiny_data(**kw):
-    kw = {"num_samples": 32, "batch_size": 8, "num_workers": 0, "image_size": 16, "channels": 1, "num_classes": 4,
-          "views": ClassifierViews(min_scale=0.5), "batch_augment": True, **kw}
+    kw = {
+        "num_samples": 32,
+        "batch_size": 8,
+        "num_workers": 0,
+        "image_size": 16,
+        "channels": 1,
+        "num_classes": 4,
+        "views": ClassifierViews(min_scale=0.5),
+        "batch_augment": True,
+        **kw,
+    }
     return SyntheticDataModule(**kw)
 
 
 def trainer(tmp_path, **kw):
-    kw = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-          "enable_checkpointing": False, "num_sanity_val_steps": 0, "limit_val_batches": 0, **kw}
+    kw = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        **kw,
+    }
     return L.Trainer(default_root_dir=tmp_path, **kw)
 
 
@@ -186,11 +203,12 @@ def test_images_go_to_wandb_loggers(tmp_path):
             self.calls.append((key, images, step, kwargs))
 
     logger = Recording(save_dir=str(tmp_path), offline=True)
-    fake = SimpleNamespace(loggers=[logger], log_dir=str(tmp_path), default_root_dir=str(tmp_path), current_epoch=2,
-                           global_step=7)
+    fake = SimpleNamespace(
+        loggers=[logger], log_dir=str(tmp_path), default_root_dir=str(tmp_path), current_epoch=2, global_step=7
+    )
     grid = render_reconstructions(*(torch.rand(2, 1, 8, 8) for _ in range(3)))
     path = publish(fake, grid, "mae_reconstruction", None, "caption")
     assert path == tmp_path / "images" / "mae_reconstruction_epoch002.png" and path.exists()
-    (key, images, step, kwargs), = Recording.calls
+    ((key, images, step, kwargs),) = Recording.calls
     assert key == "images/mae_reconstruction" and step == 7 and kwargs == {"caption": ["caption"]}
     assert images[0].shape == (grid.shape[1], grid.shape[2], 3) and images[0].dtype.name == "uint8"

@@ -55,8 +55,13 @@ def test_timm_backbone_vit_small_input_and_checkpoint(tmp_path):
     vit = TimmBackbone("vit_tiny_patch16_224", in_channels=1, image_size=28, model_kwargs={"patch_size": 4, "depth": 2})
     assert vit(torch.randn(2, 1, 28, 28)).shape == (2, vit.num_features) == (2, 192)
     torch.save(vit.model.state_dict(), tmp_path / "vit.pt")
-    again = TimmBackbone("vit_tiny_patch16_224", in_channels=1, image_size=28, checkpoint_path=str(tmp_path / "vit.pt"),
-                         model_kwargs={"patch_size": 4, "depth": 2})
+    again = TimmBackbone(
+        "vit_tiny_patch16_224",
+        in_channels=1,
+        image_size=28,
+        checkpoint_path=str(tmp_path / "vit.pt"),
+        model_kwargs={"patch_size": 4, "depth": 2},
+    )
     x = torch.randn(2, 1, 28, 28)
     vit.eval(), again.eval()
     torch.testing.assert_close(vit(x), again(x))
@@ -151,8 +156,10 @@ def _ddp_all_reduce_sum(rank, world_size, x, weight, with_grad):
     if with_grad:
         reduce = all_reduce_sum
     else:  # what an in-place dist.all_reduce does: the summed value, the gradient of the local summand only
+
         def reduce(t):
             return t + (all_reduce_sum(t, with_grad=False) - t).detach()
+
     loss = _standardized_loss(x[rank * n : (rank + 1) * n], w, reduce)
     loss.backward()
     dist.all_reduce(w.grad)  # what DDP does to parameter gradients: average over processes

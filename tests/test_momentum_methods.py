@@ -19,14 +19,31 @@ def tiny_backbone():
 
 
 def tiny_data(**kw):
-    kw = {"num_samples": 32, "batch_size": 8, "num_workers": 0, "image_size": 16, "channels": 1, "num_classes": 4,
-          "views": SimCLRViews(min_scale=0.5, blur_prob=0.0), "batch_augment": True, **kw}
+    kw = {
+        "num_samples": 32,
+        "batch_size": 8,
+        "num_workers": 0,
+        "image_size": 16,
+        "channels": 1,
+        "num_classes": 4,
+        "views": SimCLRViews(min_scale=0.5, blur_prob=0.0),
+        "batch_augment": True,
+        **kw,
+    }
     return SyntheticDataModule(**kw)
 
 
 def trainer(tmp_path=None, **kw):
-    kw = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-          "enable_checkpointing": False, "num_sanity_val_steps": 0, "limit_val_batches": 0, **kw}
+    kw = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        **kw,
+    }
     return L.Trainer(default_root_dir=tmp_path, **kw)
 
 
@@ -212,15 +229,25 @@ def test_exact_resume(method, stop_at, batch_augment, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     straight = _build(method)
-    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="step{step}", every_n_train_steps=stop_at,
-                           save_top_k=-1, auto_insert_metric_name=False)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path,
+        filename="step{step}",
+        every_n_train_steps=stop_at,
+        save_top_k=-1,
+        auto_insert_metric_name=False,
+    )
     trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[ckpt]).fit(
-        straight, datamodule=tiny_data(batch_augment=batch_augment))
+        straight, datamodule=tiny_data(batch_augment=batch_augment)
+    )
 
     resumed = _build(method)
     t2 = trainer(tmp_path, max_epochs=3)
-    t2.fit(resumed, datamodule=tiny_data(batch_augment=batch_augment), ckpt_path=tmp_path / f"step{stop_at}.ckpt",
-           weights_only=True)
+    t2.fit(
+        resumed,
+        datamodule=tiny_data(batch_augment=batch_augment),
+        ckpt_path=tmp_path / f"step{stop_at}.ckpt",
+        weights_only=True,
+    )
     assert t2.global_step == 12
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_two_nodes_one_process_each_see_disjoint_data_and_end_identical(tmp_path):
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         seed_everything: 3
         model:
           class_path: lightning_ssl.methods.SimCLR
@@ -52,17 +53,36 @@ def test_two_nodes_one_process_each_see_disjoint_data_and_end_identical(tmp_path
               init_args: {{out_dir: {tmp_path / "record"}}}
         knn: {{every_n_epochs: 0}}
         checkpoint: {{dirpath: {tmp_path / "ckpt"}}}
-        """))
+        """)
+    )
     port = free_port()
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
     procs = []
     for node in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-               "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
-               "-m", "lightning_ssl.cli", "fit", "--config", str(cfg)]
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc_per_node",
+            "1",
+            "--node_rank",
+            str(node),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "-m",
+            "lightning_ssl.cli",
+            "fit",
+            "--config",
+            str(cfg),
+        ]
+        procs.append(
+            subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     outs = []
     for p in procs:
         try:
@@ -81,8 +101,8 @@ def test_two_nodes_one_process_each_see_disjoint_data_and_end_identical(tmp_path
     # 32 samples, 2 ranks x batch 4: 4 steps per epoch, 2 epochs; labels are the sample indices
     assert len(r0["labels"]) == len(r1["labels"]) == 32
     for epoch in range(2):
-        a = set(r0["labels"][16 * epoch: 16 * (epoch + 1)])
-        b = set(r1["labels"][16 * epoch: 16 * (epoch + 1)])
+        a = set(r0["labels"][16 * epoch : 16 * (epoch + 1)])
+        b = set(r1["labels"][16 * epoch : 16 * (epoch + 1)])
         assert len(a) == len(b) == 16 and not a & b and a | b == set(range(32)), f"epoch {epoch}"
     assert r0["labels"][:16] != r0["labels"][16:]  # reshuffled for the second epoch
     a, b = r0["state_dict"], r1["state_dict"]

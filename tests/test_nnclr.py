@@ -74,8 +74,9 @@ def test_exact_resume_with_the_support_set(tmp_path):
         return NNCLR(cnn(), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, queue_size=20)
 
     straight = build()
-    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="step{step}", every_n_train_steps=6, save_top_k=-1,
-                           auto_insert_metric_name=False)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path, filename="step{step}", every_n_train_steps=6, save_top_k=-1, auto_insert_metric_name=False
+    )
     trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[ckpt]).fit(straight, datamodule=tiny_data())
     resumed = build()
     t2 = trainer(tmp_path, max_epochs=2)

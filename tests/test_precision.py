@@ -75,8 +75,15 @@ def test_cli_takes_auto_and_an_explicit_override(monkeypatch, tmp_path):
     from lightning_ssl.cli import cli
 
     fake_cpu(monkeypatch, amx=False, avx512_bf16=False)
-    args = ["--config", str(ROOT / "configs/simclr/fashion_mnist.yaml"), "--data=SyntheticDataModule",
-            "--data.image_size=28", "--data.channels=1", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        "--config",
+        str(ROOT / "configs/simclr/fashion_mnist.yaml"),
+        "--data=SyntheticDataModule",
+        "--data.image_size=28",
+        "--data.channels=1",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     assert cli(args, run=False).trainer.precision == "32-true"
     assert cli([*args, "--trainer.precision=bf16-mixed"], run=False).trainer.precision == "bf16-mixed"
 
@@ -88,8 +95,9 @@ def test_no_config_hard_codes_bf16():
         assert value == "auto", f"{path.relative_to(ROOT)}: precision {value!r}; use auto (chosen for the hardware)"
 
 
-@pytest.mark.parametrize("fp32_s, bf16_s, expected", [(0.10, 0.05, "bf16-mixed"), (0.05, 0.10, "32-true"),
-                                                      (0.10, 0.097, "32-true")])  # within the 5% margin: fp32
+@pytest.mark.parametrize(
+    "fp32_s, bf16_s, expected", [(0.10, 0.05, "bf16-mixed"), (0.05, 0.10, "32-true"), (0.10, 0.097, "32-true")]
+)  # within the 5% margin: fp32
 def test_measured_cpu_precision_keeps_the_faster(monkeypatch, tmp_path, fp32_s, bf16_s, expected):
     from lightning_ssl.modules.backbones import SmallCNN
 
@@ -129,8 +137,15 @@ def test_cli_measures_the_backbone_on_one_cpu_with_native_bf16(monkeypatch, tmp_
 
     fake_cpu(monkeypatch, amx=True, avx512_bf16=True)
     monkeypatch.setattr(C, "measure_cpu_precision", fake_measure)
-    args = ["--config", str(ROOT / "configs/simclr/fashion_mnist.yaml"), "--data=SyntheticDataModule",
-            "--data.image_size=28", "--data.channels=1", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        "--config",
+        str(ROOT / "configs/simclr/fashion_mnist.yaml"),
+        "--data=SyntheticDataModule",
+        "--data.image_size=28",
+        "--data.channels=1",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     t = C.cli(args, run=False).trainer
     assert t.precision == "32-true" and t.precision_reason == "precision 32-true (measured (fake))"
     assert calls == [("SmallCNN", 1, 28, 128, True)]  # the CNN is timed channels-last, as it will train
@@ -149,10 +164,20 @@ def test_cli_falls_back_to_the_hardware_rule_when_timing_fails(monkeypatch, tmp_
 
     fake_cpu(monkeypatch, amx=True, avx512_bf16=True)
     monkeypatch.setattr(C, "measure_cpu_precision", broken)
-    args = ["--config", str(ROOT / "configs/simclr/fashion_mnist.yaml"), "--data=SyntheticDataModule",
-            "--data.image_size=28", "--data.channels=1", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        "--config",
+        str(ROOT / "configs/simclr/fashion_mnist.yaml"),
+        "--data=SyntheticDataModule",
+        "--data.image_size=28",
+        "--data.channels=1",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     t = C.cli(args, run=False).trainer
-    assert t.precision == "bf16-mixed" and "timing the backbone failed (RuntimeError: needs real data)" in t.precision_reason
+    assert (
+        t.precision == "bf16-mixed"
+        and "timing the backbone failed (RuntimeError: needs real data)" in t.precision_reason
+    )
 
 
 def test_a_resumed_run_keeps_the_precision_it_was_trained_in(monkeypatch, tmp_path):
@@ -163,11 +188,23 @@ def test_a_resumed_run_keeps_the_precision_it_was_trained_in(monkeypatch, tmp_pa
     fake_cpu(monkeypatch, amx=True, avx512_bf16=True)
     answers = iter([("32-true", "measured (first)"), ("bf16-mixed", "measured (second)")])
     monkeypatch.setattr(C, "measure_cpu_precision", lambda *a, **k: next(answers))
-    args = ["fit", "--config", str(ROOT / "configs/simclr/fashion_mnist.yaml"), "--data=SyntheticDataModule",
-            "--data.image_size=16", "--data.channels=1", "--data.num_samples=16", "--data.batch_size=8",
-            "--data.val_bank_size=8", "--trainer.max_epochs=1", "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
-            f"--checkpoint.dirpath={tmp_path}/ckpt", "--knn.every_n_epochs=0"]
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs/simclr/fashion_mnist.yaml"),
+        "--data=SyntheticDataModule",
+        "--data.image_size=16",
+        "--data.channels=1",
+        "--data.num_samples=16",
+        "--data.batch_size=8",
+        "--data.val_bank_size=8",
+        "--trainer.max_epochs=1",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--checkpoint.dirpath={tmp_path}/ckpt",
+        "--knn.every_n_epochs=0",
+    ]
     C.cli(args)
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     assert safe_load(ckpt)["precision"] == "32-true"

@@ -38,8 +38,12 @@ def test_rotation_targets_match_the_applied_rotation():
     assert rotated.shape == (8, 1, 5, 5) and targets.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     n = 5
     for k in range(4):  # new[r, c] written out by hand for counter-clockwise quarter turns
-        expected = {0: lambda r, c: x[..., r, c], 1: lambda r, c: x[..., c, n - 1 - r],
-                    2: lambda r, c: x[..., n - 1 - r, n - 1 - c], 3: lambda r, c: x[..., n - 1 - c, r]}[k]
+        expected = {
+            0: lambda r, c: x[..., r, c],
+            1: lambda r, c: x[..., c, n - 1 - r],
+            2: lambda r, c: x[..., n - 1 - r, n - 1 - c],
+            3: lambda r, c: x[..., n - 1 - c, r],
+        }[k]
         block = rotated[targets == k]
         for r in range(n):
             for c in range(n):
@@ -94,8 +98,12 @@ def test_jittered_tiles_stay_inside_their_cells():
     for b in range(2):
         for k in range(9):
             top, left = (k // 3) * 14, (k % 3) * 14
-            found = [(dy, dx) for dy in range(3) for dx in range(3)
-                     if torch.equal(x[b, :, top + dy:top + dy + 12, left + dx:left + dx + 12], tiles[b, k])]
+            found = [
+                (dy, dx)
+                for dy in range(3)
+                for dx in range(3)
+                if torch.equal(x[b, :, top + dy : top + dy + 12, left + dx : left + dx + 12], tiles[b, k])
+            ]
             assert found, f"tile {k} of sample {b} is not a crop of its cell"
             offsets.add(found[0])
     assert len(offsets) > 1  # the offsets vary
@@ -120,6 +128,7 @@ def test_jigsaw_stores_its_permutations_and_embeds_tiles():
 # --- Lab conversion and the quantized ab space ------------------------------------------------------------------
 def test_lab_round_trip_and_agreement_with_skimage():
     from skimage import color as skimage_color  # the reference implementation (dev dependency)
+
     torch.manual_seed(0)
     for rgb in (colour_grid(), torch.rand(3, 3, 16, 16, dtype=torch.float64)):
         ref = torch.from_numpy(skimage_color.rgb2lab(rgb.permute(0, 2, 3, 1).numpy())).permute(0, 3, 1, 2)
@@ -156,14 +165,14 @@ def test_rebalance_weights():
     q = len(bins)
     uniform = rebalance_weights(torch.ones(q), bins)
     p = torch.ones(q) / q
-    kernel = torch.exp(-torch.cdist(bins, bins) ** 2 / 50)
+    kernel = torch.exp(-(torch.cdist(bins, bins) ** 2) / 50)
     # uniform counts: up to the smoothing at the gamut's edge, all weights ~1
     assert (uniform - 1).abs().max() < 0.3 and abs(float((kernel @ p / (kernel @ p).sum() * uniform).sum()) - 1) < 1e-5
     counts = torch.ones(q)
-    grey = int((bins ** 2).sum(1).argmin())
+    grey = int((bins**2).sum(1).argmin())
     counts[grey] = 1000.0  # the usual picture: mostly unsaturated colours
     w = rebalance_weights(counts, bins, lam=0.5)
-    far = int((bins ** 2).sum(1).argmax())
+    far = int((bins**2).sum(1).argmax())
     assert w[grey] < 1 < w[far]
     # lam = 1: the uniform prior alone, w = Q (normalized to expectation 1 -> all ones)
     torch.testing.assert_close(rebalance_weights(counts, bins, lam=1.0), torch.ones(q))
@@ -232,13 +241,30 @@ def test_pretext_losses_decrease_on_tiny_data(name):
 
 # --- in a Trainer: normalization undone, pictures written --------------------------------------------------------
 def test_colorization_fit_undoes_normalization_and_logs_pictures(tmp_path):
-    data = SyntheticDataModule(num_samples=16, batch_size=8, num_workers=0, image_size=16, channels=3, num_classes=2,
-                               views=ClassifierViews(min_scale=0.5), batch_augment=True)
+    data = SyntheticDataModule(
+        num_samples=16,
+        batch_size=8,
+        num_workers=0,
+        image_size=16,
+        channels=3,
+        num_classes=2,
+        views=ClassifierViews(min_scale=0.5),
+        batch_augment=True,
+    )
     model = Colorization(SmallCNN(3, 16, width=4, stages=2), decoder_dim=8)
     images = ColorizationImages(num_images=4, every_n_epochs=1)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        callbacks=[images], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[images],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=data)
     mean, std = data.norm_stats()
     torch.testing.assert_close(model.rgb_mean.flatten(), torch.tensor(mean))
@@ -253,9 +279,22 @@ def test_colorization_fit_undoes_normalization_and_logs_pictures(tmp_path):
 
 
 def test_colorization_rejects_grey_data(tmp_path):
-    data = SyntheticDataModule(num_samples=8, batch_size=4, num_workers=0, image_size=16, channels=1,
-                               views=ClassifierViews(), batch_augment=True)
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, default_root_dir=tmp_path)
+    data = SyntheticDataModule(
+        num_samples=8,
+        batch_size=4,
+        num_workers=0,
+        image_size=16,
+        channels=1,
+        views=ClassifierViews(),
+        batch_augment=True,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(ValueError, match="colour images"):
         trainer.fit(Colorization(SmallCNN(1, 16, width=4, stages=2), decoder_dim=8), datamodule=data)

@@ -16,8 +16,15 @@ from lightning_ssl.modules.pretrained import HFTextEncoder, HFVisionBackbone, To
 
 
 def _vit_kwargs():
-    return dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-                patch_size=8, num_channels=3)
+    return dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+    )
 
 
 @pytest.mark.parametrize("kind", ["vit", "vit_mae", "dinov2", "clip"])
@@ -53,8 +60,11 @@ def _tiny_bert_dir(tmp_path: Path) -> Path:
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "cat", "dog", "sat", "on", "the", "mat"]
     T.BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(tmp_path)
-    T.BertModel(T.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=64)).save_pretrained(tmp_path)
+    T.BertModel(
+        T.BertConfig(
+            vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    ).save_pretrained(tmp_path)
     return tmp_path
 
 
@@ -85,10 +95,17 @@ def _foolbox_imagenet():
     root = Path(importlib.util.find_spec("foolbox").submodule_search_locations[0]) / "data"
     files = sorted(glob.glob(str(root / "imagenet_*.jpg")))
     assert len(files) == 20
-    x = torch.cat([
-        torch.nn.functional.interpolate(torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)[None]
-                                        .float() / 255, size=(224, 224), mode="bilinear", antialias=True)
-        for f in files])
+    x = torch.cat(
+        [
+            torch.nn.functional.interpolate(
+                torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)[None].float() / 255,
+                size=(224, 224),
+                mode="bilinear",
+                antialias=True,
+            )
+            for f in files
+        ]
+    )
     labels = torch.tensor([int(os.path.basename(f).split("_")[-1].split(".")[0]) for f in files])
     return x, labels
 
@@ -126,12 +143,28 @@ def test_torchvision_backbone(tmp_path):
 
 # --- fine-tuning and linear evaluation through the CLI ------------------------------------------------------------
 def _finetune_args(tmp_path, *extra):
-    return ["fit", "--model=Classifier", "--data=SyntheticDataModule", "--data.num_samples=64",
-            "--data.batch_size=16", "--data.num_workers=0", "--data.image_size=16", "--data.channels=1",
-            "--data.num_classes=4", "--data.noise=0.1", "--data.views=ClassifierViews", "--data.views.min_scale=0.8",
-            "--model.optimizer=torch.optim.AdamW", "--model.optimizer.lr=0.01",
-            "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path}/ckpt", *extra]
+    return [
+        "fit",
+        "--model=Classifier",
+        "--data=SyntheticDataModule",
+        "--data.num_samples=64",
+        "--data.batch_size=16",
+        "--data.num_workers=0",
+        "--data.image_size=16",
+        "--data.channels=1",
+        "--data.num_classes=4",
+        "--data.noise=0.1",
+        "--data.views=ClassifierViews",
+        "--data.views.min_scale=0.8",
+        "--model.optimizer=torch.optim.AdamW",
+        "--model.optimizer.lr=0.01",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--checkpoint.dirpath={tmp_path}/ckpt",
+        *extra,
+    ]
 
 
 def test_finetune_learns_and_frozen_backbone_stays_put(tmp_path):
@@ -139,8 +172,17 @@ def test_finetune_learns_and_frozen_backbone_stays_put(tmp_path):
     assert c.model.head[1].out_features == 4  # num_classes came from the data
     assert c.trainer.callback_metrics["val/top1"] > 0.9
     torch.manual_seed(0)
-    c2 = cli(_finetune_args(tmp_path, "--model.backbone=SmallCNN", "--model.backbone.width=8", "--trainer.max_epochs=1",
-                            "--model.freeze_backbone=true", "--model.head_batch_norm=true")[1:], run=False)
+    c2 = cli(
+        _finetune_args(
+            tmp_path,
+            "--model.backbone=SmallCNN",
+            "--model.backbone.width=8",
+            "--trainer.max_epochs=1",
+            "--model.freeze_backbone=true",
+            "--model.head_batch_norm=true",
+        )[1:],
+        run=False,
+    )
     before = {k: v.clone() for k, v in c2.model.backbone.state_dict().items()}
     c2.trainer.fit(c2.model, datamodule=c2.datamodule)
     for k, v in c2.model.backbone.state_dict().items():
@@ -148,9 +190,16 @@ def test_finetune_learns_and_frozen_backbone_stays_put(tmp_path):
 
 
 def test_layer_decay_scales_vit_learning_rates(tmp_path):
-    c = cli(_finetune_args(tmp_path, "--model.backbone=TimmBackbone", "--model.backbone.name=vit_tiny_patch16_224",
-                           "--model.backbone.model_kwargs={patch_size: 4, depth: 3}", "--model.layer_decay=0.5",
-                           "--trainer.max_steps=1"))
+    c = cli(
+        _finetune_args(
+            tmp_path,
+            "--model.backbone=TimmBackbone",
+            "--model.backbone.name=vit_tiny_patch16_224",
+            "--model.backbone.model_kwargs={patch_size: 4, depth: 3}",
+            "--model.layer_decay=0.5",
+            "--trainer.max_steps=1",
+        )
+    )
     opt = c.trainer.optimizers[0]
     lrs = sorted({round(g["initial_lr"], 8) for g in opt.param_groups})
     # one lr per depth level, each block's half of the one above; the new head and the last norm train at 0.01

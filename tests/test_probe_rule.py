@@ -16,6 +16,8 @@ from lightning_ssl.modules.vit import ViT
 from tests.test_ddp_equivalence import CASES, LANGUAGE, SYNC_BN, _batch
 
 METHODS = sorted(n for n in CASES if n not in SYNC_BN and n not in LANGUAGE and n != "classifier")
+
+
 def _dino_teacher_moved():
     model = CASES["dino"][0]()
     with torch.no_grad():  # after some training the EMA teacher differs from the student
@@ -26,10 +28,17 @@ def _dino_teacher_moved():
 
 EXTRA = {  # cases where the rule was broken before
     "dino_teacher_moved": _dino_teacher_moved,
-    "dino_student_ibot": lambda: DINO(ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2),
-                                      hidden_dim=16, bottleneck_dim=8, out_dim=32, ibot_weight=1.0, eval_teacher=False),
-    "colorization_vit_cls": lambda: Colorization(ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1,
-                                                     num_heads=2, pool="token")),
+    "dino_student_ibot": lambda: DINO(
+        ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2),
+        hidden_dim=16,
+        bottleneck_dim=8,
+        out_dim=32,
+        ibot_weight=1.0,
+        eval_teacher=False,
+    ),
+    "colorization_vit_cls": lambda: Colorization(
+        ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, pool="token")
+    ),
 }
 
 
@@ -46,7 +55,9 @@ def _check(model, batch):
     model.eval()
     real_tiles = jigsaw_module.extract_tiles
     # Jigsaw's tile jitter is augmentation (the one difference the rule allows): switched off to compare
-    no_jitter = mock.patch.object(jigsaw_module, "extract_tiles", lambda x, g, t, jitter: real_tiles(x, g, t, jitter=False))
+    no_jitter = mock.patch.object(
+        jigsaw_module, "extract_tiles", lambda x, g, t, jitter: real_tiles(x, g, t, jitter=False)
+    )
     with torch.no_grad(), no_jitter:
         out = model.training_step(batch, 0)
         assert ("features" in out) != ("embed_input" in out), "return features or embed_input, not both or neither"

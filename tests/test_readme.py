@@ -9,7 +9,7 @@ import torch
 README = Path(__file__).resolve().parents[1] / "README.md"
 SHORTER = {  # what the test changes, and nothing else
     "Trainer(max_epochs=20, ": "Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, "
-                               "enable_checkpointing=False, enable_progress_bar=False, ",
+    "enable_checkpointing=False, enable_progress_bar=False, ",
     "FashionMNISTDataModule(batch_size=256, ": "FashionMNISTDataModule(batch_size=8, num_workers=0, ",
     'evaluation_tensors("test", max_images=1000)': 'evaluation_tensors("test", max_images=64)',
 }
@@ -17,7 +17,7 @@ SHORTER = {  # what the test changes, and nothing else
 
 def notebook_block() -> str:
     text = README.read_text()
-    section = text[text.index("### In a notebook"):]
+    section = text[text.index("### In a notebook") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

@@ -39,16 +39,28 @@ def _setup(tmp_path, guard, bad="loss", every_step_ckpt=True):
     callbacks = [guard]
     if every_step_ckpt:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, filename="s{step}"))
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=callbacks,
-                        default_root_dir=tmp_path,
-                        plugins=[AtomicCheckpointIO()], enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+        plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     return model, dm, trainer
 
 
 @pytest.mark.parametrize("bad", ["loss", "gradient"])
 def test_nonfinite_stops_with_a_clear_message_and_no_nan_checkpoint(tmp_path, bad):
     model, dm, trainer = _setup(tmp_path, NonFiniteGuard("stop"), bad)
-    with pytest.raises(NonFiniteError, match=r"ExplodingSimCLR at optimizer step 3 .*" + ("loss is nan" if bad == "loss" else "gradients are not finite")):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"ExplodingSimCLR at optimizer step 3 .*"
+        + ("loss is nan" if bad == "loss" else "gradients are not finite"),
+    ):
         trainer.fit(model, datamodule=dm)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     files = sorted(tmp_path.glob("*.ckpt"))
@@ -86,8 +98,11 @@ def test_guard_refuses_checkpoint_with_nan_weights(tmp_path):
         model.backbone.features[0].weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="refusing to write a checkpoint"):
         trainer.save_checkpoint(tmp_path / "good.ckpt")
-    assert all(torch.isfinite(v).all() for v in safe_load(tmp_path / "good.ckpt")["state_dict"].values()
-               if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all()
+        for v in safe_load(tmp_path / "good.ckpt")["state_dict"].values()
+        if v.is_floating_point()
+    )
 
 
 def test_nonfinite_guard_rejects_unknown_action():
@@ -121,14 +136,30 @@ def test_collapse_monitor_warns_and_logs(tmp_path):
     model = _Constant(SmallCNN(1, 16, width=4), proj_hidden_dim=16, proj_dim=8)
     dm = SyntheticDataModule(num_samples=32, batch_size=8, num_workers=0, image_size=16, channels=1, val_bank_size=0)
     mon = CollapseMonitor(every_n_steps=2)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[mon],
-                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[mon],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     with pytest.warns(UserWarning, match="looks collapsed"):
         trainer.fit(model, datamodule=dm)
     assert mon.last["embedding_std"] < 0.01 and "train/rankme" in trainer.callback_metrics
     healthy = CollapseMonitor(every_n_steps=2)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[healthy],
-                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[healthy],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.filterwarnings("ignore", message="(?!.*collapsed)")  # only collapse warnings turn into errors
@@ -163,8 +194,16 @@ def test_collapse_monitor_adds_no_forwards_for_methods_without_step_features():
     for model in (mae, SimCLR(SmallCNN(1, 16, width=4), proj_hidden_dim=16, proj_dim=8)):
         mon = CollapseMonitor(every_n_steps=4, window=32)
         mon.measure = lambda z, _m=mon.measure: sizes.append(len(z)) or _m(z)
-        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[mon],
-                            enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0)
+        trainer = L.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            callbacks=[mon],
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+        )
         trainer.fit(model, datamodule=dm)
     assert type(mae).calls == 2  # steps 4 and 8 of 8, nothing in between
     assert sizes == [8, 8, 32, 32]  # MAE: the measuring batch; SimCLR: four batches of 8
@@ -181,14 +220,23 @@ def test_collapse_monitor_shares_the_probes_extra_forward():
     from lightning_ssl.callbacks import OnlineLinearProbe
 
     mae, dm = _counting_mae()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        callbacks=[OnlineLinearProbe(num_classes=4, every_n_steps=2), CollapseMonitor(every_n_steps=4)],
-                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[OnlineLinearProbe(num_classes=4, every_n_steps=2), CollapseMonitor(every_n_steps=4)],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(mae, datamodule=dm)
     assert type(mae).calls == 4  # the probe's steps 2, 4, 6, 8; the monitor's 4 and 8 reuse theirs
 
     default = CollapseMonitor().every_n_steps
     configs = Path(__file__).resolve().parents[1] / "configs"
-    intervals = {str(p.relative_to(configs)): (yaml.safe_load(p.read_text()).get("probe") or {}).get("every_n_steps", 1)
-                 for p in configs.rglob("*.yaml")}
+    intervals = {
+        str(p.relative_to(configs)): (yaml.safe_load(p.read_text()).get("probe") or {}).get("every_n_steps", 1)
+        for p in configs.rglob("*.yaml")
+    }
     assert all(default % n == 0 for n in intervals.values()), {k: v for k, v in intervals.items() if default % v}

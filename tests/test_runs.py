@@ -15,18 +15,32 @@ from lightning_ssl.modules.backbones import SmallCNN
 
 
 def args(root, width=4, epochs=1, extra=()):
-    return ["fit", "--model=SimCLR", "--model.backbone=lightning_ssl.modules.backbones.SmallCNN",
-            f"--model.backbone.width={width}", "--model.proj_hidden_dim=16", "--model.proj_dim=8",
-            "--data=SyntheticDataModule", "--data.num_samples=32", "--data.batch_size=16", "--data.num_workers=0",
-            "--data.image_size=8", "--data.channels=1", f"--trainer.max_epochs={epochs}", "--trainer.accelerator=cpu",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            f"--trainer.default_root_dir={root}", *extra]
+    return [
+        "fit",
+        "--model=SimCLR",
+        "--model.backbone=lightning_ssl.modules.backbones.SmallCNN",
+        f"--model.backbone.width={width}",
+        "--model.proj_hidden_dim=16",
+        "--model.proj_dim=8",
+        "--data=SyntheticDataModule",
+        "--data.num_samples=32",
+        "--data.batch_size=16",
+        "--data.num_workers=0",
+        "--data.image_size=8",
+        "--data.channels=1",
+        f"--trainer.max_epochs={epochs}",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={root}",
+        *extra,
+    ]
 
 
 def test_runs_get_their_own_directories_and_last_means_this_configs_run(tmp_path):
     root = tmp_path / "outputs" / "simclr"
-    cli(args(root))                      # version_0: the original
-    cli(args(root, width=8))             # version_1: a variant from the same config
+    cli(args(root))  # version_0: the original
+    cli(args(root, width=8))  # version_1: a variant from the same config
     assert [p.name for p in runs.versions(root)] == ["version_0", "version_1"]
     for v in runs.versions(root):
         assert (v / "config.yaml").exists() and (v / "checkpoints" / "last.ckpt").exists()
@@ -54,7 +68,9 @@ def test_last_with_nothing_to_resume_starts_a_new_run(tmp_path):
 def test_explicit_checkpoint_overrides_are_reported(tmp_path):
     root = tmp_path / "r"
     cli(args(root, width=8))
-    with pytest.warns(UserWarning, match=r"rebuilt from the checkpoint's hyperparameters.*width: 4 here, 8 in the checkpoint"):
+    with pytest.warns(
+        UserWarning, match=r"rebuilt from the checkpoint's hyperparameters.*width: 4 here, 8 in the checkpoint"
+    ):
         cli(args(root, width=4, epochs=2, extra=[f"--ckpt_path={root / 'version_0' / 'checkpoints' / 'last.ckpt'}"]))
 
 
@@ -64,7 +80,16 @@ def test_a_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
     ckpt = root / "version_0" / "checkpoints" / "last.ckpt"
     dm = SyntheticDataModule(num_samples=32, batch_size=16, num_workers=0, image_size=8, channels=1)
     model = SimCLR(SmallCNN(1, 8, width=4), proj_hidden_dim=16, proj_dim=8)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, default_root_dir=tmp_path)
-    with pytest.raises(CheckpointError, match=r"(?s)another architecture.*backbone.features.0.weight: the file has \(8, 1, 3, 3\), this run \(4, 1, 3, 3\)"):
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)another architecture.*backbone.features.0.weight: the file has \(8, 1, 3, 3\), this run \(4, 1, 3, 3\)",
+    ):
         trainer.fit(model, dm, ckpt_path=str(ckpt))

@@ -18,13 +18,18 @@ def vit():
 
 
 def swin():
-    return TimmBackbone("swin_tiny_patch4_window7_224", in_channels=1, image_size=16,
-                        model_kwargs=dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=2))
+    return TimmBackbone(
+        "swin_tiny_patch4_window7_224",
+        in_channels=1,
+        image_size=16,
+        model_kwargs=dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=2),
+    )
 
 
 def convnext():
-    return TimmBackbone("convnext_atto", in_channels=1, image_size=32,
-                        model_kwargs=dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)))
+    return TimmBackbone(
+        "convnext_atto", in_channels=1, image_size=32, model_kwargs=dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1))
+    )
 
 
 def test_masks_have_the_same_count_of_aligned_squares():
@@ -53,8 +58,9 @@ def test_loss_hand_computed_and_matches_reference():
     assert simmim_loss(x_rec2, x, m).item() == pytest.approx(simmim_loss(x_rec, x, m).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("make,size,stride", [(vit, 16, 4), (swin, 16, 8), (convnext, 32, 32)],
-                         ids=["vit", "swin", "convnext"])
+@pytest.mark.parametrize(
+    "make,size,stride", [(vit, 16, 4), (swin, 16, 8), (convnext, 32, 32)], ids=["vit", "swin", "convnext"]
+)
 def test_masked_pixels_do_not_reach_the_encoder(make, size, stride):
     torch.manual_seed(0)
     model = SimMIM(make(), mask_patch_size=8).eval()
@@ -82,5 +88,12 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="SimMIM needs a lightning_ssl.modules.vit.ViT or a timm model"):
         SimMIM(SmallCNN(1, 16, width=4))
     with pytest.raises(ValueError, match="cannot take 1-channel 16 px images"):
-        SimMIM(TimmBackbone("convnext_atto", in_channels=1, image_size=16,
-                            model_kwargs=dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1))), mask_patch_size=8)
+        SimMIM(
+            TimmBackbone(
+                "convnext_atto",
+                in_channels=1,
+                image_size=16,
+                model_kwargs=dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)),
+            ),
+            mask_patch_size=8,
+        )

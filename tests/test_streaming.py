@@ -37,15 +37,24 @@ def _folder(root: Path, per_class: int = 12, classes=CLASSES) -> Path:
 @pytest.fixture(scope="module")
 def chunks(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("stream")
-    optimize_images(str(_folder(base / "images")), str(base / "chunks"), chunk_bytes="12KB", num_workers=2,
-                    verbose=False)
+    optimize_images(
+        str(_folder(base / "images")), str(base / "chunks"), chunk_bytes="12KB", num_workers=2, verbose=False
+    )
     optimize_images(str(_folder(base / "val", per_class=3)), str(base / "val_chunks"), num_workers=1, verbose=False)
     return base
 
 
 def _dm(base: Path, **kw) -> StreamingImageDataModule:
-    kw = {"input_dir": str(base / "chunks"), "image_size": 16, "batch_size": 4, "num_workers": 0,
-          "batch_augment": True, "views": SimCLRViews(min_scale=0.5, blur_prob=0.0), "val_bank_size": 16, **kw}
+    kw = {
+        "input_dir": str(base / "chunks"),
+        "image_size": 16,
+        "batch_size": 4,
+        "num_workers": 0,
+        "batch_augment": True,
+        "views": SimCLRViews(min_scale=0.5, blur_prob=0.0),
+        "val_bank_size": 16,
+        **kw,
+    }
     return StreamingImageDataModule(**kw)
 
 
@@ -59,7 +68,10 @@ def test_optimize_writes_mixed_chunks_and_metadata(chunks):
     assert meta["num_items"] == 48 and meta["classes"] == list(CLASSES) and not meta["captions"]
     assert len(index["chunks"]) >= 4 and sum(c["chunk_size"] for c in index["chunks"]) == 48
     dm = _dm(chunks)
-    assert dm.num_classes == 4 and StreamingImageDataModule.describe({"input_dir": str(chunks / "chunks")})["num_classes"] == 4
+    assert (
+        dm.num_classes == 4
+        and StreamingImageDataModule.describe({"input_dir": str(chunks / "chunks")})["num_classes"] == 4
+    )
     from litdata import StreamingDataset
 
     stored = StreamingDataset(str(chunks / "chunks"))
@@ -118,12 +130,25 @@ def test_lightning_resume_is_exact(chunks, tmp_path, stop_at):
         torch.manual_seed(0)
         return SimCLR(SmallCNN(in_channels=3, image_size=16, width=4), proj_hidden_dim=16, proj_dim=8)
 
-    kw = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-              num_sanity_val_steps=0, limit_val_batches=0, max_epochs=2, default_root_dir=tmp_path)
+    kw = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        max_epochs=2,
+        default_root_dir=tmp_path,
+    )
     # 48 items, batch 8: 6 batches per epoch
     straight = model()
-    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="step{step}", every_n_train_steps=stop_at, save_top_k=-1,
-                           auto_insert_metric_name=False)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path,
+        filename="step{step}",
+        every_n_train_steps=stop_at,
+        save_top_k=-1,
+        auto_insert_metric_name=False,
+    )
     L.Trainer(callbacks=[ckpt], **kw).fit(straight, datamodule=_dm(chunks, batch_size=8))
     resumed = model()
     t = L.Trainer(enable_checkpointing=False, **kw)
@@ -174,8 +199,14 @@ def test_image_text_table_streams_captions(tmp_path):
     (tmp_path / "pairs.csv").write_text("\n".join(rows))
     meta = optimize_images(str(tmp_path / "pairs.csv"), str(tmp_path / "chunks"), num_workers=1, verbose=False)
     assert meta["captions"] and meta["classes"] == ["red", "blue"] or meta["classes"] == ["blue", "red"]
-    dm = StreamingImageDataModule(input_dir=str(tmp_path / "chunks"), image_size=16, batch_size=4, num_workers=0,
-                                  batch_augment=True, views=SimCLRViews(blur_prob=0.0))
+    dm = StreamingImageDataModule(
+        input_dir=str(tmp_path / "chunks"),
+        image_size=16,
+        batch_size=4,
+        num_workers=0,
+        batch_augment=True,
+        views=SimCLRViews(blur_prob=0.0),
+    )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
 

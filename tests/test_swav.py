@@ -148,9 +148,12 @@ def test_exact_resume_with_queue_and_frozen_prototypes(tmp_path):
         return SwAV(cnn(), proj_hidden_dim=16, proj_dim=8, num_prototypes=6, queue_size=16, queue_start_epoch=1)
 
     straight = build()
-    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="step{step}", every_n_train_steps=6, save_top_k=-1,
-                           auto_insert_metric_name=False)
-    trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[ckpt]).fit(straight, datamodule=tiny_data(views=views))
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path, filename="step{step}", every_n_train_steps=6, save_top_k=-1, auto_insert_metric_name=False
+    )
+    trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[ckpt]).fit(
+        straight, datamodule=tiny_data(views=views)
+    )
     resumed = build()
     t2 = trainer(tmp_path, max_epochs=2)
     t2.fit(resumed, datamodule=tiny_data(views=views), ckpt_path=tmp_path / "step6.ckpt", weights_only=True)

@@ -20,7 +20,8 @@ SHARED = ROOT / "configs" / "shared"
 def tiny(tmp_path: Path, method: str = "SimCLR") -> Path:
     extra = "pred_hidden_dim: 16" if method == "BYOL" else ""
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         seed_everything: 0
         model:
           class_path: lightning_ssl.methods.{method}
@@ -36,7 +37,8 @@ def tiny(tmp_path: Path, method: str = "SimCLR") -> Path:
         trainer: {{max_epochs: 1, accelerator: cpu, logger: false, enable_progress_bar: false,
                   enable_model_summary: false, default_root_dir: {tmp_path}}}
         checkpoint: {{dirpath: {tmp_path}/ckpt}}
-        """))
+        """)
+    )
     return cfg
 
 
@@ -69,8 +71,12 @@ def test_channels_last_auto_leaves_a_vit_alone():
     from lightning_ssl.modules.backbones import SmallCNN
     from lightning_ssl.modules.vit import ViT
 
-    model = MAE(ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2), decoder_dim=8,
-                decoder_depth=1, decoder_heads=2)
+    model = MAE(
+        ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2),
+        decoder_dim=8,
+        decoder_depth=1,
+        decoder_heads=2,
+    )
     perf = Performance()
     perf.setup(None, model, "fit")
     patch = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)).weight
@@ -95,14 +101,20 @@ def test_gradient_accumulation(tmp_path):
 
 
 def _subprocess_fit(cfg: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lightning_ssl.cli", "fit", "--config", str(cfg), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_ssl.cli", "fit", "--config", str(cfg), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_ddp_with_sync_batchnorm_on_cpu(tmp_path):
     """configs/shared/ddp_syncbn.yaml on 2 CPU processes: BatchNorm synchronized over gloo."""
-    out = _subprocess_fit(tiny(tmp_path), "--config", str(SHARED / "ddp_syncbn.yaml"), "--trainer.devices=2",
-                          "--trainer.accelerator=cpu")
+    out = _subprocess_fit(
+        tiny(tmp_path), "--config", str(SHARED / "ddp_syncbn.yaml"), "--trainer.devices=2", "--trainer.accelerator=cpu"
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     ckpt = safe_load(tmp_path / "ckpt" / "last.ckpt")
     assert ckpt["global_step"] == 2  # 32 images / (8 per process x 2 processes)
@@ -111,5 +123,10 @@ def test_ddp_with_sync_batchnorm_on_cpu(tmp_path):
 
 def test_fsdp_yaml_is_refused_clearly_on_cpu(tmp_path):
     with pytest.raises(Exception, match="requires a GPU accelerator"):
-        run(tiny(tmp_path), "--config", str(SHARED / "fsdp.yaml"), "--trainer.accelerator=cpu",
-            "--trainer.precision=32-true")
+        run(
+            tiny(tmp_path),
+            "--config",
+            str(SHARED / "fsdp.yaml"),
+            "--trainer.accelerator=cpu",
+            "--trainer.precision=32-true",
+        )

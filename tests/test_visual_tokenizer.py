@@ -16,20 +16,24 @@ from tests.helpers import run_distributed
 
 
 def vit(**kw):
-    return ViT(**{"in_channels": 1, "image_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, **kw})
+    return ViT(
+        **{"in_channels": 1, "image_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2, **kw}
+    )
 
 
 def tokenizer(**kw):
-    return VisualTokenizer(vit(), **{"num_codes": 32, "code_dim": 8, "decoder_dim": 16, "decoder_depth": 1,
-                                     "decoder_heads": 2, **kw})
+    return VisualTokenizer(
+        vit(), **{"num_codes": 32, "code_dim": 8, "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2, **kw}
+    )
 
 
 # --- the quantizer ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cosine", [False, True])
 def test_ema_update_follows_the_vqvae_formula(cosine):
     torch.manual_seed(0)
-    q = VectorQuantizer(num_codes=5, code_dim=3, decay=0.9, commitment=0.25, cosine=cosine, kmeans_init=False,
-                        restart=False).train()
+    q = VectorQuantizer(
+        num_codes=5, code_dim=3, decay=0.9, commitment=0.25, cosine=cosine, kmeans_init=False, restart=False
+    ).train()
     e0, n0, m0 = q.codebook.clone(), q.cluster_size.clone(), q.embed_sum.clone()
     z = torch.randn(2, 7, 3)
     out = q(z)
@@ -146,7 +150,7 @@ def _ddp_quantizer(rank, world, batches):
     q = VectorQuantizer(num_codes=12, code_dim=3, decay=0.8, cosine=True, kmeans_init=True, dead_threshold=3.0).train()
     n = batches[0].shape[0] // world
     for z in batches:
-        q(z[rank * n:(rank + 1) * n])
+        q(z[rank * n : (rank + 1) * n])
     return {k: v.clone() for k, v in q.state_dict().items()}
 
 
@@ -213,13 +217,29 @@ def test_vqkd_reconstructs_the_teachers_patch_features():
 
 
 def _data():
-    return SyntheticDataModule(num_samples=32, batch_size=8, num_workers=0, image_size=16, channels=1, num_classes=4,
-                               views=ClassifierViews(min_scale=0.5), batch_augment=True)
+    return SyntheticDataModule(
+        num_samples=32,
+        batch_size=8,
+        num_workers=0,
+        image_size=16,
+        channels=1,
+        num_classes=4,
+        views=ClassifierViews(min_scale=0.5),
+        batch_augment=True,
+    )
 
 
 def _trainer(tmp_path, **kw):
-    kw = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-          "enable_checkpointing": False, "num_sanity_val_steps": 0, "limit_val_batches": 0, **kw}
+    kw = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        **kw,
+    }
     return L.Trainer(default_root_dir=tmp_path, **kw)
 
 
@@ -234,8 +254,9 @@ def test_exact_resume_of_the_tokenizer(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     straight = _resumable()
-    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="step{step}", every_n_train_steps=6, save_top_k=-1,
-                           auto_insert_metric_name=False)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path, filename="step{step}", every_n_train_steps=6, save_top_k=-1, auto_insert_metric_name=False
+    )
     _trainer(tmp_path, max_steps=8, enable_checkpointing=True, callbacks=[ckpt]).fit(straight, datamodule=_data())
     stored = torch.load(tmp_path / "step6.ckpt", weights_only=True)["state_dict"]
     assert "quantizer.cluster_size" in stored and not any(k.startswith("teacher.") for k in stored)
@@ -255,9 +276,10 @@ def test_patch_tokenizer_from_checkpoint_drops_decoder_and_teacher(tmp_path):
     model.forward_tokenizer(torch.randn(8, 1, 16, 16))  # k-means init moves the codebook
     path = tmp_path / "tok.ckpt"
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
-    backbone_cfg = {"class_path": "lightning_ssl.modules.vit.ViT",
-                    "init_args": {"in_channels": 1, "image_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1,
-                                  "num_heads": 2}}
+    backbone_cfg = {
+        "class_path": "lightning_ssl.modules.vit.ViT",
+        "init_args": {"in_channels": 1, "image_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2},
+    }
     torch.save({"state_dict": sd, "hyper_parameters": {**model.hparams, "backbone": backbone_cfg}}, path)
     tok = PatchTokenizer.from_checkpoint(str(path))
     assert isinstance(tok, PatchTokenizer) and not tok.training

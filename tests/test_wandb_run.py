@@ -14,12 +14,29 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_offline_wandb_run_records_metrics_config_and_pictures(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     root = tmp_path / "mae_run"
-    cli(["fit", "--config", str(ROOT / "configs/mae/fashion_mnist.yaml"), "--config", str(ROOT / "configs/shared/wandb.yaml"),
-         "--data=lightning_ssl.data.SyntheticDataModule", "--data.image_size=28", "--data.channels=1",
-         "--data.num_classes=4", "--data.num_samples=48", "--data.batch_size=16", "--data.num_workers=0",
-         "--data.views=lightning_ssl.data.ClassifierViews", "--data.batch_augment=true",
-         "--model.init_args.backbone.init_args.depth=1", "--model.init_args.backbone.init_args.embed_dim=24",
-         "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}"])
+    cli(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/mae/fashion_mnist.yaml"),
+            "--config",
+            str(ROOT / "configs/shared/wandb.yaml"),
+            "--data=lightning_ssl.data.SyntheticDataModule",
+            "--data.image_size=28",
+            "--data.channels=1",
+            "--data.num_classes=4",
+            "--data.num_samples=48",
+            "--data.batch_size=16",
+            "--data.num_workers=0",
+            "--data.views=lightning_ssl.data.ClassifierViews",
+            "--data.batch_augment=true",
+            "--model.init_args.backbone.init_args.depth=1",
+            "--model.init_args.backbone.init_args.embed_dim=24",
+            "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={root}",
+        ]
+    )
     run_dir = runs.versions(root)[-1]
     run = read_wandb_run(run_dir)
     keys = set().union(*run["history"])
@@ -30,7 +47,9 @@ def test_offline_wandb_run_records_metrics_config_and_pictures(tmp_path, monkeyp
     assert run["name"] == "mae_run/version_0" and set(run["tags"]) == {"MAE", "SyntheticDataModule"}
     config = run["config"]["config"]  # the whole resolved config, not only the model's hyperparameters
     assert config["data"]["init_args"]["batch_size"] == 16 and config["trainer"]["max_epochs"] == 1
-    assert config["seed_everything"] == 0 and config["data"]["init_args"]["views"]["class_path"].endswith("ClassifierViews")
+    assert config["seed_everything"] == 0 and config["data"]["init_args"]["views"]["class_path"].endswith(
+        "ClassifierViews"
+    )
     names = {Path(p).name.split("_")[0] for p in run["images"]}
     assert {"views", "mae", "embeddings"} <= names, run["images"]
     assert {p.name for p in (run_dir / "images").glob("*.png")} >= {"views_epoch000.png", "embeddings_epoch000.png"}

@@ -18,7 +18,21 @@ from lightning_ssl.callbacks.probe import OnlineLinearProbe
 from lightning_ssl.callbacks.text import TextSamples
 
 __all__ = [
-    "AttentionMapLogger", "CLIPEmbeddingPlot", "CollapseMonitor", "ColorizationImages", "EmbeddingPlot", "EndOfRun",
-    "KNNMonitor", "LearningRateLogger", "LinearLRScaling", "MAEReconstructionLogger", "NonFiniteError",
-    "NonFiniteGuard", "OnlineLinearProbe", "TextSamples", "TimeBudget", "TokenizerReconstructionLogger", "ViewGrid",
+    "AttentionMapLogger",
+    "CLIPEmbeddingPlot",
+    "CollapseMonitor",
+    "ColorizationImages",
+    "EmbeddingPlot",
+    "EndOfRun",
+    "KNNMonitor",
+    "LearningRateLogger",
+    "LinearLRScaling",
+    "MAEReconstructionLogger",
+    "NonFiniteError",
+    "NonFiniteGuard",
+    "OnlineLinearProbe",
+    "TextSamples",
+    "TimeBudget",
+    "TokenizerReconstructionLogger",
+    "ViewGrid",
 ]

@@ -30,13 +30,19 @@ class TimeBudget(L.Callback):
     ``minutes=None`` (default) turns it off: the Trainer's ``max_epochs`` / ``max_steps`` rule.
     """
 
-    def __init__(self, minutes: float | None = None, calibrate_steps: int = 20, tolerance: float = 0.03,
-                 hard_stop: float = 1.25) -> None:
+    def __init__(
+        self, minutes: float | None = None, calibrate_steps: int = 20, tolerance: float = 0.03, hard_stop: float = 1.25
+    ) -> None:
         if minutes is not None and minutes <= 0:
             raise ValueError(f"budget.minutes must be > 0, got {minutes}")
         if calibrate_steps < 2:
             raise ValueError(f"budget.calibrate_steps must be >= 2, got {calibrate_steps}")
-        self.minutes, self.calibrate_steps, self.tolerance, self.hard_stop = minutes, calibrate_steps, tolerance, hard_stop
+        self.minutes, self.calibrate_steps, self.tolerance, self.hard_stop = (
+            minutes,
+            calibrate_steps,
+            tolerance,
+            hard_stop,
+        )
         self.total_steps: int | None = None
         self.elapsed = 0.0  # seconds of training before this process started (resume)
         self._t0: float | None = None
@@ -58,7 +64,9 @@ class TimeBudget(L.Callback):
             return
         # until calibrated, a provisional length whose warm-up outlasts the calibration, so the LR is still
         # ramping up (not decaying) when the real length is known
-        provisional = int(trainer.estimated_stepping_batches) if math.isfinite(trainer.estimated_stepping_batches) else 0
+        provisional = (
+            int(trainer.estimated_stepping_batches) if math.isfinite(trainer.estimated_stepping_batches) else 0
+        )
         for config in trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, WarmupCosineLR) and 0 < config.scheduler.warmup < 1:
                 provisional = max(provisional, math.ceil(2 * self.calibrate_steps / config.scheduler.warmup))
@@ -79,14 +87,17 @@ class TimeBudget(L.Callback):
         per_step = (time.perf_counter() - self._t0) / max(1, steps)
         return trainer.global_step + int((self.seconds - self._now()) / per_step)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.minutes is None:
             return
         if self.total_steps is None and trainer.global_step - self._step0 >= self.calibrate_steps:
             self._set_total(trainer, self._project(trainer))
-            rank_zero_info(f"time budget {self.minutes:g} min: {self.total_steps} optimizer steps "
-                           f"(~{self.total_steps / max(1, trainer.num_training_batches):.1f} epochs) on this machine")
+            rank_zero_info(
+                f"time budget {self.minutes:g} min: {self.total_steps} optimizer steps "
+                f"(~{self.total_steps / max(1, trainer.num_training_batches):.1f} epochs) on this machine"
+            )
         if self.total_steps is not None and trainer.global_step >= self.total_steps:
             trainer.should_stop = True  # the last step: stop here, with a final validation
             trainer.check_val_every_n_epoch = 1
@@ -105,8 +116,10 @@ class TimeBudget(L.Callback):
         if self.minutes is None:
             return
         epochs = trainer.global_step / max(1, trainer.num_training_batches / trainer.accumulate_grad_batches)
-        rank_zero_info(f"time budget {self.minutes:g} min: trained {trainer.global_step} optimizer steps "
-                       f"({epochs:.2f} epochs) in {self._now() / 60:.2f} min")
+        rank_zero_info(
+            f"time budget {self.minutes:g} min: trained {trainer.global_step} optimizer steps "
+            f"({epochs:.2f} epochs) in {self._now() / 60:.2f} min"
+        )
         self.epochs_done = epochs if math.isfinite(epochs) else None
 
     def state_dict(self) -> dict[str, Any]:

@@ -22,8 +22,9 @@ class CLIPEmbeddingPlot(L.Callback):
     and logged as ``val/clip_embeddings`` to a logger with ``log_image`` (W&B). ``every_n_epochs=0`` disables it.
     """
 
-    def __init__(self, every_n_epochs: int = 1, method: str = "tsne", max_points: int = 1000,
-                 dirpath: str | None = None) -> None:
+    def __init__(
+        self, every_n_epochs: int = 1, method: str = "tsne", max_points: int = 1000, dirpath: str | None = None
+    ) -> None:
         if method not in ("tsne", "umap"):
             raise ValueError(f"method must be 'tsne' or 'umap', got {method!r}")
         self.every_n_epochs, self.method, self.max_points, self.dirpath = every_n_epochs, method, max_points, dirpath
@@ -31,17 +32,26 @@ class CLIPEmbeddingPlot(L.Callback):
         self.last_path: Path | None = None
 
     def _active(self, trainer: L.Trainer) -> bool:
-        return self.every_n_epochs > 0 and not trainer.sanity_checking and (
-            (trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
+        return (
+            self.every_n_epochs > 0
+            and not trainer.sanity_checking
+            and ((trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
+        )
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._store = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
-        if dataloader_idx != 0 or not self._active(trainer) or not isinstance(outputs, dict) or "text_emb" not in outputs:
+        if (
+            dataloader_idx != 0
+            or not self._active(trainer)
+            or not isinstance(outputs, dict)
+            or "text_emb" not in outputs
+        ):
             return
-        self._store.append((outputs["image_emb"].detach().float(), outputs["text_emb"].detach().float(),
-                            outputs["labels"].detach()))
+        self._store.append(
+            (outputs["image_emb"].detach().float(), outputs["text_emb"].detach().float(), outputs["labels"].detach())
+        )
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self._store or not self._active(trainer):
@@ -53,8 +63,15 @@ class CLIPEmbeddingPlot(L.Callback):
         folder = Path(self.dirpath) if self.dirpath else log_dir(trainer)
         names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
         self.last_path = clip_embedding_plot(
-            img, txt, labels, folder / f"clip_embeddings_e{trainer.current_epoch:03d}.png", self.method, names,
-            self.max_points, title=f"{self.method.upper()} of images (o) and captions (x), epoch {trainer.current_epoch}")
+            img,
+            txt,
+            labels,
+            folder / f"clip_embeddings_e{trainer.current_epoch:03d}.png",
+            self.method,
+            names,
+            self.max_points,
+            title=f"{self.method.upper()} of images (o) and captions (x), epoch {trainer.current_epoch}",
+        )
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="val/clip_embeddings", images=[str(self.last_path)], step=trainer.global_step)

@@ -35,7 +35,9 @@ class EndOfRun(L.Callback):
         if not self.enabled or trainer.limit_val_batches == 0 or trainer.sanity_checking:
             return
         loop = trainer.fit_loop
-        last_epoch = loop.max_epochs is not None and loop.max_epochs > 0 and trainer.current_epoch >= loop.max_epochs - 1
+        last_epoch = (
+            loop.max_epochs is not None and loop.max_epochs > 0 and trainer.current_epoch >= loop.max_epochs - 1
+        )
         end_of_epoch = loop.epoch_loop.batch_progress.is_last_batch
         last_step = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         if (last_epoch and end_of_epoch) or last_step or trainer.should_stop:
@@ -52,9 +54,12 @@ class LearningRateLogger(LearningRateMonitor):
     """Lightning's ``LearningRateMonitor`` (``lr-<optimizer>`` per step, and momentum where the optimizer has one)
     that stays out of the way of runs without a logger instead of refusing them."""
 
-    def __init__(self, logging_interval: str | None = "step", log_momentum: bool = False,
-                 log_weight_decay: bool = False) -> None:
-        super().__init__(logging_interval=logging_interval, log_momentum=log_momentum, log_weight_decay=log_weight_decay)
+    def __init__(
+        self, logging_interval: str | None = "step", log_momentum: bool = False, log_weight_decay: bool = False
+    ) -> None:
+        super().__init__(
+            logging_interval=logging_interval, log_momentum=log_momentum, log_weight_decay=log_weight_decay
+        )
 
     def on_train_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
         self._off = not trainer.loggers

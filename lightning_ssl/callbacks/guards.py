@@ -37,8 +37,10 @@ class NonFiniteGuard(L.Callback):
         self._bad: str | None = None
 
     def _where(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
-        return (f"{type(pl_module).__name__} at optimizer step {trainer.global_step} "
-                f"(epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx})")
+        return (
+            f"{type(pl_module).__name__} at optimizer step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx})"
+        )
 
     def on_before_backward(self, trainer, pl_module, loss: Tensor) -> None:
         if not torch.isfinite(loss.detach()).all():
@@ -71,8 +73,11 @@ class NonFiniteGuard(L.Callback):
         pl_module.log("train/skipped_steps", float(self.skipped))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
-               if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = [
+            k
+            for k, v in checkpoint.get("state_dict", {}).items()
+            if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+        ]
         if bad:
             raise NonFiniteError(
                 f"refusing to write a checkpoint of {type(pl_module).__name__} at step {trainer.global_step}: "
@@ -113,8 +118,9 @@ class CollapseMonitor(L.Callback):
     step: the default interval, 64, is a multiple of those configs' probe interval (32), so there the monitor
     adds no forward at all (at an interval of its own it would cost ~1.1% of an MAE step at 64)."""
 
-    def __init__(self, every_n_steps: int = 64, window: int = 1024, std_threshold: float = 0.1,
-                 rank_threshold: float = 0.05) -> None:
+    def __init__(
+        self, every_n_steps: int = 64, window: int = 1024, std_threshold: float = 0.1, rank_threshold: float = 0.05
+    ) -> None:
         self.every_n_steps, self.window = every_n_steps, window
         self.std_threshold, self.rank_threshold = std_threshold, rank_threshold
         self._buffer: list[Tensor] = []
@@ -158,4 +164,6 @@ class CollapseMonitor(L.Callback):
                 f"{type(pl_module).__name__} looks collapsed at step {trainer.global_step}: std of normalized "
                 f"embeddings x sqrt(D) = {stats['embedding_std']:.3f} (healthy ~1), effective rank {stats['rankme']:.1f} "
                 f"of {min(z.shape)}. Check the augmentations, the learning rate, the predictor/stop-gradient and "
-                f"the EMA momentum.", stacklevel=2)
+                f"the EMA momentum.",
+                stacklevel=2,
+            )

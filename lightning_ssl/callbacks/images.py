@@ -22,8 +22,9 @@ from torchvision.utils import make_grid, save_image
 from lightning_ssl.runs import log_dir
 
 # a few control points of the "viridis" colormap (dark blue -> green -> yellow), interpolated linearly
-_VIRIDIS = torch.tensor([[0.267, 0.005, 0.329], [0.231, 0.322, 0.545], [0.129, 0.565, 0.553],
-                         [0.369, 0.788, 0.384], [0.993, 0.906, 0.144]])
+_VIRIDIS = torch.tensor(
+    [[0.267, 0.005, 0.329], [0.231, 0.322, 0.545], [0.129, 0.565, 0.553], [0.369, 0.788, 0.384], [0.993, 0.906, 0.144]]
+)
 
 
 def to_unit_range(x: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Tensor:
@@ -194,8 +195,9 @@ class AttentionMapLogger(_ImageCallback):
 
     name = "attention_maps"
 
-    def __init__(self, num_images: int = 8, every_n_epochs: int = 1, out_dir: str | None = None,
-                 threshold: float | None = None) -> None:
+    def __init__(
+        self, num_images: int = 8, every_n_epochs: int = 1, out_dir: str | None = None, threshold: float | None = None
+    ) -> None:
         super().__init__(num_images, every_n_epochs, out_dir)
         self.threshold = threshold
 
@@ -227,14 +229,21 @@ class ViewGrid(L.Callback):
         dm = trainer.datamodule
         mean, std = dm.norm_stats() if hasattr(dm, "norm_stats") else (None, None)
         size = max(v.shape[-1] for v in views)
-        tiles = [to_unit_range(F.interpolate(v[: self.num_images].float(), size=(size, size), mode="nearest"), mean, std)
-                 for v in views]
+        tiles = [
+            to_unit_range(F.interpolate(v[: self.num_images].float(), size=(size, size), mode="nearest"), mean, std)
+            for v in views
+        ]
         grid = torch.stack(tiles, dim=1).flatten(0, 1)  # image-major: each row is one image's views
         if grid.shape[1] == 1:
             grid = grid.expand(-1, 3, -1, -1)
         grid = make_grid(grid[:, :3], nrow=len(views), padding=1, pad_value=1.0)
-        self.last_path = publish(trainer, grid, self.name, self.out_dir,
-                                 f"{len(views)} augmented views of {min(self.num_images, len(views[0]))} images")
+        self.last_path = publish(
+            trainer,
+            grid,
+            self.name,
+            self.out_dir,
+            f"{len(views)} augmented views of {min(self.num_images, len(views[0]))} images",
+        )
 
 
 class EmbeddingPlot(L.Callback):
@@ -245,8 +254,9 @@ class EmbeddingPlot(L.Callback):
 
     name = "embeddings"
 
-    def __init__(self, every_n_epochs: int = 0, method: str = "tsne", max_points: int = 1000,
-                 out_dir: str | None = None) -> None:
+    def __init__(
+        self, every_n_epochs: int = 0, method: str = "tsne", max_points: int = 1000, out_dir: str | None = None
+    ) -> None:
         if method not in ("tsne", "umap"):
             raise ValueError(f"method must be 'tsne' or 'umap', got {method!r}")
         self.every_n_epochs, self.method, self.max_points, self.out_dir = every_n_epochs, method, max_points, out_dir
@@ -256,15 +266,24 @@ class EmbeddingPlot(L.Callback):
     def _active(self, trainer) -> bool:
         from lightning_ssl.callbacks.end_of_fit import is_final_validation
 
-        return self.every_n_epochs > 0 and not trainer.sanity_checking and trainer.is_global_zero and (
-            (trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
+        return (
+            self.every_n_epochs > 0
+            and not trainer.sanity_checking
+            and trainer.is_global_zero
+            and ((trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
+        )
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._store = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if (dataloader_idx == 0 and self._active(trainer) and isinstance(outputs, dict) and "features" in outputs
-                and sum(len(f) for f, _ in self._store) < self.max_points):
+        if (
+            dataloader_idx == 0
+            and self._active(trainer)
+            and isinstance(outputs, dict)
+            and "features" in outputs
+            and sum(len(f) for f, _ in self._store) < self.max_points
+        ):
             self._store.append((outputs["features"].detach().float().cpu(), outputs["labels"].detach().cpu()))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -277,9 +296,15 @@ class EmbeddingPlot(L.Callback):
         root = Path(self.out_dir) if self.out_dir is not None else log_dir(trainer) / "images"
         names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
         self.last_path = embedding_plot(
-            features, labels, root / f"{self.name}_epoch{trainer.current_epoch:03d}.png", self.method, self.max_points,
-            class_names=names, title=f"{self.method.upper()} of {len(features)} validation embeddings, "
-                                     f"epoch {trainer.current_epoch} (step {trainer.global_step})")
+            features,
+            labels,
+            root / f"{self.name}_epoch{trainer.current_epoch:03d}.png",
+            self.method,
+            self.max_points,
+            class_names=names,
+            title=f"{self.method.upper()} of {len(features)} validation embeddings, "
+            f"epoch {trainer.current_epoch} (step {trainer.global_step})",
+        )
         from lightning.pytorch.loggers import WandbLogger
 
         for logger in trainer.loggers:
@@ -296,7 +321,11 @@ class TokenizerReconstructionLogger(_ImageCallback):
     def render(self, pl_module, images, trainer):
         rec, tokens = pl_module.reconstruct(images)
         mean, std = self._norm_stats(trainer)
-        grid = render_tokens(to_unit_range(images, mean, std), tokens, pl_module.num_codes,
-                             None if rec is None else to_unit_range(rec, mean, std))
+        grid = render_tokens(
+            to_unit_range(images, mean, std),
+            tokens,
+            pl_module.num_codes,
+            None if rec is None else to_unit_range(rec, mean, std),
+        )
         parts = "original | reconstruction | tokens" if rec is not None else "original | tokens"
         return grid, f"{parts} ({pl_module.num_codes} codes), epoch {trainer.current_epoch}"

@@ -31,8 +31,11 @@ class KNNMonitor(L.Callback):
         self._store: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def _active(self, trainer: L.Trainer) -> bool:
-        return self.every_n_epochs > 0 and not trainer.sanity_checking and (
-            (trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
+        return (
+            self.every_n_epochs > 0
+            and not trainer.sanity_checking
+            and ((trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
+        )
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._store = {0: [], 1: []}
@@ -40,7 +43,9 @@ class KNNMonitor(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
         if not self._active(trainer) or not isinstance(outputs, dict) or "features" not in outputs:
             return
-        self._store.setdefault(dataloader_idx, []).append((outputs["features"].detach().float(), outputs["labels"].detach()))
+        self._store.setdefault(dataloader_idx, []).append(
+            (outputs["features"].detach().float(), outputs["labels"].detach())
+        )
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self._active(trainer) or not self._store.get(0) or not self._store.get(1):

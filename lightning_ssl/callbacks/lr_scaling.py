@@ -25,11 +25,15 @@ class LinearLRScaling(L.Callback):
         if self.base_batch_size is None or stage != "fit" or self.factor is not None:
             return
         if getattr(pl_module, "base_lr", None) is not None:
-            raise ValueError(f"{type(pl_module).__name__} scales its lr by base_lr already: set lr_scaling.base_batch_size "
-                             f"to null, or the method's base_lr to null")
+            raise ValueError(
+                f"{type(pl_module).__name__} scales its lr by base_lr already: set lr_scaling.base_batch_size "
+                f"to null, or the method's base_lr to null"
+            )
         if not hasattr(pl_module, "optimizer_fn"):
-            raise ValueError(f"lr_scaling needs a method with an injected optimizer (optimizer_fn); "
-                             f"{type(pl_module).__name__} has none")
+            raise ValueError(
+                f"lr_scaling needs a method with an injected optimizer (optimizer_fn); "
+                f"{type(pl_module).__name__} has none"
+            )
         batch = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule is not None else None
         if not isinstance(batch, int):
             raise ValueError("lr_scaling cannot find the batch size: the datamodule has no int batch_size")

@@ -31,8 +31,13 @@ class Performance(L.Callback):
     (``inductor`` generates kernels; ``aot_eager`` / ``eager`` only trace, for machines without a C compiler and
     for tests)."""
 
-    def __init__(self, channels_last: bool | str = "auto", compile: bool = False, compile_mode: str | None = None,
-                 compile_backend: str = "inductor") -> None:
+    def __init__(
+        self,
+        channels_last: bool | str = "auto",
+        compile: bool = False,
+        compile_mode: str | None = None,
+        compile_backend: str = "inductor",
+    ) -> None:
         if not isinstance(channels_last, bool) and channels_last != "auto":
             raise ValueError(f"performance.channels_last must be true, false or auto, got {channels_last!r}")
         self.channels_last, self.compile, self.compile_mode = channels_last, compile, compile_mode

@@ -31,8 +31,14 @@ class OnlineLinearProbe(L.Callback):
     datamodule's. ``enabled=False`` turns it off.
     """
 
-    def __init__(self, num_classes: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0, enabled: bool = True,
-                 every_n_steps: int = 1) -> None:
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        enabled: bool = True,
+        every_n_steps: int = 1,
+    ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"probe.every_n_steps must be >= 1, got {every_n_steps}")
         self.num_classes, self.lr, self.weight_decay, self.enabled = num_classes, lr, weight_decay, enabled
@@ -51,7 +57,9 @@ class OnlineLinearProbe(L.Callback):
             return
         data_classes = getattr(trainer.datamodule, "num_classes", None) if trainer.datamodule is not None else None
         if isinstance(data_classes, int) and data_classes > self.num_classes:
-            raise ValueError(f"OnlineLinearProbe(num_classes={self.num_classes}) but the data has {data_classes} classes")
+            raise ValueError(
+                f"OnlineLinearProbe(num_classes={self.num_classes}) but the data has {data_classes} classes"
+            )
         dim = getattr(pl_module, "num_features")
         self.probe = nn.Linear(dim, self.num_classes)
         self.optimizer = torch.optim.AdamW(self.probe.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -20,12 +20,22 @@ class TextSamples(L.Callback):
     ``samples`` (step, input, output, reference) for loggers with ``log_text`` (W&B), the console, and
     ``samples.txt`` in the run's directory."""
 
-    def __init__(self, num_samples: int = 2, every_n_epochs: int = 1, prompts: list[str] | None = None,
-                 max_new_tokens: int = 64, temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_samples: int = 2,
+        every_n_epochs: int = 1,
+        prompts: list[str] | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 0.8,
+        top_k: int | None = 50,
+        top_p: float | None = None,
+        seed: int = 0,
+    ) -> None:
         if num_samples < 0 or every_n_epochs < 0 or max_new_tokens < 1:
-            raise ValueError(f"need num_samples >= 0, every_n_epochs >= 0, max_new_tokens >= 1; got {num_samples}, "
-                             f"{every_n_epochs}, {max_new_tokens}")
+            raise ValueError(
+                f"need num_samples >= 0, every_n_epochs >= 0, max_new_tokens >= 1; got {num_samples}, "
+                f"{every_n_epochs}, {max_new_tokens}"
+            )
         self.num_samples, self.every_n_epochs, self.prompts = num_samples, every_n_epochs, list(prompts or [])
         self.max_new_tokens, self.seed = max_new_tokens, seed
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -33,7 +43,11 @@ class TextSamples(L.Callback):
         self.last: list[tuple[str, str, str]] = []
 
     def _active(self, trainer: L.Trainer) -> bool:
-        return self.every_n_epochs > 0 and not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        return (
+            self.every_n_epochs > 0
+            and not trainer.sanity_checking
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
 
     def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx == 0 and dataloader_idx == 0 and isinstance(batch, torch.Tensor):
@@ -56,9 +70,15 @@ class TextSamples(L.Callback):
         step = trainer.global_step
         for logger in trainer.loggers:
             if hasattr(logger, "log_text"):
-                logger.log_text(key="samples", columns=["step", "input", "output", "reference"],
-                                data=[[step, *r] for r in rows], step=step)
-        text = "\n".join(f"--- step {step} ---\ninput:     {i!r}\noutput:    {o!r}\nreference: {r!r}" for i, o, r in rows)
+                logger.log_text(
+                    key="samples",
+                    columns=["step", "input", "output", "reference"],
+                    data=[[step, *r] for r in rows],
+                    step=step,
+                )
+        text = "\n".join(
+            f"--- step {step} ---\ninput:     {i!r}\noutput:    {o!r}\nreference: {r!r}" for i, o, r in rows
+        )
         rank_zero_info(text)
         folder = log_dir(trainer)  # not trainer.log_dir: a broadcast, and this runs on rank 0 only
         folder.mkdir(parents=True, exist_ok=True)

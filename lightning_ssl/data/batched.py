@@ -41,8 +41,13 @@ import torch
 from torch import Tensor, nn
 
 
-def sample_crop_boxes(sizes: Tensor, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                      attempts: int = 10, generator: torch.Generator | None = None) -> Tensor:
+def sample_crop_boxes(
+    sizes: Tensor,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Random resized crop boxes, one per row of ``sizes`` ((B, 2): height, width of each *original* image),
     drawn exactly as ``torchvision.transforms.v2.RandomResizedCrop`` draws them for one image: area fraction
     uniform in ``scale``, log aspect ratio uniform in ``log(ratio)``, sides rounded, up to ``attempts`` tries
@@ -57,7 +62,9 @@ def sample_crop_boxes(sizes: Tensor, scale: Sequence[float] = (0.08, 1.0), ratio
     b = sizes.shape[0]
     height, width = sizes[:, :1], sizes[:, 1:]  # (B, 1)
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    area = height * width * torch.empty(b, attempts, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
+    area = (
+        height * width * torch.empty(b, attempts, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
+    )
     aspect = torch.exp(torch.empty(b, attempts, dtype=torch.float64).uniform_(lo, hi, generator=generator))
     w = torch.round(torch.sqrt(area * aspect))  # round half to even, as Python's round() in torchvision
     h = torch.round(torch.sqrt(area / aspect))
@@ -75,8 +82,15 @@ def sample_crop_boxes(sizes: Tensor, scale: Sequence[float] = (0.08, 1.0), ratio
     fh = torch.where(in_ratio < min(ratio), torch.round(width / min(ratio)), height)
     fw, fh = torch.minimum(fw, width), torch.minimum(fh, height)
     ftop, fleft = torch.div(height - fh, 2, rounding_mode="floor"), torch.div(width - fw, 2, rounding_mode="floor")
-    boxes = torch.stack([torch.where(found, top, ftop), torch.where(found, left, fleft),
-                         torch.where(found, h, fh), torch.where(found, w, fw)], 1)
+    boxes = torch.stack(
+        [
+            torch.where(found, top, ftop),
+            torch.where(found, left, fleft),
+            torch.where(found, h, fh),
+            torch.where(found, w, fw),
+        ],
+        1,
+    )
     return boxes.float()
 
 
@@ -95,8 +109,16 @@ def crop_and_resize(images: Tensor, boxes: Tensor, size: int | tuple[int, int], 
         sizes = sizes.to(images.device, torch.float32)
         sy, sx = hh / sizes[:, 0], ww / sizes[:, 1]
     top, left, h, w = boxes.unbind(1)
-    rois = torch.stack([torch.arange(b, device=images.device, dtype=torch.float32),
-                        left * sx, top * sy, (left + w) * sx, (top + h) * sy], 1)  # (idx, x1, y1, x2, y2)
+    rois = torch.stack(
+        [
+            torch.arange(b, device=images.device, dtype=torch.float32),
+            left * sx,
+            top * sy,
+            (left + w) * sx,
+            (top + h) * sy,
+        ],
+        1,
+    )  # (idx, x1, y1, x2, y2)
     # aligned=True: pixel k covers [k, k + 1), so a box of whole pixels samples exactly those pixels;
     # sampling_ratio=-1: ceil(box side / output side) samples per output pixel, averaged (antialiasing)
     return roi_align(images, rois, out, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
@@ -106,7 +128,9 @@ class BatchedResizedCrop(nn.Module):
     """``RandomResizedCrop`` for a batch on the device: each sample its own box, drawn with respect to its
     original size (``sizes`` (B, 2); default: the batch's own height and width), output (B, C, size, size)."""
 
-    def __init__(self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)) -> None:
+    def __init__(
+        self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)
+    ) -> None:
         super().__init__()
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got {tuple(scale)}")
@@ -124,7 +148,9 @@ class BatchedResizedCrop(nn.Module):
         return f"size={self.size}, scale={self.scale}, ratio={tuple(round(r, 4) for r in self.ratio)}"
 
 
-def decode_jpeg_batch(data: list[Tensor], size: int, channels: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
+def decode_jpeg_batch(
+    data: list[Tensor], size: int, channels: int, device: torch.device | str
+) -> tuple[Tensor, Tensor]:
     """Decode a batch of encoded images (1-D uint8 CPU tensors of file bytes) on ``device`` (nvJPEG through
     ``torchvision.io.decode_jpeg`` on CUDA; other formats are decoded on the CPU) and resize each to
     ``size x size``. Returns uint8 (B, channels, size, size) on ``device`` and the original sizes (B, 2)."""
@@ -150,6 +176,10 @@ def decode_jpeg_batch(data: list[Tensor], size: int, channels: int, device: torc
     out = torch.empty(len(data), channels, size, size, dtype=torch.uint8, device=device)
     for i, img in enumerate(decoded):
         x = img.unsqueeze(0).float()
-        out[i] = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                                                 align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0]
+        out[i] = (
+            torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            .round_()
+            .clamp_(0, 255)
+            .to(torch.uint8)[0]
+        )
     return out, sizes

@@ -24,13 +24,22 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--input", required=True, help="image folder (root/<class>/<image> or any folder) or CSV/JSONL")
     o.add_argument("--output", required=True, help="local folder for the chunks (created; replaced with --overwrite)")
     lab = o.add_mutually_exclusive_group()
-    lab.add_argument("--labelled", dest="labelled", action="store_true", default=None,
-                     help="class sub-folders are labels (default: when there are sub-folders)")
+    lab.add_argument(
+        "--labelled",
+        dest="labelled",
+        action="store_true",
+        default=None,
+        help="class sub-folders are labels (default: when there are sub-folders)",
+    )
     lab.add_argument("--unlabelled", dest="labelled", action="store_false", help="every image, no labels")
     o.add_argument("--chunk-bytes", default="64MB", help="chunk size (default 64MB)")
     o.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
-    o.add_argument("--max-side", type=int, default=None,
-                   help="re-encode images whose longer side exceeds this (JPEG q=90, aspect kept); default: keep bytes")
+    o.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="re-encode images whose longer side exceeds this (JPEG q=90, aspect kept); default: keep bytes",
+    )
     o.add_argument("--seed", type=int, default=0, help="seed of the shuffle before writing (mixes classes in chunks)")
     o.add_argument("--no-verify", dest="verify", action="store_false", help="do not decode every image on the way in")
     o.add_argument("--overwrite", action="store_true", help="replace --output (only once the new chunks are complete)")
@@ -46,14 +55,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.command == "optimize":
             t0 = time.perf_counter()
-            meta = optimize_images(a.input, a.output, labelled=a.labelled, chunk_bytes=a.chunk_bytes,
-                                   num_workers=a.workers, max_side=a.max_side, seed=a.seed, verify=a.verify,
-                                   overwrite=a.overwrite, image_column=a.image_column,
-                                   caption_column=a.caption_column, label_column=a.label_column)
+            meta = optimize_images(
+                a.input,
+                a.output,
+                labelled=a.labelled,
+                chunk_bytes=a.chunk_bytes,
+                num_workers=a.workers,
+                max_side=a.max_side,
+                seed=a.seed,
+                verify=a.verify,
+                overwrite=a.overwrite,
+                image_column=a.image_column,
+                caption_column=a.caption_column,
+                label_column=a.label_column,
+            )
             n_chunks = len(check_chunks(a.output)["chunks"])
-            print(f"wrote {meta['num_items']} images ({len(meta['classes'])} classes"
-                  f"{', with captions' if meta['captions'] else ''}) into {n_chunks} chunks in {a.output} "
-                  f"in {time.perf_counter() - t0:.1f} s")
+            print(
+                f"wrote {meta['num_items']} images ({len(meta['classes'])} classes"
+                f"{', with captions' if meta['captions'] else ''}) into {n_chunks} chunks in {a.output} "
+                f"in {time.perf_counter() - t0:.1f} s"
+            )
         else:
             index = check_chunks(a.path)
             meta = read_metadata(a.path) or {}

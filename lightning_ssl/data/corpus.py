@@ -48,7 +48,7 @@ def strip_gutenberg(text: str) -> str:
     text = text.replace("\r\n", "\n")
     start = re.search(r"^\*\*\* ?START OF.*$", text, flags=re.M | re.I)
     if start:
-        text = text[start.end():]
+        text = text[start.end() :]
     end = re.search(r"^(\*\*\* ?END OF|End of (the )?Project Gutenberg).*$", text, flags=re.M | re.I)
     if end:
         text = text[: end.start()]
@@ -86,8 +86,10 @@ def find_shakespeare(root: str | Path) -> Path:
     for candidate in (Path(root) / "shakespeare" / SHAKESPEARE[0], Path(root) / SHAKESPEARE[0]):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"Shakespeare not found: no {SHAKESPEARE[0]} under {str(Path(root) / 'shakespeare')!r}. "
-                            f"To get it: {FETCH_HINT}.")
+    raise FileNotFoundError(
+        f"Shakespeare not found: no {SHAKESPEARE[0]} under {str(Path(root) / 'shakespeare')!r}. "
+        f"To get it: {FETCH_HINT}."
+    )
 
 
 def read_shakespeare(root: str | Path = "data") -> list[tuple[str, str]]:
@@ -103,7 +105,9 @@ def read_shakespeare(root: str | Path = "data") -> list[tuple[str, str]]:
     return docs
 
 
-def read_documents(source: str | list[str], root: str | Path = "data", text_field: str = "text") -> list[tuple[str, str]]:
+def read_documents(
+    source: str | list[str], root: str | Path = "data", text_field: str = "text"
+) -> list[tuple[str, str]]:
     """(name, text) documents from ``source``: "shakespeare", a .txt or .jsonl file, a folder (every .txt/.jsonl
     under it), a glob pattern, or a list of these."""
     docs: list[tuple[str, str]] = []
@@ -119,8 +123,10 @@ def read_documents(source: str | list[str], root: str | Path = "data", text_fiel
         else:
             files = [Path(f) for f in sorted(glob.glob(entry, recursive=True)) if Path(f).is_file()]
         if not files:
-            raise FileNotFoundError(f"no text found at {entry!r}: not a file, a folder with .txt/.jsonl files, a glob "
-                                    f"pattern that matches files, or 'shakespeare'")
+            raise FileNotFoundError(
+                f"no text found at {entry!r}: not a file, a folder with .txt/.jsonl files, a glob "
+                f"pattern that matches files, or 'shakespeare'"
+            )
         for f in files:
             if f.suffix == ".jsonl":
                 docs += [(f"{f.name}:{i}", t) for i, t in enumerate(read_jsonl(f, text_field)) if t.strip()]
@@ -178,10 +184,23 @@ class TextCorpusDataModule(L.LightningDataModule):
         text_field: the field of a JSONL line that holds its text.
     """
 
-    def __init__(self, source: str | list[str] = "shakespeare", tokenizer: str = "bpe", vocab_size: int = 4096,
-                 lowercase: bool = False, min_frequency: int = 2, sentinels: int = 0, block_size: int = 256,
-                 batch_size: int = 32, val_fraction: float = 0.1, root: str = "data", text_field: str = "text",
-                 seed: int = 0, num_workers: int = 0, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        source: str | list[str] = "shakespeare",
+        tokenizer: str = "bpe",
+        vocab_size: int = 4096,
+        lowercase: bool = False,
+        min_frequency: int = 2,
+        sentinels: int = 0,
+        block_size: int = 256,
+        batch_size: int = 32,
+        val_fraction: float = 0.1,
+        root: str = "data",
+        text_field: str = "text",
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
         super().__init__()
         if block_size < 2:
             raise ValueError(f"block_size must be >= 2, got {block_size}")
@@ -190,8 +209,10 @@ class TextCorpusDataModule(L.LightningDataModule):
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
         if tokenizer in KINDS and vocab_size <= len(SPECIALS) + sentinels:
-            raise ValueError(f"vocab_size={vocab_size} leaves no room beside {len(SPECIALS)} special tokens and "
-                             f"{sentinels} sentinels")
+            raise ValueError(
+                f"vocab_size={vocab_size} leaves no room beside {len(SPECIALS)} special tokens and "
+                f"{sentinels} sentinels"
+            )
         self.source, self.tokenizer_spec, self.vocab_size = source, tokenizer, vocab_size
         self.lowercase, self.min_frequency, self.sentinels = lowercase, min_frequency, sentinels
         self.block_size, self.batch_size, self.val_fraction = block_size, batch_size, val_fraction
@@ -214,8 +235,13 @@ class TextCorpusDataModule(L.LightningDataModule):
             vocab = get("vocab_size")
         else:
             vocab = TextTokenizer.load(kind).vocab_size
-        return {"image_size": None, "channels": None, "num_classes": None, "vocab_size": vocab,
-                "block_size": get("block_size")}
+        return {
+            "image_size": None,
+            "channels": None,
+            "num_classes": None,
+            "vocab_size": vocab,
+            "block_size": get("block_size"),
+        }
 
     # -- documents and tokenizer ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -227,8 +253,10 @@ class TextCorpusDataModule(L.LightningDataModule):
             docs = read_documents(self.source, self.root, self.text_field)
             train, val = split_documents(docs, self.val_fraction, self.seed)
             self._texts = {"train": train, "val": val}
-            rank_zero_info(f"text corpus: {len(docs)} documents, {sum(len(t) for t in train):,} characters for "
-                           f"training, {sum(len(t) for t in val):,} for validation ({len(val)} documents)")
+            rank_zero_info(
+                f"text corpus: {len(docs)} documents, {sum(len(t) for t in train):,} characters for "
+                f"training, {sum(len(t) for t in val):,} for validation ({len(val)} documents)"
+            )
 
     @property
     def tokenizer(self) -> TextTokenizer:
@@ -239,12 +267,20 @@ class TextCorpusDataModule(L.LightningDataModule):
                 self._tokenizer = TextTokenizer.load(self.tokenizer_spec)
             else:
                 self.setup()
-                train = lambda: TextTokenizer.train(self._texts["train"], self.tokenizer_spec, self.vocab_size,  # noqa: E731
-                                                    self.min_frequency, self.lowercase, self.sentinels)
+                train = lambda: TextTokenizer.train(
+                    self._texts["train"],
+                    self.tokenizer_spec,
+                    self.vocab_size,  # noqa: E731
+                    self.min_frequency,
+                    self.lowercase,
+                    self.sentinels,
+                )
                 trainer = self.trainer
                 if trainer is not None and trainer.world_size > 1:
                     state = trainer.strategy.broadcast(train().to_str() if trainer.global_rank == 0 else None, src=0)
-                    self._tokenizer = TextTokenizer.from_str(state, source=f"{self.tokenizer_spec} trained on the corpus")
+                    self._tokenizer = TextTokenizer.from_str(
+                        state, source=f"{self.tokenizer_spec} trained on the corpus"
+                    )
                 else:
                     self._tokenizer = train()
         return self._tokenizer
@@ -257,17 +293,29 @@ class TextCorpusDataModule(L.LightningDataModule):
             self._tokens[split] = torch.tensor(ids, dtype=torch.int32)
             rows = (len(ids) - 1) // self.block_size
             if split == "train" and rows < self.batch_size:
-                raise ValueError(f"the training text is {len(ids):,} tokens long: {rows} rows of block_size + 1 = "
-                                 f"{self.block_size + 1} tokens, fewer than one batch ({self.batch_size}). Lower "
-                                 f"data.block_size or data.batch_size, or give more text.")
+                raise ValueError(
+                    f"the training text is {len(ids):,} tokens long: {rows} rows of block_size + 1 = "
+                    f"{self.block_size + 1} tokens, fewer than one batch ({self.batch_size}). Lower "
+                    f"data.block_size or data.batch_size, or give more text."
+                )
             if split == "val" and self._texts["val"] and rows < 1:
-                raise ValueError(f"the validation text is {len(ids):,} tokens long, shorter than one row of block_size "
-                                 f"+ 1 = {self.block_size + 1} tokens: lower data.block_size or raise data.val_fraction")
+                raise ValueError(
+                    f"the validation text is {len(ids):,} tokens long, shorter than one row of block_size "
+                    f"+ 1 = {self.block_size + 1} tokens: lower data.block_size or raise data.val_fraction"
+                )
         return self._tokens[split]
 
     def _spec(self) -> dict:
-        return {"tokenizer": self.tokenizer_spec, "vocab_size": self.vocab_size, "lowercase": self.lowercase,
-                "sentinels": self.sentinels} if self.tokenizer_spec in KINDS else {"tokenizer": self.tokenizer_spec}
+        return (
+            {
+                "tokenizer": self.tokenizer_spec,
+                "vocab_size": self.vocab_size,
+                "lowercase": self.lowercase,
+                "sentinels": self.sentinels,
+            }
+            if self.tokenizer_spec in KINDS
+            else {"tokenizer": self.tokenizer_spec}
+        )
 
     def state_dict(self) -> dict:
         return {"tokenizer": self.tokenizer.to_str(), "spec": self._spec()} if self._tokenizer is not None else {}
@@ -280,24 +328,43 @@ class TextCorpusDataModule(L.LightningDataModule):
         spec = state.get("spec", {})
         differs = (spec and spec != self._spec()) if self.tokenizer_spec in KINDS else saved != self.tokenizer
         if differs:
-            raise ValueError(f"the checkpoint's data was tokenized by {spec or saved}, this run asks for {self._spec()}: "
-                             f"resume with the same data.tokenizer settings (the run's tokenizer.json is a path that works)")
+            raise ValueError(
+                f"the checkpoint's data was tokenized by {spec or saved}, this run asks for {self._spec()}: "
+                f"resume with the same data.tokenizer settings (the run's tokenizer.json is a path that works)"
+            )
         self._tokenizer, self._tokens = saved, {}
 
     # -- loaders ----------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         rows = PackedRows(self.tokens("train"), self.block_size)
-        return ResumableDataLoader(rows, batch_size=self.batch_size, sampler=SeededSampler(rows, self.seed), drop_last=True,
-                                   num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                   persistent_workers=self.num_workers > 0)
+        return ResumableDataLoader(
+            rows,
+            batch_size=self.batch_size,
+            sampler=SeededSampler(rows, self.seed),
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         self.setup()
         if not self._texts["val"]:
             return []
         rows = PackedRows(self.tokens("val"), self.block_size)
-        return [DataLoader(rows, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                           pin_memory=self.pin_memory)] if len(rows) else []
+        return (
+            [
+                DataLoader(
+                    rows,
+                    batch_size=self.batch_size,
+                    shuffle=False,
+                    num_workers=self.num_workers,
+                    pin_memory=self.pin_memory,
+                )
+            ]
+            if len(rows)
+            else []
+        )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         """Reseed the step's randomness (MLM masks, T5 spans, dropout) from (seed, batch index, rank)."""

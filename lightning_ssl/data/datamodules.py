@@ -26,7 +26,13 @@ from lightning_ssl.data.datasets import (
 )
 from lightning_ssl.data.sampling import ResumableDataLoader, SeededSampler, mix_seed
 from lightning_ssl.modules.distributed import rank
-from lightning_ssl.data.transforms import EVAL_RESIZE_RATIO, SimCLRViews, ViewPreset, check_views_channels, eval_transform
+from lightning_ssl.data.transforms import (
+    EVAL_RESIZE_RATIO,
+    SimCLRViews,
+    ViewPreset,
+    check_views_channels,
+    eval_transform,
+)
 from torchvision.transforms import v2
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -98,7 +104,8 @@ class ImageDataModule(L.LightningDataModule):
         if self.channels < 1 or (self.channels != self.native_channels and not convertible):
             raise ValueError(
                 f"channels must be 1 or 3 for {type(self).__name__} (its images have {self.native_channels} channels), "
-                f"got {self.channels}; for multi-band images (e.g. 4-13 band GeoTIFFs) use MultiBandDataModule")
+                f"got {self.channels}; for multi-band images (e.g. 4-13 band GeoTIFFs) use MultiBandDataModule"
+            )
         self.views = views if views is not None else SimCLRViews()
         check_views_channels(self.views, self.channels)
         self.val_bank_size, self.download, self.seed, self.pin_memory = val_bank_size, download, seed, pin_memory
@@ -152,8 +159,9 @@ class ImageDataModule(L.LightningDataModule):
         if self.batch_augment:
             return None
         # in-memory sets of one size are resized whole (a 28 px Fashion-MNIST image upsampled, not cropped)
-        return eval_transform(self.image_size, *self.norm_stats(), resize=self.image_size != self.native_size,
-                              resize_ratio=1.0)
+        return eval_transform(
+            self.image_size, *self.norm_stats(), resize=self.image_size != self.native_size, resize_ratio=1.0
+        )
 
     def batched_views(self, device: torch.device):
         """The batched view transforms (built once), on ``device``."""
@@ -182,7 +190,9 @@ class ImageDataModule(L.LightningDataModule):
             return self.batched_views(x.device)(x), y
         return self._normalize_eval(x, y)
 
-    def evaluation_tensors(self, split: str = "test", max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluation_tensors(
+        self, split: str = "test", max_images: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Evaluation-ready images and labels of ``split`` ("test", or "train" for the labelled training images):
         float (N, C, H, W) resized and normalized exactly as the evaluation batches the model sees, on the CPU.
         For notebooks: ``images, labels = dm.evaluation_tensors(max_images=1000); model.encode(images)``."""
@@ -205,8 +215,9 @@ class ImageDataModule(L.LightningDataModule):
         """uint8 evaluation images -> resized, normalized float (the batched path's evaluation transform)."""
         x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                                                antialias=True, align_corners=False)
+            x = torch.nn.functional.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
+            )
         mean, std = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in self.norm_stats())
         return (x - mean) / std, y
 
@@ -226,18 +237,30 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
         if len(self.train_set) < self.batch_size:
-            raise ValueError(f"the training set has {len(self.train_set)} images, fewer than one batch ({self.batch_size})")
+            raise ValueError(
+                f"the training set has {len(self.train_set)} images, fewer than one batch ({self.batch_size})"
+            )
         # drop_last: equal batches on every process for the DDP gathers. The sampler makes order and
         # augmentations a function of (seed, epoch, index) and lets a mid-epoch checkpoint resume exactly.
         return ResumableDataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=SeededSampler(self.train_set, self.seed), drop_last=True,
-            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=SeededSampler(self.train_set, self.seed),
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
             collate_fn=collate_images,
         )
 
@@ -281,8 +304,10 @@ class FashionMNISTDataModule(ImageDataModule):
     native_size, native_channels, num_classes = 28, 1, 10
     mean, std = (0.2860,), (0.3530,)
     folder, system_dir = "FashionMNIST", "/usr/share/datasets/fashion-mnist"
-    files = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    files = {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    }
     help = "install the Debian package (apt-get install dataset-fashion-mnist) or run `python -m lightning_ssl.data.fetch fashion_mnist`"
 
     def _find(self, name: str) -> Path | None:
@@ -439,7 +464,11 @@ class STL10DataModule(ImageDataModule):
             self._tv(split)
 
     def load_split(self, split):
-        name = {"train": "train+unlabeled" if self.use_unlabelled else "train", "labelled_train": "train", "test": "test"}[split]
+        name = {
+            "train": "train+unlabeled" if self.use_unlabelled else "train",
+            "labelled_train": "train",
+            "test": "test",
+        }[split]
         ds = self._tv(name)
         return torch.as_tensor(ds.data), torch.as_tensor(ds.labels).long()
 
@@ -483,11 +512,22 @@ class ImageFolderDataModule(FileDecoding, ImageDataModule):
 
     native_channels = 3
 
-    def __init__(self, train_dir: str, val_dir: str | None = None, labelled: bool = True, image_size: int = 224,
-                 channels: int = 3, num_classes: int | None = None, verify_files: bool = True,
-                 decode_size: int | None = None, decode: str = "workers",
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 eval_resize_ratio: float = EVAL_RESIZE_RATIO, **kwargs) -> None:
+    def __init__(
+        self,
+        train_dir: str,
+        val_dir: str | None = None,
+        labelled: bool = True,
+        image_size: int = 224,
+        channels: int = 3,
+        num_classes: int | None = None,
+        verify_files: bool = True,
+        decode_size: int | None = None,
+        decode: str = "workers",
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        eval_resize_ratio: float = EVAL_RESIZE_RATIO,
+        **kwargs,
+    ) -> None:
         """``eval_resize_ratio``: evaluation images are resized to ``eval_resize_ratio x image_size`` on the short
         side, then center-cropped (DINO's and MAE's kNN / linear protocol: 256 then 224); 1.0 resizes straight to
         ``image_size``."""
@@ -506,7 +546,11 @@ class ImageFolderDataModule(FileDecoding, ImageDataModule):
     def describe(cls, init_args: dict) -> dict[str, int | None]:
         info = super().describe(init_args)
         info["image_size"] = init_args.get("image_size") or 224  # the constructor's default, not native_size
-        if info["num_classes"] is None and init_args.get("labelled", True) and Path(init_args.get("train_dir", "")).is_dir():
+        if (
+            info["num_classes"] is None
+            and init_args.get("labelled", True)
+            and Path(init_args.get("train_dir", "")).is_dir()
+        ):
             info["num_classes"] = len(list_image_folder(init_args["train_dir"])[2])
         return info
 
@@ -534,8 +578,14 @@ class ImageFolderDataModule(FileDecoding, ImageDataModule):
         batched = self.batch_augment and split == "train" and transform is None
         if batched and self.decode == "device":
             return EncodedImageDataset(paths, labels, verify=self.verify_files)
-        return FileImageDataset(paths, labels, transform, self.channels, verify=self.verify_files,
-                                decode_size=self.decode_size if batched else None)
+        return FileImageDataset(
+            paths,
+            labels,
+            transform,
+            self.channels,
+            verify=self.verify_files,
+            decode_size=self.decode_size if batched else None,
+        )
 
 
 class SyntheticDataModule(ImageDataModule):
@@ -543,8 +593,15 @@ class SyntheticDataModule(ImageDataModule):
     are the pattern plus noise, so representations can learn the classes and kNN has a known answer. Any
     channel count (views with colour jitter need 1 or 3: see ``MultiBandViews`` for others)."""
 
-    def __init__(self, num_samples: int = 256, num_classes: int = 4, image_size: int = 32, channels: int = 3,
-                 noise: float = 0.3, **kwargs) -> None:
+    def __init__(
+        self,
+        num_samples: int = 256,
+        num_classes: int = 4,
+        image_size: int = 32,
+        channels: int = 3,
+        noise: float = 0.3,
+        **kwargs,
+    ) -> None:
         self.native_size, self.native_channels = image_size, channels  # generated as asked
         super().__init__(image_size=image_size, channels=channels, **kwargs)
         self.num_samples, self._num_classes, self.noise = num_samples, num_classes, noise

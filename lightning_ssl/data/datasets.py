@@ -49,8 +49,13 @@ class TensorImageDataset(Dataset):
     """Images as a uint8 tensor (N, C, H, W) or (N, H, W), labels as (N,) (or None for unlabelled data).
     Indexed by ``i`` or by ``(i, augmentation_seed)``."""
 
-    def __init__(self, images: Tensor, labels: Tensor | None = None, transform: Callable | None = None,
-                 channels: int | None = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        transform: Callable | None = None,
+        channels: int | None = None,
+    ) -> None:
         if images.ndim == 3:
             images = images.unsqueeze(1)
         if images.ndim != 4:
@@ -102,8 +107,9 @@ def read_image(path: str | os.PathLike, channels: int) -> Tensor:
             raise ValueError(f"cannot decode image file {str(path)!r} (corrupt or truncated?): {e}") from e
 
 
-def decode_resized(data: bytes | memoryview | str | os.PathLike, channels: int, size: int,
-                   name: str | None = None) -> tuple[Tensor, Tensor]:
+def decode_resized(
+    data: bytes | memoryview | str | os.PathLike, channels: int, size: int, name: str | None = None
+) -> tuple[Tensor, Tensor]:
     """Decode an image (file bytes or a path) and resize it to ``size x size`` (a squash, aspect ratio not kept)
     as uint8 (channels, size, size); also returns the original (height, width), from which the batched crop
     draws its boxes (see ``lightning_ssl.data.batched``). Errors name ``name`` (default: the path).
@@ -136,12 +142,16 @@ def _decode_for_size(raw: bytes, channels: int, size: int) -> tuple[Tensor, int,
                 im.draft(mode, (size, size))
                 arr = torch.from_numpy(np.asarray(im.convert(mode)).copy())
                 return (arr.permute(2, 0, 1) if arr.ndim == 3 else arr.unsqueeze(0)), height, width
-        x = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8),
-                         mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+        x = decode_image(
+            torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+            mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY,
+        )
         return x, height, width
     try:
-        x = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8),
-                         mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+        x = decode_image(
+            torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+            mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY,
+        )
     except RuntimeError:  # formats torchvision cannot decode (BMP, TIFF): Pillow
         with Image.open(io.BytesIO(raw)) as im:
             arr = torch.from_numpy(np.asarray(im.convert(mode)).copy())
@@ -155,9 +165,15 @@ class FileImageDataset(Dataset):
     ``decode_size``: for the batched device augmentation, items are dicts ``{"image": uint8 (C, S, S),
     "label", "size": original (height, width)}`` (``decode_resized``) instead of ``(transform(image), label)``."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int] | None = None,
-                 transform: Callable | None = None, channels: int = 3, verify: bool = True,
-                 decode_size: int | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        labels: Sequence[int] | None = None,
+        transform: Callable | None = None,
+        channels: int = 3,
+        verify: bool = True,
+        decode_size: int | None = None,
+    ) -> None:
         if len(paths) == 0:
             raise ValueError("dataset is empty: no image files")
         self.paths = [Path(p) for p in paths]
@@ -184,7 +200,9 @@ class EncodedImageDataset(Dataset):
     """Image files as their raw bytes, ``{"data": uint8 (nbytes,), "label"}``, for decoding on the device
     (``decode: device``; ``lightning_ssl.data.batched.decode_jpeg_batch``): workers only read files."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int] | None = None, verify: bool = True) -> None:
+    def __init__(
+        self, paths: Sequence[str | os.PathLike], labels: Sequence[int] | None = None, verify: bool = True
+    ) -> None:
         if len(paths) == 0:
             raise ValueError("dataset is empty: no image files")
         self.paths = [Path(p) for p in paths]
@@ -202,8 +220,9 @@ class EncodedImageDataset(Dataset):
         return {"data": data, "label": self.labels[i] if self.labels is not None else -1}
 
 
-def list_image_folder(root: str | os.PathLike, labelled: bool = True, extensions: Sequence[str] = IMAGE_EXTENSIONS
-                      ) -> tuple[list[Path], list[int] | None, list[str]]:
+def list_image_folder(
+    root: str | os.PathLike, labelled: bool = True, extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> tuple[list[Path], list[int] | None, list[str]]:
     """Files of an ImageFolder: ``root/<class>/<image>`` (labelled) or every image under ``root`` (unlabelled);
     ``extensions``: the file name endings that count as images."""
     exts = tuple(e.lower() for e in extensions)

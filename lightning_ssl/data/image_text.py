@@ -29,8 +29,13 @@ from lightning_ssl.data.datasets import apply_transform, check_image_file, match
 from lightning_ssl.data.emoji import EmojiDataModule, load_emoji, stratified_split
 from lightning_ssl.data.transforms import ViewPreset, eval_transform
 
-EMOJI_CAPTION_TEMPLATES = ("{name}", "an emoji of {name}", "a {name} emoji", "{name}, a {group} emoji",
-                           "a {subgroup} emoji: {name}")
+EMOJI_CAPTION_TEMPLATES = (
+    "{name}",
+    "an emoji of {name}",
+    "a {name} emoji",
+    "{name}, a {group} emoji",
+    "a {subgroup} emoji: {name}",
+)
 EMOJI_ZEROSHOT_TEMPLATES = ("a {} emoji", "an emoji of {}", "{}")
 PHOTO_ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "{}")
 
@@ -40,8 +45,15 @@ class ImageTextDataset(Dataset):
     the values the ``templates`` are formatted with. Indexed by ``i`` or ``(i, seed)`` (``SeededSampler``): the
     seed picks the template and drives the image transform, so an epoch is reproducible."""
 
-    def __init__(self, images: Tensor | list[Path], fields: list[dict[str, str]], labels: list[int],
-                 templates: list[str] | tuple[str, ...], transform=None, channels: int = 3) -> None:
+    def __init__(
+        self,
+        images: Tensor | list[Path],
+        fields: list[dict[str, str]],
+        labels: list[int],
+        templates: list[str] | tuple[str, ...],
+        transform=None,
+        channels: int = 3,
+    ) -> None:
         if len(images) == 0:
             raise ValueError("image-text dataset is empty")
         if not (len(images) == len(fields) == len(labels)):
@@ -69,8 +81,9 @@ def format_caption(template: str, fields: dict[str, str]) -> str:
         raise KeyError(f"caption template {template!r} uses {e}, but the items only have {sorted(fields)}") from None
 
 
-def read_image_text_table(path: str, image_column: str = "image", caption_column: str = "caption",
-                          label_column: str | None = "label") -> tuple[list[Path], list[dict[str, str]]]:
+def read_image_text_table(
+    path: str, image_column: str = "image", caption_column: str = "caption", label_column: str | None = "label"
+) -> tuple[list[Path], list[dict[str, str]]]:
     """Rows of a CSV (header row) or JSONL file: image paths (relative ones are read from the table's folder)
     and each row's fields (every column, ``caption``/``name`` = the caption, ``label`` if present)."""
     p = Path(path)
@@ -125,15 +138,25 @@ class ImageTextDataModule(ImageDataModule):
 
     native_size, native_channels = 64, 3
 
-    def __init__(self, source: str = "emoji", label: str | None = None, caption_templates: list[str] | None = None,
-                 eval_template: str = "{caption}", zeroshot_templates: list[str] | None = None,
-                 test_fraction: float = 0.2, variants: bool = False, image_column: str = "image",
-                 caption_column: str = "caption", **kwargs) -> None:
+    def __init__(
+        self,
+        source: str = "emoji",
+        label: str | None = None,
+        caption_templates: list[str] | None = None,
+        eval_template: str = "{caption}",
+        zeroshot_templates: list[str] | None = None,
+        test_fraction: float = 0.2,
+        variants: bool = False,
+        image_column: str = "image",
+        caption_column: str = "caption",
+        **kwargs,
+    ) -> None:
         if kwargs.get("batch_augment"):
             raise ValueError("ImageTextDataModule augments per sample (batch_augment is not supported)")
         if kwargs.get("views") is None:
-            kwargs["views"] = ViewPreset([dict(min_scale=0.6, flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,
-                                               blur_prob=0.0)])
+            kwargs["views"] = ViewPreset(
+                [dict(min_scale=0.6, flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)]
+            )
         emoji = source == "emoji"
         if emoji and kwargs.get("mean") is None:
             kwargs["mean"], kwargs["std"] = EmojiDataModule.mean, EmojiDataModule.std
@@ -145,7 +168,9 @@ class ImageTextDataModule(ImageDataModule):
         self.source, self.label = source, label or ("group" if emoji else "label")
         self.caption_templates = list(caption_templates or (EMOJI_CAPTION_TEMPLATES if emoji else ["{caption}"]))
         self.eval_template = eval_template
-        self.zeroshot_templates = list(zeroshot_templates or (EMOJI_ZEROSHOT_TEMPLATES if emoji else PHOTO_ZEROSHOT_TEMPLATES))
+        self.zeroshot_templates = list(
+            zeroshot_templates or (EMOJI_ZEROSHOT_TEMPLATES if emoji else PHOTO_ZEROSHOT_TEMPLATES)
+        )
         self.test_fraction, self.variants = test_fraction, variants
         self.image_column, self.caption_column = image_column, caption_column
         self.class_names: list[str] = []
@@ -176,16 +201,25 @@ class ImageTextDataModule(ImageDataModule):
             data = load_emoji(str(self.root), self.native_size, self.variants)
             images = data["images"]
             readable = lambda s: s.replace("-", " ")  # noqa: E731  subgroups are "animal-mammal"
-            fields = [{"caption": n, "name": n, "group": g, "subgroup": readable(s),
-                       "label": g if self.label == "group" else readable(s)}
-                      for n, g, s in zip(data["names"], data["groups"], data["subgroups"])]
+            fields = [
+                {
+                    "caption": n,
+                    "name": n,
+                    "group": g,
+                    "subgroup": readable(s),
+                    "label": g if self.label == "group" else readable(s),
+                }
+                for n, g, s in zip(data["names"], data["groups"], data["subgroups"])
+            ]
         else:
             images, fields = read_image_text_table(self.source, self.image_column, self.caption_column, self.label)
         names = [f.get("label") for f in fields]
         labelled = all(n not in (None, "") for n in names)
         # integer labels sort as numbers ("2" before "10"), names alphabetically
         self.class_names = sorted(set(names), key=lambda s: (len(s), s) if s.isdigit() else (0, s)) if labelled else []
-        labels = torch.tensor([self.class_names.index(n) for n in names]) if labelled else torch.full((len(fields),), -1)
+        labels = (
+            torch.tensor([self.class_names.index(n) for n in names]) if labelled else torch.full((len(fields),), -1)
+        )
         if labelled:
             test = stratified_split(labels, self.test_fraction, self.seed)
         else:  # no classes to stratify by: a seeded random split; no labelled bank for the kNN monitor
@@ -194,7 +228,9 @@ class ImageTextDataModule(ImageDataModule):
             test[torch.randperm(len(fields), generator=g)[: max(1, round(self.test_fraction * len(fields)))]] = True
             self.val_bank_size = 0
         if test.all() or not test.any():
-            raise ValueError(f"{len(fields)} image-text pairs are too few to hold out a test_fraction of {self.test_fraction}")
+            raise ValueError(
+                f"{len(fields)} image-text pairs are too few to hold out a test_fraction of {self.test_fraction}"
+            )
         self._data = (images, fields, labels, test)
         return self._data
 
@@ -203,7 +239,9 @@ class ImageTextDataModule(ImageDataModule):
         idx = (test if split == "test" else ~test).nonzero().flatten().tolist()
         picked = images[idx] if isinstance(images, Tensor) else [images[i] for i in idx]
         templates = self.caption_templates if split == "train" else [self.eval_template]
-        return ImageTextDataset(picked, [fields[i] for i in idx], labels[idx].tolist(), templates, transform, self.channels)
+        return ImageTextDataset(
+            picked, [fields[i] for i in idx], labels[idx].tolist(), templates, transform, self.channels
+        )
 
     def train_transform(self):
         return self.views.build(self.image_size, self.channels, *self.norm_stats()).transforms[0]  # one view
@@ -214,4 +252,6 @@ class ImageTextDataModule(ImageDataModule):
     def train_captions(self) -> list[str]:
         """Every training caption under every template: the text a tokenizer is trained on."""
         _, fields, _, test = self._load()
-        return [format_caption(t, fields[i]) for i in (~test).nonzero().flatten().tolist() for t in self.caption_templates]
+        return [
+            format_caption(t, fields[i]) for i in (~test).nonzero().flatten().tolist() for t in self.caption_templates
+        ]

@@ -48,8 +48,10 @@ def _band_axis(axes: str, shape: Sequence[int], path: Path) -> int | None:
     if len(shape) == 2:
         return None
     if len(shape) != 3:
-        raise ValueError(f"TIFF file {str(path)!r} holds a {len(shape)}-D array {tuple(shape)} (axes {axes}); "
-                         "expected one image of (bands, height, width) or (height, width, bands)")
+        raise ValueError(
+            f"TIFF file {str(path)!r} holds a {len(shape)}-D array {tuple(shape)} (axes {axes}); "
+            "expected one image of (bands, height, width) or (height, width, bands)"
+        )
     if axes.endswith("YX"):
         return 0
     if axes.startswith("YX"):
@@ -96,8 +98,9 @@ def read_tiff(path: str | os.PathLike, bands: Sequence[int] | None = None) -> np
     return array
 
 
-def band_statistics(paths: Sequence[str | os.PathLike], bands: Sequence[int] | None = None
-                    ) -> tuple[list[float], list[float]]:
+def band_statistics(
+    paths: Sequence[str | os.PathLike], bands: Sequence[int] | None = None
+) -> tuple[list[float], list[float]]:
     """Per-band mean and standard deviation over every pixel of ``paths`` (non-finite values, e.g. no-data NaNs,
     left out). Sums are taken in float64, exact enough for reflectances over millions of pixels. A band that is
     constant gets std 1 (normalization then only centres it)."""
@@ -136,9 +139,15 @@ class MultiBandDataset(Dataset):
     values (no-data) are replaced by ``fill`` (per band: the band means, which normalize to 0); ``size``
     resizes and centre-crops every image to ``size`` (equal shapes for batched augmentation)."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int] | None = None,
-                 transform: Callable | None = None, bands: Sequence[int] | None = None,
-                 fill: Sequence[float] | None = None, size: int | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        labels: Sequence[int] | None = None,
+        transform: Callable | None = None,
+        bands: Sequence[int] | None = None,
+        fill: Sequence[float] | None = None,
+        size: int | None = None,
+    ) -> None:
         if len(paths) == 0:
             raise ValueError("dataset is empty: no TIFF files")
         self.paths = [Path(p) for p in paths]
@@ -162,8 +171,10 @@ class MultiBandDataset(Dataset):
 
 def _colour_free(views: ViewPreset) -> bool:
     """Views made only of geometry, blur and normalization (valid on raw band values of any range)."""
-    return all(v.get("jitter_prob", 0.8) == 0 and v.get("solarize_prob", 0.0) == 0 and v.get("grayscale_prob", 0.2) == 0
-               for v in getattr(views, "views", [{}]))
+    return all(
+        v.get("jitter_prob", 0.8) == 0 and v.get("solarize_prob", 0.0) == 0 and v.get("grayscale_prob", 0.2) == 0
+        for v in getattr(views, "views", [{}])
+    )
 
 
 class MultiBandDataModule(ImageDataModule):
@@ -184,11 +195,23 @@ class MultiBandDataModule(ImageDataModule):
         Other arguments as for every ``ImageDataModule`` (``batch_size``, ``batch_augment``, ``val_bank_size``...).
     """
 
-    def __init__(self, train_dir: str, val_dir: str | None = None, labelled: bool = True, image_size: int = 64,
-                 bands: list[int] | None = None, channels: int | None = None, num_classes: int | None = None,
-                 views: ViewPreset | None = None, mean: tuple[float, ...] | None = None,
-                 std: tuple[float, ...] | None = None, stats_max_files: int | None = None, cache_stats: bool = True,
-                 verify_files: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        train_dir: str,
+        val_dir: str | None = None,
+        labelled: bool = True,
+        image_size: int = 64,
+        bands: list[int] | None = None,
+        channels: int | None = None,
+        num_classes: int | None = None,
+        views: ViewPreset | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        stats_max_files: int | None = None,
+        cache_stats: bool = True,
+        verify_files: bool = True,
+        **kwargs,
+    ) -> None:
         self.train_dir, self.val_dir, self.verify_files = train_dir, val_dir, verify_files
         self.train_labelled = labelled
         self.bands = list(bands) if bands is not None else None
@@ -196,19 +219,28 @@ class MultiBandDataModule(ImageDataModule):
         self.native_size = image_size  # tiles of other sizes are resized
         self.native_channels = self._band_count(train_dir, self.bands)
         if channels is not None and channels != self.native_channels:
-            raise ValueError(f"channels={channels}, but the files in {train_dir!r} give {self.native_channels} bands"
-                             f"{' (bands: ' + str(self.bands) + ')' if self.bands else ''}; pick bands with `bands: [...]`")
+            raise ValueError(
+                f"channels={channels}, but the files in {train_dir!r} give {self.native_channels} bands"
+                f"{' (bands: ' + str(self.bands) + ')' if self.bands else ''}; pick bands with `bands: [...]`"
+            )
         views = views if views is not None else MultiBandViews()
         if not (getattr(views, "any_channels", False) or _colour_free(views)):
             raise ValueError(
                 f"MultiBandDataModule gives raw band values of any range: its views must be valid for them, e.g. "
                 f"MultiBandViews (brightness/contrast for any band count); {type(views).__name__} has RGB colour "
-                f"operations (jitter, grayscale or solarization on [0, 1] images)")
+                f"operations (jitter, grayscale or solarization on [0, 1] images)"
+            )
         if (mean is None) != (std is None):
-            raise ValueError("give both mean and std (one value per band), or neither to measure them on the training files")
+            raise ValueError(
+                "give both mean and std (one value per band), or neither to measure them on the training files"
+            )
         if mean is not None and (len(mean) != self.native_channels or len(std) != self.native_channels):
-            raise ValueError(f"mean and std need one value per band ({self.native_channels}), got {len(mean)} and {len(std)}")
-        super().__init__(image_size=image_size, channels=self.native_channels, views=views, mean=mean, std=std, **kwargs)
+            raise ValueError(
+                f"mean and std need one value per band ({self.native_channels}), got {len(mean)} and {len(std)}"
+            )
+        super().__init__(
+            image_size=image_size, channels=self.native_channels, views=views, mean=mean, std=std, **kwargs
+        )
         self.labelled = labelled and val_dir is not None
         self._num_classes = num_classes
         self._stats: tuple[tuple[float, ...], tuple[float, ...]] | None = (tuple(mean), tuple(std)) if mean else None
@@ -232,9 +264,11 @@ class MultiBandDataModule(ImageDataModule):
         num_classes = init_args.get("num_classes")
         if num_classes is None and known and init_args.get("labelled", True):
             num_classes = len(list_image_folder(train_dir, extensions=TIFF_EXTENSIONS)[2])
-        return {"image_size": init_args.get("image_size") or 64,
-                "channels": cls._band_count(train_dir, init_args.get("bands")) if known else init_args.get("channels"),
-                "num_classes": num_classes}
+        return {
+            "image_size": init_args.get("image_size") or 64,
+            "channels": cls._band_count(train_dir, init_args.get("bands")) if known else init_args.get("channels"),
+            "num_classes": num_classes,
+        }
 
     @property
     def num_classes(self) -> int | None:  # type: ignore[override]
@@ -253,8 +287,10 @@ class MultiBandDataModule(ImageDataModule):
     def stats_path(self) -> Path:
         """Where the statistics of the current training files are cached (the key changes with the files)."""
         root = Path(self.train_dir).resolve()
-        files = [(str(p.relative_to(root)), *(lambda s: (s.st_size, s.st_mtime_ns))(p.stat()))
-                 for p in (q.resolve() for q in self._train_files())]
+        files = [
+            (str(p.relative_to(root)), *(lambda s: (s.st_size, s.st_mtime_ns))(p.stat()))
+            for p in (q.resolve() for q in self._train_files())
+        ]
         key = json.dumps([str(root), files, self.bands, self.stats_max_files, self.seed])
         return self.root / "band_stats" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
@@ -271,14 +307,26 @@ class MultiBandDataModule(ImageDataModule):
         if self.stats_max_files is not None and self.stats_max_files < len(paths):
             g = torch.Generator().manual_seed(self.seed)
             paths = [paths[i] for i in torch.randperm(len(paths), generator=g)[: self.stats_max_files].tolist()]
-        rank_zero_info(f"MultiBandDataModule: measuring the mean and std of {self.channels} bands over {len(paths)} "
-                       f"training files{f' (cached in {cache})' if cache else ''}")
+        rank_zero_info(
+            f"MultiBandDataModule: measuring the mean and std of {self.channels} bands over {len(paths)} "
+            f"training files{f' (cached in {cache})' if cache else ''}"
+        )
         mean, std = band_statistics(paths, self.bands)
         if cache is not None:  # written atomically: processes may race to write the same values
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"train_dir": str(self.train_dir), "files": len(paths), "bands": self.bands,
-                                       "mean": mean, "std": std}, indent=1))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "train_dir": str(self.train_dir),
+                        "files": len(paths),
+                        "bands": self.bands,
+                        "mean": mean,
+                        "std": std,
+                    },
+                    indent=1,
+                )
+            )
             tmp.replace(cache)
         self._stats = tuple(mean), tuple(std)
         return self._stats
@@ -307,10 +355,20 @@ class MultiBandDataModule(ImageDataModule):
         if self.verify_files and folder not in self._verified:
             for p in paths:
                 bands = tiff_shape(p)[0]
-                if (self.bands is None and bands != self.channels) or (self.bands is not None and max(self.bands) >= bands):
-                    raise ValueError(f"{str(p)!r} has {bands} bands; the data has {self.channels}"
-                                     f"{f' (bands {self.bands})' if self.bands else ''}")
+                if (self.bands is None and bands != self.channels) or (
+                    self.bands is not None and max(self.bands) >= bands
+                ):
+                    raise ValueError(
+                        f"{str(p)!r} has {bands} bands; the data has {self.channels}"
+                        f"{f' (bands {self.bands})' if self.bands else ''}"
+                    )
             self._verified.add(folder)
         # equal shapes for collation when augmenting batched; per image, the transforms resize
-        return MultiBandDataset(paths, labels, transform, self.bands, fill=self.norm_stats()[0],
-                                size=self.image_size if self.batch_augment else None)
+        return MultiBandDataset(
+            paths,
+            labels,
+            transform,
+            self.bands,
+            fill=self.norm_stats()[0],
+            size=self.image_size if self.batch_augment else None,
+        )

@@ -33,7 +33,9 @@ class SeededSampler(DistributedSampler):
     ``(index, augmentation_seed)`` pairs. Works on one process too (num_replicas=1)."""
 
     def __init__(self, dataset: Dataset, seed: int = 0, shuffle: bool = True, drop_last: bool = True) -> None:
-        super().__init__(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed, drop_last=drop_last)
+        super().__init__(
+            dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
         self.start = 0  # samples of this epoch already consumed (set when resuming mid-epoch)
         self._start_epoch: int | None = None
 

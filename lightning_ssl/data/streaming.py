@@ -59,8 +59,9 @@ class _ItemWriter:
     image is recorded in ``errors_dir`` and written as an empty placeholder (a worker that raises would leave
     litdata's other workers running), and ``optimize_images`` then fails and discards the chunks."""
 
-    def __init__(self, items: list[tuple], root: Path, captions: bool, verify: bool, max_side: int | None,
-                 errors_dir: Path) -> None:
+    def __init__(
+        self, items: list[tuple], root: Path, captions: bool, verify: bool, max_side: int | None, errors_dir: Path
+    ) -> None:
         self.items, self.root, self.captions, self.verify, self.max_side = items, root, captions, verify, max_side
         self.errors_dir = errors_dir
 
@@ -102,8 +103,13 @@ def _shrink(data: bytes, max_side: int) -> bytes:
         return buf.getvalue()
 
 
-def list_items(source: str, labelled: bool | None = None, image_column: str = "image", caption_column: str = "caption",
-               label_column: str | None = "label") -> tuple[list[tuple], list[str], bool, Path]:
+def list_items(
+    source: str,
+    labelled: bool | None = None,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    label_column: str | None = "label",
+) -> tuple[list[tuple], list[str], bool, Path]:
     """The items of an image folder or an image-text table: ``[(index, path, label, caption)]``, the class
     names, whether there are captions, and the folder relative paths are taken from."""
     from lightning_ssl.data.image_text import read_image_text_table
@@ -126,22 +132,37 @@ def list_items(source: str, labelled: bool | None = None, image_column: str = "i
     return items, classes, False, p
 
 
-def optimize_images(input: str, output: str, labelled: bool | None = None, chunk_bytes: str | int = "64MB",
-                    num_workers: int | None = None, max_side: int | None = None, seed: int = 0, verify: bool = True,
-                    overwrite: bool = False, image_column: str = "image", caption_column: str = "caption",
-                    label_column: str | None = "label", start_method: str | None = None,
-                    verbose: bool = True) -> dict[str, Any]:
+def optimize_images(
+    input: str,
+    output: str,
+    labelled: bool | None = None,
+    chunk_bytes: str | int = "64MB",
+    num_workers: int | None = None,
+    max_side: int | None = None,
+    seed: int = 0,
+    verify: bool = True,
+    overwrite: bool = False,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    label_column: str | None = "label",
+    start_method: str | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
     """Write an image folder or an image-text table into litdata chunks at ``output`` (see the module
     docstring). ``labelled``: None = class sub-folders if there are any. ``max_side``: re-encode larger images
     (default: keep the files' bytes). Returns the metadata written to ``output/lightning_ssl.json``."""
     litdata = _litdata()
     out = Path(output)
     if is_remote(output):
-        raise ValueError(f"optimize writes to a local folder, not {output!r}: write locally, then copy the folder "
-                         "to the bucket (e.g. `aws s3 sync chunks/ s3://bucket/chunks/`)")
+        raise ValueError(
+            f"optimize writes to a local folder, not {output!r}: write locally, then copy the folder "
+            "to the bucket (e.g. `aws s3 sync chunks/ s3://bucket/chunks/`)"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{output!r} exists and is not empty; pass overwrite=True (--overwrite) to replace it "
-                              "(it is replaced only once the new chunks are complete)")
+        raise FileExistsError(
+            f"{output!r} exists and is not empty; pass overwrite=True (--overwrite) to replace it "
+            "(it is replaced only once the new chunks are complete)"
+        )
     if max_side is not None and max_side < 32:
         raise ValueError(f"max_side must be >= 32, got {max_side}")
     items, classes, captions, root = list_items(input, labelled, image_column, caption_column, label_column)
@@ -155,20 +176,38 @@ def optimize_images(input: str, output: str, labelled: bool | None = None, chunk
     try:
         writer = _ItemWriter(items, root, captions, verify, max_side, errors)
         workers = max(1, min(num_workers or (os.cpu_count() or 1), len(items)))
-        litdata.optimize(fn=writer, inputs=list(range(len(items))), output_dir=str(work / "chunks"),
-                         chunk_bytes=chunk_bytes, num_workers=workers, reorder_files=False, keep_data_ordered=True,
-                         start_method=start_method or ("fork" if sys.platform == "linux" else None), verbose=verbose)
+        litdata.optimize(
+            fn=writer,
+            inputs=list(range(len(items))),
+            output_dir=str(work / "chunks"),
+            chunk_bytes=chunk_bytes,
+            num_workers=workers,
+            reorder_files=False,
+            keep_data_ordered=True,
+            start_method=start_method or ("fork" if sys.platform == "linux" else None),
+            verbose=verbose,
+        )
         bad = sorted(f.read_text() for f in errors.iterdir())
         if bad:
             shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
-            raise ValueError(f"{len(bad)} of {len(items)} images in {input!r} could not be read, so {output!r} was "
-                             f"not written (an existing one is left as it was); remove or fix them and run again:"
-                             f"\n  {shown}")
+            raise ValueError(
+                f"{len(bad)} of {len(items)} images in {input!r} could not be read, so {output!r} was "
+                f"not written (an existing one is left as it was); remove or fix them and run again:"
+                f"\n  {shown}"
+            )
         written = sum(c["chunk_size"] for c in json.loads((work / "chunks" / "index.json").read_text())["chunks"])
         if written != len(items):
             raise RuntimeError(f"litdata wrote {written} items for {len(items)} inputs; {output!r} left unchanged")
-        meta = {"format": FORMAT, "source": str(Path(input).resolve()), "num_items": len(items), "classes": classes,
-                "labelled": bool(classes), "captions": captions, "seed": seed, "max_side": max_side}
+        meta = {
+            "format": FORMAT,
+            "source": str(Path(input).resolve()),
+            "num_items": len(items),
+            "classes": classes,
+            "labelled": bool(classes),
+            "captions": captions,
+            "seed": seed,
+            "max_side": max_side,
+        }
         (work / "chunks" / META_FILE).write_text(json.dumps(meta, indent=1))
         old = None
         if out.exists():  # replace only now that the new chunks are complete
@@ -200,8 +239,10 @@ def check_chunks(input_dir: str) -> dict[str, Any]:
         raise FileNotFoundError(f"streaming dataset folder {input_dir!r} does not exist")
     index = d / "index.json"
     if not index.is_file():
-        raise FileNotFoundError(f"{input_dir!r} is not an optimized dataset (no index.json); make one with "
-                                f"`lightning-ssl-data optimize --input <images> --output {input_dir}`")
+        raise FileNotFoundError(
+            f"{input_dir!r} is not an optimized dataset (no index.json); make one with "
+            f"`lightning-ssl-data optimize --input <images> --output {input_dir}`"
+        )
     try:
         chunks = json.loads(index.read_text())["chunks"]
     except (json.JSONDecodeError, KeyError) as e:
@@ -211,11 +252,15 @@ def check_chunks(input_dir: str) -> dict[str, Any]:
     for c in chunks:
         f = d / c["filename"]
         if not f.is_file():
-            raise FileNotFoundError(f"chunk {c['filename']} of {input_dir!r} is missing ({len(chunks)} chunks are "
-                                    "listed in index.json): copy the dataset again or rerun optimize")
+            raise FileNotFoundError(
+                f"chunk {c['filename']} of {input_dir!r} is missing ({len(chunks)} chunks are "
+                "listed in index.json): copy the dataset again or rerun optimize"
+            )
         if c.get("chunk_bytes") is not None and f.stat().st_size < c["chunk_bytes"]:
-            raise ValueError(f"chunk {c['filename']} of {input_dir!r} is truncated ({f.stat().st_size} of "
-                             f"{c['chunk_bytes']} bytes): copy the dataset again or rerun optimize")
+            raise ValueError(
+                f"chunk {c['filename']} of {input_dir!r} is truncated ({f.stat().st_size} of "
+                f"{c['chunk_bytes']} bytes): copy the dataset again or rerun optimize"
+            )
     return json.loads(index.read_text())
 
 
@@ -225,8 +270,15 @@ class ItemDecoder:
     the device), else ``(transform(image), label)`` with the transform seeded by (seed, epoch, index); with
     captions the caption is added (``"caption"``, or the third element)."""
 
-    def __init__(self, channels: int, decode_size: int | None = None, transform=None, decode: str = "workers",
-                 seed: int = 0, source: str = "") -> None:
+    def __init__(
+        self,
+        channels: int,
+        decode_size: int | None = None,
+        transform=None,
+        decode: str = "workers",
+        seed: int = 0,
+        source: str = "",
+    ) -> None:
         self.channels, self.decode_size, self.transform, self.decode = channels, decode_size, transform, decode
         self.seed, self.source = seed, source
 
@@ -259,8 +311,10 @@ def _decode_full(data: bytes, channels: int, name: str) -> Tensor:
     from torchvision.io import ImageReadMode, decode_image
 
     try:
-        x = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                         mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
+        x = decode_image(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY,
+        )
     except RuntimeError:
         try:
             with Image.open(io.BytesIO(data)) as im:
@@ -286,8 +340,10 @@ def _stream_class():
             try:
                 item = super().__getitem__(index)
             except ChunkWaitTimeoutError as e:
-                raise FileNotFoundError(f"a chunk of {self.source!r} could not be read ({e.args[0] if e.args else e}): "
-                                        "it is missing, or the object store is unreachable") from e
+                raise FileNotFoundError(
+                    f"a chunk of {self.source!r} could not be read ({e.args[0] if e.args else e}): "
+                    "it is missing, or the object store is unreachable"
+                ) from e
             return self.decoder(item, self.current_epoch)
 
     return ImageStream
@@ -352,10 +408,22 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
 
     native_channels = 3
 
-    def __init__(self, input_dir: str, val_dir: str | None = None, image_size: int = 224, channels: int = 3,
-                 num_classes: int | None = None, decode_size: int | None = None, decode: str = "workers",
-                 cache_dir: str | None = None, max_cache_size: str = "50GB", storage_options: dict | None = None,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, **kwargs) -> None:
+    def __init__(
+        self,
+        input_dir: str,
+        val_dir: str | None = None,
+        image_size: int = 224,
+        channels: int = 3,
+        num_classes: int | None = None,
+        decode_size: int | None = None,
+        decode: str = "workers",
+        cache_dir: str | None = None,
+        max_cache_size: str = "50GB",
+        storage_options: dict | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        **kwargs,
+    ) -> None:
         super().__init__(image_size=image_size, channels=channels, mean=mean, std=std, **kwargs)
         self._init_decoding(decode_size, decode)
         self.input_dir, self.val_dir = input_dir, val_dir
@@ -398,19 +466,31 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
         self.prepare_data()  # cheap, and on every node (prepare_data runs on one process per node)
         if stage in ("fit", None):
             batched = self.batch_augment
-            decoder = ItemDecoder(self.channels, self.decode_size if batched else None,
-                                  None if batched else self.views.build(self.image_size, self.channels, *self.norm_stats()),
-                                  self.decode, self.seed, self.input_dir)
-            self.train_set = _stream_class()(self.input_dir, decoder, shuffle=True, drop_last=True, seed=self.seed,
-                                             **self._stream_kwargs())
+            decoder = ItemDecoder(
+                self.channels,
+                self.decode_size if batched else None,
+                None if batched else self.views.build(self.image_size, self.channels, *self.norm_stats()),
+                self.decode,
+                self.seed,
+                self.input_dir,
+            )
+            self.train_set = _stream_class()(
+                self.input_dir, decoder, shuffle=True, drop_last=True, seed=self.seed, **self._stream_kwargs()
+            )
         if self.labelled:
             eval_decoder = ItemDecoder(self.channels, None, self.eval_transform(), "workers", self.seed, "")
             self.val_set = ChunkItems(self.val_dir, _with_source(eval_decoder, self.val_dir), **self._stream_kwargs())
-            self.bank_set = ChunkItems(self.input_dir, _with_source(eval_decoder, self.input_dir), None,
-                                       **self._stream_kwargs())
+            self.bank_set = ChunkItems(
+                self.input_dir, _with_source(eval_decoder, self.input_dir), None, **self._stream_kwargs()
+            )
             bank = self.val_bank_size
-            self.bank_subset = self.bank_set if not bank or bank >= len(self.bank_set) else ChunkItems(
-                self.input_dir, _with_source(eval_decoder, self.input_dir), bank, **self._stream_kwargs())
+            self.bank_subset = (
+                self.bank_set
+                if not bank or bank >= len(self.bank_set)
+                else ChunkItems(
+                    self.input_dir, _with_source(eval_decoder, self.input_dir), bank, **self._stream_kwargs()
+                )
+            )
 
     def eval_transform(self):
         if self.batch_augment:
@@ -420,11 +500,19 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
         return eval_transform(self.image_size, *self.norm_stats(), resize=True)
 
     def train_dataloader(self):
-        loader = _loader_class()(self.train_set, batch_size=self.batch_size, num_workers=self.num_workers,
-                                 pin_memory=self.pin_memory, collate_fn=collate_images, drop_last=True)
+        loader = _loader_class()(
+            self.train_set,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_images,
+            drop_last=True,
+        )
         if len(loader) == 0:
-            raise ValueError(f"the training stream {self.input_dir!r} has {len(self.train_set)} items, fewer than one "
-                             f"batch ({self.batch_size}) per process and worker")
+            raise ValueError(
+                f"the training stream {self.input_dir!r} has {len(self.train_set)} items, fewer than one "
+                f"batch ({self.batch_size}) per process and worker"
+            )
         return loader
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -450,4 +538,3 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
 
 def _with_source(decoder: ItemDecoder, source: str) -> ItemDecoder:
     return ItemDecoder(decoder.channels, decoder.decode_size, decoder.transform, decoder.decode, decoder.seed, source)
-

@@ -17,7 +17,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 FORTUNES_DIR = "/usr/share/games/fortunes"
-FORTUNE_TOPICS = ("computers", "education", "food", "law", "literature", "love", "politics", "science", "sports", "startrek")
+FORTUNE_TOPICS = (
+    "computers",
+    "education",
+    "food",
+    "law",
+    "literature",
+    "love",
+    "politics",
+    "science",
+    "sports",
+    "startrek",
+)
 
 
 class TextDataset(Dataset):
@@ -38,7 +49,9 @@ def _collate(batch: list[tuple[str, int]]) -> tuple[list[str], torch.Tensor]:
     return list(texts), torch.tensor(labels)
 
 
-def read_fortunes(directory: str = FORTUNES_DIR, topics: tuple[str, ...] = FORTUNE_TOPICS) -> tuple[list[str], list[int], list[str]]:
+def read_fortunes(
+    directory: str = FORTUNES_DIR, topics: tuple[str, ...] = FORTUNE_TOPICS
+) -> tuple[list[str], list[int], list[str]]:
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"fortunes not found in {directory!r}: install the Debian package `fortunes`")
@@ -80,8 +93,15 @@ class TextClassificationDataModule(L.LightningDataModule):
     """Text classification data: ``source="fortunes"`` (with ``topics``) or a CSV/JSONL path; a stratified,
     seeded ``test_fraction`` is held out for evaluation."""
 
-    def __init__(self, source: str = "fortunes", topics: list[str] | None = None, batch_size: int = 64,
-                 test_fraction: float = 0.2, seed: int = 0, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        source: str = "fortunes",
+        topics: list[str] | None = None,
+        batch_size: int = 64,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
@@ -93,8 +113,11 @@ class TextClassificationDataModule(L.LightningDataModule):
     @classmethod
     def describe(cls, init_args: dict) -> dict:
         topics = init_args.get("topics") or FORTUNE_TOPICS
-        return {"image_size": None, "channels": None,
-                "num_classes": len(topics) if init_args.get("source", "fortunes") == "fortunes" else None}
+        return {
+            "image_size": None,
+            "channels": None,
+            "num_classes": len(topics) if init_args.get("source", "fortunes") == "fortunes" else None,
+        }
 
     @property
     def num_classes(self) -> int | None:
@@ -107,7 +130,9 @@ class TextClassificationDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"text file {self.source!r} does not exist")
 
     def setup(self, stage: str | None = None) -> None:
-        texts, labels, self.class_names = read_fortunes(topics=self.topics) if self.source == "fortunes" else read_table(self.source)
+        texts, labels, self.class_names = (
+            read_fortunes(topics=self.topics) if self.source == "fortunes" else read_table(self.source)
+        )
         g = torch.Generator().manual_seed(self.seed)
         y = torch.tensor(labels)
         test = torch.zeros(len(y), dtype=torch.bool)
@@ -119,7 +144,9 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.train_set, self.val_set = pick(~test), pick(test)
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_collate, num_workers=self.num_workers)
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_collate, num_workers=self.num_workers
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True)

@@ -81,7 +81,9 @@ def augmented_view(
         t.append(v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)]))
     b, c, sat, hue = _jitter(jitter, jitter_strength)
     if jitter_prob > 0 and (b or c or sat or hue):
-        t.append(v2.RandomApply([v2.ColorJitter(b, c, sat, hue) if channels == 3 else v2.ColorJitter(b, c)], p=jitter_prob))
+        t.append(
+            v2.RandomApply([v2.ColorJitter(b, c, sat, hue) if channels == 3 else v2.ColorJitter(b, c)], p=jitter_prob)
+        )
     if grayscale_prob > 0 and channels == 3:
         t.append(v2.RandomGrayscale(grayscale_prob))
     if blur_prob > 0:
@@ -111,13 +113,24 @@ def _interpolation(name: str):
 EVAL_RESIZE_RATIO = 256 / 224  # DINO's and MAE's kNN / linear protocols: resize to 256, center-crop 224
 
 
-def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float], resize: bool = True,
-                   resize_ratio: float = EVAL_RESIZE_RATIO) -> v2.Compose:
+def eval_transform(
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize: bool = True,
+    resize_ratio: float = EVAL_RESIZE_RATIO,
+) -> v2.Compose:
     """Deterministic single view for evaluation: float, normalize; when the images are not already
     ``image_size`` (``resize``), the protocol of DINO and MAE: resize the short side to ``resize_ratio`` x
     ``image_size`` (256 for 224) with bicubic interpolation, then center-crop ``image_size``."""
-    t: list[Any] = [v2.Resize(round(image_size * resize_ratio), interpolation=v2.InterpolationMode.BICUBIC,
-                              antialias=True), v2.CenterCrop(image_size)] if resize else []
+    t: list[Any] = (
+        [
+            v2.Resize(round(image_size * resize_ratio), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(image_size),
+        ]
+        if resize
+        else []
+    )
     t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(t)
 
@@ -152,7 +165,9 @@ def batched_view(
     if not 0 < min_scale <= max_scale <= 1:
         raise ValueError(f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
     image_size = size or image_size
-    _interpolation(interpolation)  # validated; the batched crop resamples with roi_align (area-averaging) whatever it is
+    _interpolation(
+        interpolation
+    )  # validated; the batched crop resamples with roi_align (area-averaging) whatever it is
     crop = BatchedResizedCrop(image_size, scale=(min_scale, max_scale))
     t: list[nn.Module] = []
     if flip_prob > 0:
@@ -199,7 +214,9 @@ class ViewPreset:
     def build(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
         return MultiViewTransform([augmented_view(image_size, channels, mean, std, **v) for v in self.views])
 
-    def build_batched(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
+    def build_batched(
+        self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
+    ) -> MultiViewTransform:
         return MultiViewTransform([batched_view(image_size, channels, mean, std, **v) for v in self.views])
 
     def __repr__(self) -> str:
@@ -230,9 +247,17 @@ class SimCLRViews(ViewPreset):
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         if size is not None and size < 1:
             raise ValueError(f"size must be a positive side length, got {size}")
-        view = dict(min_scale=min_scale, max_scale=max_scale, flip_prob=flip_prob, jitter_prob=jitter_prob,
-                    jitter_strength=jitter_strength, grayscale_prob=grayscale_prob, blur_prob=blur_prob,
-                    solarize_prob=solarize_prob, size=size)
+        view = dict(
+            min_scale=min_scale,
+            max_scale=max_scale,
+            flip_prob=flip_prob,
+            jitter_prob=jitter_prob,
+            jitter_strength=jitter_strength,
+            grayscale_prob=grayscale_prob,
+            blur_prob=blur_prob,
+            solarize_prob=solarize_prob,
+            size=size,
+        )
         super().__init__([view] * num_views)
 
 
@@ -240,10 +265,23 @@ class MedicalViews(ViewPreset):
     """Views for medical images (X-ray, CT, pathology thumbnails): weak crops (scale >= 0.8), flips,
     brightness/contrast only (no hue, saturation, grayscale or solarization), light blur."""
 
-    def __init__(self, num_views: int = 2, min_scale: float = 0.8, flip_prob: float = 0.5, jitter_prob: float = 0.5,
-                 jitter_strength: float = 0.25, blur_prob: float = 0.2) -> None:
-        view = dict(min_scale=min_scale, flip_prob=flip_prob, jitter_prob=jitter_prob, jitter_strength=jitter_strength,
-                    grayscale_prob=0.0, blur_prob=blur_prob)
+    def __init__(
+        self,
+        num_views: int = 2,
+        min_scale: float = 0.8,
+        flip_prob: float = 0.5,
+        jitter_prob: float = 0.5,
+        jitter_strength: float = 0.25,
+        blur_prob: float = 0.2,
+    ) -> None:
+        view = dict(
+            min_scale=min_scale,
+            flip_prob=flip_prob,
+            jitter_prob=jitter_prob,
+            jitter_strength=jitter_strength,
+            grayscale_prob=0.0,
+            blur_prob=blur_prob,
+        )
         super().__init__([view] * num_views)
 
     def build(self, image_size, channels, mean, std):
@@ -258,10 +296,24 @@ class SatelliteViews(ViewPreset):
     brightness/contrast jitter for season and time of day; no grayscale. For 1- or 3-channel images; the same
     recipe for any band count (multispectral tiles) is ``MultiBandViews``."""
 
-    def __init__(self, num_views: int = 2, min_scale: float = 0.2, jitter_prob: float = 0.8,
-                 jitter_strength: float = 0.5, blur_prob: float = 0.0) -> None:
-        view = dict(min_scale=min_scale, flip_prob=0.5, vflip_prob=0.5, rotate90=True, jitter_prob=jitter_prob,
-                    jitter_strength=jitter_strength, grayscale_prob=0.0, blur_prob=blur_prob)
+    def __init__(
+        self,
+        num_views: int = 2,
+        min_scale: float = 0.2,
+        jitter_prob: float = 0.8,
+        jitter_strength: float = 0.5,
+        blur_prob: float = 0.0,
+    ) -> None:
+        view = dict(
+            min_scale=min_scale,
+            flip_prob=0.5,
+            vflip_prob=0.5,
+            rotate90=True,
+            jitter_prob=jitter_prob,
+            jitter_strength=jitter_strength,
+            grayscale_prob=0.0,
+            blur_prob=blur_prob,
+        )
         super().__init__([view] * num_views)
 
     def build(self, image_size, channels, mean, std):
@@ -277,12 +329,27 @@ class BYOLViews(ViewPreset):
     0.1 on the second, solarization w.p. 0.0 on the first and 0.2 on the second. ``blur`` / ``solarize`` give the
     per-view probabilities (small images often use no blur: ``blur: [0.0, 0.0]``)."""
 
-    def __init__(self, min_scale: float = 0.08, max_scale: float = 1.0, flip_prob: float = 0.5, jitter_prob: float = 0.8,
-                 jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1), grayscale_prob: float = 0.2,
-                 blur: tuple[float, float] = (1.0, 0.1), solarize: tuple[float, float] = (0.0, 0.2),
-                 interpolation: str = "bicubic") -> None:
-        common = dict(min_scale=min_scale, max_scale=max_scale, flip_prob=flip_prob, jitter_prob=jitter_prob,
-                      jitter=jitter, grayscale_prob=grayscale_prob, interpolation=interpolation)
+    def __init__(
+        self,
+        min_scale: float = 0.08,
+        max_scale: float = 1.0,
+        flip_prob: float = 0.5,
+        jitter_prob: float = 0.8,
+        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
+        grayscale_prob: float = 0.2,
+        blur: tuple[float, float] = (1.0, 0.1),
+        solarize: tuple[float, float] = (0.0, 0.2),
+        interpolation: str = "bicubic",
+    ) -> None:
+        common = dict(
+            min_scale=min_scale,
+            max_scale=max_scale,
+            flip_prob=flip_prob,
+            jitter_prob=jitter_prob,
+            jitter=jitter,
+            grayscale_prob=grayscale_prob,
+            interpolation=interpolation,
+        )
         super().__init__([dict(common, blur_prob=blur[i], solarize_prob=solarize[i]) for i in range(2)])
 
 
@@ -291,7 +358,9 @@ class ClassifierViews(ViewPreset):
     horizontal flip, no colour distortion."""
 
     def __init__(self, min_scale: float = 0.08, flip_prob: float = 0.5) -> None:
-        super().__init__([dict(min_scale=min_scale, flip_prob=flip_prob, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)])
+        super().__init__(
+            [dict(min_scale=min_scale, flip_prob=flip_prob, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)]
+        )
 
 
 class MultiCropViews(ViewPreset):
@@ -326,14 +395,28 @@ class MultiCropViews(ViewPreset):
     ) -> None:
         if global_crops < 1 or local_crops < 0:
             raise ValueError(f"need global_crops >= 1 and local_crops >= 0, got {global_crops} and {local_crops}")
-        common = dict(flip_prob=flip_prob, jitter_prob=jitter_prob, grayscale_prob=grayscale_prob,
-                      interpolation=interpolation,
-                      **(dict(jitter_strength=jitter_strength) if jitter_strength is not None else dict(jitter=jitter)))
-        views = [dict(common, min_scale=global_scale[0], max_scale=global_scale[1], size=global_size,
-                      blur_prob=global_blur[0] if i == 0 else global_blur[1],
-                      solarize_prob=0.0 if i == 0 else solarize_prob) for i in range(global_crops)]
-        views += [dict(common, min_scale=local_scale[0], max_scale=local_scale[1], size=local_size, blur_prob=local_blur)
-                  for _ in range(local_crops)]
+        common = dict(
+            flip_prob=flip_prob,
+            jitter_prob=jitter_prob,
+            grayscale_prob=grayscale_prob,
+            interpolation=interpolation,
+            **(dict(jitter_strength=jitter_strength) if jitter_strength is not None else dict(jitter=jitter)),
+        )
+        views = [
+            dict(
+                common,
+                min_scale=global_scale[0],
+                max_scale=global_scale[1],
+                size=global_size,
+                blur_prob=global_blur[0] if i == 0 else global_blur[1],
+                solarize_prob=0.0 if i == 0 else solarize_prob,
+            )
+            for i in range(global_crops)
+        ]
+        views += [
+            dict(common, min_scale=local_scale[0], max_scale=local_scale[1], size=local_size, blur_prob=local_blur)
+            for _ in range(local_crops)
+        ]
         super().__init__(views)
         self.global_crops, self.local_crops, self.local_size = global_crops, local_crops, local_size
 
@@ -343,10 +426,16 @@ class MultiCropViews(ViewPreset):
         return [dict(v, size=local) if i >= self.global_crops else v for i, v in enumerate(self.views)]
 
     def build(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
-        return MultiViewTransform([augmented_view(image_size, channels, mean, std, **v) for v in self.views_for(image_size)])
+        return MultiViewTransform(
+            [augmented_view(image_size, channels, mean, std, **v) for v in self.views_for(image_size)]
+        )
 
-    def build_batched(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
-        return MultiViewTransform([batched_view(image_size, channels, mean, std, **v) for v in self.views_for(image_size)])
+    def build_batched(
+        self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
+    ) -> MultiViewTransform:
+        return MultiViewTransform(
+            [batched_view(image_size, channels, mean, std, **v) for v in self.views_for(image_size)]
+        )
 
 
 # -- any band count: multi-band / multispectral images ------------------------------------------------------------
@@ -443,7 +532,10 @@ def multiband_view(
         t += [K.RandomGaussianBlur(blur_kernel(side), (0.1, 2.0), p=blur_prob)] if blur_prob > 0 else []
         t.append(K.Normalize(mean=torch.tensor(list(mean)), std=torch.tensor(list(std))))
         return nn.Sequential(*t)
-    p: list[Any] = [v2.ToDtype(torch.float32, scale=True), v2.RandomResizedCrop(side, scale=(min_scale, max_scale), antialias=True)]
+    p: list[Any] = [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomResizedCrop(side, scale=(min_scale, max_scale), antialias=True),
+    ]
     p += [v2.RandomHorizontalFlip(flip_prob)] if flip_prob > 0 else []
     p += [v2.RandomVerticalFlip(vflip_prob)] if vflip_prob > 0 else []
     p += [RandomRot90()] if rotate90 else []
@@ -461,22 +553,46 @@ class MultiBandViews(ViewPreset):
 
     any_channels = True  # valid for every band count (see check_views_channels)
 
-    def __init__(self, num_views: int = 2, min_scale: float = 0.2, max_scale: float = 1.0, flip_prob: float = 0.5,
-                 vflip_prob: float = 0.5, rotate90: bool = True, jitter_prob: float = 0.8, brightness: float = 0.4,
-                 contrast: float = 0.4, per_band_jitter: bool = False, blur_prob: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_views: int = 2,
+        min_scale: float = 0.2,
+        max_scale: float = 1.0,
+        flip_prob: float = 0.5,
+        vflip_prob: float = 0.5,
+        rotate90: bool = True,
+        jitter_prob: float = 0.8,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        per_band_jitter: bool = False,
+        blur_prob: float = 0.0,
+    ) -> None:
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         RandomBrightnessContrast(brightness, contrast, jitter_prob)  # checks the ranges now, not at the first batch
-        view = dict(min_scale=min_scale, max_scale=max_scale, flip_prob=flip_prob, vflip_prob=vflip_prob,
-                    rotate90=rotate90, jitter_prob=jitter_prob, brightness=brightness, contrast=contrast,
-                    per_band_jitter=per_band_jitter, blur_prob=blur_prob)
+        view = dict(
+            min_scale=min_scale,
+            max_scale=max_scale,
+            flip_prob=flip_prob,
+            vflip_prob=vflip_prob,
+            rotate90=rotate90,
+            jitter_prob=jitter_prob,
+            brightness=brightness,
+            contrast=contrast,
+            per_band_jitter=per_band_jitter,
+            blur_prob=blur_prob,
+        )
         super().__init__([view] * num_views)
 
     def build(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
         return MultiViewTransform([multiband_view(image_size, channels, mean, std, **v) for v in self.views])
 
-    def build_batched(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
-        return MultiViewTransform([multiband_view(image_size, channels, mean, std, batched=True, **v) for v in self.views])
+    def build_batched(
+        self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
+    ) -> MultiViewTransform:
+        return MultiViewTransform(
+            [multiband_view(image_size, channels, mean, std, batched=True, **v) for v in self.views]
+        )
 
 
 def check_views_channels(views: Any, channels: int) -> None:
@@ -485,9 +601,12 @@ def check_views_channels(views: Any, channels: int) -> None:
     ``any_channels`` (``MultiBandViews``) and views without colour jitter take any count."""
     if channels in (1, 3) or getattr(views, "any_channels", False):
         return
-    jittered = [v for v in getattr(views, "views", []) if v.get("jitter_prob", 0.8) > 0 and v.get("jitter_strength", 1.0) > 0]
+    jittered = [
+        v for v in getattr(views, "views", []) if v.get("jitter_prob", 0.8) > 0 and v.get("jitter_strength", 1.0) > 0
+    ]
     if jittered:
         raise ValueError(
             f"{type(views).__name__} applies colour jitter, which is defined for 1- or 3-channel images, but the data has "
             f"{channels} channels: use MultiBandViews (crops, flips, 90-degree rotations and brightness/contrast for any "
-            f"band count), or turn the jitter off (jitter_prob: 0)")
+            f"band count), or turn the jitter off (jitter_prob: 0)"
+        )

@@ -6,10 +6,28 @@ from lightning_ssl.eval.finetune import Classifier
 from lightning_ssl.metrics.knn import knn_accuracy, knn_predict
 from lightning_ssl.eval.linear import few_shot, linear_probe, sample_few_shot, train_linear_probe
 from lightning_ssl.metrics.plots import embedding_plot
-from lightning_ssl.metrics.zeroshot import clip_embedding_plot, recall_at_k, retrieve, zero_shot_accuracy, zero_shot_classify
+from lightning_ssl.metrics.zeroshot import (
+    clip_embedding_plot,
+    recall_at_k,
+    retrieve,
+    zero_shot_accuracy,
+    zero_shot_classify,
+)
 
 __all__ = [
-    "Classifier", "clip_embedding_plot", "embedding_plot", "export_backbone", "extract_features", "few_shot",
-    "knn_accuracy", "knn_predict", "linear_probe", "recall_at_k", "retrieve", "sample_few_shot",
-    "train_linear_probe", "zero_shot_accuracy", "zero_shot_classify",
+    "Classifier",
+    "clip_embedding_plot",
+    "embedding_plot",
+    "export_backbone",
+    "extract_features",
+    "few_shot",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_probe",
+    "recall_at_k",
+    "retrieve",
+    "sample_few_shot",
+    "train_linear_probe",
+    "zero_shot_accuracy",
+    "zero_shot_classify",
 ]

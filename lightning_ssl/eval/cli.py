@@ -52,8 +52,12 @@ def _feature_parser(name: str) -> ArgumentParser:
     p.add_subclass_arguments(nn.Module, "backbone", required=True, help="the backbone (its embed/forward gives (B, D))")
     p.add_subclass_arguments(L.LightningDataModule, "data", required=True, help="a labelled image datamodule")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", default="32", choices=["32", "bf16", "auto"],
-                   help="feature extraction; auto: bf16 where the device has native bf16, else 32")
+    p.add_argument(
+        "--precision",
+        default="32",
+        choices=["32", "bf16", "auto"],
+        help="feature extraction; auto: bf16 where the device has native bf16, else 32",
+    )
     p.add_argument("--out_dir", default="outputs/eval")
     p.add_argument("--name", type=str | None, default=None, help="run name (default: derived from the backbone)")
     p.add_argument("--cache_features", type=bool, default=True)
@@ -81,10 +85,18 @@ def build_parser() -> ArgumentParser:
     exp = ArgumentParser(description="export: write a checkpoint's backbone as a plain state dict")
     exp.add_argument("--ckpt", required=True)
     exp.add_argument("--out", required=True)
-    exp.add_argument("--weights", default="auto", choices=["auto", "student", "teacher"],
-                     help="auto: the network the method's embed() uses (DINO: the EMA teacher)")
-    exp.add_argument("--format", default="state_dict", choices=["state_dict", "timm", "hf"],
-                     help="state_dict: a .pt (+ .json recipe); timm / hf: a folder timm or transformers loads alone")
+    exp.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "student", "teacher"],
+        help="auto: the network the method's embed() uses (DINO: the EMA teacher)",
+    )
+    exp.add_argument(
+        "--format",
+        default="state_dict",
+        choices=["state_dict", "timm", "hf"],
+        help="state_dict: a .pt (+ .json recipe); timm / hf: a folder timm or transformers loads alone",
+    )
     sub.add_subcommand("export", exp)
     return parser
 
@@ -121,8 +133,12 @@ def compute_features(backbone: nn.Module, dm, device: torch.device, precision: s
     test_loader, train_loader = dm.test_dataloader()
     if precision == "auto":
         precision = "bf16" if auto_precision(device.type)[0].startswith("bf16") else "32"
-    kw = dict(device=device, precision="bf16" if precision == "bf16" else None, progress=True,
-              batch_transform=dm.on_after_batch_transfer)
+    kw = dict(
+        device=device,
+        precision="bf16" if precision == "bf16" else None,
+        progress=True,
+        batch_transform=dm.on_after_batch_transfer,
+    )
     train_f, train_y = extract_features(backbone, train_loader, **kw)
     test_f, test_y = extract_features(backbone, test_loader, **kw)
     if cache is not None:
@@ -138,8 +154,12 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
     data_cls = import_class(cfg.data.class_path)
     if hasattr(data_cls, "describe"):
         info = data_cls.describe(to_dict(cfg.data.get("init_args")))
-        inject(cfg.backbone, {DATA_TO_MODEL[k]: v for k, v in info.items()}, source=f"data ({cfg.data.class_path})",
-               prefix="backbone.")
+        inject(
+            cfg.backbone,
+            {DATA_TO_MODEL[k]: v for k, v in info.items()},
+            source=f"data ({cfg.data.class_path})",
+            prefix="backbone.",
+        )
     parser = _feature_parser(subcommand)
     init = parser.instantiate_classes(cfg)
     backbone, dm = init.backbone, init.data
@@ -148,7 +168,12 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
     num_classes = getattr(dm, "num_classes", None)
-    results: dict[str, Any] = {"name": name, "backbone": to_dict(cfg.backbone), "data": to_dict(cfg.data), "seconds": {}}
+    results: dict[str, Any] = {
+        "name": name,
+        "backbone": to_dict(cfg.backbone),
+        "data": to_dict(cfg.data),
+        "seconds": {},
+    }
 
     t = time.time()
     cache = Path(cfg.out_dir) / "features" / f"{_cache_key(cfg)}.pt" if cfg.cache_features else None
@@ -176,7 +201,10 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
         results["linear"] = acc
         results["seconds"]["linear"] = round(time.time() - t, 1)
         metrics.update({"eval/linear_top1": acc["top1"], "eval/linear_top5": acc["top5"]})
-        text += ["", f"Linear probe ({cfg.epochs} epochs): top-1 {100 * acc['top1']:.2f}%, top-5 {100 * acc['top5']:.2f}%"]
+        text += [
+            "",
+            f"Linear probe ({cfg.epochs} epochs): top-1 {100 * acc['top1']:.2f}%, top-5 {100 * acc['top5']:.2f}%",
+        ]
     if subcommand in ("fewshot", "all"):
         t = time.time()
         fs = few_shot(train_f, train_y, test_f, test_y, cfg.shots, cfg.seeds, num_classes, **probe_kw)
@@ -187,8 +215,15 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
     plot_path = None
     if subcommand in ("plot", "all"):
         t = time.time()
-        plot_path = embedding_plot(test_f, test_y, out / f"{cfg.method}.png", cfg.method, cfg.max_points,
-                                   class_names=getattr(dm, "class_names", None), title=f"{name}: {cfg.method.upper()}")
+        plot_path = embedding_plot(
+            test_f,
+            test_y,
+            out / f"{cfg.method}.png",
+            cfg.method,
+            cfg.max_points,
+            class_names=getattr(dm, "class_names", None),
+            title=f"{name}: {cfg.method.upper()}",
+        )
         results["plot"] = str(plot_path)
         results["seconds"]["plot"] = round(time.time() - t, 1)
         text += ["", f"Embedding plot: {plot_path}"]
@@ -204,8 +239,11 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
         if plot_path is not None:
             logger.log_image("eval/embedding_plot", [str(plot_path)])
         if "fewshot" in results:
-            logger.log_table("eval/fewshot", columns=["shots", "mean", "std"],
-                             data=[[int(n), r["mean"], r["std"]] for n, r in results["fewshot"].items()])
+            logger.log_table(
+                "eval/fewshot",
+                columns=["shots", "mean", "std"],
+                data=[[int(n), r["mean"], r["std"]] for n, r in results["fewshot"].items()],
+            )
         logger.experiment.finish()
     return results
 

@@ -36,7 +36,7 @@ def load_backbone(checkpoint: str, weights: str = "auto") -> tuple[nn.Module, di
         raise CheckpointError(f"{checkpoint!r} is not a lightning_ssl checkpoint with a backbone config")
     backbone = _instantiate(config)
     prefix = backbone_prefix(ckpt, weights, checkpoint)
-    sd = {k[len(prefix):]: v.detach().cpu().clone() for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    sd = {k[len(prefix) :]: v.detach().cpu().clone() for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not sd:
         raise CheckpointError(f"{checkpoint!r} has no tensors under {prefix!r}")
     if "mask_token" in sd and hasattr(backbone, "add_mask_token"):  # an iBOT / BEiT student's ViT
@@ -83,11 +83,15 @@ def state_dict_recipe(backbone: nn.Module, config: dict[str, Any]) -> str:
     the features function in ``features``: images (B, C, H, W) -> (B, D)."""
     if hasattr(backbone, "export_recipe"):
         recipe = backbone.export_recipe()
-        return recipe + ("\nfeatures = model.eval().features" if "model.features =" in recipe else "\nfeatures = model.eval()")
+        return recipe + (
+            "\nfeatures = model.eval().features" if "model.features =" in recipe else "\nfeatures = model.eval()"
+        )
     cls = type(backbone)
-    return (f"import torch\nfrom {cls.__module__} import {cls.__name__}\n"
-            f"model = {cls.__name__}(**{config.get('init_args', {})!r})\n"
-            "model.load_state_dict(torch.load(PATH, weights_only=True))\nfeatures = model.eval()")
+    return (
+        f"import torch\nfrom {cls.__module__} import {cls.__name__}\n"
+        f"model = {cls.__name__}(**{config.get('init_args', {})!r})\n"
+        "model.load_state_dict(torch.load(PATH, weights_only=True))\nfeatures = model.eval()"
+    )
 
 
 # -- timm --------------------------------------------------------------------------------------------------------
@@ -111,16 +115,21 @@ def _timm_model(backbone: nn.Module) -> tuple[nn.Module, str, dict[str, Any]]:
         model = timm.create_model(backbone.arch, pretrained=False, **args)
         model.load_state_dict({k: v for k, v in backbone.net.state_dict().items()})
         return model, backbone.arch, args
-    raise ValueError(f"{type(backbone).__name__} has no timm equivalent (timm export covers TimmBackbone, ViT and "
-                     f"ResNets with the standard stem); use --format state_dict")
+    raise ValueError(
+        f"{type(backbone).__name__} has no timm equivalent (timm export covers TimmBackbone, ViT and "
+        f"ResNets with the standard stem); use --format state_dict"
+    )
 
 
 def _save_timm(backbone: nn.Module, out: Path) -> str:
     from timm.models import save_for_hf
 
     model, arch, args = _timm_model(backbone)
-    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "architecture": arch,
-                            "input_size": (backbone.in_channels, backbone.image_size, backbone.image_size)}
+    model.pretrained_cfg = {
+        **getattr(model, "pretrained_cfg", {}),
+        "architecture": arch,
+        "input_size": (backbone.in_channels, backbone.image_size, backbone.image_size),
+    }
     save_for_hf(model, str(out), model_args=args, safe_serialization=True)
     pool = "features = lambda x: model.eval()(x)"
     return f'import timm\nmodel = timm.create_model("local-dir:" + PATH, pretrained=True)\n{pool}'
@@ -133,24 +142,44 @@ def vit_to_hf(backbone: nn.Module):
 
     m, kw = backbone.model, backbone.model_kwargs
     d, depth = kw["embed_dim"], kw["depth"]
-    config = ViTConfig(hidden_size=d, num_hidden_layers=depth, num_attention_heads=kw["num_heads"],
-                       intermediate_size=int(d * kw["mlp_ratio"]), hidden_act="gelu", layer_norm_eps=1e-6,
-                       image_size=kw["img_size"], patch_size=kw["patch_size"], num_channels=kw["in_chans"],
-                       qkv_bias=kw["qkv_bias"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = ViTConfig(
+        hidden_size=d,
+        num_hidden_layers=depth,
+        num_attention_heads=kw["num_heads"],
+        intermediate_size=int(d * kw["mlp_ratio"]),
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        image_size=kw["img_size"],
+        patch_size=kw["patch_size"],
+        num_channels=kw["in_chans"],
+        qkv_bias=kw["qkv_bias"],
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = ViTModel(config, add_pooling_layer=False)
     old_layout = any(k.startswith("encoder.layer.") for k in model.state_dict())  # transformers < 5 names
-    names = (("attention.attention.query", "attention.attention.key", "attention.attention.value"),
-             {"attn.proj": "attention.output.dense", "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"},
-             "encoder.layer.") if old_layout else (
-             ("attention.q_proj", "attention.k_proj", "attention.v_proj"),
-             {"attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}, "layers.")
+    names = (
+        (
+            ("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+            {"attn.proj": "attention.output.dense", "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"},
+            "encoder.layer.",
+        )
+        if old_layout
+        else (
+            ("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+            {"attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"},
+            "layers.",
+        )
+    )
     (q_name, k_name, v_name), linear, layer = names
     sd = m.state_dict()
     new: dict[str, Tensor] = {
-        "embeddings.cls_token": sd["cls_token"], "embeddings.position_embeddings": sd["pos_embed"],
+        "embeddings.cls_token": sd["cls_token"],
+        "embeddings.position_embeddings": sd["pos_embed"],
         "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
         "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
-        "layernorm.weight": sd["norm.weight"], "layernorm.bias": sd["norm.bias"],
+        "layernorm.weight": sd["norm.weight"],
+        "layernorm.bias": sd["norm.bias"],
     }
     for i in range(depth):
         b, h = f"blocks.{i}.", f"{layer}{i}."
@@ -169,16 +198,26 @@ def _save_hf(backbone: nn.Module, out: Path) -> str:
 
     if isinstance(backbone, ViT):
         vit_to_hf(backbone).save_pretrained(out)
-        pool = ("last_hidden_state[:, 0]" if backbone.model.global_pool == "token"
-                else "last_hidden_state[:, 1:].mean(1)")
-        return ("from transformers import ViTModel\nmodel = ViTModel.from_pretrained(PATH, add_pooling_layer=False)\n"
-                f"features = lambda x: model.eval()(pixel_values=x).{pool}")
+        pool = (
+            "last_hidden_state[:, 0]" if backbone.model.global_pool == "token" else "last_hidden_state[:, 1:].mean(1)"
+        )
+        return (
+            "from transformers import ViTModel\nmodel = ViTModel.from_pretrained(PATH, add_pooling_layer=False)\n"
+            f"features = lambda x: model.eval()(pixel_values=x).{pool}"
+        )
     if isinstance(backbone, HFVisionBackbone):
         backbone.model.save_pretrained(out)
-        pool = {"cls": "last_hidden_state[:, 0]", "mean": "last_hidden_state[:, 1:].mean(1)",
-                "pooler": "pooler_output"}[backbone.pooling]
+        pool = {
+            "cls": "last_hidden_state[:, 0]",
+            "mean": "last_hidden_state[:, 1:].mean(1)",
+            "pooler": "pooler_output",
+        }[backbone.pooling]
         kind = type(backbone.model).__name__
-        return (f"from transformers import {kind}\nmodel = {kind}.from_pretrained(PATH)\n"
-                f"features = lambda x: model.eval()(pixel_values=x{', interpolate_pos_encoding=True' if backbone._forward_kwargs else ''}).{pool}")
-    raise ValueError(f"{type(backbone).__name__} has no transformers equivalent (hf export covers lightning_ssl ViTs "
-                     f"and Hugging Face backbones); use --format state_dict or timm")
+        return (
+            f"from transformers import {kind}\nmodel = {kind}.from_pretrained(PATH)\n"
+            f"features = lambda x: model.eval()(pixel_values=x{', interpolate_pos_encoding=True' if backbone._forward_kwargs else ''}).{pool}"
+        )
+    raise ValueError(
+        f"{type(backbone).__name__} has no transformers equivalent (hf export covers lightning_ssl ViTs "
+        f"and Hugging Face backbones); use --format state_dict or timm"
+    )

@@ -43,8 +43,10 @@ class Classifier(SSLMethod):
             raise ValueError(f"layer_decay must lie in (0, 1], got {layer_decay}")
         self.freeze_backbone, self.layer_decay, self.label_smoothing = freeze_backbone, layer_decay, label_smoothing
         # MAE's linear probing puts a BatchNorm without affine parameters before the head (He et al. 2021, A.2)
-        self.head = nn.Sequential(nn.BatchNorm1d(self.num_features, affine=False) if head_batch_norm else nn.Identity(),
-                                  nn.Linear(self.num_features, num_classes))
+        self.head = nn.Sequential(
+            nn.BatchNorm1d(self.num_features, affine=False) if head_batch_norm else nn.Identity(),
+            nn.Linear(self.num_features, num_classes),
+        )
         nn.init.trunc_normal_(self.head[1].weight, std=0.01)
         nn.init.zeros_(self.head[1].bias)
         if freeze_backbone:
@@ -60,7 +62,9 @@ class Classifier(SSLMethod):
         dm = self.trainer.datamodule
         n = getattr(dm, "num_classes", None) if dm is not None else None
         if isinstance(n, int) and n != self.head[-1].out_features:
-            raise ValueError(f"the head has {self.head[-1].out_features} classes but the data has {n} (num_classes mismatch)")
+            raise ValueError(
+                f"the head has {self.head[-1].out_features} classes but the data has {n} (num_classes mismatch)"
+            )
 
     def on_train_epoch_start(self) -> None:
         if self.freeze_backbone:

@@ -87,8 +87,9 @@ def accuracy(probe: nn.Module, features: Tensor, labels: Tensor, num_classes: in
     return {"top1": top1, "top5": top5}
 
 
-def linear_probe(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, num_classes: int | None = None,
-                 **kwargs) -> dict[str, float]:
+def linear_probe(
+    train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, num_classes: int | None = None, **kwargs
+) -> dict[str, float]:
     """Train on the training features, report top-1/top-5 on the test features."""
     num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
     return accuracy(train_linear_probe(train_f, train_y, num_classes, **kwargs), test_f, test_y, num_classes)
@@ -107,8 +108,16 @@ def sample_few_shot(labels: Tensor, shots: int, seed: int, num_classes: int | No
     return torch.cat(picked)
 
 
-def few_shot(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, shots: Sequence[int] = (1, 5, 10, 100),
-             seeds: int = 5, num_classes: int | None = None, **kwargs) -> dict[int, dict[str, float | list[float]]]:
+def few_shot(
+    train_f: Tensor,
+    train_y: Tensor,
+    test_f: Tensor,
+    test_y: Tensor,
+    shots: Sequence[int] = (1, 5, 10, 100),
+    seeds: int = 5,
+    num_classes: int | None = None,
+    **kwargs,
+) -> dict[int, dict[str, float | list[float]]]:
     """For each n in ``shots``: top-1 of a linear probe trained on n examples per class, over ``seeds`` draws."""
     num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
     out = {}

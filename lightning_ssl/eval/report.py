@@ -26,7 +26,9 @@ from lightning_ssl.eval.features import extract_features
 from lightning_ssl.metrics.knn import knn_accuracy
 
 
-def evaluate_knn(model: nn.Module | None, datamodule, ks=(20, 200), temperature: float = 0.07, device: str = "cpu") -> dict:
+def evaluate_knn(
+    model: nn.Module | None, datamodule, ks=(20, 200), temperature: float = 0.07, device: str = "cpu"
+) -> dict:
     """Weighted kNN top-1 of ``model.embed`` (raw pixels if ``model`` is None) on the datamodule's test split,
     with all labelled training images as the bank. Returns ``{"dim", "k=..": accuracy, "seconds"}``."""
     t = time.time()
@@ -39,19 +41,33 @@ def evaluate_knn(model: nn.Module | None, datamodule, ks=(20, 200), temperature:
     qf, ql = extract_features(fn, test_loader, device, batch_transform=datamodule.on_after_batch_transfer)
     bf, bl = extract_features(fn, bank_loader, device, batch_transform=datamodule.on_after_batch_transfer)
     acc = knn_accuracy(qf, ql, bf, bl, datamodule.num_classes, list(ks), temperature)
-    return {"dim": qf.shape[1], **{f"k={k}": a for k, a in acc.items()}, "seconds": round(time.time() - t, 1),
-            "queries": len(ql), "bank": len(bl)}
+    return {
+        "dim": qf.shape[1],
+        **{f"k={k}": a for k, a in acc.items()},
+        "seconds": round(time.time() - t, 1),
+        "queries": len(ql),
+        "bank": len(bl),
+    }
 
 
 def markdown_table(rows: dict[str, dict], ks) -> str:
-    lines = ["| representation | dim | " + " | ".join(f"kNN top-1, k={k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 2)]
+    lines = [
+        "| representation | dim | " + " | ".join(f"kNN top-1, k={k}" for k in ks) + " |",
+        "|" + "---|" * (len(ks) + 2),
+    ]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['dim']} | " + " | ".join(f"{100 * r[f'k={k}']:.2f}%" for k in ks) + " |")
     return "\n".join(lines)
 
 
-def run(config: list[str], ckpt: str, ks: list[int], temperature: float = 0.07, device: str = "cpu",
-        overrides: list[str] | None = None) -> dict:
+def run(
+    config: list[str],
+    ckpt: str,
+    ks: list[int],
+    temperature: float = 0.07,
+    device: str = "cpu",
+    overrides: list[str] | None = None,
+) -> dict:
     from lightning_ssl.cli import cli as run_cli
 
     args = sum((["--config", c] for c in config), []) + list(overrides or []) + ["--trainer.logger=false"]
@@ -65,8 +81,10 @@ def run(config: list[str], ckpt: str, ks: list[int], temperature: float = 0.07, 
         "raw pixels": evaluate_knn(None, cli.datamodule, ks, temperature, device),
     }
     r = next(iter(rows.values()))
-    print(f"\n{ckpt}\nkNN on {type(cli.datamodule).__name__} test ({r['queries']} queries, bank of {r['bank']} training "
-          f"images, cosine, T={temperature}):\n\n{markdown_table(rows, ks)}\n")
+    print(
+        f"\n{ckpt}\nkNN on {type(cli.datamodule).__name__} test ({r['queries']} queries, bank of {r['bank']} training "
+        f"images, cosine, T={temperature}):\n\n{markdown_table(rows, ks)}\n"
+    )
     out = Path(ckpt).with_name("knn_report.json")
     out.write_text(json.dumps({"rows": rows, "temperature": temperature}, indent=2))
     return rows

@@ -50,7 +50,9 @@ def barlow_twins_loss(
 ) -> Tensor:
     """Barlow Twins loss of two views' embeddings (B, D); ``lambda_offdiag`` None: ``default_lambda(D)``."""
     if z_a.shape != z_b.shape or z_a.ndim != 2:
-        raise ValueError(f"the two views must be (B, D) of the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        raise ValueError(
+            f"the two views must be (B, D) of the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
     lam = default_lambda(z_a.shape[1]) if lambda_offdiag is None else lambda_offdiag
     _check_lambda(lam)
     c = cross_correlation(z_a.float(), z_b.float(), eps, gather_distributed)

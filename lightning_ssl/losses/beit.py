@@ -19,8 +19,9 @@ from lightning_ssl.losses._utils import full_precision
 
 
 @full_precision
-def masked_token_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = None,
-                      normalizer: float | Tensor | None = None) -> Tensor:
+def masked_token_loss(
+    logits: Tensor, targets: Tensor, mask: Tensor | None = None, normalizer: float | Tensor | None = None
+) -> Tensor:
     """Cross-entropy of the token ids at masked positions.
 
     Args:
@@ -30,12 +31,15 @@ def masked_token_loss(logits: Tensor, targets: Tensor, mask: Tensor | None = Non
     """
     if mask is not None:
         if mask.shape != logits.shape[:2] or targets.shape != mask.shape:
-            raise ValueError(f"shapes do not match: logits {tuple(logits.shape)}, targets {tuple(targets.shape)}, "
-                             f"mask {tuple(mask.shape)}")
+            raise ValueError(
+                f"shapes do not match: logits {tuple(logits.shape)}, targets {tuple(targets.shape)}, "
+                f"mask {tuple(mask.shape)}"
+            )
         logits, targets = logits[mask.bool()], targets[mask.bool()]
     if logits.ndim != 2 or targets.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits (M, V) and targets (M,), got {tuple(logits.shape)} and "
-                         f"{tuple(targets.shape)}")
+        raise ValueError(
+            f"expected logits (M, V) and targets (M,), got {tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
     total = F.cross_entropy(logits.float(), targets.long(), reduction="sum")
     if normalizer is None:
         normalizer = max(1, targets.numel())

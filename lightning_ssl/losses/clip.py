@@ -40,8 +40,10 @@ def clip_logits(
     ``local_loss`` both logit matrices are (B, N) and ``targets`` are the global indices of the local rows;
     without it they are (N, N) and ``targets = arange(N)``."""
     if image_emb.shape != text_emb.shape:
-        raise ValueError(f"image and text embeddings must have the same shape, got {tuple(image_emb.shape)} "
-                         f"and {tuple(text_emb.shape)}")
+        raise ValueError(
+            f"image and text embeddings must have the same shape, got {tuple(image_emb.shape)} "
+            f"and {tuple(text_emb.shape)}"
+        )
     image, text = F.normalize(image_emb.float(), dim=1), F.normalize(text_emb.float(), dim=1)
     all_image = gather(image) if gather_distributed else image  # (N, D)
     all_text = gather(text) if gather_distributed else text
@@ -76,8 +78,14 @@ class CLIPLoss(nn.Module):
     """``clip_loss`` with its own learnable logit scale: s = exp(t), t initialized to ``ln(1 / temperature)``,
     s clamped at ``max_scale`` (the CLIP paper's 100)."""
 
-    def __init__(self, temperature: float = 0.07, max_scale: float = 100.0, learnable: bool = True,
-                 local_loss: bool = True, gather_distributed: bool = True) -> None:
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        max_scale: float = 100.0,
+        learnable: bool = True,
+        local_loss: bool = True,
+        gather_distributed: bool = True,
+    ) -> None:
         super().__init__()
         if not temperature > 0 or not max_scale > 0:
             raise ValueError(f"temperature and max_scale must be > 0, got {temperature} and {max_scale}")

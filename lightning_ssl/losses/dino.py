@@ -82,8 +82,13 @@ class DINOLoss(nn.Module):
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student_out: Sequence[Tensor], teacher_out: Sequence[Tensor], teacher_temp: float,
-                update_center: bool = True) -> Tensor:
+    def forward(
+        self,
+        student_out: Sequence[Tensor],
+        teacher_out: Sequence[Tensor],
+        teacher_temp: float,
+        update_center: bool = True,
+    ) -> Tensor:
         loss = dino_loss(student_out, teacher_out, self.center, self.student_temp, teacher_temp)
         if update_center:
             self.update_center(torch.cat(list(teacher_out)))

@@ -31,16 +31,18 @@ def ibot_loss(
     teacher_temp: float = 0.04,
 ) -> Tensor:
     """Args:
-        student_patches: (M, K) student logits of the masked patches, ordered as ``mask.nonzero()`` (row-major).
-        teacher_patches: (M, K) teacher logits of the same patches (detached here).
-        mask: (B, N) bool, True where the student's patch was masked; M = mask.sum().
-        center: (1, K) running center of the teacher's patch logits.
+    student_patches: (M, K) student logits of the masked patches, ordered as ``mask.nonzero()`` (row-major).
+    teacher_patches: (M, K) teacher logits of the same patches (detached here).
+    mask: (B, N) bool, True where the student's patch was masked; M = mask.sum().
+    center: (1, K) running center of the teacher's patch logits.
     """
     _check_temperatures(student_temp, teacher_temp)
     mask = mask.bool()
     if student_patches.shape != teacher_patches.shape or student_patches.shape[0] != int(mask.sum()):
-        raise ValueError(f"need (M, K) student and teacher patch logits with M = mask.sum() = {int(mask.sum())}, "
-                         f"got {tuple(student_patches.shape)} and {tuple(teacher_patches.shape)}")
+        raise ValueError(
+            f"need (M, K) student and teacher patch logits with M = mask.sum() = {int(mask.sum())}, "
+            f"got {tuple(student_patches.shape)} and {tuple(teacher_patches.shape)}"
+        )
     q = F.softmax((teacher_patches.detach().float() - center.float()) / teacher_temp, dim=-1)
     per_patch = -(q * F.log_softmax(student_patches.float() / student_temp, dim=-1)).sum(-1)  # (M,)
     weights = (1.0 / mask.sum(1).clamp(min=1)).unsqueeze(1).expand_as(mask)[mask]  # 1 / |M_b| per patch
@@ -56,8 +58,14 @@ class IBOTPatchLoss(nn.Module):
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student_patches: Tensor, teacher_patches: Tensor, mask: Tensor, teacher_temp: float,
-                update_center: bool = True) -> Tensor:
+    def forward(
+        self,
+        student_patches: Tensor,
+        teacher_patches: Tensor,
+        mask: Tensor,
+        teacher_temp: float,
+        update_center: bool = True,
+    ) -> Tensor:
         loss = ibot_loss(student_patches, teacher_patches, mask, self.center, self.student_temp, teacher_temp)
         if update_center:
             with torch.no_grad():

@@ -95,5 +95,7 @@ class InfoNCELoss(nn.Module):
         _check_temperature(temperature)
         self.temperature, self.gather_distributed = temperature, gather_distributed
 
-    def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None, in_batch_negatives: bool = True) -> Tensor:
+    def forward(
+        self, query: Tensor, key: Tensor, negatives: Tensor | None = None, in_batch_negatives: bool = True
+    ) -> Tensor:
         return info_nce_loss(query, key, self.temperature, negatives, in_batch_negatives, self.gather_distributed)

@@ -31,8 +31,9 @@ def token_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGN
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match")
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                            ignore_index=ignore_index, reduction="sum")
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=ignore_index, reduction="sum"
+    )
     count = (targets != ignore_index).sum().float()
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         count = count.clone()

@@ -33,8 +33,9 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True, 
         norm_pix: normalize each target patch by its own mean and std (MAE's better-performing variant).
     """
     if pred.shape != target.shape or mask.shape != pred.shape[:2]:
-        raise ValueError(f"shapes do not match: pred {tuple(pred.shape)}, target {tuple(target.shape)}, "
-                         f"mask {tuple(mask.shape)}")
+        raise ValueError(
+            f"shapes do not match: pred {tuple(pred.shape)}, target {tuple(target.shape)}, mask {tuple(mask.shape)}"
+        )
     target = target.float()
     if norm_pix:
         target = normalize_patches(target, eps)

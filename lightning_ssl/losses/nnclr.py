@@ -24,9 +24,12 @@ def nearest_neighbours(z: Tensor, support: Tensor) -> Tensor:
     return support[sim.argmax(dim=1)]
 
 
-def nnclr_loss(p_1: Tensor, p_2: Tensor, nn_1: Tensor, nn_2: Tensor, temperature: float = 0.1,
-               gather_distributed: bool = True) -> Tensor:
+def nnclr_loss(
+    p_1: Tensor, p_2: Tensor, nn_1: Tensor, nn_2: Tensor, temperature: float = 0.1, gather_distributed: bool = True
+) -> Tensor:
     """Symmetric NNCLR loss: the neighbour of view 1's projection is the query whose positive is view 2's prediction
     (and the other way round); predictions (B, D), neighbours (B, D), detached here."""
-    return (info_nce_loss(nn_1.detach(), p_2, temperature, gather_distributed=gather_distributed)
-            + info_nce_loss(nn_2.detach(), p_1, temperature, gather_distributed=gather_distributed)) / 2
+    return (
+        info_nce_loss(nn_1.detach(), p_2, temperature, gather_distributed=gather_distributed)
+        + info_nce_loss(nn_2.detach(), p_1, temperature, gather_distributed=gather_distributed)
+    ) / 2

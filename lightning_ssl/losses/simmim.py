@@ -25,8 +25,10 @@ def simmim_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         mask: (B, H, W), 1 (or True) at masked pixels.
     """
     if pred.shape != target.shape or mask.shape != (pred.shape[0], *pred.shape[2:]):
-        raise ValueError(f"shapes do not match: pred {tuple(pred.shape)}, target {tuple(target.shape)}, "
-                         f"mask {tuple(mask.shape)} (want (B, H, W))")
+        raise ValueError(
+            f"shapes do not match: pred {tuple(pred.shape)}, target {tuple(target.shape)}, "
+            f"mask {tuple(mask.shape)} (want (B, H, W))"
+        )
     m = mask.float().unsqueeze(1)  # (B, 1, H, W)
     per_pixel = (pred.float() - target.float()).abs()  # (B, C, H, W)
     return (per_pixel * m).sum() / (m.sum() * pred.shape[1]).clamp(min=1.0)

@@ -62,8 +62,9 @@ def swav_loss(scores: Sequence[Tensor], codes: Sequence[Tensor], temperature: fl
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 1 <= len(codes) <= len(scores) or len(scores) < 2:
-        raise ValueError(f"need at least 2 crops and 1 <= assigned crops <= crops, got {len(codes)} codes for "
-                         f"{len(scores)} crops")
+        raise ValueError(
+            f"need at least 2 crops and 1 <= assigned crops <= crops, got {len(codes)} codes for {len(scores)} crops"
+        )
     logp = [F.log_softmax(s.float() / temperature, dim=1) for s in scores]
     total = scores[0].new_zeros((), dtype=torch.float32)
     for a, q in enumerate(codes):
@@ -75,13 +76,19 @@ def swav_loss(scores: Sequence[Tensor], codes: Sequence[Tensor], temperature: fl
 class SwAVLoss(nn.Module):
     """``sinkhorn`` on the assigned crops' scores, then ``swav_loss`` (no queue; the method adds one)."""
 
-    def __init__(self, temperature: float = 0.1, epsilon: float = 0.05, iterations: int = 3,
-                 num_assigned: int = 2) -> None:
+    def __init__(
+        self, temperature: float = 0.1, epsilon: float = 0.05, iterations: int = 3, num_assigned: int = 2
+    ) -> None:
         super().__init__()
         _check(epsilon, iterations)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature, self.epsilon, self.iterations, self.num_assigned = temperature, epsilon, iterations, num_assigned
+        self.temperature, self.epsilon, self.iterations, self.num_assigned = (
+            temperature,
+            epsilon,
+            iterations,
+            num_assigned,
+        )
 
     def forward(self, scores: Sequence[Tensor]) -> Tensor:
         codes = [sinkhorn(s, self.epsilon, self.iterations) for s in scores[: self.num_assigned]]

@@ -44,11 +44,14 @@ def covariance_term(z: Tensor) -> Tensor:
 
 
 @full_precision
-def vicreg_terms(z_a: Tensor, z_b: Tensor, gamma: float = 1.0, eps: float = 1e-4,
-                 gather_distributed: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+def vicreg_terms(
+    z_a: Tensor, z_b: Tensor, gamma: float = 1.0, eps: float = 1e-4, gather_distributed: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
     """(invariance, variance, covariance) terms, unweighted: variance averaged and covariance summed over the views."""
     if z_a.shape != z_b.shape or z_a.ndim != 2:
-        raise ValueError(f"the two views must be (B, D) of the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        raise ValueError(
+            f"the two views must be (B, D) of the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
     z_a, z_b = z_a.float(), z_b.float()
     invariance = F.mse_loss(z_a, z_b)
     if gather_distributed:
@@ -60,8 +63,16 @@ def vicreg_terms(z_a: Tensor, z_b: Tensor, gamma: float = 1.0, eps: float = 1e-4
     return invariance, variance, covariance
 
 
-def vicreg_loss(z_a: Tensor, z_b: Tensor, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0,
-                gamma: float = 1.0, eps: float = 1e-4, gather_distributed: bool = True) -> Tensor:
+def vicreg_loss(
+    z_a: Tensor,
+    z_b: Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+    gather_distributed: bool = True,
+) -> Tensor:
     """VICReg loss of two views' embeddings (B, D), with the paper's weights 25 / 25 / 1 by default."""
     _check(sim_weight, var_weight, cov_weight, gamma, eps)
     s, v, c = vicreg_terms(z_a, z_b, gamma, eps, gather_distributed)
@@ -69,13 +80,21 @@ def vicreg_loss(z_a: Tensor, z_b: Tensor, sim_weight: float = 25.0, var_weight: 
 
 
 class VICRegLoss(nn.Module):
-    def __init__(self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0, gamma: float = 1.0,
-                 eps: float = 1e-4, gather_distributed: bool = True) -> None:
+    def __init__(
+        self,
+        sim_weight: float = 25.0,
+        var_weight: float = 25.0,
+        cov_weight: float = 1.0,
+        gamma: float = 1.0,
+        eps: float = 1e-4,
+        gather_distributed: bool = True,
+    ) -> None:
         super().__init__()
         _check(sim_weight, var_weight, cov_weight, gamma, eps)
         self.sim_weight, self.var_weight, self.cov_weight = sim_weight, var_weight, cov_weight
         self.gamma, self.eps, self.gather_distributed = gamma, eps, gather_distributed
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
-        return vicreg_loss(z_a, z_b, self.sim_weight, self.var_weight, self.cov_weight, self.gamma, self.eps,
-                           self.gather_distributed)
+        return vicreg_loss(
+            z_a, z_b, self.sim_weight, self.var_weight, self.cov_weight, self.gamma, self.eps, self.gather_distributed
+        )

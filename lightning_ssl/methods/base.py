@@ -90,9 +90,14 @@ class SSLMethod(L.LightningModule):
         """A checkpoint of the same method with another architecture: say which tensors differ (and the
         backbone config it was written with), before PyTorch's bare size-mismatch error."""
         own = self.state_dict()
-        wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()  # extra state (a tokenizer's
-                 if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)  # bytes) has any size
-                 and not k.endswith("_extra_state")]
+        wrong = [
+            (k, tuple(v.shape), tuple(own[k].shape))
+            for k, v in state.items()  # extra state (a tokenizer's
+            if k in own
+            and hasattr(v, "shape")
+            and tuple(v.shape) != tuple(own[k].shape)  # bytes) has any size
+            and not k.endswith("_extra_state")
+        ]
         missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
         if not wrong and not missing:
             return
@@ -202,8 +207,9 @@ class MomentumMethod(SSLMethod):
     def current_momentum(self) -> float:
         """m for the update that follows the current optimizer step."""
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
-        return cosine_momentum(self.trainer.global_step if self._trainer is not None else 0, int(total),
-                               self.momentum, self.momentum_end)
+        return cosine_momentum(
+            self.trainer.global_step if self._trainer is not None else 0, int(total), self.momentum, self.momentum_end
+        )
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

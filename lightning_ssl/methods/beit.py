@@ -46,8 +46,10 @@ def load_tokenizer(tokenizer: str | nn.Module) -> nn.Module:
     elif isinstance(tokenizer, VisualTokenizer):
         tokenizer = tokenizer.tokenizer
     if not callable(getattr(tokenizer, "tokenize", None)) or not isinstance(getattr(tokenizer, "num_codes", None), int):
-        raise ValueError(f"a BEiT tokenizer needs tokenize(images) -> (B, h, w) ids and an int num_codes; "
-                         f"{type(tokenizer).__name__} lacks them")
+        raise ValueError(
+            f"a BEiT tokenizer needs tokenize(images) -> (B, h, w) ids and an int num_codes; "
+            f"{type(tokenizer).__name__} lacks them"
+        )
     return tokenizer.requires_grad_(False).eval()
 
 
@@ -66,8 +68,10 @@ class BEiT(SSLMethod):
         ``num_masked`` / ``min_block``: patches masked per image and the smallest block (default: BEiT's 75 and 16
         at 14 x 14, scaled to the grid); ``aspect``: the blocks' aspect-ratio range."""
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "add_mask_token"):
-            raise ValueError(f"BEiT needs a ViT backbone with a mask token (lightning_ssl.modules.vit.ViT), "
-                             f"got {type(backbone).__name__}")
+            raise ValueError(
+                f"BEiT needs a ViT backbone with a mask token (lightning_ssl.modules.vit.ViT), "
+                f"got {type(backbone).__name__}"
+            )
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         self.grid: tuple[int, int] = tuple(backbone.grid_size)
@@ -79,8 +83,10 @@ class BEiT(SSLMethod):
         size = backbone.image_size
         ids = self.tokenizer.tokenize(torch.zeros(1, backbone.in_channels, size, size))
         if tuple(ids.shape[1:]) != self.grid:
-            raise ValueError(f"the tokenizer gives a {tuple(ids.shape[1:])} grid of tokens for {size} px images, the "
-                             f"ViT has {self.grid} patches: use a tokenizer with the ViT's patch size")
+            raise ValueError(
+                f"the tokenizer gives a {tuple(ids.shape[1:])} grid of tokens for {size} px images, the "
+                f"ViT has {self.grid} patches: use a tokenizer with the ViT's patch size"
+            )
         self.head = nn.Linear(backbone.num_features, self.vocab_size)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -96,8 +102,10 @@ class BEiT(SSLMethod):
     def forward_beit(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Images (B, C, H, W) -> (logits at the masked positions (M, V), their token ids (M,), mask (B, N))."""
         if tuple(x.shape[-2:]) != (self.backbone.image_size,) * 2:
-            raise ValueError(f"BEiT's tokenizer and ViT are built for {self.backbone.image_size} px images, got "
-                             f"{tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"BEiT's tokenizer and ViT are built for {self.backbone.image_size} px images, got "
+                f"{tuple(x.shape[-2:])}"
+            )
         with torch.no_grad():
             targets = self.tokenizer.tokenize(x).flatten(1)  # (B, N)
         if mask is None:

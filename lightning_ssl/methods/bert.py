@@ -35,8 +35,16 @@ def bert_adamw(params: Any) -> torch.optim.Optimizer:
 class BERTNet(nn.Module):
     """``hidden(ids (B, T), mask (B, T) or None) -> (B, T, C)``; ``head(h (..., C)) -> logits (..., V)``."""
 
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float = 0.1,
-                 bias: bool = True) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float = 0.1,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.vocab_size, self.block_size, self.num_features = vocab_size, block_size, n_embd
         self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
@@ -87,14 +95,21 @@ class BERT(LanguageModel):
     ) -> None:
         """``vocab_size`` and ``block_size`` come from the datamodule in a config. ``pretrained``: a folder holding a
         Hugging Face masked LM (``packaged:all-MiniLM-L6-v2``); its sizes and tokenizer apply."""
-        for name, v in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer),
-                        ("n_head", n_head), ("n_embd", n_embd)):
+        for name, v in (
+            ("vocab_size", vocab_size),
+            ("block_size", block_size),
+            ("n_layer", n_layer),
+            ("n_head", n_head),
+            ("n_embd", n_embd),
+        ):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if not 0 < mlm_probability < 1:
             raise ValueError(f"mlm_probability must lie in (0, 1), got {mlm_probability}")
         if mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
-            raise ValueError(f"mask_fraction ({mask_fraction}) + random_fraction ({random_fraction}) must lie in [0, 1]")
+            raise ValueError(
+                f"mask_fraction ({mask_fraction}) + random_fraction ({random_fraction}) must lie in [0, 1]"
+            )
         if pretrained:
             from lightning_ssl.modules.pretrained import HFMaskedLM
 
@@ -111,8 +126,9 @@ class BERT(LanguageModel):
 
     def set_tokenizer(self, tokenizer) -> None:
         super().set_tokenizer(tokenizer)
-        self.register_buffer("special_ids", torch.tensor(tokenizer.special_ids, dtype=torch.long, device=self.device),
-                             persistent=False)
+        self.register_buffer(
+            "special_ids", torch.tensor(tokenizer.special_ids, dtype=torch.long, device=self.device), persistent=False
+        )
 
     def special_mask(self, ids: Tensor) -> Tensor:
         """(B, T) bool: special tokens and padding, never selected."""
@@ -120,8 +136,16 @@ class BERT(LanguageModel):
 
     def predict_targets(self, rows: Tensor, generator: torch.Generator | None = None):
         ids = rows[:, :-1]  # (B, T): the rows tile the text
-        inputs, labels = mlm_mask(ids, self.special_mask(ids), self.tokenizer.mask_id, self.tokenizer.vocab_size,
-                                  self.mlm_probability, self.mask_fraction, self.random_fraction, generator)
+        inputs, labels = mlm_mask(
+            ids,
+            self.special_mask(ids),
+            self.tokenizer.mask_id,
+            self.tokenizer.vocab_size,
+            self.mlm_probability,
+            self.mask_fraction,
+            self.random_fraction,
+            generator,
+        )
         selected = labels != IGNORE_INDEX
         logits = self.backbone(inputs, selected)  # (M, V): no padding in packed rows
         return logits, labels[selected], None
@@ -141,12 +165,17 @@ class BERT(LanguageModel):
         ``text``, in order; a list of texts gives one such list per text, concatenated."""
         tok = self._tok()
         texts = [text] if isinstance(text, str) else list(text)
-        rows = [ids[: self.block_size] for ids in tok.encode_documents([t.replace("[MASK]", tok.mask_token) for t in texts])]
+        rows = [
+            ids[: self.block_size] for ids in tok.encode_documents([t.replace("[MASK]", tok.mask_token) for t in texts])
+        ]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), tok.pad_id or 0, dtype=torch.long, device=self.device)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
-        valid = torch.arange(width, device=self.device)[None] < torch.tensor([len(r) for r in rows], device=self.device)[:, None]
+        valid = (
+            torch.arange(width, device=self.device)[None]
+            < torch.tensor([len(r) for r in rows], device=self.device)[:, None]
+        )
         was_training = self.training
         self.eval()
         h = self.backbone.hidden(ids, valid if not valid.all() else None)
@@ -170,12 +199,23 @@ class BERT(LanguageModel):
         tok = self._tok()
         ids = rows[:, :-1][:, :max_new_tokens].to(self.device)
         g = torch.Generator(device=ids.device).manual_seed(0)
-        inputs, labels = mlm_mask(ids, self.special_mask(ids), tok.mask_id, tok.vocab_size, self.mlm_probability,
-                                  self.mask_fraction, self.random_fraction, g)
+        inputs, labels = mlm_mask(
+            ids,
+            self.special_mask(ids),
+            tok.mask_id,
+            tok.vocab_size,
+            self.mlm_probability,
+            self.mask_fraction,
+            self.random_fraction,
+            g,
+        )
         was_training = self.training
         self.eval()
         with torch.no_grad():
             guess = self._valid_logits(self.backbone.head(self.backbone.hidden(inputs)).float()).argmax(-1)
         self.train(was_training)
         filled = torch.where(labels != IGNORE_INDEX, guess, inputs)
-        return [(tok.decode(x, skip_special_tokens=False), tok.decode(f), tok.decode(r)) for x, f, r in zip(inputs, filled, ids)]
+        return [
+            (tok.decode(x, skip_special_tokens=False), tok.decode(f), tok.decode(r))
+            for x, f, r in zip(inputs, filled, ids)
+        ]

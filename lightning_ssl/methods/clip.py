@@ -96,9 +96,11 @@ class CLIP(SSLMethod):
         hf = CLIPModel.from_pretrained(resolve_weights(path))
         for ours, theirs in ((self.image_proj, hf.visual_projection), (self.text_proj, hf.text_projection)):
             if ours.weight.shape != theirs.weight.shape:
-                raise ValueError(f"projections_from={path!r}: its projection is {tuple(theirs.weight.shape)}, this model's "
-                                 f"{tuple(ours.weight.shape)} (set embed_dim to its projection_dim, "
-                                 f"{hf.config.projection_dim}, and take both towers from the same checkpoint)")
+                raise ValueError(
+                    f"projections_from={path!r}: its projection is {tuple(theirs.weight.shape)}, this model's "
+                    f"{tuple(ours.weight.shape)} (set embed_dim to its projection_dim, "
+                    f"{hf.config.projection_dim}, and take both towers from the same checkpoint)"
+                )
             with torch.no_grad():
                 ours.weight.copy_(theirs.weight)
         with torch.no_grad():
@@ -153,12 +155,16 @@ class CLIP(SSLMethod):
             return  # a resumed run gets the tokenizer back from the checkpoint's state_dict
         dm = self.trainer.datamodule
         if not hasattr(dm, "train_captions"):
-            raise ValueError(f"{type(self.text_encoder).__name__} has no tokenizer and the datamodule "
-                             f"{type(dm).__name__} has no train_captions() to train one on: give tokenizer_path")
+            raise ValueError(
+                f"{type(self.text_encoder).__name__} has no tokenizer and the datamodule "
+                f"{type(dm).__name__} has no train_captions() to train one on: give tokenizer_path"
+            )
         from lightning_ssl.modules.text import BPETokenizer
 
         # rank 0 trains the BPE and every process takes its copy: identical vocabularies under DDP
-        state = self.trainer.strategy.broadcast(fit(dm.train_captions()).to_str() if self.global_rank == 0 else None, src=0)
+        state = self.trainer.strategy.broadcast(
+            fit(dm.train_captions()).to_str() if self.global_rank == 0 else None, src=0
+        )
         self.text_encoder.set_tokenizer(BPETokenizer.from_str(state))
         if self.global_rank == 0:
             ckpt = self.trainer.checkpoint_callback

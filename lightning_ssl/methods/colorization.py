@@ -30,7 +30,14 @@ from torch import Tensor, nn
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.modules.color import (
-    AB_SCALE, L_MAX, ab_bins, decode_ab, encode_ab, lab_to_rgb, rebalance_weights, rgb_to_lab,
+    AB_SCALE,
+    L_MAX,
+    ab_bins,
+    decode_ab,
+    encode_ab,
+    lab_to_rgb,
+    rebalance_weights,
+    rgb_to_lab,
 )
 from lightning_ssl.modules.distributed import is_distributed
 from lightning_ssl.optim import WarmupCosineLR
@@ -61,12 +68,14 @@ def feature_map(backbone: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         f = model.forward_features(x)
         pooled = model.forward_head(f) if hasattr(model, "forward_head") else f.mean(dim=tuple(range(2, f.ndim)))
         if f.ndim == 3:  # tokens (B, prefix + N, D)
-            f = f[:, getattr(model, "num_prefix_tokens", 0):]
+            f = f[:, getattr(model, "num_prefix_tokens", 0) :]
             side = int(f.shape[1] ** 0.5)
             f = f.transpose(1, 2).reshape(len(x), -1, side, f.shape[1] // side)
         return f, pooled
-    raise TypeError(f"colorization needs a spatial feature map, and {type(backbone).__name__} has no known way to give "
-                    f"one (supported: SmallCNN, ResNet, ViT, TimmBackbone, modules with forward_features)")
+    raise TypeError(
+        f"colorization needs a spatial feature map, and {type(backbone).__name__} has no known way to give "
+        f"one (supported: SmallCNN, ResNet, ViT, TimmBackbone, modules with forward_features)"
+    )
 
 
 class ColorDecoder(nn.Module):
@@ -104,13 +113,13 @@ class Colorization(SSLMethod):
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
         """Args:
-            mode: "classification" over quantized ab bins (the paper) or "regression" of ab (L2 baseline).
-            grid_size: side of the ab bins (10 in the paper). soft_encoding: Gaussian targets over the 5 nearest
-                bins instead of the nearest bin only. rebalance: class-rebalancing weights with ``rebalance_lambda``,
-                from the ab histogram of all training batches seen so far (a buffer, all-reduced under DDP).
-            annealed_temperature: T of the annealed-mean decoding used for pictures.
-            output_stride: predict ab at 1/``output_stride`` of the image side (4 in the paper).
-            mean, std: the RGB normalization of the input batches; default: the datamodule's ``norm_stats()``.
+        mode: "classification" over quantized ab bins (the paper) or "regression" of ab (L2 baseline).
+        grid_size: side of the ab bins (10 in the paper). soft_encoding: Gaussian targets over the 5 nearest
+            bins instead of the nearest bin only. rebalance: class-rebalancing weights with ``rebalance_lambda``,
+            from the ab histogram of all training batches seen so far (a buffer, all-reduced under DDP).
+        annealed_temperature: T of the annealed-mean decoding used for pictures.
+        output_stride: predict ab at 1/``output_stride`` of the image side (4 in the paper).
+        mean, std: the RGB normalization of the input batches; default: the datamodule's ``norm_stats()``.
         """
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()

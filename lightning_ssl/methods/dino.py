@@ -92,8 +92,11 @@ class DINO(MomentumMethod):
         process as DINOv2 does (``koleo_local=False``: over the global batch)."""
         super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
         self.save_hyperparameters()
-        for name, t in (("student_temp", student_temp), ("warmup_teacher_temp", warmup_teacher_temp),
-                        ("teacher_temp", teacher_temp)):
+        for name, t in (
+            ("student_temp", student_temp),
+            ("warmup_teacher_temp", warmup_teacher_temp),
+            ("teacher_temp", teacher_temp),
+        ):
             if not t > 0:
                 raise ValueError(f"{name} must be > 0, got {t}")
         if num_global_crops < 1:
@@ -107,8 +110,10 @@ class DINO(MomentumMethod):
         self.use_ibot = ibot_weight > 0
         if self.use_ibot:
             if not hasattr(backbone, "add_mask_token"):
-                raise ValueError(f"iBOT (ibot_weight > 0) needs a ViT backbone with patch tokens "
-                                 f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}")
+                raise ValueError(
+                    f"iBOT (ibot_weight > 0) needs a ViT backbone with patch tokens "
+                    f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}"
+                )
             block_masking(1, (1, 1), mask_ratio, mask_probability)  # validates the settings
             backbone.add_mask_token()  # before the teacher copy, so student and teacher match
         self.warmup_teacher_temp, self.teacher_temp = warmup_teacher_temp, teacher_temp
@@ -148,8 +153,12 @@ class DINO(MomentumMethod):
     def current_weight_decay(self) -> float:
         if self.weight_decay_end is None or self._trainer is None:
             return self.weight_decay
-        return cosine_momentum(self.trainer.global_step, int(self.trainer.estimated_stepping_batches),
-                               self.weight_decay, self.weight_decay_end)
+        return cosine_momentum(
+            self.trainer.global_step,
+            int(self.trainer.estimated_stepping_batches),
+            self.weight_decay,
+            self.weight_decay_end,
+        )
 
     def _schedule_weight_decay(self) -> None:
         wd = self.current_weight_decay()
@@ -208,7 +217,11 @@ class DINO(MomentumMethod):
         b = len(views[0])  # the monitors see what embed does: the teacher's (or unmasked student's) first crop
         if self.eval_teacher:
             return {"loss": loss, "features": t_feat[:b].detach()}
-        return {"loss": loss, "embed_input": views[0]} if self.use_ibot else {"loss": loss, "features": s_feat[:b].detach()}
+        return (
+            {"loss": loss, "embed_input": views[0]}
+            if self.use_ibot
+            else {"loss": loss, "features": s_feat[:b].detach()}
+        )
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         if self.clip_grad is not None:

@@ -32,8 +32,16 @@ def gpt_adamw(params: Any) -> torch.optim.Optimizer:
 class GPTNet(nn.Module):
     """The network: ``forward(idx (B, T)) -> logits (B, T, V)``, ``hidden(idx) -> (B, T, C)``."""
 
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float = 0.0,
-                 bias: bool = True) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.vocab_size, self.block_size, self.num_features = vocab_size, block_size, n_embd
         self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
@@ -73,8 +81,13 @@ class GPT(LanguageModel):
     ) -> None:
         """``vocab_size`` and ``block_size`` come from the datamodule in a config. ``pretrained``: a folder holding a
         Hugging Face causal LM (``save_pretrained``); its own sizes (and tokenizer, if the folder has one) apply."""
-        for name, v in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer),
-                        ("n_head", n_head), ("n_embd", n_embd)):
+        for name, v in (
+            ("vocab_size", vocab_size),
+            ("block_size", block_size),
+            ("n_layer", n_layer),
+            ("n_head", n_head),
+            ("n_embd", n_embd),
+        ):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if not 0 <= dropout < 1:
@@ -98,8 +111,15 @@ class GPT(LanguageModel):
         return logits.flatten(0, 1), y.flatten(), None
 
     @torch.no_grad()
-    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """(B, T) prompt ids -> (B, T + max_new_tokens), one sampled token at a time (``sample_logits``)."""
         was_training = self.training
         self.eval()
@@ -120,5 +140,11 @@ class GPT(LanguageModel):
         prompts = rows[:, :prompt_tokens].to(self.device)
         out = self.generate(prompts, max_new_tokens, **sampling)
         tok = self._tok()
-        return [(tok.decode(p), tok.decode(o[prompt_tokens:]), tok.decode(r[prompt_tokens : prompt_tokens + max_new_tokens]))
-                for p, o, r in zip(prompts, out, rows)]
+        return [
+            (
+                tok.decode(p),
+                tok.decode(o[prompt_tokens:]),
+                tok.decode(r[prompt_tokens : prompt_tokens + max_new_tokens]),
+            )
+            for p, o, r in zip(prompts, out, rows)
+        ]

@@ -38,8 +38,15 @@ class JEPAPredictor(nn.Module):
     """The predictor: project the context tokens to ``dim``, add fixed 2-D sin-cos positions, append a learnable
     mask token (plus its position) for every patch of one target block, transformer blocks, project back."""
 
-    def __init__(self, encoder_dim: int, grid: tuple[int, int], dim: int = 384, depth: int = 12, num_heads: int = 12,
-                 mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self,
+        encoder_dim: int,
+        grid: tuple[int, int],
+        dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -83,21 +90,28 @@ class IJEPA(MomentumMethod):
         ``loss``: ``smooth_l1`` (the reference code) or ``mse`` (the paper's L2). ``eval_teacher``: ``embed`` with
         the target encoder (the paper) or the context encoder."""
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "grid_size"):
-            raise ValueError(f"I-JEPA needs a ViT backbone that encodes a subset of patches "
-                             f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}")
+            raise ValueError(
+                f"I-JEPA needs a ViT backbone that encodes a subset of patches "
+                f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}"
+            )
         super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
         self.save_hyperparameters()
-        self.mask_kwargs = dict(num_targets=num_targets, target_scale=tuple(target_scale),
-                                target_aspect=tuple(target_aspect), context_scale=tuple(context_scale),
-                                min_keep=min_context)
+        self.mask_kwargs = dict(
+            num_targets=num_targets,
+            target_scale=tuple(target_scale),
+            target_aspect=tuple(target_aspect),
+            context_scale=tuple(context_scale),
+            min_keep=min_context,
+        )
         multiblock_masks(1, backbone.grid_size, **self.mask_kwargs)  # validates the settings
         if predictor_dim % predictor_heads:
             raise ValueError(f"predictor_dim {predictor_dim} is not divisible by predictor_heads {predictor_heads}")
         self.criterion = IJEPALoss(loss)
         self.eval_teacher = eval_teacher
         self.teacher_backbone = make_teacher(self.backbone)  # the target encoder (named as DINO's, for export/eval)
-        self.predictor = JEPAPredictor(backbone.num_features, backbone.grid_size, predictor_dim, predictor_depth,
-                                       predictor_heads)
+        self.predictor = JEPAPredictor(
+            backbone.num_features, backbone.grid_size, predictor_dim, predictor_depth, predictor_heads
+        )
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.teacher_backbone)]
@@ -106,9 +120,12 @@ class IJEPA(MomentumMethod):
         views, _ = batch
         x = views[0] if isinstance(views, (list, tuple)) else views
         if tuple(x.shape[-2:]) != (self.backbone.image_size,) * 2:
-            raise ValueError(f"I-JEPA's masks are drawn for {self.backbone.image_size} px images, got {tuple(x.shape[-2:])}")
-        context_ids, target_ids = (t.to(x.device) for t in multiblock_masks(len(x), self.backbone.grid_size,
-                                                                             **self.mask_kwargs))
+            raise ValueError(
+                f"I-JEPA's masks are drawn for {self.backbone.image_size} px images, got {tuple(x.shape[-2:])}"
+            )
+        context_ids, target_ids = (
+            t.to(x.device) for t in multiblock_masks(len(x), self.backbone.grid_size, **self.mask_kwargs)
+        )
         with torch.no_grad():
             t_tokens = self.teacher_backbone.forward_tokens(x)  # (B, 1 + N, D): the full image
             b, m, kt = target_ids.shape

@@ -45,12 +45,12 @@ class Jigsaw(SSLMethod):
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
         """Args:
-            num_permutations, permutation_seed: the size of the permutation set (100 in the paper's main results)
-                and the seed it is generated from.
-            grid: tiles per side. tile_size: tile side in pixels; default 6/7 of a cell (the paper's 64 px tiles
-                in 75 px cells), the rest of the cell is the gap and the range of the random offset.
-            normalize_tiles: standardize every tile on its own.
-            head_hidden_dim: hidden width of the classifier on the concatenated tile features (fc7).
+        num_permutations, permutation_seed: the size of the permutation set (100 in the paper's main results)
+            and the seed it is generated from.
+        grid: tiles per side. tile_size: tile side in pixels; default 6/7 of a cell (the paper's 64 px tiles
+            in 75 px cells), the rest of the cell is the gap and the range of the random offset.
+        normalize_tiles: standardize every tile on its own.
+        head_hidden_dim: hidden width of the classifier on the concatenated tile features (fc7).
         """
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()

@@ -38,8 +38,13 @@ from lightning_ssl.optim import WarmupCosineLR
 from lightning_ssl.runs import log_dir
 
 
-def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  generator: torch.Generator | None = None) -> Tensor:
+def sample_logits(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """(B, V) logits -> (B,) token ids. ``temperature`` 0 (or ``top_k`` 1) is greedy; ``top_k`` keeps the k most
     likely tokens, ``top_p`` the smallest set whose probability reaches p (nucleus sampling)."""
     if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
@@ -63,8 +68,13 @@ class LanguageModel(SSLMethod):
 
     needs = ()  # token roles the objective needs: "mask" (BERT), "sentinels" and "eos" (T5)
 
-    def __init__(self, net: nn.Module, vocab_size: int, optimizer: OptimizerCallable = torch.optim.AdamW,
-                 scheduler: LRSchedulerCallable | None = WarmupCosineLR) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        vocab_size: int,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = WarmupCosineLR,
+    ) -> None:
         super().__init__(net, optimizer, scheduler)
         self.vocab_size = vocab_size
         self.tokenizer: TextTokenizer | None = None
@@ -75,13 +85,21 @@ class LanguageModel(SSLMethod):
     def set_tokenizer(self, tokenizer: TextTokenizer) -> None:
         name = type(self).__name__
         if tokenizer.vocab_size > self.vocab_size:
-            raise ValueError(f"{name}: the tokenizer ({tokenizer}) has {tokenizer.vocab_size} tokens, more than the "
-                             f"model's embedding table (vocab_size={self.vocab_size}): raise model vocab_size or use "
-                             f"the tokenizer the model was trained with")
-        missing = [r for r in self.needs if (not tokenizer.sentinel_ids if r == "sentinels" else getattr(tokenizer, f"{r}_id") is None)]
+            raise ValueError(
+                f"{name}: the tokenizer ({tokenizer}) has {tokenizer.vocab_size} tokens, more than the "
+                f"model's embedding table (vocab_size={self.vocab_size}): raise model vocab_size or use "
+                f"the tokenizer the model was trained with"
+            )
+        missing = [
+            r
+            for r in self.needs
+            if (not tokenizer.sentinel_ids if r == "sentinels" else getattr(tokenizer, f"{r}_id") is None)
+        ]
         if missing:
-            raise ValueError(f"{name} needs a tokenizer with {' and '.join(missing)} tokens; {tokenizer} has none "
-                             f"(our trained tokenizers have <mask>; T5 sentinels come with data.sentinels)")
+            raise ValueError(
+                f"{name} needs a tokenizer with {' and '.join(missing)} tokens; {tokenizer} has none "
+                f"(our trained tokenizers have <mask>; T5 sentinels come with data.sentinels)"
+            )
         self.tokenizer = tokenizer
 
     def _bind_tokenizer(self) -> None:
@@ -95,9 +113,11 @@ class LanguageModel(SSLMethod):
         if self.tokenizer is None:
             self.set_tokenizer(data_tok)
         elif self.tokenizer != data_tok:
-            raise ValueError(f"{type(self).__name__}: the data's tokenizer ({data_tok}) is not the model's own "
-                             f"({self.tokenizer}): the token ids would mean different things. Give the data the "
-                             f"model's tokenizer (data.tokenizer: the run's tokenizer.json, or the pretrained folder).")
+            raise ValueError(
+                f"{type(self).__name__}: the data's tokenizer ({data_tok}) is not the model's own "
+                f"({self.tokenizer}): the token ids would mean different things. Give the data the "
+                f"model's tokenizer (data.tokenizer: the run's tokenizer.json, or the pretrained folder)."
+            )
 
     def on_fit_start(self) -> None:
         self._bind_tokenizer()
@@ -117,14 +137,18 @@ class LanguageModel(SSLMethod):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters", {}).get("vocab_size")
         if isinstance(saved, int) and saved != self.vocab_size:  # before the generic architecture check: say why
-            raise ValueError(f"the checkpoint's {type(self).__name__} has vocab_size={saved}, this one {self.vocab_size}: "
-                             f"use the checkpoint's tokenizer (data.tokenizer: its tokenizer.json)")
+            raise ValueError(
+                f"the checkpoint's {type(self).__name__} has vocab_size={saved}, this one {self.vocab_size}: "
+                f"use the checkpoint's tokenizer (data.tokenizer: its tokenizer.json)"
+            )
         super().on_load_checkpoint(checkpoint)
         if checkpoint.get("tokenizer"):
             self.set_tokenizer(TextTokenizer.from_str(checkpoint["tokenizer"], source="checkpoint"))
 
     # -- the objective ---------------------------------------------------------------------------------------
-    def predict_targets(self, rows: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def predict_targets(
+        self, rows: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """(B, T + 1) token rows -> logits (N, V), targets (N,) (-100: not scored), and the targets that count
         for accuracy (N,) bool (None: all)."""
         raise NotImplementedError
@@ -187,8 +211,10 @@ class LanguageModel(SSLMethod):
     # -- text in, text out -------------------------------------------------------------------------------------
     def _tok(self) -> TextTokenizer:
         if self.tokenizer is None:
-            raise RuntimeError(f"{type(self).__name__} has no tokenizer yet: fit it on a datamodule, load a checkpoint, "
-                               f"or call set_tokenizer(TextTokenizer.load(path))")
+            raise RuntimeError(
+                f"{type(self).__name__} has no tokenizer yet: fit it on a datamodule, load a checkpoint, "
+                f"or call set_tokenizer(TextTokenizer.load(path))"
+            )
         return self.tokenizer
 
     def _ids(self, text: str) -> Tensor:
@@ -197,8 +223,11 @@ class LanguageModel(SSLMethod):
     def _valid_logits(self, logits: Tensor) -> Tensor:
         """Rows of the embedding table beyond the tokenizer's vocabulary are never sampled."""
         n = self._tok().vocab_size
-        return logits if n >= logits.shape[-1] else logits.masked_fill(
-            torch.arange(logits.shape[-1], device=logits.device) >= n, float("-inf"))
+        return (
+            logits
+            if n >= logits.shape[-1]
+            else logits.masked_fill(torch.arange(logits.shape[-1], device=logits.device) >= n, float("-inf"))
+        )
 
     def text_samples(self, rows: Tensor, max_new_tokens: int = 64, **sampling: Any) -> list[tuple[str, str, str]]:
         """(input, output, reference) texts for a few validation rows (the ``TextSamples`` callback logs them)."""

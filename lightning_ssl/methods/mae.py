@@ -36,8 +36,16 @@ class MAEDecoder(nn.Module):
     """The lightweight decoder: project the encoder tokens, insert a shared learnable mask token at every masked
     position, add a fixed 2-D sin-cos positional embedding, transformer blocks, predict each patch's pixels."""
 
-    def __init__(self, encoder_dim: int, grid: tuple[int, int], patch_dim: int, dim: int = 512, depth: int = 8,
-                 num_heads: int = 16, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self,
+        encoder_dim: int,
+        grid: tuple[int, int],
+        patch_dim: int,
+        dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -77,8 +85,10 @@ class MAE(SSLMethod):
         """``backbone``: a ``lightning_ssl.modules.vit.ViT``. ``base_lr``: lr per 256 images of global batch
         (None: keep the optimizer's own lr)."""
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "patch_size"):
-            raise ValueError(f"MAE needs a ViT backbone that encodes visible patches only "
-                             f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}")
+            raise ValueError(
+                f"MAE needs a ViT backbone that encodes visible patches only "
+                f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}"
+            )
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         num_kept(backbone.num_patches, mask_ratio)  # rejects ratios outside [0, 1)
@@ -87,13 +97,15 @@ class MAE(SSLMethod):
         self.mask_ratio, self.norm_pix_loss, self.base_lr = mask_ratio, norm_pix_loss, base_lr
         self.patch_size, self.channels = backbone.patch_size, backbone.in_channels
         patch_dim = self.patch_size**2 * self.channels
-        self.decoder = MAEDecoder(backbone.num_features, backbone.grid_size, patch_dim, decoder_dim, decoder_depth,
-                                  decoder_heads)
+        self.decoder = MAEDecoder(
+            backbone.num_features, backbone.grid_size, patch_dim, decoder_dim, decoder_depth, decoder_heads
+        )
 
     def _check_size(self, x: Tensor) -> None:
         if tuple(x.shape[-2:]) != (self.backbone.image_size,) * 2:
-            raise ValueError(f"MAE's decoder is built for {self.backbone.image_size} px images, got "
-                             f"{tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"MAE's decoder is built for {self.backbone.image_size} px images, got {tuple(x.shape[-2:])}"
+            )
 
     def forward_mae(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Images (B, C, H, W) -> (pred (B, N, P), target (B, N, P), mask (B, N), latent (B, 1 + K, D))."""
@@ -140,8 +152,10 @@ class MAE(SSLMethod):
             trainer.estimated_stepping_batches  # noqa: B018  (sets up the training dataloader)
             size = getattr(trainer.train_dataloader, "batch_size", None)
         if not isinstance(size, int):
-            raise ValueError("MAE cannot find the batch size to scale base_lr by; set base_lr=None and give the "
-                             "optimizer's lr directly")
+            raise ValueError(
+                "MAE cannot find the batch size to scale base_lr by; set base_lr=None and give the "
+                "optimizer's lr directly"
+            )
         return size * trainer.world_size * trainer.accumulate_grad_batches
 
     def configure_optimizers(self) -> Any:

@@ -73,13 +73,17 @@ class MoCo(MomentumMethod):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         batch = getattr(self.trainer.datamodule, "batch_size", None) if self.trainer.datamodule is not None else None
-        synced = [type(m).__name__ for m in self.key_backbone.modules()
-                  if isinstance(m, (nn.SyncBatchNorm, DistributedBatchNorm))]
+        synced = [
+            type(m).__name__
+            for m in self.key_backbone.modules()
+            if isinstance(m, (nn.SyncBatchNorm, DistributedBatchNorm))
+        ]
         if self.shuffle_bn and synced and self.trainer.world_size > 1:
             raise ValueError(
                 "MoCo's shuffle-BN and synchronized BatchNorm exclude each other: with trainer.sync_batchnorm the key "
                 "encoder's statistics cover the whole global batch and the shuffle does nothing. Choose one: "
-                "--trainer.sync_batchnorm false (shuffle-BN, the paper's) or --model.init_args.shuffle_bn false.")
+                "--trainer.sync_batchnorm false (shuffle-BN, the paper's) or --model.init_args.shuffle_bn false."
+            )
         if batch is not None and self.split_bn > 1 and batch % self.split_bn:
             raise ValueError(f"MoCo split_bn={self.split_bn} does not divide the batch size {batch}")
         check_queue_size("MoCo", len(self.queue), batch, self.trainer.world_size)
@@ -94,7 +98,9 @@ class MoCo(MomentumMethod):
             x_all = gather(x, with_grad=False)
             perm = torch.randperm(len(x_all), device=x.device)
             dist.broadcast(perm, src=0)
-            k_all = gather(self.key_projector(self.key_backbone(x_all[perm.view(world_size(), -1)[rank()]])), with_grad=False)
+            k_all = gather(
+                self.key_projector(self.key_backbone(x_all[perm.view(world_size(), -1)[rank()]])), with_grad=False
+            )
             k = k_all[torch.argsort(perm).view(world_size(), -1)[rank()]]
         else:
             k = self.key_projector(self.key_backbone(x))
@@ -113,8 +119,12 @@ class MoCo(MomentumMethod):
         loss = info_nce_loss(q, k, self.temperature, negatives, in_batch_negatives=False)
         if self.symmetric:  # the symmetrized variant: swap the roles of the two views too
             k2 = self.keys(x_q)
-            loss = (loss + info_nce_loss(self.projector(self.backbone(x_k)), k2, self.temperature, negatives,
-                                         in_batch_negatives=False)) / 2
+            loss = (
+                loss
+                + info_nce_loss(
+                    self.projector(self.backbone(x_k)), k2, self.temperature, negatives, in_batch_negatives=False
+                )
+            ) / 2
             self.enqueue(k2)
         self.enqueue(k)
         self.log("train/loss", loss, prog_bar=True)

@@ -50,10 +50,12 @@ class MoCoV3(MomentumMethod):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
-        self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=proj_layers,
-                                        last_batch_norm=True)
-        self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, num_layers=2,
-                                        last_batch_norm=pred_last_batch_norm)
+        self.projector = ProjectionHead(
+            self.num_features, proj_hidden_dim, proj_dim, num_layers=proj_layers, last_batch_norm=True
+        )
+        self.predictor = ProjectionHead(
+            proj_dim, pred_hidden_dim, proj_dim, num_layers=2, last_batch_norm=pred_last_batch_norm
+        )
         self.momentum_backbone, self.momentum_projector = make_teacher(self.backbone), make_teacher(self.projector)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -65,6 +67,8 @@ class MoCoV3(MomentumMethod):
         q1, q2 = self.predictor(self.projector(h1)), self.predictor(self.projector(self.backbone(x2)))
         with torch.no_grad():
             k1, k2 = (self.momentum_projector(self.momentum_backbone(x)) for x in (x1, x2))
-        loss = 2 * self.temperature * (info_nce_loss(q1, k2, self.temperature) + info_nce_loss(q2, k1, self.temperature))
+        loss = (
+            2 * self.temperature * (info_nce_loss(q1, k2, self.temperature) + info_nce_loss(q2, k1, self.temperature))
+        )
         self.log("train/loss", loss, prog_bar=True)
         return {"loss": loss, "features": h1.detach()}

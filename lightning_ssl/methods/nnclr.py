@@ -46,7 +46,9 @@ class NNCLR(SSLMethod):
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         _check_temperature(temperature)
         self.temperature = temperature
-        self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=3, last_batch_norm=True)
+        self.projector = ProjectionHead(
+            self.num_features, proj_hidden_dim, proj_dim, num_layers=3, last_batch_norm=True
+        )
         self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, num_layers=2)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))  # the support set
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))

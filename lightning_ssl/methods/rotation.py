@@ -42,9 +42,9 @@ class RotNet(SSLMethod):
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
         """Args:
-            head_hidden_dim, head_layers: the rotation classifier on the backbone features (an MLP; the paper
-                used the last conv blocks of a NIN as the head, which also keeps the backbone's last layer from
-                becoming too specific to rotations).
+        head_hidden_dim, head_layers: the rotation classifier on the backbone features (an MLP; the paper
+            used the last conv blocks of a NIN as the head, which also keeps the backbone's last layer from
+            becoming too specific to rotations).
         """
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()

@@ -28,8 +28,13 @@ from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.optim import WarmupCosineLR
 
 
-def simmim_masks(batch_size: int, grid: tuple[int, int], mask_patch: int = 1, mask_ratio: float = 0.6,
-                 generator: torch.Generator | None = None) -> Tensor:
+def simmim_masks(
+    batch_size: int,
+    grid: tuple[int, int],
+    mask_patch: int = 1,
+    mask_ratio: float = 0.6,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """(B, h, w) bool, True = masked, on a grid of h x w positions: squares of ``mask_patch`` x ``mask_patch``
     positions are masked at random, ceil(ratio x number of squares) of them in every sample."""
     if not 0.0 < mask_ratio < 1.0:
@@ -65,24 +70,33 @@ class SimMIM(SSLMethod):
         self.save_hyperparameters()
         self.is_vit = hasattr(backbone, "forward_tokens") and hasattr(backbone, "add_mask_token")
         inner = getattr(backbone, "model", backbone)
-        self.stem_name = next((n for n in ("patch_embed", "stem") if isinstance(getattr(inner, n, None), nn.Module)), None)
+        self.stem_name = next(
+            (n for n in ("patch_embed", "stem") if isinstance(getattr(inner, n, None), nn.Module)), None
+        )
         if not self.is_vit and (self.stem_name is None or not hasattr(inner, "forward_features")):
-            raise ValueError(f"SimMIM needs a lightning_ssl.modules.vit.ViT or a timm model with a patch_embed or stem "
-                             f"module (TimmBackbone), got {type(backbone).__name__}")
+            raise ValueError(
+                f"SimMIM needs a lightning_ssl.modules.vit.ViT or a timm model with a patch_embed or stem "
+                f"module (TimmBackbone), got {type(backbone).__name__}"
+            )
         self.channels, self.image_size = backbone.in_channels, backbone.image_size
         try:
             stem_channels, self.grid, out_channels, out_size = self._shapes()
         except RuntimeError as e:
-            raise ValueError(f"SimMIM: the backbone cannot take {self.channels}-channel {self.image_size} px images: {e}") from e
+            raise ValueError(
+                f"SimMIM: the backbone cannot take {self.channels}-channel {self.image_size} px images: {e}"
+            ) from e
         self.stem_stride = self.image_size // self.grid[0]
         if mask_patch_size % self.stem_stride or self.image_size % mask_patch_size:
-            raise ValueError(f"mask_patch_size {mask_patch_size} must be a multiple of the stem's stride "
-                             f"({self.stem_stride} px) and divide the image size ({self.image_size} px)")
+            raise ValueError(
+                f"mask_patch_size {mask_patch_size} must be a multiple of the stem's stride "
+                f"({self.stem_stride} px) and divide the image size ({self.image_size} px)"
+            )
         simmim_masks(1, self.grid, mask_patch_size // self.stem_stride, mask_ratio)  # validates the ratio
         self.out_stride = self.image_size // out_size
         if out_size * self.out_stride != self.image_size:
-            raise ValueError(f"the backbone's last feature map ({out_size}x{out_size}) does not tile the "
-                             f"{self.image_size} px image")
+            raise ValueError(
+                f"the backbone's last feature map ({out_size}x{out_size}) does not tile the {self.image_size} px image"
+            )
         self.mask_patch_size, self.mask_ratio = mask_patch_size, mask_ratio
         if self.is_vit:
             backbone.add_mask_token()
@@ -90,8 +104,9 @@ class SimMIM(SSLMethod):
         else:
             self.mask_token = nn.Parameter(torch.zeros(stem_channels))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.decoder = nn.Sequential(nn.Conv2d(out_channels, self.out_stride**2 * self.channels, kernel_size=1),
-                                     nn.PixelShuffle(self.out_stride))
+        self.decoder = nn.Sequential(
+            nn.Conv2d(out_channels, self.out_stride**2 * self.channels, kernel_size=1), nn.PixelShuffle(self.out_stride)
+        )
 
     def _inner(self) -> nn.Module:
         return getattr(self.backbone, "model", self.backbone)

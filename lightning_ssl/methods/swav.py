@@ -71,13 +71,19 @@ class SwAV(SSLMethod):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         if self.queue is not None:
-            batch = getattr(self.trainer.datamodule, "batch_size", None) if self.trainer.datamodule is not None else None
+            batch = (
+                getattr(self.trainer.datamodule, "batch_size", None) if self.trainer.datamodule is not None else None
+            )
             check_queue_size("SwAV", len(self.queue), batch, self.trainer.world_size)
 
     def _embeddings(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Backbone features (V*B, D) and normalized projections (V*B, d); crops of one size in one forward."""
-        h = torch.cat([self.backbone(torch.cat(list(group))) for _, group in
-                       itertools.groupby(views, key=lambda v: tuple(v.shape[-2:]))])
+        h = torch.cat(
+            [
+                self.backbone(torch.cat(list(group)))
+                for _, group in itertools.groupby(views, key=lambda v: tuple(v.shape[-2:]))
+            ]
+        )
         return h, F.normalize(self.projector(h), dim=1)
 
     @torch.no_grad()
@@ -91,7 +97,7 @@ class SwAV(SSLMethod):
         codes = []
         for i in range(a):
             s = scores[i] if stored is None else torch.cat([stored[:, i] @ self.prototypes.weight.T, scores[i]])
-            codes.append(sinkhorn(s, c.epsilon, c.iterations)[-len(scores[i]):])
+            codes.append(sinkhorn(s, c.epsilon, c.iterations)[-len(scores[i]) :])
         if use_queue:
             enqueue(self.queue, self.queue_ptr, torch.stack(z[:a], dim=1))
             self.queue_count.copy_(torch.clamp(self.queue_count + len(z[0]) * world_size(), max=len(self.queue)))
@@ -100,8 +106,10 @@ class SwAV(SSLMethod):
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         views, _ = batch
         if len(views) < max(2, self.criterion.num_assigned):
-            raise ValueError(f"SwAV needs at least 2 crops and {self.criterion.num_assigned} global crops first, "
-                             f"got {len(views)} views")
+            raise ValueError(
+                f"SwAV needs at least 2 crops and {self.criterion.num_assigned} global crops first, "
+                f"got {len(views)} views"
+            )
         with torch.no_grad():  # unit prototypes: scores are cosine similarities
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
         b = len(views[0])

@@ -36,8 +36,17 @@ def t5_adamw(params: Any) -> torch.optim.Optimizer:
 class T5Net(nn.Module):
     """``encode(src (B, S), mask) -> (B, S, C)``; ``decode(tgt_in (B, T), memory, memory_mask) -> logits (B, T, V)``."""
 
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_decoder_layer: int, n_head: int, n_embd: int,
-                 dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int,
+        n_decoder_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.vocab_size, self.block_size, self.num_features = vocab_size, block_size, n_embd
         self.wte = nn.Embedding(vocab_size, n_embd)
@@ -96,8 +105,14 @@ class T5(LanguageModel):
     ) -> None:
         """``vocab_size`` and ``block_size`` (the raw tokens per row, before corruption) come from the datamodule
         in a config. ``pretrained``: a folder holding a Hugging Face encoder-decoder; its sizes and tokenizer apply."""
-        for name, v in (("vocab_size", vocab_size), ("block_size", block_size), ("n_layer", n_layer),
-                        ("n_decoder_layer", n_decoder_layer), ("n_head", n_head), ("n_embd", n_embd)):
+        for name, v in (
+            ("vocab_size", vocab_size),
+            ("block_size", block_size),
+            ("n_layer", n_layer),
+            ("n_decoder_layer", n_decoder_layer),
+            ("n_head", n_head),
+            ("n_embd", n_embd),
+        ):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         span_counts(block_size, noise_density, mean_noise_span_length)  # checks the two values
@@ -111,7 +126,11 @@ class T5(LanguageModel):
         super().__init__(net, vocab_size, optimizer, scheduler)
         self.save_hyperparameters()
         self.spans = span_counts(block_size, noise_density, mean_noise_span_length)[1]
-        self.block_size, self.noise_density, self.mean_noise_span_length = block_size, noise_density, mean_noise_span_length
+        self.block_size, self.noise_density, self.mean_noise_span_length = (
+            block_size,
+            noise_density,
+            mean_noise_span_length,
+        )
         self.input_length, self.target_length = span_lengths(block_size, noise_density, mean_noise_span_length)
         if pretrained and net.tokenizer is not None:
             self.set_tokenizer(net.tokenizer)
@@ -119,8 +138,10 @@ class T5(LanguageModel):
     def set_tokenizer(self, tokenizer) -> None:
         super().set_tokenizer(tokenizer)
         if len(tokenizer.sentinel_ids) < self.spans:
-            raise ValueError(f"T5: rows of {self.block_size} tokens are corrupted in {self.spans} spans, but {tokenizer} "
-                             f"has only {len(tokenizer.sentinel_ids)} sentinels (raise data.sentinels)")
+            raise ValueError(
+                f"T5: rows of {self.block_size} tokens are corrupted in {self.spans} spans, but {tokenizer} "
+                f"has only {len(tokenizer.sentinel_ids)} sentinels (raise data.sentinels)"
+            )
         self.register_buffer("sentinel_ids", torch.tensor(tokenizer.sentinel_ids, device=self.device), persistent=False)
 
     @property
@@ -133,8 +154,14 @@ class T5(LanguageModel):
         return torch.cat([torch.full_like(tgt[:, :1], self.start_id), tgt[:, :-1]], dim=1)
 
     def corrupt(self, ids: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        return span_corruption(ids, self.sentinel_ids.to(ids.device), self.tokenizer.eos_id, self.noise_density,
-                               self.mean_noise_span_length, generator)
+        return span_corruption(
+            ids,
+            self.sentinel_ids.to(ids.device),
+            self.tokenizer.eos_id,
+            self.noise_density,
+            self.mean_noise_span_length,
+            generator,
+        )
 
     def predict_targets(self, rows: Tensor, generator: torch.Generator | None = None):
         src, tgt = self.corrupt(rows[:, :-1], generator)  # (B, L_in), (B, L_tgt)
@@ -143,8 +170,15 @@ class T5(LanguageModel):
         return logits.flatten(0, 1), tgt.flatten(), scored.flatten()
 
     @torch.no_grad()
-    def generate(self, src: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def generate(
+        self,
+        src: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """(B, S) encoder inputs -> (B, <= max_new_tokens) decoded tokens, stopping once every row has </s>."""
         was_training = self.training
         self.eval()

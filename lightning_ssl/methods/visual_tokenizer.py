@@ -42,26 +42,58 @@ from lightning_ssl.modules.vit import sincos_pos_embed
 from lightning_ssl.optim import WarmupCosineLR
 
 # PatchTokenizer's constructor arguments, which VisualTokenizer shares (and its checkpoints record)
-QUANTIZER_ARGS = ("num_codes", "code_dim", "decay", "commitment", "cosine", "kmeans_init", "dead_threshold", "restart",
-                  "dead_steps", "seed")
+QUANTIZER_ARGS = (
+    "num_codes",
+    "code_dim",
+    "decay",
+    "commitment",
+    "cosine",
+    "kmeans_init",
+    "dead_threshold",
+    "restart",
+    "dead_steps",
+    "seed",
+)
 
 
 class PatchTokenizer(nn.Module):
     """Encoder ViT + BEiT v2's task layer + ``VectorQuantizer``: images (B, C, H, W) -> token ids (B, h, w)."""
 
-    def __init__(self, backbone: nn.Module, num_codes: int = 8192, code_dim: int = 32, decay: float = 0.99,
-                 commitment: float = 1.0, cosine: bool = True, kmeans_init: bool = True, dead_threshold: float = 1.0,
-                 restart: bool = True, dead_steps: int = 10, seed: int = 0) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_codes: int = 8192,
+        code_dim: int = 32,
+        decay: float = 0.99,
+        commitment: float = 1.0,
+        cosine: bool = True,
+        kmeans_init: bool = True,
+        dead_threshold: float = 1.0,
+        restart: bool = True,
+        dead_steps: int = 10,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "patch_size"):
-            raise ValueError(f"the tokenizer's encoder must be a ViT with patch tokens "
-                             f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}")
+            raise ValueError(
+                f"the tokenizer's encoder must be a ViT with patch tokens "
+                f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}"
+            )
         self.backbone = backbone
         dim = backbone.num_features
         self.to_code = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, code_dim))
-        self.quantizer = VectorQuantizer(num_codes, code_dim, decay, commitment, cosine, kmeans_init,
-                                         dead_threshold=dead_threshold, restart=restart, dead_steps=dead_steps,
-                                         seed=seed)
+        self.quantizer = VectorQuantizer(
+            num_codes,
+            code_dim,
+            decay,
+            commitment,
+            cosine,
+            kmeans_init,
+            dead_threshold=dead_threshold,
+            restart=restart,
+            dead_steps=dead_steps,
+            seed=seed,
+        )
         self.num_codes, self.patch_size = num_codes, backbone.patch_size
         self.grid_size: tuple[int, int] = tuple(backbone.grid_size)
 
@@ -89,8 +121,10 @@ class PatchTokenizer(nn.Module):
             raise CheckpointError(f"{path!r} is not a checkpoint of lightning_ssl.methods.VisualTokenizer")
         if backbone is None:
             if not isinstance(hp.get("backbone"), dict):
-                raise CheckpointError(f"{path!r} does not record its encoder's config (the tokenizer was built in "
-                                      f"Python): pass backbone= the same encoder")
+                raise CheckpointError(
+                    f"{path!r} does not record its encoder's config (the tokenizer was built in "
+                    f"Python): pass backbone= the same encoder"
+                )
             backbone = _instantiate(hp["backbone"])
         tokenizer = cls(backbone, **{k: hp[k] for k in QUANTIZER_ARGS if k in hp})
         sd = {k: v for k, v in ckpt["state_dict"].items() if k.split(".")[0] in ("backbone", "to_code", "quantizer")}
@@ -104,15 +138,26 @@ class TokenDecoder(nn.Module):
     """Codes on the token grid (B, N, d) -> (B, N, out_dim): embed, fixed 2-D sin-cos positions, transformer blocks,
     LayerNorm, head (linear for pixels; Linear-Tanh-Linear for teacher features, as BEiT v2's decoder)."""
 
-    def __init__(self, code_dim: int, grid: tuple[int, int], out_dim: int, dim: int = 128, depth: int = 2,
-                 num_heads: int = 4, mlp_head: bool = False) -> None:
+    def __init__(
+        self,
+        code_dim: int,
+        grid: tuple[int, int],
+        out_dim: int,
+        dim: int = 128,
+        depth: int = 2,
+        num_heads: int = 4,
+        mlp_head: bool = False,
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(code_dim, dim)
         self.register_buffer("pos_embed", sincos_pos_embed(dim, grid, cls_token=False)[None], persistent=False)
         self.blocks = nn.Sequential(*[Block(dim, num_heads, 4.0, qkv_bias=True) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
-        self.head = (nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, out_dim)) if mlp_head
-                     else nn.Linear(dim, out_dim))
+        self.head = (
+            nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, out_dim))
+            if mlp_head
+            else nn.Linear(dim, out_dim)
+        )
 
     def forward(self, z_q: Tensor) -> Tensor:
         return self.head(self.norm(self.blocks(self.embed(z_q) + self.pos_embed)))
@@ -147,8 +192,19 @@ class VisualTokenizer(SSLMethod):
         EMA count per step is below ``dead_threshold`` or that went unused for ``dead_steps`` steps are restarted."""
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
-        tokenizer = PatchTokenizer(backbone, num_codes, code_dim, decay, commitment, cosine, kmeans_init,
-                                   dead_threshold, restart, dead_steps, seed)
+        tokenizer = PatchTokenizer(
+            backbone,
+            num_codes,
+            code_dim,
+            decay,
+            commitment,
+            cosine,
+            kmeans_init,
+            dead_threshold,
+            restart,
+            dead_steps,
+            seed,
+        )
         self.to_code, self.quantizer = tokenizer.to_code, tokenizer.quantizer  # registered here, shared with it
         self.__dict__["_tokenizer"] = tokenizer  # not a submodule: the parts above are the state
         self.num_codes, self.patch_size, self.teacher_image_size = num_codes, backbone.patch_size, teacher_image_size
@@ -156,12 +212,14 @@ class VisualTokenizer(SSLMethod):
         self.teacher = teacher
         if teacher is not None:
             teacher.requires_grad_(False).eval()
-            out_dim = self._teacher_features(torch.zeros(1, self.channels, backbone.image_size, backbone.image_size),
-                                             grid).shape[-1]
+            out_dim = self._teacher_features(
+                torch.zeros(1, self.channels, backbone.image_size, backbone.image_size), grid
+            ).shape[-1]
         else:
             out_dim = self.patch_size**2 * self.channels
-        self.decoder = TokenDecoder(code_dim, grid, out_dim, decoder_dim, decoder_depth, decoder_heads,
-                                    mlp_head=teacher is not None)
+        self.decoder = TokenDecoder(
+            code_dim, grid, out_dim, decoder_dim, decoder_depth, decoder_heads, mlp_head=teacher is not None
+        )
         self.register_buffer("val_counts", torch.zeros(num_codes), persistent=False)
 
     @property
@@ -206,8 +264,15 @@ class VisualTokenizer(SSLMethod):
         else:
             target = self._teacher_features(x, grid)
             rec_loss = feature_cosine_loss(rec, target)
-        return {"rec": rec, "target": target, "rec_loss": rec_loss, "commit_loss": q.loss, "indices": q.indices,
-                "counts": q.counts, "tokens": tokens}
+        return {
+            "rec": rec,
+            "target": target,
+            "rec_loss": rec_loss,
+            "commit_loss": q.loss,
+            "indices": q.indices,
+            "counts": q.counts,
+            "tokens": tokens,
+        }
 
     # -- training ------------------------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
@@ -217,10 +282,16 @@ class VisualTokenizer(SSLMethod):
         loss = out["rec_loss"] + out["commit_loss"]
         usage, perplexity = codebook_usage(out["counts"])
         self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({"train/rec_loss": out["rec_loss"], "train/commit_loss": out["commit_loss"],
-                       "train/perplexity": perplexity, "train/batch_usage": usage,
-                       "train/dead_codes": self.quantizer.dead_codes().float().mean(),
-                       "train/restarted": self.quantizer.restarted.float()})
+        self.log_dict(
+            {
+                "train/rec_loss": out["rec_loss"],
+                "train/commit_loss": out["commit_loss"],
+                "train/perplexity": perplexity,
+                "train/batch_usage": usage,
+                "train/dead_codes": self.quantizer.dead_codes().float().mean(),
+                "train/restarted": self.quantizer.restarted.float(),
+            }
+        )
         if self.teacher is None:
             self.log("train/rec_nmse", out["rec_loss"] / out["target"].var().clamp(min=1e-8))
         # the encoder saw the whole image: its pooled tokens are embed(x)

@@ -19,7 +19,19 @@ from lightning_ssl.metrics.zeroshot import (
 )
 
 __all__ = [
-    "clip_embedding_plot", "DEFAULT_TEMPLATES", "embed_2d", "embedding_plot", "encode_images", "encode_texts",
-    "ImageIndex", "index_images", "knn_accuracy", "knn_predict", "recall_at_k", "retrieve", "zero_shot_accuracy", "zero_shot_classifier",
+    "clip_embedding_plot",
+    "DEFAULT_TEMPLATES",
+    "embed_2d",
+    "embedding_plot",
+    "encode_images",
+    "encode_texts",
+    "ImageIndex",
+    "index_images",
+    "knn_accuracy",
+    "knn_predict",
+    "recall_at_k",
+    "retrieve",
+    "zero_shot_accuracy",
+    "zero_shot_classifier",
     "zero_shot_classify",
 ]

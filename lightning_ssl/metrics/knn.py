@@ -26,7 +26,9 @@ def knn_predict(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if bank_labels.min() < 0 or bank_labels.max() >= num_classes:
-        raise ValueError(f"bank labels must lie in [0, {num_classes}), got [{int(bank_labels.min())}, {int(bank_labels.max())}]")
+        raise ValueError(
+            f"bank labels must lie in [0, {num_classes}), got [{int(bank_labels.min())}, {int(bank_labels.max())}]"
+        )
     k = min(k, bank.shape[0])
     bank = F.normalize(bank.float(), dim=1)
     scores = []

@@ -16,7 +16,9 @@ def embed_2d(features: Tensor, method: str = "tsne", seed: int = 0) -> np.ndarra
     if method == "tsne":
         from sklearn.manifold import TSNE
 
-        return TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
+        return TSNE(
+            n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (len(x) - 1) / 3)
+        ).fit_transform(x)
     if method == "umap":
         try:
             import umap

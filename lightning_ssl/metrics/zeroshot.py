@@ -27,7 +27,9 @@ DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "{}")
 
 
 def _batched(fn, items, batch_size: int) -> Tensor:
-    return torch.cat([F.normalize(fn(items[i : i + batch_size]).float(), dim=-1) for i in range(0, len(items), batch_size)])
+    return torch.cat(
+        [F.normalize(fn(items[i : i + batch_size]).float(), dim=-1) for i in range(0, len(items), batch_size)]
+    )
 
 
 def _device(model) -> torch.device:
@@ -75,20 +77,33 @@ def zero_shot_classifier(model, class_names: Sequence[str], templates: Sequence[
 
 
 @torch.no_grad()
-def zero_shot_classify(model, images: Tensor, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
-                       image_embeddings: Tensor | None = None) -> Tensor:
+def zero_shot_classify(
+    model,
+    images: Tensor,
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    image_embeddings: Tensor | None = None,
+) -> Tensor:
     """Class probabilities (N, C) of ``images`` (or precomputed ``image_embeddings``) over the class names
     ``labels``: softmax of the model's logit scale (100 if it has none) times cosine similarity."""
     classes = zero_shot_classifier(model, labels, templates)
-    img = F.normalize(image_embeddings.float(), dim=-1) if image_embeddings is not None else encode_images(model, images)
+    img = (
+        F.normalize(image_embeddings.float(), dim=-1) if image_embeddings is not None else encode_images(model, images)
+    )
     scale = float(getattr(model, "logit_scale", 100.0))
     return (scale * img @ classes.T).softmax(-1)
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model, images: Tensor | None, targets: Tensor, class_names: Sequence[str],
-                       templates: Sequence[str] = DEFAULT_TEMPLATES, image_embeddings: Tensor | None = None,
-                       topk: Sequence[int] = (1, 5)) -> dict[int, float]:
+def zero_shot_accuracy(
+    model,
+    images: Tensor | None,
+    targets: Tensor,
+    class_names: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    image_embeddings: Tensor | None = None,
+    topk: Sequence[int] = (1, 5),
+) -> dict[int, float]:
     """Top-k zero-shot accuracy (in [0, 1]) for each k in ``topk`` (k larger than the class count is skipped)."""
     probs = zero_shot_classify(model, images, class_names, templates, image_embeddings)
     ranked = probs.topk(min(max(topk), probs.shape[1]), dim=1).indices  # (N, k)
@@ -97,11 +112,15 @@ def zero_shot_accuracy(model, images: Tensor | None, targets: Tensor, class_name
 
 
 @torch.no_grad()
-def recall_at_k(queries: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024) -> dict[int, float]:
+def recall_at_k(
+    queries: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024
+) -> dict[int, float]:
     """Retrieval recall@K: the fraction of queries (N, D) whose own target (row i of ``targets`` (N, D)) is
     among the K most similar targets (cosine). Ties count in the query's favour. Chance is K / N."""
     if queries.shape != targets.shape:
-        raise ValueError(f"queries and targets must pair up row by row, got {tuple(queries.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"queries and targets must pair up row by row, got {tuple(queries.shape)} and {tuple(targets.shape)}"
+        )
     q, t = F.normalize(queries.float(), dim=1), F.normalize(targets.float(), dim=1)
     ranks = []
     for start in range(0, len(q), chunk_size):
@@ -113,15 +132,22 @@ def recall_at_k(queries: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5, 10)
 
 
 @torch.no_grad()
-def retrieve(model, query_text: str | Sequence[str], k: int = 5, images: Tensor | None = None,
-             image_embeddings: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def retrieve(
+    model,
+    query_text: str | Sequence[str],
+    k: int = 5,
+    images: Tensor | None = None,
+    image_embeddings: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """The ``k`` images most similar to each text query: ``(scores, indices)``, each (Q, k), or (k,) for one
     string. Give ``images`` (N, C, H, W) or their precomputed normalized ``image_embeddings`` (N, D)."""
     if images is None and image_embeddings is None:
         raise ValueError("retrieve needs images or image_embeddings to search")
     single = isinstance(query_text, str)
     text = encode_texts(model, [query_text] if single else list(query_text))
-    img = F.normalize(image_embeddings.float(), dim=-1) if image_embeddings is not None else encode_images(model, images)
+    img = (
+        F.normalize(image_embeddings.float(), dim=-1) if image_embeddings is not None else encode_images(model, images)
+    )
     scores, idx = (text @ img.T).topk(min(k, len(img)), dim=1)
     return (scores[0], idx[0]) if single else (scores, idx)
 
@@ -174,9 +200,17 @@ def index_images(model, images: Tensor | Iterable, ids: Sequence | None = None, 
     return ImageIndex(model, torch.cat(parts), ids)
 
 
-def clip_embedding_plot(image_emb: Tensor, text_emb: Tensor, labels: Tensor, path: str | Path, method: str = "tsne",
-                        class_names: Sequence[str] | None = None, max_points: int = 1000, seed: int = 0,
-                        title: str | None = None) -> Path:
+def clip_embedding_plot(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    labels: Tensor,
+    path: str | Path,
+    method: str = "tsne",
+    class_names: Sequence[str] | None = None,
+    max_points: int = 1000,
+    seed: int = 0,
+    title: str | None = None,
+) -> Path:
     """One t-SNE/UMAP of image (dots) and text (crosses) embeddings together, coloured by class, with a thin
     line joining a few matching pairs; saves a PNG. Labels -1 (none) are drawn grey."""
     import matplotlib
@@ -196,7 +230,11 @@ def clip_embedding_plot(image_emb: Tensor, text_emb: Tensor, labels: Tensor, pat
     for i, c in enumerate(classes):
         m = y == c
         color = "0.6" if c < 0 else cmap(i % cmap.N)
-        name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else ("unlabelled" if c < 0 else str(c))
+        name = (
+            class_names[c]
+            if class_names is not None and 0 <= c < len(class_names)
+            else ("unlabelled" if c < 0 else str(c))
+        )
         ax.scatter(img_xy[m, 0], img_xy[m, 1], s=6, color=color, marker="o", label=name)
         ax.scatter(txt_xy[m, 0], txt_xy[m, 1], s=14, color=color, marker="x", linewidths=0.8)
     for j in range(min(n, 40)):  # a few pairs: how far apart the two modalities sit

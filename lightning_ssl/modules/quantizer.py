@@ -63,13 +63,14 @@ def _nearest(z: Tensor, codebook: Tensor, cosine: bool, chunk: int = 16384) -> T
     return torch.cat(out) if out else z.new_zeros(0, dtype=torch.long)
 
 
-def kmeans(x: Tensor, k: int, iters: int = 10, cosine: bool = False,
-           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def kmeans(
+    x: Tensor, k: int, iters: int = 10, cosine: bool = False, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means on x (M, D): (centroids (k, D), cluster sizes (k,)). Seeds: k distinct rows of x (drawn with
     replacement when M < k). A cluster that empties keeps its previous centroid. ``cosine``: spherical k-means
     (rows and centroids on the unit sphere)."""
     m = x.shape[0]
-    pick = (torch.randperm(m, generator=generator)[:k] if m >= k else torch.randint(0, m, (k,), generator=generator))
+    pick = torch.randperm(m, generator=generator)[:k] if m >= k else torch.randint(0, m, (k,), generator=generator)
     centroids = x[pick.to(x.device)].clone()
     counts = torch.zeros(k, device=x.device)
     for _ in range(max(1, iters)):

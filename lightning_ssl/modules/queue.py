@@ -30,5 +30,7 @@ def enqueue(queue: Tensor, ptr: Tensor, items: Tensor, gather_distributed: bool 
 def check_queue_size(owner: str, queue_size: int, batch_size: int | None, world_size: int) -> None:
     """A queue must hold at least one global batch, or the rows enqueued in one step overwrite each other."""
     if batch_size is not None and batch_size * world_size > queue_size:
-        raise ValueError(f"{owner} queue_size={queue_size} is smaller than the global batch ({batch_size} x "
-                         f"{world_size} processes): keys would overwrite each other")
+        raise ValueError(
+            f"{owner} queue_size={queue_size} is smaller than the global batch ({batch_size} x "
+            f"{world_size} processes): keys would overwrite each other"
+        )

@@ -113,8 +113,15 @@ class SplitBatchNorm(nn.BatchNorm2d):
         mean, var = (self.running_mean.repeat(s), self.running_var.repeat(s)) if track else (None, None)
         weight, bias = (self.weight.repeat(s), self.bias.repeat(s)) if self.affine else (None, None)
         out = nn.functional.batch_norm(
-            x.reshape(n // s, c * s, *x.shape[2:]), mean, var, weight, bias, True,
-            self.momentum if self.momentum is not None else 0.1, self.eps).view_as(x)
+            x.reshape(n // s, c * s, *x.shape[2:]),
+            mean,
+            var,
+            weight,
+            bias,
+            True,
+            self.momentum if self.momentum is not None else 0.1,
+            self.eps,
+        ).view_as(x)
         if track:
             with torch.no_grad():
                 self.running_mean.copy_(mean.view(s, c).mean(0))
@@ -127,8 +134,14 @@ def split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
     """Replace every ``BatchNorm2d`` of ``module`` by a ``SplitBatchNorm`` with the same parameters and statistics."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm):
-            new = SplitBatchNorm(child.num_features, num_splits, eps=child.eps, momentum=child.momentum,
-                                 affine=child.affine, track_running_stats=child.track_running_stats)
+            new = SplitBatchNorm(
+                child.num_features,
+                num_splits,
+                eps=child.eps,
+                momentum=child.momentum,
+                affine=child.affine,
+                track_running_stats=child.track_running_stats,
+            )
             new.load_state_dict(child.state_dict())
             setattr(module, name, new)
         else:

@@ -32,7 +32,9 @@ class BPETokenizer:
             raise ValueError("not a BPETokenizer: <pad> must be id 0 and <sot>/<eot> must exist")
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, lowercase: bool = True) -> BPETokenizer:
+    def train(
+        cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, lowercase: bool = True
+    ) -> BPETokenizer:
         from lightning_ssl.modules.tokenizer import train_tokenizer
 
         return cls(train_tokenizer(texts, "bpe", vocab_size, min_frequency, lowercase, special_tokens=[PAD, SOT, EOT]))
@@ -86,9 +88,20 @@ class TextTransformer(nn.Module):
     tokenizer (``tokenizer_path``, or trained later with ``fit_tokenizer``) must not be larger.
     """
 
-    def __init__(self, vocab_size: int = 4096, width: int = 256, layers: int = 4, heads: int = 4,
-                 context_length: int = 32, causal: bool = True, pooling: str = "eot", dropout: float = 0.0,
-                 tokenizer_path: str | None = None, min_frequency: int = 2, lowercase: bool = True) -> None:
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        width: int = 256,
+        layers: int = 4,
+        heads: int = 4,
+        context_length: int = 32,
+        causal: bool = True,
+        pooling: str = "eot",
+        dropout: float = 0.0,
+        tokenizer_path: str | None = None,
+        min_frequency: int = 2,
+        lowercase: bool = True,
+    ) -> None:
         super().__init__()
         if pooling not in ("eot", "mean"):
             raise ValueError(f"pooling must be 'eot' or 'mean', got {pooling!r}")
@@ -98,8 +111,9 @@ class TextTransformer(nn.Module):
         self.min_frequency, self.lowercase = min_frequency, lowercase
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.pos_embedding = nn.Parameter(torch.randn(context_length, width) * 0.01)
-        block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, activation="gelu", batch_first=True,
-                                           norm_first=True)
+        block = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.transformer = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.ln_final = nn.LayerNorm(width)
         self.num_features = width
@@ -111,8 +125,10 @@ class TextTransformer(nn.Module):
     # -- the tokenizer --------------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer: BPETokenizer) -> None:
         if tokenizer.vocab_size > self.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the embedding table "
-                             f"(vocab_size={self.vocab_size})")
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} tokens, more than the embedding table "
+                f"(vocab_size={self.vocab_size})"
+            )
         self.tokenizer = tokenizer
 
     def fit_tokenizer(self, texts: Iterable[str]) -> BPETokenizer:
@@ -131,8 +147,10 @@ class TextTransformer(nn.Module):
 
     def tokenize(self, texts: list[str]) -> Tensor:
         if self.tokenizer is None:
-            raise RuntimeError("TextTransformer has no tokenizer yet: give tokenizer_path, or call "
-                               "fit_tokenizer(captions) (CLIP does this from the datamodule when fit starts)")
+            raise RuntimeError(
+                "TextTransformer has no tokenizer yet: give tokenizer_path, or call "
+                "fit_tokenizer(captions) (CLIP does this from the datamodule when fit starts)"
+            )
         return self.tokenizer.encode(list(texts), self.context_length)
 
     # -- the encoder ----------------------------------------------------------------------------------------
@@ -154,4 +172,3 @@ class TextTransformer(nn.Module):
     def forward(self, texts: list[str] | Tensor) -> Tensor:
         ids = texts if isinstance(texts, Tensor) else self.tokenize(texts)
         return self.encode_ids(ids.to(self.token_embedding.weight.device))
-

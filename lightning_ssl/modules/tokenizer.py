@@ -42,8 +42,14 @@ def sentinel(i: int) -> str:
     return f"<extra_id_{i}>"
 
 
-def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 4096, min_frequency: int = 2,
-                    lowercase: bool = False, special_tokens: list[str] | None = None):
+def train_tokenizer(
+    texts: Iterable[str],
+    kind: str = "bpe",
+    vocab_size: int = 4096,
+    min_frequency: int = 2,
+    lowercase: bool = False,
+    special_tokens: list[str] | None = None,
+):
     """A Hugging Face ``tokenizers.Tokenizer`` of ``kind`` trained on ``texts`` with at most ``vocab_size`` tokens,
     ``special_tokens`` first (ids 0, 1, ...)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -72,16 +78,21 @@ def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 4
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                      special_tokens=special_tokens,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # no unknown bytes
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            show_progress=False,
+            special_tokens=special_tokens,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )  # no unknown bytes
     else:
         tok = Tokenizer(models.WordPiece(unk_token=UNK if UNK in special_tokens else special_tokens[0]))
         norms = [normalizers.BertNormalizer(lowercase=lowercase)]
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                            special_tokens=special_tokens)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False, special_tokens=special_tokens
+        )
     tok.normalizer = normalizers.Sequence(norms)
     if kind in ("bpe", "wordpiece"):
         tok.train_from_iterator(texts, trainer)
@@ -107,12 +118,21 @@ class TextTokenizer:
 
     # -- building, saving, loading -------------------------------------------------------------------------------
     @classmethod
-    def train(cls, texts: Iterable[str], kind: str = "bpe", vocab_size: int = 4096, min_frequency: int = 2,
-              lowercase: bool = False, sentinels: int = 0) -> TextTokenizer:
+    def train(
+        cls,
+        texts: Iterable[str],
+        kind: str = "bpe",
+        vocab_size: int = 4096,
+        min_frequency: int = 2,
+        lowercase: bool = False,
+        sentinels: int = 0,
+    ) -> TextTokenizer:
         """Train on ``texts``: at most ``vocab_size`` tokens in all, the top ``sentinels`` of them T5 sentinels."""
         if sentinels < 0 or vocab_size <= len(SPECIALS) + sentinels:
-            raise ValueError(f"vocab_size={vocab_size} leaves no room for the {len(SPECIALS)} special tokens and "
-                             f"{sentinels} sentinels")
+            raise ValueError(
+                f"vocab_size={vocab_size} leaves no room for the {len(SPECIALS)} special tokens and "
+                f"{sentinels} sentinels"
+            )
         tok = train_tokenizer(texts, kind, vocab_size - sentinels, min_frequency, lowercase)
         tok.add_special_tokens([sentinel(i) for i in reversed(range(sentinels))])  # <extra_id_0> gets the top id
         return cls(tok, source=f"{kind} trained on the corpus")
@@ -127,8 +147,10 @@ class TextTokenizer:
         p = Path(resolve_weights(path))
         file = p / "tokenizer.json" if p.is_dir() else p
         if not file.is_file():
-            raise FileNotFoundError(f"no tokenizer at {path!r}: expected a tokenizer.json file or a folder with one "
-                                    f"(or one of the kinds {KINDS})")
+            raise FileNotFoundError(
+                f"no tokenizer at {path!r}: expected a tokenizer.json file or a folder with one "
+                f"(or one of the kinds {KINDS})"
+            )
         try:
             return cls(Tokenizer.from_file(str(file)), source=str(path))
         except Exception as e:  # tokenizers raises its own Exception type for malformed JSON

@@ -32,27 +32,41 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=bias)
         self.proj.residual = True  # GPT-2 scales the init of residual projections by 1/sqrt(2 * layers)
 
-    def forward(self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None, causal: bool = False
+    ) -> Tensor:
         b, t, c = x.shape
         if self.cross:
             q, (k, v) = self.q(x), self.kv(memory).split(c, dim=2)
         else:
             q, k, v = self.qkv(x).split(c, dim=2)
-        q, k, v = (z.view(b, z.shape[1], self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T|S, C/H)
+        q, k, v = (
+            z.view(b, z.shape[1], self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v)
+        )  # (B, H, T|S, C/H)
         attn_mask = None
         if mask is not None:
             attn_mask = mask[:, None, None, :]  # (B, 1, 1, S)
             if causal:
                 attn_mask = attn_mask & torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril()
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=causal and attn_mask is None)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal and attn_mask is None,
+        )
         return self.proj(y.transpose(1, 2).reshape(b, t, c))  # (B, T, C)
 
 
 class MLP(nn.Module):
     def __init__(self, dim: int, bias: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
-        self.fc, self.proj, self.drop = nn.Linear(dim, 4 * dim, bias=bias), nn.Linear(4 * dim, dim, bias=bias), nn.Dropout(dropout)
+        self.fc, self.proj, self.drop = (
+            nn.Linear(dim, 4 * dim, bias=bias),
+            nn.Linear(4 * dim, dim, bias=bias),
+            nn.Dropout(dropout),
+        )
         self.proj.residual = True
 
     def forward(self, x: Tensor) -> Tensor:
@@ -70,8 +84,14 @@ class Block(nn.Module):
         self.ln_3, self.mlp = nn.LayerNorm(dim, bias=bias), MLP(dim, bias, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False, memory: Tensor | None = None,
-                memory_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
         x = x + self.drop(self.attn(self.ln_1(x), mask=mask, causal=causal))
         if self.cross is not None:
             x = x + self.drop(self.cross(self.ln_2(x), memory=memory, mask=memory_mask))

@@ -72,9 +72,19 @@ class ViT(nn.Module):
         if pos_embed not in ("learned", "sincos"):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
         self.model_kwargs = dict(
-            img_size=image_size, patch_size=patch_size, in_chans=in_channels, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate,
-            global_pool=pool, fc_norm=False, num_classes=0, dynamic_img_size=True,
+            img_size=image_size,
+            patch_size=patch_size,
+            in_chans=in_channels,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop_path_rate=drop_path_rate,
+            global_pool=pool,
+            fc_norm=False,
+            num_classes=0,
+            dynamic_img_size=True,
         )
         # fc_norm=False: the final LayerNorm acts on every token (CLS and patches alike), which iBOT needs
         self.model = VisionTransformer(**self.model_kwargs)
@@ -161,5 +171,7 @@ class ViT(nn.Module):
 
     def export_recipe(self) -> str:
         kwargs = ", ".join(f"{k}={v!r}" for k, v in self.model_kwargs.items())
-        return ("import torch\nfrom timm.models.vision_transformer import VisionTransformer\n"
-                f"model = VisionTransformer({kwargs})\nmodel.load_state_dict(torch.load(PATH, weights_only=True))")
+        return (
+            "import torch\nfrom timm.models.vision_transformer import VisionTransformer\n"
+            f"model = VisionTransformer({kwargs})\nmodel.load_state_dict(torch.load(PATH, weights_only=True))"
+        )
