@@ -20,7 +20,7 @@ from lightning_ssl.precision import describe_machine
 
 
 def presets() -> list[tuple[str, ViewPreset, int, int]]:
-    out = [
+    return [
         ("SimCLR, Fashion-MNIST 28 px gray", SimCLRViews(min_scale=0.4, jitter_strength=0.5, blur_prob=0.0), 28, 1),
         ("SimCLR, CIFAR 32 px RGB", SimCLRViews(min_scale=0.08, jitter_strength=0.5, blur_prob=0.0), 32, 3),
         ("SimCLR + blur, STL-10 96 px RGB", SimCLRViews(), 96, 3),
@@ -29,7 +29,6 @@ def presets() -> list[tuple[str, ViewPreset, int, int]]:
         ("Satellite 64 px RGB", SatelliteViews(), 64, 3),
         ("DINO multi-crop 2x224 + 6x96 px RGB", MultiCropViews(), 224, 3),
     ]
-    return out
 
 
 def per_image(preset: ViewPreset, size: int, channels: int, seconds: float) -> float:

@@ -150,12 +150,12 @@ def main() -> None:
         "| method | kNN top-1 k=20 | kNN top-1 k=200 | train images/s | wall time |",
         "|---|---|---|---|---|",
     ]
-    for r in rows:
-        table.append(
-            f"| {r['method']} | {100 * r['knn20']:.2f}% | {100 * r['knn200']:.2f}% | {r['images_per_s']:.0f} "
-            f"| {r['wall_s'] / 60:.1f} min |"
-        )
-    text = "\n".join(table + ([""] + notes if notes else []))
+    table.extend(
+        f"| {r['method']} | {100 * r['knn20']:.2f}% | {100 * r['knn200']:.2f}% | {r['images_per_s']:.0f} "
+        f"| {r['wall_s'] / 60:.1f} min |"
+        for r in rows
+    )
+    text = "\n".join(table + (["", *notes] if notes else []))
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text + "\n")

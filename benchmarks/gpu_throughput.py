@@ -1,7 +1,8 @@
 """Training throughput on one accelerator: SimCLR ResNet-18 at 32 px and MAE ViT-S/16 at 224 px on generated
 images, with the views made per image in CPU dataloader workers vs batched on the device after transfer
-(kornia, per-sample parameters), at the precision auto picks (bf16-mixed on bf16 GPUs) + channels_last, optionally torch.compile; plus the model FLOP
-utilisation (MFU) estimated from FLOPs counted by ``torch.utils.flop_counter`` for one training step.
+(kornia, per-sample parameters), at the precision auto picks (bf16-mixed on bf16 GPUs) + channels_last, optionally
+torch.compile; plus the model FLOP utilisation (MFU) estimated from FLOPs counted by ``torch.utils.flop_counter``
+for one training step.
 
     .venv/bin/python benchmarks/gpu_throughput.py                      # on a GPU (benchmarks/gpu.sh runs it)
     .venv/bin/python benchmarks/gpu_throughput.py --quick              # a CPU smoke run at tiny sizes
@@ -21,12 +22,12 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_ssl.precision import auto_precision, describe_machine
 from lightning_ssl.callbacks.performance import Performance
 from lightning_ssl.data import ClassifierViews, SimCLRViews, SyntheticDataModule
 from lightning_ssl.methods import MAE, SimCLR
 from lightning_ssl.modules.backbones import ResNet
 from lightning_ssl.modules.vit import ViT
+from lightning_ssl.precision import auto_precision, describe_machine
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for the MFU estimate.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
@@ -154,7 +155,8 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     print(f"\n{describe_machine()}\nbatch {a.batch_size}, channels_last, {a.steps} steps ({a.warmup} warm-up)\n")
     print(
-        "| method | image size | augmentation | compile | images/s | model TFLOP/s | MFU |\n|---|---|---|---|---|---|---|"
+        "| method | image size | augmentation | compile | images/s | model TFLOP/s | MFU |"
+        "\n|---|---|---|---|---|---|---|"
     )
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"

@@ -231,15 +231,18 @@ def peers(a):
     print(
         f"Shakespeare, byte-level BPE {vocab} tokens, GPT {a.n_layer} layers x {a.n_embd} wide x {a.n_head} heads, "
         f"context {a.block_size}, batch {a.batch_size}, {a.steps} steps ({a.warmup} warm-up), AdamW lr 1e-3 + "
-        f"warmup/cosine, median of {a.rounds} alternating round(s); val loss on {a.val_batches} batches of held-out works\n"
+        f"warmup/cosine, median of {a.rounds} alternating round(s); "
+        f"val loss on {a.val_batches} batches of held-out works\n"
     )
     print(
-        "| implementation | parameters | tokens/s | ratio to lightning-ssl | val loss | val ppl |\n|---|---|---|---|---|---|"
+        "| implementation | parameters | tokens/s | ratio to lightning-ssl | val loss | val ppl |"
+        "\n|---|---|---|---|---|---|"
     )
     for n in names:
         m = statistics.median(speed[n])
         print(
-            f"| {label[n]} | {params[n] / 1e6:.2f}M | {m:.0f} | {m / ref:.2f} | {loss[n]:.3f} | {math.exp(loss[n]):.1f} |"
+            f"| {label[n]} | {params[n] / 1e6:.2f}M | "
+            f"{m:.0f} | {m / ref:.2f} | {loss[n]:.3f} | {math.exp(loss[n]):.1f} |"
         )
     if not litgpt_available():
         print("(litgpt not installed: pip install --no-deps litgpt==0.5.13 adds its row)")

@@ -11,9 +11,9 @@ apart: a VM whose speed drifts by 10-15% over minutes slows both alike, which se
 (``--mode alternating`` runs them one after the other instead, the order swapped every round). Each side is
 timed from its ``--warmup``-th step to its last, so start-up (Trainer construction, sanity checks, dataloader
 workers) is excluded and only the per-step cost is compared. Ours runs with the callbacks ``lightning-ssl fit``
-always adds, set as in the method's config (online probe, collapse monitor, non-finite guard; the kNN monitor only acts at validation, which
-neither side runs) and ``performance.channels_last: auto``; the plain loop uses the same memory format (channels-last
-for the CNNs, NCHW for MAE's ViT), so only the framework's per-step cost differs. The precision is
+always adds, set as in the method's config (online probe, collapse monitor, non-finite guard; the kNN monitor only acts
+at validation, which neither side runs) and ``performance.channels_last: auto``; the plain loop uses the same memory
+format (channels-last for the CNNs, NCHW for MAE's ViT), so only the framework's per-step cost differs. The precision is
 what ``lightning-ssl fit`` picks for the method here (``auto``: fp32 without native bf16; with it, the faster of the
 two for the backbone, ``measure_cpu_precision``).
 Prints the machine, then images/s (median and range over the rounds), the ratio of the medians, and the median
@@ -292,7 +292,7 @@ def main() -> None:
                     dm.trainer = _Training()
                     plain.append(run_plain(method, dm, a.steps, a.warmup, precision))
         o, q = statistics.median(ours), statistics.median(plain)
-        paired = [x / y for x, y in zip(ours, plain)]
+        paired = [x / y for x, y in zip(ours, plain, strict=True)]
         rows.append((method, precision, o, q, o / q, (min(ours), max(ours)), (min(plain), max(plain)), paired))
         print(
             f"{method}: ours {[round(v) for v in ours]} plain {[round(v) for v in plain]} "
@@ -304,7 +304,8 @@ def main() -> None:
         f"({a.warmup} warm-up), median [min-max] of {a.rounds} rounds, {a.mode}\n"
     )
     print(
-        "| method | precision | lightning-ssl (Trainer + callbacks) img/s | plain PyTorch loop img/s | ratio of medians "
+        "| method | precision | lightning-ssl (Trainer + callbacks) img/s | "
+        "plain PyTorch loop img/s | ratio of medians "
         "| per-round ratio, median [min-max] |\n|---|---|---|---|---|---|"
     )
     for m, prec, o, q, r, ro, rq, paired in rows:

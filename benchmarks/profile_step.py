@@ -17,9 +17,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-import overhead  # noqa: E402  (the same models, data, callbacks and plain loop)
+import overhead
 
-from lightning_ssl.precision import describe_machine, resolve_precision  # noqa: E402
+from lightning_ssl.precision import describe_machine, resolve_precision
 
 
 class Profiled(L.Callback):

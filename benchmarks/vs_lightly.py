@@ -13,12 +13,13 @@ with ``--lightly-channels-last`` in the same memory format as ours, which isolat
 implementations alternate within each of ``--rounds`` rounds, the order swapped every round (so a drift of the
 machine's speed favours neither); the table gives the median images/s with the range over the rounds, and the
 kNN of the last round's models; the ratio line adds the median and range of the per-round ratios (the two runs
-of a round are adjacent in time: their ratio is the least affected by a VM whose speed moves over minutes). The lightly modules follow lightly's documented
-examples (projection/prediction heads, NTXentLoss / NegativeCosineSimilarity, update_momentum with
-cosine_schedule in training_step). Rows "same views" feed both the identical batches (our datamodule, batched
-augmentation); the row "own views" gives lightly its own per-image SimCLRTransform in a dataloader worker, which
-is how lightly is normally used. Throughput is wall time per image after the first 20 steps of each run
-(warm-up): data, augmentation, step and callbacks. kNN: weighted, cosine, T=0.07, bank = all 60k training images.
+of a round are adjacent in time: their ratio is the least affected by a VM whose speed moves over minutes). The
+lightly modules follow lightly's documented examples (projection/prediction heads, NTXentLoss /
+NegativeCosineSimilarity, update_momentum with cosine_schedule in training_step). Rows "same views" feed both the
+identical batches (our datamodule, batched augmentation); the row "own views" gives lightly its own per-image
+SimCLRTransform in a dataloader worker, which is how lightly is normally used. Throughput is wall time per image
+after the first 20 steps of each run (warm-up): data, augmentation, step and callbacks. kNN: weighted, cosine,
+T=0.07, bank = all 60k training images.
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ def main() -> None:
         runs = [
             (
                 "lightning-ssl",
-                lambda: (
+                lambda method=method: (
                     OursSimCLR(backbone(), 512, 128, TEMPERATURE)
                     if method == "simclr"
                     else OursBYOL(backbone(), 512, 128, 512, momentum=0.99)
@@ -289,7 +290,7 @@ def main() -> None:
     for method, results in per_method.items():
         ours = [o["images_per_s"] for o in results["lightning-ssl"]]
         peer = [o["images_per_s"] for o in results["lightly (same views)"]]
-        paired = [x / y for x, y in zip(ours, peer)]
+        paired = [x / y for x, y in zip(ours, peer, strict=True)]
         print(
             f"{method}: throughput lightning-ssl / lightly (same views): ratio of medians "
             f"{statistics.median(ours) / statistics.median(peer):.3f}, per-round ratio median "

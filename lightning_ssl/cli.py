@@ -32,28 +32,28 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
 from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 
-import lightning_ssl.data  # noqa: F401  (registers the datamodules so configs can name them briefly)
-import lightning_ssl.eval.finetune  # noqa: F401
-import lightning_ssl.loggers  # noqa: F401
-import lightning_ssl.methods  # noqa: F401
+import lightning_ssl.data
+import lightning_ssl.eval.finetune
+import lightning_ssl.loggers
+import lightning_ssl.methods
 import lightning_ssl.modules.pretrained  # noqa: F401
 from lightning_ssl import runs
 from lightning_ssl.callbacks import (
     CollapseMonitor,
     EmbeddingPlot,
+    EndOfRun,
     KNNMonitor,
     LearningRateLogger,
     LinearLRScaling,
     NonFiniteGuard,
     OnlineLinearProbe,
-    EndOfRun,
     ViewGrid,
 )
 from lightning_ssl.callbacks.budget import TimeBudget

@@ -63,19 +63,20 @@ class WarmupCosineLR(LambdaLR):
 
     def set_total_steps(self, total_steps: int) -> None:
         self.total_steps = int(total_steps)
-        self.warmup_steps = int(round(self.warmup * total_steps)) if self.warmup < 1 else int(self.warmup)
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+        self.warmup_steps = round(self.warmup * total_steps) if self.warmup < 1 else int(self.warmup)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base_lr * self._factor(self.last_epoch)
 
     def resize(self, total_steps: int) -> None:
         """Change the schedule's length mid-run (``TimeBudget``) keeping the warm-up as it is, so the LR stays
         continuous while warming up; only a warm-up longer than half the new length is shortened."""
         if self.total_steps is None:
-            return self.set_total_steps(total_steps)
+            self.set_total_steps(total_steps)
+            return
         self.total_steps = int(total_steps)
         if self.warmup_steps > self.total_steps // 2:
             fraction = self.warmup if self.warmup < 1 else 0.05
-            self.warmup_steps = max(min(self.last_epoch + 1, self.total_steps // 2), int(round(fraction * total_steps)))
+            self.warmup_steps = max(min(self.last_epoch + 1, self.total_steps // 2), round(fraction * total_steps))
 
     def _factor(self, step: int) -> float:
         if self.total_steps is None:

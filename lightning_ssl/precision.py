@@ -73,7 +73,7 @@ class Chosen(str):
     """A precision that ``auto`` resolved to elsewhere (e.g. measured by the CLI), with the reason: the Trainer
     uses it as given and logs ``why`` instead of "as set"."""
 
-    def __new__(cls, precision: str, why: str) -> "Chosen":
+    def __new__(cls, precision: str, why: str) -> Chosen:
         obj = super().__new__(cls, precision)
         obj.why = why
         return obj

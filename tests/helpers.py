@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -84,9 +84,10 @@ def write_multiband_folder(
     bands b with b % classes == k, like a land-cover class's spectral signature) plus a low-frequency pattern
     and noise, in uint16 "reflectances" (0-10000) or float32. ``layout``: planar (C, H, W) or interleaved (H, W, C).
     Returns the written paths."""
+    from pathlib import Path
+
     import numpy as np
     import tifffile
-    from pathlib import Path
 
     rng = np.random.default_rng(seed)
     paths = []
@@ -134,10 +135,52 @@ class RecordSamples(L.Callback):
         )
 
 
-WORDS = (
-    "the cat dog king queen sword crown night day love war sea ship house lord lady fool ghost moon sun "
-    "sat ran saw loved fought sailed slept spoke said wept is was shall will doth hath and but or of to in on by"
-).split()
+WORDS = [
+    "the",
+    "cat",
+    "dog",
+    "king",
+    "queen",
+    "sword",
+    "crown",
+    "night",
+    "day",
+    "love",
+    "war",
+    "sea",
+    "ship",
+    "house",
+    "lord",
+    "lady",
+    "fool",
+    "ghost",
+    "moon",
+    "sun",
+    "sat",
+    "ran",
+    "saw",
+    "loved",
+    "fought",
+    "sailed",
+    "slept",
+    "spoke",
+    "said",
+    "wept",
+    "is",
+    "was",
+    "shall",
+    "will",
+    "doth",
+    "hath",
+    "and",
+    "but",
+    "or",
+    "of",
+    "to",
+    "in",
+    "on",
+    "by",
+]
 
 
 def write_corpus(folder, docs: int = 6, sentences: int = 40, seed: int = 0):

@@ -17,42 +17,49 @@ from lightning_ssl.checkpoint import CheckpointError, load_method, safe_load
 from lightning_ssl.data import (
     FashionMNISTDataModule,
     ImageFolderDataModule,
+    ImageTextDataModule,
+    MultiCropViews,
     SimCLRViews,
     SyntheticDataModule,
     TextClassificationDataModule,
+    TextCorpusDataModule,
 )
 from lightning_ssl.data.datasets import TensorImageDataset
 from lightning_ssl.data.streaming import check_chunks
 from lightning_ssl.eval import Classifier, export_backbone
-from lightning_ssl.losses import InfoNCELoss, NTXentLoss
-from lightning_ssl.data import ImageTextDataModule, MultiCropViews
-from lightning_ssl.losses import CLIPLoss, DINOLoss
+from lightning_ssl.losses import CLIPLoss, DINOLoss, InfoNCELoss, NTXentLoss
 from lightning_ssl.methods import (
-    BEiT,
+    BERT,
     BYOL,
     CLIP,
     DINO,
+    GPT,
+    IJEPA,
     MAE,
+    NNCLR,
+    T5,
+    BarlowTwins,
+    BEiT,
     Colorization,
     Jigsaw,
     MoCo,
     MoCoV3,
     SimCLR,
+    SimMIM,
+    SwAV,
+    VICReg,
     VisualTokenizer,
 )
-from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SimMIM, SwAV, VICReg
-from lightning_ssl.modules.color import rgb_to_lab
-from lightning_ssl.modules.masking import block_masking, patchify
-from lightning_ssl.modules.text import BPETokenizer, TextTransformer
-from lightning_ssl.modules.vit import ViT
-from lightning_ssl.modules.backbones import ResNet, SmallCNN
-from lightning_ssl.modules.heads import ProjectionHead
-from lightning_ssl.modules.pretrained import CheckpointBackbone
-from lightning_ssl.optim import WarmupCosineLR
-from lightning_ssl.data import TextCorpusDataModule
-from lightning_ssl.methods import BERT, GPT, T5
 from lightning_ssl.methods.lm import sample_logits
+from lightning_ssl.modules.backbones import ResNet, SmallCNN
+from lightning_ssl.modules.color import rgb_to_lab
+from lightning_ssl.modules.heads import ProjectionHead
+from lightning_ssl.modules.masking import block_masking, patchify
+from lightning_ssl.modules.pretrained import CheckpointBackbone
+from lightning_ssl.modules.text import BPETokenizer, TextTransformer
 from lightning_ssl.modules.tokenizer import TextTokenizer, train_tokenizer
+from lightning_ssl.modules.vit import ViT
+from lightning_ssl.optim import WarmupCosineLR
 from tests.helpers import write_corpus
 
 
@@ -796,7 +803,7 @@ CASES += [
 ]
 
 
-@pytest.mark.parametrize("fn,exc,pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("fn", "exc", "pattern"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_named(fn, exc, pattern, tmp_path):
     with pytest.raises(exc, match=pattern):
         fn(tmp_path)

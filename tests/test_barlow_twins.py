@@ -31,7 +31,7 @@ def test_hand_computed():
     assert barlow_twins_loss(z_a, z_b, lambda_offdiag=0.5).item() == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("dim,lambd", [(16, None), (16, 0.02), (64, 5e-3)])
+@pytest.mark.parametrize(("dim", "lambd"), [(16, None), (16, 0.02), (64, 5e-3)])
 def test_matches_reference(dim, lambd):
     torch.manual_seed(0)
     z1, z2 = torch.randn(32, dim), torch.randn(32, dim) * 3 + 1

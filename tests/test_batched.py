@@ -45,7 +45,7 @@ def _stats(boxes: np.ndarray, height: int, width: int) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    "height,width,scale",
+    ("height", "width", "scale"),
     [(375, 500, (0.08, 1.0)), (500, 375, (0.2, 1.0)), (64, 64, (0.08, 1.0)), (120, 600, (0.4, 1.0))],
     ids=["landscape-4:3", "portrait-3:4", "square", "panorama-5:1"],
 )
@@ -60,8 +60,10 @@ def test_crop_distribution_matches_torchvision_on_the_original(height, width, sc
         d = ks_2samp(a[k], b[k]).statistic
         assert d < 0.05, f"{k}: KS distance {d:.3f} from torchvision's RandomResizedCrop"
         np.testing.assert_allclose(np.quantile(a[k], q), np.quantile(b[k], q), atol=0.04, err_msg=k)
-    assert (ours[:, 0] >= 0).all() and (ours[:, 0] + ours[:, 2] <= height).all()
-    assert (ours[:, 1] >= 0).all() and (ours[:, 1] + ours[:, 3] <= width).all()
+    assert (ours[:, 0] >= 0).all()
+    assert (ours[:, 0] + ours[:, 2] <= height).all()
+    assert (ours[:, 1] >= 0).all()
+    assert (ours[:, 1] + ours[:, 3] <= width).all()
     assert (ours == np.round(ours)).all()  # whole pixels, as torchvision's
 
 
@@ -102,7 +104,8 @@ def test_intermediate_resize_costs_a_bounded_pixel_error():
     data = buf.getvalue()
     original = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy()).permute(2, 0, 1)
     squashed, size = decode_resized(data, 3, 256)
-    assert squashed.shape == (3, 256, 256) and size.tolist() == [375, 500]
+    assert squashed.shape == (3, 256, 256)
+    assert size.tolist() == [375, 500]
     torch.manual_seed(3)
     n = 48
     sizes = size.expand(n, 2)
@@ -110,7 +113,8 @@ def test_intermediate_resize_costs_a_bounded_pixel_error():
     ours = crop_and_resize(squashed.float().div(255).expand(n, -1, -1, -1).contiguous(), boxes, 224, sizes)
     ref = torch.stack([TF.resized_crop(original, *map(int, b), [224, 224], antialias=True) for b in boxes.tolist()])
     err = (ours - ref.float() / 255).abs().mean((1, 2, 3))
-    assert err.mean() < 0.02 and err.max() < 0.04, (err.mean(), err.max())
+    assert err.mean() < 0.02, (err.mean(), err.max())
+    assert err.max() < 0.04, (err.mean(), err.max())
     small = (boxes[:, 2] * boxes[:, 3] / (375 * 500)) < 0.2
     assert err[small].mean() > err[~small].mean()  # the lost detail shows in the upsampled small crops
     # the same boxes drawn on the square (the aspect error the original sizes avoid) are far off
@@ -183,7 +187,8 @@ def test_image_folder_batch_augment_decodes_in_workers_and_crops_on_device(tmp_p
     assert dm.decode_size == 18  # 8/7 of the view size
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (8, 3, 18, 18)
+    assert batch["image"].dtype == torch.uint8
+    assert batch["image"].shape == (8, 3, 18, 18)
     assert sorted(map(tuple, batch["size"].int().tolist())) == sorted([(30, 40), (50, 30), (64, 64), (90, 20)] * 2)
 
     class _T:
@@ -191,9 +196,11 @@ def test_image_folder_batch_augment_decodes_in_workers_and_crops_on_device(tmp_p
 
     dm.trainer = _T()
     views, labels = dm.on_after_batch_transfer(batch, 0)
-    assert [v.shape for v in views] == [(8, 3, 16, 16)] * 2 and labels.shape == (8,)
+    assert [v.shape for v in views] == [(8, 3, 16, 16)] * 2
+    assert labels.shape == (8,)
     x, y = next(iter(dm.val_dataloader()[0]))
-    assert x.dtype == torch.uint8 and x.shape == (8, 3, 16, 16)  # resized + center-cropped in the workers
+    assert x.dtype == torch.uint8
+    assert x.shape == (8, 3, 16, 16)
     _T.training = False
     xe, _ = dm.on_after_batch_transfer((x, y), 0)
     mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
@@ -219,7 +226,8 @@ def test_decode_on_the_device_matches_the_workers(tmp_path):
         d.setup("fit")
     w = next(iter(workers.train_dataloader()))
     raw = next(iter(device.train_dataloader()))
-    assert isinstance(raw["data"], list) and raw["data"][0].dtype == torch.uint8
+    assert isinstance(raw["data"], list)
+    assert raw["data"][0].dtype == torch.uint8
     d = device.on_before_batch_transfer(raw, 0)
     torch.testing.assert_close(d["size"], w["size"])
     assert (d["image"].float() - w["image"].float()).abs().mean() < 3.0  # of 255
@@ -230,7 +238,8 @@ def test_decode_on_the_device_matches_the_workers(tmp_path):
     images, sizes = decode_jpeg_batch(
         [torch.frombuffer(bytearray((root / "train/cat/0.jpg").read_bytes()), dtype=torch.uint8)], 10, 1, "cpu"
     )
-    assert images.shape == (1, 1, 10, 10) and sizes.tolist() == [[30.0, 40.0]]
+    assert images.shape == (1, 1, 10, 10)
+    assert sizes.tolist() == [[30.0, 40.0]]
 
 
 def test_corrupt_file_is_named_in_the_batched_path(tmp_path):
@@ -271,5 +280,7 @@ def test_a_new_user_switches_the_demo_config_to_their_folder(tmp_path):
             f"--checkpoint.dirpath={tmp_path}/ck",
         ]
     )
-    assert c.datamodule.batch_augment and c.datamodule.decode_size == 27
-    assert c.trainer.global_step == 1 and c.model.backbone.image_size == 24
+    assert c.datamodule.batch_augment
+    assert c.datamodule.decode_size == 27
+    assert c.trainer.global_step == 1
+    assert c.model.backbone.image_size == 24

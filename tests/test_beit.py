@@ -30,20 +30,25 @@ def tokenizer(**kw):
 
 
 # --- masking --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("grid,num_masked,min_block", [((14, 14), 75, 16), ((7, 7), 19, 4), ((8, 8), 24, 5)])
+@pytest.mark.parametrize(("grid", "num_masked", "min_block"), [((14, 14), 75, 16), ((7, 7), 19, 4), ((8, 8), 24, 5)])
 def test_beit_masking_ratio_blocks_and_limits(grid, num_masked, min_block):
     masks, blocks = beit_masking(400, grid, generator=torch.Generator().manual_seed(0), return_blocks=True)
     h, w = grid
-    assert masks.shape == (400, h * w) and masks.dtype == torch.bool
+    assert masks.shape == (400, h * w)
+    assert masks.dtype == torch.bool
     counts = masks.sum(1)
     assert int(counts.max()) <= num_masked  # the defaults scale BEiT's 75 of 196 and blocks of 16
     ratio = counts.float().mean().item() / (h * w)
     assert 0.9 * num_masked / (h * w) <= ratio <= num_masked / (h * w)  # ~40% at 14x14: 75/196 = 38%
-    for mask, rects in zip(masks, blocks):
+    for mask, rects in zip(masks, blocks, strict=True):
         union = torch.zeros(h, w, dtype=torch.bool)
         for top, left, bh, bw in rects:
-            assert bh * bw >= min_block and 0.3 - 1e-9 <= bh / bw <= 1 / 0.3 + 1e-9
-            assert 0 <= top and top + bh <= h and 0 <= left and left + bw <= w
+            assert bh * bw >= min_block
+            assert 0.3 - 1e-9 <= bh / bw <= 1 / 0.3 + 1e-9
+            assert top >= 0
+            assert top + bh <= h
+            assert left >= 0
+            assert left + bw <= w
             union[top : top + bh, left : left + bw] = True
         assert torch.equal(union.flatten(), mask)  # the mask is exactly its rectangles: contiguous blocks
     # per-sample masks differ, and a generator makes them reproducible
@@ -84,18 +89,18 @@ def test_beit_masking_follows_the_reference_algorithm():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"num_masked": 0},
-        {"num_masked": 49},
-        {"min_block": 0},
-        {"min_block": 30, "num_masked": 20},
-        {"aspect": (2.0, 1.0)},
-        {"attempts": 0},
+        ({"num_masked": 0}, "num_masked must lie in"),
+        ({"num_masked": 49}, "num_masked must lie in"),
+        ({"min_block": 0}, "min_block must lie in"),
+        ({"min_block": 30, "num_masked": 20}, "min_block must lie in"),
+        ({"aspect": (2.0, 1.0)}, "aspect ratio range"),
+        ({"attempts": 0}, "attempts must be"),
     ],
 )
-def test_beit_masking_rejects_impossible_settings(kwargs):
-    with pytest.raises(ValueError):
+def test_beit_masking_rejects_impossible_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         beit_masking(2, (7, 7), **kwargs)
 
 
@@ -134,7 +139,7 @@ def test_loss_is_cross_entropy_on_masked_positions_only():
     model = BEiT(vit(), FixedTokens(ids))
     x = torch.randn(4, 1, 16, 16)
     mask = beit_masking(4, (4, 4), generator=torch.Generator().manual_seed(0))
-    with mock.patch.object(beit_module, "beit_masking", lambda *a, **k: mask):
+    with mock.patch.object(beit_module, "beit_masking", return_value=mask):
         loss = model.training_step(([x], torch.zeros(4)), 0)["loss"]
         # a plain re-implementation: ViT with [MASK] tokens, the head on every position, CE where masked
         logits = model.head(model.backbone.forward_tokens(x, mask=mask)[:, 1:])
@@ -160,7 +165,8 @@ def test_masked_patches_are_replaced_by_the_learned_mask_embedding():
     y[:, :, :4, :] = torch.randn(2, 1, 4, 16)  # the first row of patches (all masked) changes
     a, b = (model.backbone.forward_tokens(v, mask=mask) for v in (x, y))
     torch.testing.assert_close(a, b)  # masked content is invisible
-    assert model.backbone.mask_token is not None and model.backbone.mask_token.requires_grad
+    assert model.backbone.mask_token is not None
+    assert model.backbone.mask_token.requires_grad
 
 
 def test_tokenizer_is_frozen_and_gets_no_gradient():
@@ -172,14 +178,16 @@ def test_tokenizer_is_frozen_and_gets_no_gradient():
     before = {k: v.clone() for k, v in model.tokenizer.state_dict().items()}
     loss = model.training_step(([torch.randn(8, 1, 16, 16)], torch.zeros(8)), 0)["loss"]
     loss.backward()
-    assert not model.tokenizer.backbone.training and not model.tokenizer.quantizer.training
+    assert not model.tokenizer.backbone.training
+    assert not model.tokenizer.quantizer.training
     assert all(p.grad is None and not p.requires_grad for p in model.tokenizer.parameters())
     assert all(torch.equal(v, before[k]) for k, v in model.tokenizer.state_dict().items())  # codebook untouched
     from lightning_ssl.optim import param_groups
 
     trainable = {id(p) for g in param_groups(model.trainable_modules()) for p in g["params"]}
     assert not trainable & {id(p) for p in model.tokenizer.parameters()}
-    assert model.head.weight.grad is not None and model.backbone.mask_token.grad is not None
+    assert model.head.weight.grad is not None
+    assert model.backbone.mask_token.grad is not None
 
 
 def test_beit_rejects_a_tokenizer_of_another_grid_and_a_non_vit():
@@ -249,7 +257,8 @@ def test_two_stage_recipe_from_the_configs(tmp_path):
     x = torch.randn(3, 1, 28, 28)
     stage1.model.eval()
     assert torch.equal(stage2.model.tokenizer.tokenize(x), stage1.model.tokenize(x))
-    assert stage2.model.vocab_size == 16 and stage2.trainer.global_step == 2
+    assert stage2.model.vocab_size == 16
+    assert stage2.trainer.global_step == 2
     backbone = CheckpointBackbone(str(tmp_path / "beit" / "last.ckpt")).eval()
     stage2.model.eval()
     torch.testing.assert_close(backbone(x), stage2.model.embed(x))
@@ -290,7 +299,8 @@ def test_hf_beit_for_masked_image_modeling_loads_as_a_backbone(tmp_path):
         backbone = HFVisionBackbone(str(tmp_path), pooling=pooling, in_channels=1, image_size=16).eval()
         with torch.no_grad():
             torch.testing.assert_close(backbone(x), want)
-    assert backbone.num_features == 32 and not hasattr(backbone.model, "lm_head")
+    assert backbone.num_features == 32
+    assert not hasattr(backbone.model, "lm_head")
     with torch.no_grad():
         torch.testing.assert_close(patch_features(backbone, x), hidden[:, 1:].transpose(1, 2).reshape(3, 32, 4, 4))
     # fine-tuning: a classifier step reaches the encoder; the unused [MASK] embedding is frozen

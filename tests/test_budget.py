@@ -65,7 +65,8 @@ def test_budget_sets_the_steps_and_the_schedules_end_there(monkeypatch, tmp_path
     trainer, budget, trace = run(
         monkeypatch, tmp_path, minutes=1.0, calibrate_steps=5
     )  # 60 s at 1 s/step: 60 steps (7.5 epochs)
-    assert budget.total_steps == 60 and trainer.global_step == 60
+    assert budget.total_steps == 60
+    assert trainer.global_step == 60
     assert trainer.current_epoch >= 7  # more epochs than the config's 3: the budget rules
     assert trace.lrs[-1] == pytest.approx(0.0, abs=1e-3 * max(trace.lrs))  # cosine at its end, not cut mid-way
     assert trace.momenta[-1] == pytest.approx(1.0)  # the EMA schedule ends too
@@ -77,7 +78,8 @@ def test_budget_sets_the_steps_and_the_schedules_end_there(monkeypatch, tmp_path
 
 def test_a_slower_machine_gets_fewer_steps(monkeypatch, tmp_path):
     trainer, budget, _ = run(monkeypatch, tmp_path, minutes=1.0, seconds_per_step=2.0)
-    assert budget.total_steps == 30 and trainer.global_step == 30
+    assert budget.total_steps == 30
+    assert trainer.global_step == 30
 
 
 def test_budget_state_survives_a_restart():
@@ -85,7 +87,8 @@ def test_budget_state_survives_a_restart():
     b.total_steps, b.elapsed = 123, 42.0
     c = TimeBudget(5)
     c.load_state_dict(b.state_dict())
-    assert c.total_steps == 123 and c.elapsed == pytest.approx(42.0)
+    assert c.total_steps == 123
+    assert c.elapsed == pytest.approx(42.0)
     assert TimeBudget(None).state_dict() == {}
 
 

@@ -100,7 +100,8 @@ def test_torchvision_backbone_adapts_its_first_conv(tmp_path, name):
     gray = TorchvisionBackbone(name, weights=str(tmp_path / "w.pt"), in_channels=1).eval()
     six = TorchvisionBackbone(name, weights=str(tmp_path / "w.pt"), in_channels=6).eval()
     stem_name, _ = first_conv(torchvision.models.get_model(name))
-    assert gray.model.get_submodule(stem_name).in_channels == 1 and six.model.get_submodule(stem_name).in_channels == 6
+    assert gray.model.get_submodule(stem_name).in_channels == 1
+    assert six.model.get_submodule(stem_name).in_channels == 6
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(gray(x[:, :1]), rgb(x[:, :1].repeat(1, 3, 1, 1)), atol=1e-4, rtol=1e-4)
@@ -130,7 +131,9 @@ def test_adapt_first_conv_keeps_the_bias_and_finds_nested_stems():
     )
     reference = copy.deepcopy(model)
     new = adapt_first_conv(model, 1)
-    assert model[1][0] is new and new.in_channels == 1 and model[3].in_channels == 8
+    assert model[1][0] is new
+    assert new.in_channels == 1
+    assert model[3].in_channels == 8
     x = torch.rand(2, 1, 8, 8)
     torch.testing.assert_close(model(x), reference(x.repeat(1, 3, 1, 1)))
     with pytest.raises(ValueError, match="no convolution reading 3 channels"):

@@ -57,37 +57,46 @@ def test_print_config_works():
     assert out.returncode == 0, out.stderr
     assert "not recommended to provide both args and command line" not in out.stderr  # the entry point passes one
     assert "class_path: lightning_ssl.methods.SimCLR" in out.stdout
-    assert "class_path: lightning_ssl.data.FashionMNISTDataModule" in out.stdout and "knn:" in out.stdout
+    assert "class_path: lightning_ssl.data.FashionMNISTDataModule" in out.stdout
+    assert "knn:" in out.stdout
     # what will run: Fashion-MNIST's 1 channel and 28 px are already in the backbone (not SmallCNN's defaults)
-    assert "in_channels: 1" in out.stdout and "image_size: 28" in out.stdout and "in_channels: 3" not in out.stdout
+    assert "in_channels: 1" in out.stdout
+    assert "image_size: 28" in out.stdout
+    assert "in_channels: 3" not in out.stdout
 
 
 def test_console_script_exit_code_and_help():
     exe = Path(sys.executable).with_name("lightning-ssl")
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "fit" in out.stdout and "validate" in out.stdout
+    assert out.returncode == 0
+    assert "fit" in out.stdout
+    assert "validate" in out.stdout
 
 
 def test_fit_resume_and_reload(tmp_path):
     c = cli(["fit", *tiny_args(tmp_path, "--trainer.max_epochs=2")])
     model = c.model
-    assert model.backbone.in_channels == 1 and model.backbone.image_size == 16  # from the data
+    assert model.backbone.in_channels == 1
+    assert model.backbone.image_size == 16
     saved = (tmp_path / "lightning_logs" / "version_0" / "config.yaml").read_text()
-    assert "in_channels: 1" in saved and "image_size: 16" in saved
+    assert "in_channels: 1" in saved
+    assert "image_size: 16" in saved
     last = tmp_path / "ckpt" / "last.ckpt"
     assert last.exists()
-    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()))
     knn = [float(r["val/knn_top1"]) for r in rows if r.get("val/knn_top1")]
-    assert len(knn) == 2 and all(0.0 <= a <= 1.0 for a in knn)
+    assert len(knn) == 2
+    assert all(0.0 <= a <= 1.0 for a in knn)
     assert any(r.get("val/probe_top1") for r in rows)
 
     reloaded = load_method(last)
     assert isinstance(reloaded, SimCLR)
-    for (k, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
+    for (k, a), b in zip(model.state_dict().items(), reloaded.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
 
     c2 = cli(["fit", *tiny_args(tmp_path, "--trainer.max_epochs=3"), "--ckpt_path=last"])
-    assert c2.trainer.current_epoch == 3 and c2.trainer.global_step == 3 * 4  # 32 images / 8 per batch
+    assert c2.trainer.current_epoch == 3
+    assert c2.trainer.global_step == 3 * 4
 
 
 def test_simclr_loss_decreases_and_embed_excludes_projector(tmp_path):
@@ -104,7 +113,7 @@ def test_simclr_loss_decreases_and_embed_excludes_projector(tmp_path):
             ),
         ]
     )
-    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
     x = torch.randn(3, 1, 16, 16)
@@ -160,7 +169,8 @@ def test_configs_ship_with_the_package_and_are_listed(tmp_path, monkeypatch, cap
     monkeypatch.setattr(sys, "argv", ["lightning-ssl", "configs"])
     main()
     out = capsys.readouterr().out
-    assert "simclr/fashion_mnist" in out and str(PACKAGED_CONFIGS) in out
+    assert "simclr/fashion_mnist" in out
+    assert str(PACKAGED_CONFIGS) in out
     c = cli(
         [
             "--config",

@@ -4,6 +4,7 @@ the image-text datamodule, and a tiny end-to-end fit."""
 import csv
 import json
 import math
+from typing import ClassVar
 
 import lightning as L
 import pytest
@@ -14,9 +15,9 @@ from torch import nn
 from lightning_ssl.callbacks import CLIPEmbeddingPlot
 from lightning_ssl.checkpoint import safe_load
 from lightning_ssl.data import ImageTextDataModule
-from lightning_ssl.metrics.zeroshot import recall_at_k, retrieve, zero_shot_accuracy, zero_shot_classify
 from lightning_ssl.losses import CLIPLoss, clip_logits, clip_loss, info_nce_loss
 from lightning_ssl.methods import CLIP
+from lightning_ssl.metrics.zeroshot import recall_at_k, retrieve, zero_shot_accuracy, zero_shot_classify
 from lightning_ssl.modules.backbones import SmallCNN
 from lightning_ssl.modules.text import BPETokenizer, TextTransformer
 from tests.helpers import run_distributed
@@ -96,7 +97,7 @@ def test_ddp_gradients_equal_one_process_with_the_whole_batch(local_loss):
     results = run_distributed(_ddp_clip, xi, xt, wi, wt, t, local_loss, True)
     for loss, grads, shape in results:
         assert loss == pytest.approx(full.item(), rel=1e-5)
-        for g, p in zip(grads, params):
+        for g, p in zip(grads, params, strict=True):
             torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
         # local loss: this process's 4 rows against all 8 columns (linear); global: the whole 8 x 8 matrix
         assert shape == ((4, 8) if local_loss else (8, 8))
@@ -118,19 +119,25 @@ CAPTIONS = ["dog face", "cat face", "red heart", "flag: Croatia", "grinning face
 def test_tokenizer_round_trip(tmp_path):
     tok = BPETokenizer.train(CAPTIONS, vocab_size=300, min_frequency=1)
     ids = tok.encode(["dog face", "flag: Croatia"], context_length=12)
-    assert ids.shape == (2, 12) and ids.dtype == torch.long
-    assert ids[0, 0] == tok.sot_id and (ids[0] == tok.eot_id).sum() == 1 and ids[0, -1] == tok.pad_id == 0
-    assert tok.decode(ids[0]) == "dog face" and tok.decode(ids[1]) == "flag: croatia"  # lowercased
+    assert ids.shape == (2, 12)
+    assert ids.dtype == torch.long
+    assert ids[0, 0] == tok.sot_id
+    assert (ids[0] == tok.eot_id).sum() == 1
+    assert ids[0, -1] == tok.pad_id == 0
+    assert tok.decode(ids[0]) == "dog face"
+    assert tok.decode(ids[1]) == "flag: croatia"
     cased = BPETokenizer.train(CAPTIONS, vocab_size=300, min_frequency=1, lowercase=False)
     text = "Zürich naïve 🐶 face, never seen!"  # unseen words and characters: byte-level, no unknown token
     assert cased.decode(cased.encode([text], 64)[0]) == text
     long = tok.encode(["grinning face with big eyes " * 10], context_length=8)[0]
-    assert long[0] == tok.sot_id and long[-1] == tok.eot_id and (long != 0).all()  # truncated, <eot> kept
+    assert long[0] == tok.sot_id
+    assert long[-1] == tok.eot_id
+    assert (long != 0).all()
     again = BPETokenizer.load(tok.save(tmp_path / "tok.json"))
     assert torch.equal(again.encode(CAPTIONS, 16), tok.encode(CAPTIONS, 16))
 
 
-@pytest.mark.parametrize("causal,pooling", [(True, "eot"), (False, "mean")])
+@pytest.mark.parametrize(("causal", "pooling"), [(True, "eot"), (False, "mean")])
 def test_text_transformer_ignores_padding_and_saves_its_tokenizer(causal, pooling, tmp_path):
     enc = TextTransformer(
         vocab_size=512, width=32, layers=2, heads=4, context_length=16, causal=causal, pooling=pooling
@@ -159,7 +166,7 @@ class Separable(nn.Module):
     """Images are (C, 1, 1) 'pictures' whose channel c is bright for class c; a text is one-hot on the class word it
     contains. Its embeddings separate the classes by construction."""
 
-    classes = ["cat", "dog", "car"]
+    classes: ClassVar[list[str]] = ["cat", "dog", "car"]
 
     def encode_image(self, x):
         return x.flatten(1)
@@ -172,7 +179,8 @@ def test_zero_shot_on_separable_embeddings_is_perfect():
     labels = torch.arange(3).repeat(10)
     images = (torch.nn.functional.one_hot(labels, 3).float() + 0.3 * torch.rand(30, 3)).view(30, 3, 1, 1)
     probs = zero_shot_classify(Separable(), images, Separable.classes, ["a photo of a {} .", "{}"])
-    assert probs.shape == (30, 3) and torch.allclose(probs.sum(1), torch.ones(30))
+    assert probs.shape == (30, 3)
+    assert torch.allclose(probs.sum(1), torch.ones(30))
     assert torch.equal(probs.argmax(1), labels)
     assert zero_shot_accuracy(Separable(), images, labels, Separable.classes, ["a {} here"], topk=(1, 5)) == {1: 1.0}
     shuffled = zero_shot_accuracy(Separable(), images, labels, ["dog", "car", "cat"], ["{}"])
@@ -183,7 +191,8 @@ def test_recall_on_identical_pairs_is_one():
     x = torch.randn(50, 16)
     assert recall_at_k(x, x.clone(), (1, 5, 10)) == {1: 1.0, 5: 1.0, 10: 1.0}
     reversed_pairs = recall_at_k(x, x.flip(0), (1, 5, 10))  # every query's own target is some other vector
-    assert reversed_pairs[1] < 0.1 and reversed_pairs[10] < 0.6
+    assert reversed_pairs[1] < 0.1
+    assert reversed_pairs[10] < 0.6
     ties = recall_at_k(torch.ones(4, 2), torch.ones(4, 2), (1,))
     assert ties == {1: 1.0}
 
@@ -191,9 +200,12 @@ def test_recall_on_identical_pairs_is_one():
 def test_retrieve_finds_the_matching_images():
     images = torch.eye(3).repeat(2, 1).view(6, 3, 1, 1)  # cat, dog, car, cat, dog, car
     scores, idx = retrieve(Separable(), "a dog", k=2, images=images)
-    assert sorted(idx.tolist()) == [1, 4] and scores.shape == (2,)
+    assert sorted(idx.tolist()) == [1, 4]
+    assert scores.shape == (2,)
     scores, idx = retrieve(Separable(), ["a car", "a cat"], k=1, images=images)
-    assert idx.shape == (2, 1) and idx[0, 0] % 3 == 2 and idx[1, 0] % 3 == 0
+    assert idx.shape == (2, 1)
+    assert idx[0, 0] % 3 == 2
+    assert idx[1, 0] % 3 == 0
     with pytest.raises(ValueError, match="needs images"):
         retrieve(Separable(), "a dog")
 
@@ -239,27 +251,34 @@ def test_image_text_datamodule_from_csv(tmp_path):
         test_fraction=0.25,
     )
     dm.setup("fit")
-    assert dm.class_names == ["blue", "green", "red"] and dm.num_classes == 3
-    assert len(dm.train_set) + len(dm.val_set) == 18 and len(dm.val_set) == 6  # 2 of each colour held out
+    assert dm.class_names == ["blue", "green", "red"]
+    assert dm.num_classes == 3
+    assert len(dm.train_set) + len(dm.val_set) == 18
+    assert len(dm.val_set) == 6
     images, labels, captions = next(iter(dm.train_dataloader()))
-    assert images.shape == (4, 3, 16, 16) and labels.shape == (4,) and len(captions) == 4
-    assert all(c.split()[-2] == dm.class_names[y] for c, y in zip(captions, labels.tolist()))
-    val, bank = dm.val_dataloader()
+    assert images.shape == (4, 3, 16, 16)
+    assert labels.shape == (4,)
+    assert len(captions) == 4
+    assert all(c.split()[-2] == dm.class_names[y] for c, y in zip(captions, labels.tolist(), strict=True))
+    val, _bank = dm.val_dataloader()
     images, labels, captions = next(iter(val))
-    assert images.shape[1:] == (3, 16, 16) and all(c.startswith("a ") for c in captions)  # eval template
+    assert images.shape[1:] == (3, 16, 16)
+    assert all(c.startswith("a ") for c in captions)
     assert len(dm.train_captions()) == 2 * len(dm.train_set)
     images, labels = dm.evaluation_tensors()  # the held-out images, without their captions
-    assert images.shape == (6, 3, 16, 16) and labels.tolist() == [dm.val_set.labels[i] for i in range(6)]
+    assert images.shape == (6, 3, 16, 16)
+    assert labels.tolist() == [dm.val_set.labels[i] for i in range(6)]
 
 
 def test_image_text_datamodule_unlabelled_jsonl_and_errors(tmp_path):
     path = write_pairs(tmp_path, jsonl=True, labels=False)
     dm = ImageTextDataModule(source=str(path), image_size=16, batch_size=4, num_workers=0)
     dm.setup("fit")
-    assert dm.num_classes is None and len(dm.val_dataloader()) == 1  # no labelled bank for the kNN monitor
+    assert dm.num_classes is None
+    assert len(dm.val_dataloader()) == 1
     assert (torch.tensor(dm.val_set.labels) == -1).all()
     (tmp_path / "img" / "red_square_0.png").unlink()
-    with pytest.raises(FileNotFoundError, match="red_square_0.png"):
+    with pytest.raises(FileNotFoundError, match=r"red_square_0\.png"):
         ImageTextDataModule(source=str(path)).prepare_data()
     bad = tmp_path / "bad.csv"
     bad.write_text("file,text\na.png,hello\n")
@@ -285,16 +304,14 @@ def test_emoji_source_uses_names_groups_and_templates(tmp_path, monkeypatch):
     monkeypatch.setattr(image_text, "load_emoji", lambda *a, **k: fake)
     dm = ImageTextDataModule(root=str(tmp_path), image_size=32, batch_size=4, num_workers=0)
     dm.setup("fit")
-    assert dm.class_names == sorted(groups) and dm.num_classes == 3
+    assert dm.class_names == sorted(groups)
+    assert dm.num_classes == 3
     caps = dm.train_captions()
-    assert (
-        "an emoji of thing 0" in caps
-        and "thing 0, a Animals & Nature emoji" in caps
-        and "a sub 0 emoji: thing 0" in caps
-    )
-    assert dm.val_set.labels and {f["name"] for f in dm.val_set.fields}.isdisjoint(
-        f["name"] for f in dm.train_set.fields
-    )
+    assert "an emoji of thing 0" in caps
+    assert "thing 0, a Animals & Nature emoji" in caps
+    assert "a sub 0 emoji: thing 0" in caps
+    assert dm.val_set.labels
+    assert {f["name"] for f in dm.val_set.fields}.isdisjoint(f["name"] for f in dm.train_set.fields)
     sub = ImageTextDataModule(root=str(tmp_path), label="subgroup", num_workers=0)
     sub.setup("fit")
     assert sub.class_names == [f"sub {i}" for i in range(6)]
@@ -333,9 +350,12 @@ def test_fit_logs_zero_shot_and_recall_and_reloads(tmp_path):
     m = trainer.callback_metrics
     for key in ("val/zeroshot_top1", "val/i2t_recall@1", "val/i2t_recall@10", "val/t2i_recall@5", "train/logit_scale"):
         assert key in m, key
-    assert 0 <= m["val/zeroshot_top1"] <= 1 and m["val/i2t_recall@10"] == 1.0  # 6 held-out pairs: top-10 has all
-    assert model.criterion.log_scale.item() <= math.log(100) + 1e-6 and model.logit_scale.item() <= 100
-    assert plot.last_path is not None and plot.last_path.exists()
+    assert 0 <= m["val/zeroshot_top1"] <= 1
+    assert m["val/i2t_recall@10"] == 1.0
+    assert model.criterion.log_scale.item() <= math.log(100) + 1e-6
+    assert model.logit_scale.item() <= 100
+    assert plot.last_path is not None
+    assert plot.last_path.exists()
     assert (tmp_path / "tokenizer.json").exists() or any(tmp_path.rglob("tokenizer.json"))
 
     ckpt = next(tmp_path.rglob("*.ckpt"))
@@ -357,7 +377,7 @@ def test_fit_logs_zero_shot_and_recall_and_reloads(tmp_path):
 def test_lock_text_trains_only_the_projection(tmp_path):
     dm = ImageTextDataModule(source=str(write_pairs(tmp_path)), image_size=16, batch_size=6, num_workers=0)
     model = tiny_clip(lock_text=True)
-    model.text_encoder.fit_tokenizer(CAPTIONS + ["a red circle"])
+    model.text_encoder.fit_tokenizer([*CAPTIONS, "a red circle"])
     before = {k: v.clone() for k, v in model.text_encoder.state_dict().items()}
     proj = model.text_proj.weight.detach().clone()
     trainer = L.Trainer(
@@ -372,7 +392,8 @@ def test_lock_text_trains_only_the_projection(tmp_path):
     )
     trainer.fit(model, dm)
     model.train()
-    assert not model.text_encoder.training and model.image_proj.training
+    assert not model.text_encoder.training
+    assert model.image_proj.training
     for k, v in model.text_encoder.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert not torch.equal(model.text_proj.weight, proj)

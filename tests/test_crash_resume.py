@@ -79,7 +79,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     # wait for last.ckpt of step 15 = batch 5 of epoch 1 (10 batches per epoch); reading it while the run writes
     # is safe because checkpoints are replaced atomically
     while not (last_path.exists() and safe_load(last_path)["global_step"] >= 15):
-        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint at step 15 before the deadline"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -91,7 +92,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     b = safe_load(tmp_path / "killed" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 30  # 3 epochs of 10 batches; a checkpoint every 5 steps
     for k, v in a["state_dict"].items():  # online and target networks, BatchNorm statistics, update counter
-        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
 
 
 _WRITER = """
@@ -133,7 +134,8 @@ def _kill_while_writing(tmp_path: Path, mode: str) -> Path:
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
     path = _kill_while_writing(tmp_path, "atomic")
     ckpt = safe_load(path)
-    assert ckpt["step"] == 1 and torch.equal(ckpt["w"], torch.ones(10))
+    assert ckpt["step"] == 1
+    assert torch.equal(ckpt["w"], torch.ones(10))
 
 
 def test_plain_save_killed_midway_is_truncated(tmp_path):

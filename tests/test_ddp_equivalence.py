@@ -12,14 +12,14 @@ compare its EMA codebook state (k-means init from the gathered first batch, clus
 
 from __future__ import annotations
 
+import inspect
+from contextlib import ExitStack
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-
-import inspect
-from contextlib import ExitStack
-from unittest import mock
 
 import lightning_ssl.methods.beit as beit_module
 import lightning_ssl.methods.bert as bert_module
@@ -30,30 +30,35 @@ import lightning_ssl.methods.mae as mae_module
 import lightning_ssl.methods.simmim as simmim_module
 import lightning_ssl.methods.t5 as t5_module
 from lightning_ssl.methods import (
-    BEiT,
     BERT,
     BYOL,
     CLIP,
     DINO,
     GPT,
+    IJEPA,
     MAE,
+    NNCLR,
     T5,
+    BarlowTwins,
+    BEiT,
     Colorization,
     Jigsaw,
     MoCo,
     MoCoV3,
     RotNet,
     SimCLR,
+    SimMIM,
     SimSiam,
+    SwAV,
+    VICReg,
     VisualTokenizer,
 )
-from lightning_ssl.methods import BarlowTwins, IJEPA, NNCLR, SimMIM, SwAV, VICReg
 from lightning_ssl.modules.backbones import SmallCNN, TimmBackbone
 from lightning_ssl.modules.distributed import gather
-from lightning_ssl.modules.tokenizer import TextTokenizer
-from lightning_ssl.modules.text import TextTransformer
-from lightning_ssl.modules.vit import ViT
 from lightning_ssl.modules.sync_bn import convert_batchnorm
+from lightning_ssl.modules.text import TextTransformer
+from lightning_ssl.modules.tokenizer import TextTokenizer
+from lightning_ssl.modules.vit import ViT
 from tests.helpers import run_distributed
 
 N, C, S = 8, 1, 16  # global batch, channels, image size
@@ -384,7 +389,9 @@ def test_ddp_matches_single_process(name):
         # synchronized BatchNorm computes the same statistics by another sum (E[x^2] - E[x]^2), hence the looser bound
         tol = dict(rtol=1e-3, atol=1e-5) if name in SYNC_BN else dict(rtol=1e-4, atol=1e-6)
         for k in ref_grads:
-            torch.testing.assert_close(grads[k], ref_grads[k], **tol, msg=lambda m: f"grad of {k}: {m}")
+            torch.testing.assert_close(grads[k], ref_grads[k], **tol, msg=lambda m, k=k: f"grad of {k}: {m}")
         for k in [b for b in ref_buffers if b.rsplit(".", 1)[-1] in STATE or "running_" in b]:
             if k in ref_buffers:
-                torch.testing.assert_close(buffers[k].float(), ref_buffers[k].float(), **tol, msg=lambda m: f"{k}: {m}")
+                torch.testing.assert_close(
+                    buffers[k].float(), ref_buffers[k].float(), **tol, msg=lambda m, k=k: f"{k}: {m}"
+                )

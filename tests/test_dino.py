@@ -97,7 +97,8 @@ def test_dino_loss_hand_computed_and_no_teacher_gradient():
     loss = dino_loss([s, s], [t, t], torch.zeros(1, 2), 1.0, 1.0)  # pairs (0, 1) and (1, 0), both = ln 2
     assert loss.item() == pytest.approx(math.log(2))
     loss.backward()
-    assert t.grad is None and s.grad is not None
+    assert t.grad is None
+    assert s.grad is not None
     with pytest.raises(ValueError, match="temperatures must be > 0"):
         dino_loss([s], [t], torch.zeros(1, 2), 0.1, 0.0)
 
@@ -139,7 +140,7 @@ def test_ibot_loss_hand_computed():
     # the center is subtracted from the teacher logits
     shifted = ibot_loss(student, teacher + 5, mask, torch.full((1, 2), 5.0), 1.0, 1.0)
     assert shifted.item() == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ValueError, match="mask.sum"):
+    with pytest.raises(ValueError, match=r"mask\.sum"):
         ibot_loss(student[:1], teacher[:1], mask, torch.zeros(1, 2))
 
 
@@ -160,11 +161,12 @@ def test_koleo_hand_computed():
 def test_block_masking_counts():
     g = torch.Generator().manual_seed(0)
     masks = block_masking(10, (6, 6), ratio=(0.1, 0.5), probability=0.5, generator=g)
-    assert masks.shape == (10, 36) and masks.dtype == torch.bool
+    assert masks.shape == (10, 36)
+    assert masks.dtype == torch.bool
     counts = masks.sum(1)
     assert int((counts > 0).sum()) == 5  # half the samples are masked
     targets = [int(r * 36) for r in torch.linspace(0.1, 0.5, 6)[1:].tolist()]
-    assert all(0 < c <= t for c, t in zip(sorted(counts[counts > 0].tolist()), targets))
+    assert all(0 < c <= t for c, t in zip(sorted(counts[counts > 0].tolist()), targets, strict=True))
     torch.testing.assert_close(block_masking(10, (6, 6), generator=torch.Generator().manual_seed(0)), masks)
     with pytest.raises(ValueError, match="ratio"):
         block_masking(2, (4, 4), ratio=(0.5, 1.0))
@@ -179,10 +181,8 @@ def test_dino_head_normalized_bottleneck_and_weight_normalized_last_layer():
     torch.testing.assert_close(w.norm(dim=1), torch.ones(10))  # g = 1: unit prototypes
     torch.testing.assert_close(head(x), z @ w.T)
     g = head.last_layer.parametrizations.weight.original0
-    assert (
-        not g.requires_grad
-        and DINOHead(6, 16, 4, 10, norm_last_layer=False).last_layer.parametrizations.weight.original0.requires_grad
-    )
+    assert not g.requires_grad
+    assert DINOHead(6, 16, 4, 10, norm_last_layer=False).last_layer.parametrizations.weight.original0.requires_grad
 
 
 def test_vit_matches_timm_and_last_attention_matches_unfused_attention():
@@ -215,7 +215,7 @@ def test_vit_mask_token_replaces_exactly_the_masked_patches():
 
 
 # --- the method -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("ibot, koleo", [(0.0, 0.0), (1.0, 0.1)])
+@pytest.mark.parametrize(("ibot", "koleo"), [(0.0, 0.0), (1.0, 0.1)])
 def test_teacher_gets_no_gradient(ibot, koleo):
     model = DINO(tiny_vit(), **HEAD, ibot_weight=ibot, koleo_weight=koleo, mask_probability=1.0)
     out = model.training_step((crops(), torch.zeros(4, dtype=torch.long)), 0)
@@ -245,8 +245,9 @@ def test_resnet_backbone_works_and_ibot_needs_a_vit():
     model = DINO(ResNet("resnet18", in_channels=1, image_size=16), **HEAD, koleo_weight=0.1)
     out = model.training_step((crops(), None), 0)
     out["loss"].backward()
-    assert torch.isfinite(out["loss"]) and out["features"].shape == (4, 512)
-    with pytest.raises(ValueError, match="iBOT .* needs a ViT backbone"):
+    assert torch.isfinite(out["loss"])
+    assert out["features"].shape == (4, 512)
+    with pytest.raises(ValueError, match=r"iBOT .* needs a ViT backbone"):
         DINO(ResNet("resnet18", in_channels=1, image_size=16), **HEAD, ibot_weight=1.0)
     with pytest.raises(ValueError, match="attention maps need a ViT"):
         model.attention_maps(torch.randn(1, 1, 16, 16))
@@ -293,17 +294,21 @@ def test_last_layer_frozen_in_epoch_one_and_schedules(tmp_path):
     t.fit(model, datamodule=tiny_data())
     assert t.global_step == 8
     epoch1, epoch2 = rec.epochs
-    assert all(torch.equal(a, b) for a, b in zip(start["last"], epoch1["last"]))  # frozen (g and v) in epoch 1
-    assert not any(torch.equal(a, b) for a, b in zip(start["mlp"], epoch1["mlp"]))  # the rest trained
-    assert not any(torch.equal(a, b) for a, b in zip(epoch1["last"], epoch2["last"]))  # trained in epoch 2
+    assert all(
+        torch.equal(a, b) for a, b in zip(start["last"], epoch1["last"], strict=True)
+    )  # frozen (g and v) in epoch 1
+    assert not any(torch.equal(a, b) for a, b in zip(start["mlp"], epoch1["mlp"], strict=True))  # the rest trained
+    assert not any(torch.equal(a, b) for a, b in zip(epoch1["last"], epoch2["last"], strict=True))  # trained in epoch 2
     # weight decay: cosine from the optimizer's 0.04 to 0.4 on the decayed group, 0 on biases and norms
     assert [w[0] for w in rec.wd] == pytest.approx([cosine_momentum(s, 8, 0.04, 0.4) for s in range(8)])
     assert all(w[1] == 0 for w in rec.wd)
     # teacher temperature: 0.04 -> 0.07 over 1 epoch (4 steps), then constant
     assert rec.temps == pytest.approx([teacher_temperature(s, 4, 0.04, 0.07) for s in range(8)])
-    assert rec.temps[0] == pytest.approx(0.04) and rec.temps[4:] == pytest.approx([0.07] * 4)
+    assert rec.temps[0] == pytest.approx(0.04)
+    assert rec.temps[4:] == pytest.approx([0.07] * 4)
     # the teacher followed the student (EMA) and the center moved
-    assert int(model.teacher_updates) == 8 and model.dino_loss.center.abs().sum() > 0
+    assert int(model.teacher_updates) == 8
+    assert model.dino_loss.center.abs().sum() > 0
 
 
 def test_multicrop_views_sizes():
@@ -313,7 +318,8 @@ def test_multicrop_views_sizes():
     assert [tuple(v.shape) for v in views] == [(1, 16, 16)] * 2 + [(1, 8, 8)] * 3
     batched = preset.build_batched(16, 1, (0.5,), (0.25,))(torch.rand(4, 1, 16, 16))
     assert [tuple(v.shape) for v in batched] == [(4, 1, 16, 16)] * 2 + [(4, 1, 8, 8)] * 3
-    assert MultiCropViews().views_for(224)[-1]["size"] == 96 and MultiCropViews().views_for(28)[-1]["size"] == 12
+    assert MultiCropViews().views_for(224)[-1]["size"] == 96
+    assert MultiCropViews().views_for(28)[-1]["size"] == 12
     v = MultiCropViews().views  # DINO's asymmetric blur and solarization
     assert (v[0]["blur_prob"], v[1]["blur_prob"], v[2]["blur_prob"]) == (1.0, 0.1, 0.5)
     assert (v[0]["solarize_prob"], v[1]["solarize_prob"]) == (0.0, 0.2)

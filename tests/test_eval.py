@@ -23,7 +23,8 @@ def separable(n=600, d=16, classes=4, seed=0):
 def test_linear_probe_separable_and_random_labels():
     x, y = separable()
     acc = linear_probe(x[:400], y[:400], x[400:], y[400:], epochs=30)
-    assert acc["top1"] == pytest.approx(1.0) and acc["top5"] == pytest.approx(1.0)
+    assert acc["top1"] == pytest.approx(1.0)
+    assert acc["top5"] == pytest.approx(1.0)
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(2000, 16, generator=g)
     y_rand = torch.randint(0, 4, (2000,), generator=g)
@@ -45,14 +46,17 @@ def test_few_shot_picks_exactly_n_per_class():
 def test_few_shot_results():
     x, y = separable(n=800)
     res = few_shot(x[:600], y[:600], x[600:], y[600:], shots=(1, 10), seeds=3, epochs=20)
-    assert set(res) == {1, 10} and len(res[10]["runs"]) == 3
-    assert res[10]["mean"] > 0.95 and res[10]["std"] >= 0
+    assert set(res) == {1, 10}
+    assert len(res[10]["runs"]) == 3
+    assert res[10]["mean"] > 0.95
+    assert res[10]["std"] >= 0
 
 
 def test_embedding_plot(tmp_path):
     x, y = separable(n=120)
     path = embedding_plot(x, y, tmp_path / "tsne.png", class_names=["a", "b", "c", "d"])
-    assert path.exists() and path.stat().st_size > 5000
+    assert path.exists()
+    assert path.stat().st_size > 5000
 
 
 def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
@@ -133,7 +137,7 @@ def test_export_timm_loads_into_timm(tmp_path):
 def test_mismatched_and_unsafe_files_are_refused(tmp_path):
     from lightning_ssl.modules.backbones import ResNet
 
-    model, ckpt = _pretrain(
+    _model, ckpt = _pretrain(
         tmp_path, ["--model.backbone=lightning_ssl.modules.backbones.ResNet", "--model.backbone.arch=resnet18"]
     )
     out = export_backbone(str(ckpt), str(tmp_path / "r18.pt"))
@@ -176,9 +180,13 @@ def test_eval_cli_all_protocols_and_feature_cache(tmp_path, capsys):
         "--wandb=false",
     ]
     res = eval_main(["all", *args, "--k=[1,5]", "--shots=[1,5]", "--seeds=2", "--epochs=20", "--max_points=80"])
-    assert res["feature_dim"] == 64 and res["train_size"] == 80 and res["test_size"] == 20
-    assert res["knn"]["k=1"] == pytest.approx(1.0) and res["linear"]["top1"] > 0.9
-    assert set(res["fewshot"]) == {"1", "5"} and Path(res["plot"]).exists()
+    assert res["feature_dim"] == 64
+    assert res["train_size"] == 80
+    assert res["test_size"] == 20
+    assert res["knn"]["k=1"] == pytest.approx(1.0)
+    assert res["linear"]["top1"] > 0.9
+    assert set(res["fewshot"]) == {"1", "5"}
+    assert Path(res["plot"]).exists()
     assert set(res["seconds"]) == {"features", "knn", "linear", "fewshot", "plot"}
     assert json.loads((tmp_path / "pixels" / "results.json").read_text())["knn"]["k=5"] == res["knn"]["k=5"]
     assert len(list((tmp_path / "features").glob("*.pt"))) == 1
@@ -189,7 +197,7 @@ def test_eval_cli_all_protocols_and_feature_cache(tmp_path, capsys):
 
 
 def test_eval_cli_from_checkpoint_and_export(tmp_path, capsys):
-    model, ckpt = _pretrain(tmp_path, ["--model.backbone=SmallCNN", "--model.backbone.width=4"])
+    _model, ckpt = _pretrain(tmp_path, ["--model.backbone=SmallCNN", "--model.backbone.width=4"])
     eval_main(["export", f"--ckpt={ckpt}", f"--out={tmp_path}/cnn.pt"])
     assert "model.load_state_dict" in capsys.readouterr().out
     res = eval_main(
@@ -207,7 +215,8 @@ def test_eval_cli_from_checkpoint_and_export(tmp_path, capsys):
             "--k=[3]",
         ]
     )
-    assert res["feature_dim"] == 16 and 0 <= res["knn"]["k=3"] <= 1
+    assert res["feature_dim"] == 16
+    assert 0 <= res["knn"]["k=3"] <= 1
 
 
 def test_dino_checkpoint_evaluates_the_teacher_like_embed(tmp_path):

@@ -1,7 +1,6 @@
 """Points where a review against the papers' reference code found the library different, each with a test that
 fails on the earlier behaviour (numbers refer to the review's list)."""
 
-import math
 from pathlib import Path
 
 import pytest
@@ -40,19 +39,20 @@ def reference_clip_gradients(params, clip):  # facebookresearch/dino utils.clip_
 def test_dino_clips_per_parameter_like_the_reference():
     torch.manual_seed(0)
     a = [nn.Parameter(torch.randn(5, 3)) for _ in range(4)]
-    for p, scale in zip(a, (10.0, 0.01, 3.0, 100.0)):
+    for p, scale in zip(a, (10.0, 0.01, 3.0, 100.0), strict=True):
         p.grad = torch.randn_like(p) * scale
     b = [nn.Parameter(p.detach().clone()) for p in a]
-    for p, q in zip(a, b):
+    for p, q in zip(a, b, strict=True):
         q.grad = p.grad.clone()
     clip_gradients_per_parameter(a, 3.0)
     reference_clip_gradients(b, 3.0)
-    for p, q in zip(a, b):
+    for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(p.grad, q.grad)
-    assert max(p.grad.norm() for p in a) <= 3.0 + 1e-4 and a[1].grad.norm() < 0.2  # small ones untouched
+    assert max(p.grad.norm() for p in a) <= 3.0 + 1e-4
+    assert a[1].grad.norm() < 0.2
     g = [p.grad.clone() for p in b]  # a global-norm clip is a different (stronger) operation
     torch.nn.utils.clip_grad_norm_(b, 3.0)
-    assert not all(torch.allclose(x, p.grad) for x, p in zip(g, b))
+    assert not all(torch.allclose(x, p.grad) for x, p in zip(g, b, strict=True))
 
 
 def test_dino_step_clips_then_cancels_and_configs_use_the_reference_clip():
@@ -89,7 +89,8 @@ def test_split_batchnorm_normalizes_each_group_on_its_own():
 def test_moco_split_bn_shuffles_keys_and_refuses_sync_bn():
     model = MoCo(SmallCNN(1, 16, width=4), proj_hidden_dim=16, proj_dim=8, queue_size=32, split_bn=4)
     bns = [m for m in model.key_backbone.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(isinstance(m, SplitBatchNorm) for m in bns)  # the key encoder (a copy) is split too
+    assert bns
+    assert all(isinstance(m, SplitBatchNorm) for m in bns)
     x = torch.randn(8, 1, 16, 16)
     torch.manual_seed(0)
     k1 = model.keys(x)
@@ -104,7 +105,7 @@ def test_moco_split_bn_shuffles_keys_and_refuses_sync_bn():
     class T:  # what on_fit_start reads from a Trainer under 2-process DDP with sync_batchnorm
         datamodule, world_size = None, 2
 
-    synced._trainer = T()  # noqa: SLF001
+    synced._trainer = T()
     with pytest.raises(ValueError, match="shuffle-BN and synchronized BatchNorm exclude each other"):
         synced.on_fit_start()
     with pytest.raises(ValueError, match="split_bn"):
@@ -121,22 +122,27 @@ def test_moco_config_and_ddp_layers_choose_one():
 # 4. DINO's augmentation: ColorJitter(0.4, 0.4, 0.2, 0.1), 8 local crops, bicubic
 def test_multicrop_follows_dino_augmentation():
     views = MultiCropViews()
-    assert views.local_crops == 8 and len(views.views) == 10
+    assert views.local_crops == 8
+    assert len(views.views) == 10
     assert all(v["jitter"] == (0.4, 0.4, 0.2, 0.1) and v["interpolation"] == "bicubic" for v in views.views)
     t = views.build(32, 3, (0.5,) * 3, (0.25,) * 3).transforms[0]
-    jitter = [m for m in t.transforms if type(m).__name__ == "RandomApply"][0].transforms[0]
-    assert jitter.saturation == (0.8, 1.2) and jitter.hue == (-0.1, 0.1) and jitter.brightness == (0.6, 1.4)
+    jitter = next(m for m in t.transforms if type(m).__name__ == "RandomApply").transforms[0]
+    assert jitter.saturation == (0.8, 1.2)
+    assert jitter.hue == (-0.1, 0.1)
+    assert jitter.brightness == (0.6, 1.4)
     crop = t.transforms[0]
     assert crop.interpolation.value == "bicubic"
     batched = views.build_batched(32, 3, (0.5,) * 3, (0.25,) * 3).transforms[0]
-    kj = [m for m in batched.rest if type(m).__name__ == "ColorJitter"][0]
-    assert kj.saturation == pytest.approx(0.2) and kj.hue == pytest.approx(0.1)
+    kj = next(m for m in batched.rest if type(m).__name__ == "ColorJitter")
+    assert kj.saturation == pytest.approx(0.2)
+    assert kj.hue == pytest.approx(0.1)
 
 
 # 5. BYOL's asymmetric views
 def test_byol_views_are_asymmetric():
     v = BYOLViews().views
-    assert (v[0]["blur_prob"], v[1]["blur_prob"]) == (1.0, 0.1) and (v[0]["solarize_prob"], v[1]["solarize_prob"]) == (
+    assert (v[0]["blur_prob"], v[1]["blur_prob"]) == (1.0, 0.1)
+    assert (v[0]["solarize_prob"], v[1]["solarize_prob"]) == (
         0.0,
         0.2,
     )
@@ -156,10 +162,11 @@ def test_dino_weight_decay_starts_where_dino_says():
     class T:
         global_step, estimated_stepping_batches, optimizers = 0, 10, [opt]
 
-    model._trainer = T()  # noqa: SLF001
+    model._trainer = T()
     model.log = lambda *a, **k: None
     model._schedule_weight_decay()
-    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.04) and opt.param_groups[1]["weight_decay"] == 0.0
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.04)
+    assert opt.param_groups[1]["weight_decay"] == 0.0
     T.global_step = 9
     model._schedule_weight_decay()
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.4)  # applied although AdamW's wd was 0
@@ -169,7 +176,8 @@ def test_dino_weight_decay_starts_where_dino_says():
 def test_eval_transform_resizes_then_center_crops():
     t = eval_transform(224, (0.5,) * 3, (0.25,) * 3)
     resize, crop = t.transforms[0], t.transforms[1]
-    assert resize.size == [256] and crop.size == (224, 224)
+    assert resize.size == [256]
+    assert crop.size == (224, 224)
     x = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
     assert t(x).shape == (3, 224, 224)
 
@@ -191,16 +199,19 @@ def test_image_folder_evaluates_with_the_protocol_and_tensor_sets_resize_whole(t
     )
     assert resize.size == [32]
     whole = FashionMNISTDataModule(image_size=56).eval_transform().transforms  # an upsampled 28 px image is not cropped
-    assert whole[0].size == [56] and whole[1].size == (56, 56)
+    assert whole[0].size == [56]
+    assert whole[1].size == (56, 56)
 
 
 # 9. MoCo v3 heads and temperature follow the backbone kind; SimSiam's projector width follows the backbone
 def test_mocov3_defaults_follow_the_backbone():
     cnn = MoCoV3(SmallCNN(1, 16, width=4), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16)
-    assert cnn.temperature == 1.0 and sum(isinstance(m, nn.Linear) for m in cnn.projector) == 2
+    assert cnn.temperature == 1.0
+    assert sum(isinstance(m, nn.Linear) for m in cnn.projector) == 2
     assert not isinstance(list(cnn.predictor)[-1], nn.BatchNorm1d)
     vit = MoCoV3(tiny_vit(), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16)
-    assert vit.temperature == 0.2 and sum(isinstance(m, nn.Linear) for m in vit.projector) == 3
+    assert vit.temperature == 0.2
+    assert sum(isinstance(m, nn.Linear) for m in vit.projector) == 3
     assert isinstance(list(vit.predictor)[-1], nn.BatchNorm1d)
     assert MoCoV3(SmallCNN(1, 16, width=4), temperature=0.5).temperature == 0.5  # explicit wins
     s = SimSiam(SmallCNN(1, 16, width=4), proj_dim=32)
@@ -232,7 +243,8 @@ def test_koleo_matches_dinov2_and_searches_per_process_by_default():
         return koleo_loss(mine).item(), dinov2_koleo(mine).item(), koleo_loss(mine, local=False).item()
 
     (a, ref_a, glob_a), (b, ref_b, glob_b) = run_distributed(per_process)
-    assert a == pytest.approx(ref_a, rel=1e-6) and b == pytest.approx(ref_b, rel=1e-6)  # each process's own batch
+    assert a == pytest.approx(ref_a, rel=1e-6)
+    assert b == pytest.approx(ref_b, rel=1e-6)
     torch.manual_seed(1)
     assert (glob_a + glob_b) / 2 == pytest.approx(koleo_loss(torch.randn(8, 4), local=True).item(), rel=1e-5)
 

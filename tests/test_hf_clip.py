@@ -5,8 +5,8 @@ made here (save_pretrained), with the WordPiece tokenizer of the packaged MiniLM
 import pytest
 import torch
 
-from lightning_ssl.metrics import ImageIndex, index_images, zero_shot_classify
 from lightning_ssl.methods import CLIP
+from lightning_ssl.metrics import ImageIndex, index_images, zero_shot_classify
 from lightning_ssl.modules.backbones import resolve_weights
 from lightning_ssl.modules.pretrained import HFCLIP, HFTextEncoder, HFVisionBackbone
 
@@ -42,10 +42,13 @@ def test_hf_clip_zero_shot_and_search(tiny_clip):
     clip = HFCLIP(tiny_clip, image_size=16).eval()
     images = torch.randn(6, 3, 16, 16)
     probs = zero_shot_classify(clip, images, ["dog", "cat", "red car"])
-    assert probs.shape == (6, 3) and torch.allclose(probs.sum(1), torch.ones(6))
+    assert probs.shape == (6, 3)
+    assert torch.allclose(probs.sum(1), torch.ones(6))
     index = index_images(clip, images, ids=[f"img{i}" for i in range(6)])
     scores, ids = index.search("a photo of a dog", k=3)
-    assert scores.shape == (3,) and len(ids) == 3 and set(ids) <= set(index.ids)
+    assert scores.shape == (3,)
+    assert len(ids) == 3
+    assert set(ids) <= set(index.ids)
     assert (scores[:-1] >= scores[1:]).all()  # best first
     with torch.no_grad():  # the search scores are the cosine similarities of the two towers' projections
         want = clip.encode_text(["a photo of a dog"]) @ clip.encode_image(images).T
@@ -57,7 +60,8 @@ def test_index_save_load(tiny_clip, tmp_path):
     clip = HFCLIP(tiny_clip, image_size=16).eval()
     index = index_images(clip, [torch.randn(4, 3, 16, 16), torch.randn(2, 3, 16, 16)])
     again = ImageIndex.load(clip, index.save(tmp_path / "index.pt"))
-    assert len(again) == 6 and torch.equal(again.embeddings, index.embeddings)
+    assert len(again) == 6
+    assert torch.equal(again.embeddings, index.embeddings)
 
 
 def test_our_clip_starts_as_the_pretrained_one_and_fine_tunes(tiny_clip):
@@ -80,7 +84,8 @@ def test_our_clip_starts_as_the_pretrained_one_and_fine_tunes(tiny_clip):
     loss = ours.training_step((images, torch.zeros(4, dtype=torch.long), texts), 0)["loss"]
     loss.backward()
     opt.step()
-    assert torch.isfinite(loss) and not torch.equal(before, ours.image_proj.weight)
+    assert torch.isfinite(loss)
+    assert not torch.equal(before, ours.image_proj.weight)
     with pytest.raises(ValueError, match="projection_dim"):
         CLIP(
             HFVisionBackbone(tiny_clip, pooling="pooler", image_size=16),

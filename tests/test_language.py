@@ -81,7 +81,8 @@ def test_tokenizer_save_load_round_trip(kind, tmp_path):
         TextTokenizer.load(str(tmp_path)),
         TextTokenizer.from_tensor(tok.to_tensor()),
     ):
-        assert loaded == tok and loaded.vocab_size == tok.vocab_size
+        assert loaded == tok
+        assert loaded.vocab_size == tok.vocab_size
         for text in TEXTS[:4]:
             assert loaded.encode(text) == tok.encode(text)
     text = TEXTS[3]
@@ -89,7 +90,8 @@ def test_tokenizer_save_load_round_trip(kind, tmp_path):
         assert tok.decode(tok.encode(text)) == text
     else:  # BERT's normalizer: lowercased, accents stripped, whitespace collapsed
         assert tok.decode(tok.encode("The King SAT.")) == "the king sat."
-    assert (tok.pad_id, tok.unk_id, tok.eos_id) == (0, 1, 2) and tok.mask_token == "<mask>"
+    assert (tok.pad_id, tok.unk_id, tok.eos_id) == (0, 1, 2)
+    assert tok.mask_token == "<mask>"
 
 
 def test_tokenizer_sentinels_in_t5_order_and_special_ids():
@@ -97,7 +99,7 @@ def test_tokenizer_sentinels_in_t5_order_and_special_ids():
     assert tok.vocab_size == 300
     # <extra_id_0> is the highest id, then descending (T5's order; not the ascending ids of a known HF-example bug)
     assert tok.sentinel_ids == list(range(299, 291, -1))
-    assert tok.special_ids == [0, 1, 2, 3] + list(range(292, 300))
+    assert tok.special_ids == [0, 1, 2, 3, *list(range(292, 300))]
     assert tok.encode_documents(["a b"])[0][-1] == tok.eos_id
 
 
@@ -105,19 +107,24 @@ def test_byte_tokenizer_covers_every_string():
     tok = tokenizer("byte", sentinels=0)
     assert tok.vocab_size == 4 + 256
     s = "unseen: ☃ \x07 €"
-    assert tok.decode(tok.encode(s)) == s and len(tok.encode(s)) == len(s.encode("utf-8"))
+    assert tok.decode(tok.encode(s)) == s
+    assert len(tok.encode(s)) == len(s.encode("utf-8"))
 
 
 def test_pretrained_tokenizer_roles_from_packaged_minilm():
     tok = TextTokenizer.load("packaged:all-MiniLM-L6-v2")
     assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, tok.mask_id) == (0, 100, 101, 102, 103)
     doc = tok.encode_documents(["The [MASK] brown fox " * 40])[0]  # its tokenizer.json pads/truncates to 128: not here
-    assert doc[0] == 101 and doc[-1] == 102 and len(doc) > 128 and 103 in doc
+    assert doc[0] == 101
+    assert doc[-1] == 102
+    assert len(doc) > 128
+    assert 103 in doc
 
 
 # --- BERT masking ----------------------------------------------------------------------------------------------
 def test_mlm_mask_is_hugging_faces_collator_draw_for_draw():
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+
     from lightning_ssl.modules.backbones import resolve_weights
 
     hf_tok = AutoTokenizer.from_pretrained(resolve_weights("packaged:all-MiniLM-L6-v2"))
@@ -138,7 +145,8 @@ def test_mlm_mask_is_hugging_faces_collator_draw_for_draw():
         len(hf_tok),
         generator=torch.Generator().manual_seed(3),
     )
-    assert torch.equal(got_inputs, want_inputs) and torch.equal(got_labels, want_labels)
+    assert torch.equal(got_inputs, want_inputs)
+    assert torch.equal(got_labels, want_labels)
 
 
 def test_mlm_mask_statistics_on_a_large_sample():
@@ -151,14 +159,17 @@ def test_mlm_mask_statistics_on_a_large_sample():
     inputs, labels = mlm_mask(ids, special, mask_id, vocab, generator=g)
     selected = labels != -100
     assert not selected[special].any(), "a special token or padding was selected"
-    assert torch.equal(labels[selected], ids[selected]) and (labels[~selected] == -100).all()
+    assert torch.equal(labels[selected], ids[selected])
+    assert (labels[~selected] == -100).all()
     assert torch.equal(inputs[~selected], ids[~selected]), "an unselected token changed"
     assert abs(selected.sum().item() / (~special).sum().item() - 0.15) < 0.005
     n = selected.sum().item()  # ~14,000 selected tokens: binomial std of a fraction ~0.003
     masked = (inputs[selected] == mask_id).sum().item() / n
     kept = (inputs[selected] == ids[selected]).sum().item() / n  # includes random draws that hit the same token
     randomized = 1 - masked - kept
-    assert abs(masked - 0.8) < 0.015 and abs(kept - 0.1 - 0.1 / vocab) < 0.01 and abs(randomized - 0.1) < 0.01
+    assert abs(masked - 0.8) < 0.015
+    assert abs(kept - 0.1 - 0.1 / vocab) < 0.01
+    assert abs(randomized - 0.1) < 0.01
 
 
 # --- T5 span corruption -----------------------------------------------------------------------------------------
@@ -167,7 +178,8 @@ def test_compute_input_and_target_lengths_matches_t5():
     assert compute_input_and_target_lengths(128) == (141, 29)
     for inputs in (32, 64, 100, 256, 1000):
         raw, targets = compute_input_and_target_lengths(inputs)
-        assert span_lengths(raw) == (inputs, targets) and span_lengths(raw + 1)[0] > inputs
+        assert span_lengths(raw) == (inputs, targets)
+        assert span_lengths(raw + 1)[0] > inputs
 
 
 def _t5_reference_mask(length, noise_density, mean_span, rng):
@@ -193,9 +205,11 @@ def test_noise_mask_density_span_length_and_distribution_match_t5():
     ours = random_spans_noise_mask(rows, length, 0.15, 3.0, generator=g).numpy()
     ref = np.stack([_t5_reference_mask(length, 0.15, 3.0, rng) for _ in range(rows)])
     assert (ours.sum(1) == round(0.15 * length)).all()  # exactly 85 noise tokens per row
-    assert not ours[:, 0].any() and ours[:, -1].all()  # non-noise first, noise last (T5's layout)
+    assert not ours[:, 0].any()
+    assert ours[:, -1].all()
     runs = [r for row in ours for r in _noise_runs(row)]
-    assert len(runs) == rows * 28 and abs(np.mean(runs) - 85 / 28) < 1e-9  # 28 spans of mean length ~3
+    assert len(runs) == rows * 28
+    assert abs(np.mean(runs) - 85 / 28) < 1e-9
     ref_runs = [r for row in ref for r in _noise_runs(row)]
     # the span lengths follow the same distribution as T5's own function
     for k in range(1, 8):
@@ -214,12 +228,15 @@ def test_span_corruption_round_trip_and_sentinel_order():
     ids = torch.randint(10, 500, (64, 141), generator=g)
     sentinels = list(range(599, 579, -1))  # <extra_id_0> = 599, <extra_id_1> = 598, ...
     inputs, targets = span_corruption(ids, sentinels, eos_id=2, generator=g)
-    assert inputs.shape == (64, 128) and targets.shape == (64, 29)
-    assert (inputs[:, -1] == 2).all() and (targets[:, -1] == 2).all()
-    for x, y, original in zip(inputs, targets, ids):
+    assert inputs.shape == (64, 128)
+    assert targets.shape == (64, 29)
+    assert (inputs[:, -1] == 2).all()
+    assert (targets[:, -1] == 2).all()
+    for x, y, original in zip(inputs, targets, ids, strict=True):
         assert reconstruct(x, y, sentinels, 2) == original.tolist()
         used = [t for t in x.tolist() if t in sentinels]
-        assert used == sentinels[: len(used)] and y[0].item() == 599  # spans numbered in order, <extra_id_0> first
+        assert used == sentinels[: len(used)]
+        assert y[0].item() == 599
         assert [t for t in y.tolist() if t in sentinels] == used
 
 
@@ -245,7 +262,8 @@ def test_t5_decoder_is_causal_and_sees_the_encoder():
         a, b = model.backbone.decode(tgt, memory), model.backbone.decode(tgt2, memory)
         c = model.backbone.decode(tgt, model.backbone.encode((src + 1) % 300))
     torch.testing.assert_close(a[:, :5], b[:, :5])
-    assert not torch.allclose(a[:, 5:], b[:, 5:]) and not torch.allclose(a, c)
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+    assert not torch.allclose(a, c)
 
 
 def test_weight_tying_and_decay_only_on_matrices():
@@ -253,8 +271,10 @@ def test_weight_tying_and_decay_only_on_matrices():
     assert model.backbone.lm_head.weight is model.backbone.wte.weight
     groups = model.optimizer_fn(param_groups(model)).param_groups
     decayed, plain = groups
-    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
-    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in plain["params"])
+    assert decayed["weight_decay"] == 0.1
+    assert plain["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decayed["params"])
+    assert all(p.ndim < 2 for p in plain["params"])
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
 
 
@@ -298,7 +318,9 @@ def test_gpt_from_a_local_hugging_face_gpt2(tmp_path):
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2))
     hf.save_pretrained(tmp_path / "gpt2")
     model = GPT(pretrained=str(tmp_path / "gpt2"), vocab_size=4096)
-    assert model.vocab_size == 300 and model.block_size == 16 and model.backbone.model.training
+    assert model.vocab_size == 300
+    assert model.block_size == 16
+    assert model.backbone.model.training
     x = torch.randint(0, 300, (2, 16))
     model.eval()
     with torch.no_grad():
@@ -310,10 +332,13 @@ def test_gpt_from_a_local_hugging_face_gpt2(tmp_path):
 
 def test_bert_from_packaged_minilm_fills_masks():
     model = BERT(pretrained="packaged:all-MiniLM-L6-v2")
-    assert model.vocab_size == 30522 and model.tokenizer.mask_id == 103
+    assert model.vocab_size == 30522
+    assert model.tokenizer.mask_id == 103
     assert any("predictions.transform" in k for k in model.backbone.missing)  # a sentence encoder: no MLM head
     fills = model.fill_mask("The [MASK] brown fox", top_k=3)
-    assert len(fills) == 1 and len(fills[0]) == 3 and all(isinstance(t, str) and 0 <= p <= 1 for t, p in fills[0])
+    assert len(fills) == 1
+    assert len(fills[0]) == 3
+    assert all(isinstance(t, str) and 0 <= p <= 1 for t, p in fills[0])
     assert fills[0][0][1] >= fills[0][1][1] >= fills[0][2][1]
     two = model.fill_mask(["a [MASK] b [MASK]", "[MASK]"], top_k=2)
     assert len(two) == 3
@@ -326,9 +351,13 @@ def test_models_train_on_generated_text_and_sample(tmp_path):
         t = trainer(tmp_path, max_steps=6, val_check_interval=6, callbacks=[samples])
         t.fit(model, dm)
         m = t.callback_metrics
-        assert math.isfinite(m["val/loss"]) and m["val/ppl"] == pytest.approx(math.exp(m["val/loss"]), rel=1e-5)
-        assert 0 <= m["val/accuracy"] <= 1 and m["train/tokens_per_s"] > 0 and "val/knn_top1" not in m
-        assert len(samples.last) == 2 and all(isinstance(s, str) for row in samples.last for s in row)
+        assert math.isfinite(m["val/loss"])
+        assert m["val/ppl"] == pytest.approx(math.exp(m["val/loss"]), rel=1e-5)
+        assert 0 <= m["val/accuracy"] <= 1
+        assert m["train/tokens_per_s"] > 0
+        assert "val/knn_top1" not in m
+        assert len(samples.last) == 2
+        assert all(isinstance(s, str) for row in samples.last for s in row)
         assert (tmp_path / "samples.txt").is_file()
         assert model.embed(torch.randint(0, 300, (2, 8))).shape == (2, 16)
 
@@ -351,13 +380,15 @@ def test_val_metrics_are_token_weighted_over_batches(tmp_path):
 def test_rows_tile_the_text_and_split_by_document(tmp_path):
     dm = data(tmp_path, val_fraction=0.34)
     dm.setup()
-    assert len(dm._texts["train"]) == 4 and len(dm._texts["val"]) == 2  # of 6 documents
+    assert len(dm._texts["train"]) == 4
+    assert len(dm._texts["val"]) == 2
     tokens = dm.tokens("train")
     rows = dm.train_dataloader().dataset
     assert all(torch.equal(rows[i][:-1], tokens[i * 16 : (i + 1) * 16].long()) for i in range(len(rows)))
     assert torch.equal(rows[0][-1], rows[1][0])  # one shared token: the next-token target of the row's last input
     docs = dm.tokenizer.encode_documents(dm._texts["train"])
-    assert tokens.tolist() == [t for d in docs for t in d] and tokens.tolist().count(dm.tokenizer.eos_id) >= 4
+    assert tokens.tolist() == [t for d in docs for t in d]
+    assert tokens.tolist().count(dm.tokenizer.eos_id) >= 4
 
 
 def test_single_document_is_cut_and_gutenberg_is_stripped(tmp_path):
@@ -369,7 +400,8 @@ def test_single_document_is_cut_and_gutenberg_is_stripped(tmp_path):
     text = strip_gutenberg(f.read_text())
     assert text == "line one\nline two\nline three\n"
     train, val = split_documents(read_documents(str(f)), 0.3, 0)
-    assert train[0] + val[0] == f.read_text() and train[0].endswith("\n")
+    assert train[0] + val[0] == f.read_text()
+    assert train[0].endswith("\n")
 
 
 def test_jsonl_documents(tmp_path):
@@ -380,7 +412,9 @@ def test_jsonl_documents(tmp_path):
 
 def test_datamodule_describes_vocab_and_block_size():
     d = TextCorpusDataModule.describe({"tokenizer": "byte", "sentinels": 3, "block_size": 64})
-    assert d["vocab_size"] == 263 and d["block_size"] == 64 and d["num_classes"] is None
+    assert d["vocab_size"] == 263
+    assert d["block_size"] == 64
+    assert d["num_classes"] is None
     assert TextCorpusDataModule.describe({"tokenizer": "packaged:all-MiniLM-L6-v2"})["vocab_size"] == 30522
 
 
@@ -403,7 +437,8 @@ def test_exact_resume_mid_epoch(tmp_path):
             straight, datamodule=data(tmp_path, sentences=5)
         )
         batches = len(data(tmp_path, sentences=5).train_dataloader())
-        assert 5 < batches < 12 and 5 % batches != 0
+        assert 5 < batches < 12
+        assert 5 % batches != 0
         torch.manual_seed(1)  # a different init: everything must come from the checkpoint
         resumed = cls(**TINY, **kw)
         t2 = trainer(tmp_path, max_steps=12, limit_val_batches=0)
@@ -415,7 +450,7 @@ def test_exact_resume_mid_epoch(tmp_path):
         )
         assert t2.global_step == 12
         for k, v in straight.state_dict().items():
-            torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+            torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
         assert resumed.tokenizer == straight.tokenizer
 
 
@@ -431,4 +466,5 @@ def test_compile_switch_compiles_the_training_forward(cls, tmp_path):
     trainer(
         tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Performance(compile=True, compile_backend="eager")]
     ).fit(model, data(tmp_path, sentences=5))
-    assert calls and model.backbone._compiled_call_impl is not None
+    assert calls
+    assert model.backbone._compiled_call_impl is not None

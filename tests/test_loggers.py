@@ -10,7 +10,8 @@ def test_wandb_logger_is_offline_by_default(tmp_path, monkeypatch):
     logger.log_metrics({"train/loss": 1.0}, step=0)
     logger.experiment.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and any(runs[0].iterdir())
+    assert len(runs) == 1
+    assert any(runs[0].iterdir())
 
 
 def test_wandb_online_when_asked(tmp_path, monkeypatch):

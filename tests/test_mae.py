@@ -1,6 +1,7 @@
 """MAE: patches, masking, the loss on masked patches only, the visible-only encoder, lr scaling, reconstructions."""
 
 from types import SimpleNamespace
+from typing import ClassVar
 
 import lightning as L
 import pytest
@@ -72,7 +73,9 @@ def test_random_masking_keeps_exactly_k_and_ids_restore_inverts():
     b, n = 5, 49
     ids_keep, mask, ids_restore = random_masking(b, n, 0.75, generator=torch.Generator().manual_seed(0))
     k = int(49 * 0.25)  # 12, as int(N * (1 - ratio)) in the MAE code
-    assert ids_keep.shape == (b, k) and mask.shape == (b, n) and ids_restore.shape == (b, n)
+    assert ids_keep.shape == (b, k)
+    assert mask.shape == (b, n)
+    assert ids_restore.shape == (b, n)
     assert (mask.sum(1) == n - k).all()
     for i in range(b):
         assert len(set(ids_keep[i].tolist())) == k  # distinct patches
@@ -99,7 +102,8 @@ def test_impossible_mask_ratio_is_rejected(ratio):
 
 def test_sincos_pos_embed_matches_mae_formula():
     e = sincos_pos_embed(8, (2, 3))  # D/4 = 2 frequencies: 1 and 1/100
-    assert e.shape == (7, 8) and (e[0] == 0).all()
+    assert e.shape == (7, 8)
+    assert (e[0] == 0).all()
     # patch (row 1, column 2) = index 1 * 3 + 2 = 5 -> row 6 with the CLS row; first half: column, second: row
     w, h, om = 2.0, 1.0, torch.tensor([1.0, 0.01])
     expected = torch.cat([torch.sin(w * om), torch.cos(w * om), torch.sin(h * om), torch.cos(h * om)])
@@ -127,7 +131,8 @@ def test_changing_visible_predictions_leaves_the_loss_unchanged():
     assert mae_loss(pred + mask.unsqueeze(-1), target, mask).item() != pytest.approx(base.item())
     p = pred.clone().requires_grad_(True)
     mae_loss(p, target, mask).backward()
-    assert (p.grad * visible).abs().max() == 0 and (p.grad * mask.unsqueeze(-1)).abs().max() > 0
+    assert (p.grad * visible).abs().max() == 0
+    assert (p.grad * mask.unsqueeze(-1)).abs().max() > 0
 
 
 # --- the model --------------------------------------------------------------------------------------------------
@@ -144,7 +149,8 @@ def test_encoder_sees_only_the_visible_patches():
     g = torch.Generator().manual_seed(1)
     pred, target, m, _ = model.forward_mae(x, torch.Generator().manual_seed(1))
     pred2, target2, m2, _ = model.forward_mae(x + noise, g)
-    assert torch.equal(m, m2) and torch.equal(m, mask)
+    assert torch.equal(m, m2)
+    assert torch.equal(m, mask)
     torch.testing.assert_close(pred, pred2)
     assert mae_loss(pred2, target2, m2) != mae_loss(pred, target, m)
 
@@ -157,8 +163,10 @@ def test_embed_uses_all_patches_and_training_step_runs():
     model.train()
     out = model.training_step(([x], torch.zeros(4, dtype=torch.long)), 0)
     out["loss"].backward()
-    assert out["embed_input"] is x and "features" not in out  # the monitors run embed on the whole image
-    assert model.decoder.mask_token.grad is not None and model.backbone.model.cls_token.grad is not None
+    assert out["embed_input"] is x
+    assert "features" not in out
+    assert model.decoder.mask_token.grad is not None
+    assert model.backbone.model.cls_token.grad is not None
     with pytest.raises(ValueError, match="ViT backbone"):
         MAE(torch.nn.Linear(4, 4))
 
@@ -168,7 +176,8 @@ def test_lr_is_base_lr_times_global_batch_over_256_with_adamw_095(tmp_path):
     t = trainer(tmp_path, max_steps=1, accumulate_grad_batches=2)
     t.fit(model, datamodule=tiny_data(batch_size=8))
     opt = t.optimizers[0]
-    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.95)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["betas"] == (0.9, 0.95)
     sched = t.lr_scheduler_configs[0].scheduler
     assert sched.base_lrs == [pytest.approx(0.01 * 8 * 2 / 256)] * len(opt.param_groups)
 
@@ -177,7 +186,8 @@ def test_reconstruction_callback_writes_a_grid(tmp_path):
     cb = MAEReconstructionLogger(num_images=3, every_n_epochs=1, out_dir=str(tmp_path / "img"))
     t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, callbacks=[cb])
     t.fit(tiny_mae(), datamodule=tiny_data())
-    assert cb.last_path is not None and cb.last_path.exists()
+    assert cb.last_path is not None
+    assert cb.last_path.exists()
     with Image.open(cb.last_path) as im:  # 3 columns (original | masked | reconstruction) x 3 rows of 16 px
         assert im.size == (3 * 17 + 1, 3 * 17 + 1)
 
@@ -197,7 +207,7 @@ def test_images_go_to_wandb_loggers(tmp_path):
     from lightning.pytorch.loggers import WandbLogger
 
     class Recording(WandbLogger):
-        calls: list = []
+        calls: ClassVar[list] = []
 
         def log_image(self, key, images, step=None, **kwargs):
             self.calls.append((key, images, step, kwargs))
@@ -208,7 +218,11 @@ def test_images_go_to_wandb_loggers(tmp_path):
     )
     grid = render_reconstructions(*(torch.rand(2, 1, 8, 8) for _ in range(3)))
     path = publish(fake, grid, "mae_reconstruction", None, "caption")
-    assert path == tmp_path / "images" / "mae_reconstruction_epoch002.png" and path.exists()
+    assert path == tmp_path / "images" / "mae_reconstruction_epoch002.png"
+    assert path.exists()
     ((key, images, step, kwargs),) = Recording.calls
-    assert key == "images/mae_reconstruction" and step == 7 and kwargs == {"caption": ["caption"]}
-    assert images[0].shape == (grid.shape[1], grid.shape[2], 3) and images[0].dtype.name == "uint8"
+    assert key == "images/mae_reconstruction"
+    assert step == 7
+    assert kwargs == {"caption": ["caption"]}
+    assert images[0].shape == (grid.shape[1], grid.shape[2], 3)
+    assert images[0].dtype.name == "uint8"

@@ -15,10 +15,12 @@ def test_small_cnn_and_resnet_shapes(channels):
     cnn = SmallCNN(channels, 32, width=8)
     assert cnn(x).shape == (2, cnn.num_features) == (2, 32)
     r = ResNet("resnet18", in_channels=channels, image_size=32)
-    assert isinstance(r.net.maxpool, nn.Identity) and r.net.conv1.kernel_size == (3, 3)  # small-input stem
+    assert isinstance(r.net.maxpool, nn.Identity)
+    assert r.net.conv1.kernel_size == (3, 3)
     assert r(x).shape == (2, 512)
     big = ResNet("resnet18", in_channels=channels, image_size=224)
-    assert big.net.conv1.kernel_size == (7, 7) and big.net.conv1.in_channels == channels
+    assert big.net.conv1.kernel_size == (7, 7)
+    assert big.net.conv1.in_channels == channels
 
 
 def test_small_cnn_grid_pooling_keeps_the_layout():
@@ -78,9 +80,12 @@ def test_projection_head_layouts():
     h = ProjectionHead(16, 32, 8, num_layers=3, batch_norm=True, last_batch_norm=True)
     kinds = [type(m).__name__ for m in h]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
-    assert h[0].bias is None and h[6].bias is None and not h[7].affine
+    assert h[0].bias is None
+    assert h[6].bias is None
+    assert not h[7].affine
     h2 = ProjectionHead(16, 32, 8, num_layers=2, batch_norm=False)
-    assert [type(m).__name__ for m in h2] == ["Linear", "ReLU", "Linear"] and h2[0].bias is not None
+    assert [type(m).__name__ for m in h2] == ["Linear", "ReLU", "Linear"]
+    assert h2[0].bias is not None
     assert h(torch.randn(4, 16)).shape == (4, 8)
 
 
@@ -117,7 +122,8 @@ def test_param_groups_exclude_norm_and_bias_from_decay():
     m[1].weight.requires_grad_(False)
     decay, no_decay = param_groups(m)
     assert [p.shape for p in decay["params"]] == [(4, 4)]
-    assert len(no_decay["params"]) == 2 and no_decay["weight_decay"] == 0.0  # linear bias + BN bias
+    assert len(no_decay["params"]) == 2
+    assert no_decay["weight_decay"] == 0.0
 
 
 # --- queues (MoCo, NNCLR, SwAV) ----------------------------------------------------------------------------------
@@ -127,7 +133,8 @@ def test_enqueue_wraps_around_and_rejects_overfull_batches():
     queue, ptr = torch.zeros(5, 2), torch.zeros((), dtype=torch.long)
     for value, n in ((1.0, 2), (2.0, 2), (3.0, 3)):  # 2 + 2 + 3 rows into 5: the last batch wraps to rows 4, 0, 1
         enqueue(queue, ptr, torch.full((n, 2), value))
-    assert queue[:, 0].tolist() == [3, 3, 2, 2, 3] and int(ptr) == 2
+    assert queue[:, 0].tolist() == [3, 3, 2, 2, 3]
+    assert int(ptr) == 2
     with pytest.raises(ValueError, match="6 keys do not fit in a queue of 5"):
         enqueue(queue, ptr, torch.zeros(6, 2))
     check_queue_size("X", 16, 8, 2)
@@ -148,8 +155,9 @@ def _standardized_loss(x, w, reduce):
 
 
 def _ddp_all_reduce_sum(rank, world_size, x, weight, with_grad):
-    from lightning_ssl.modules.distributed import all_reduce_sum
     import torch.distributed as dist
+
+    from lightning_ssl.modules.distributed import all_reduce_sum
 
     n = len(x) // world_size
     w = weight.clone().requires_grad_(True)

@@ -57,7 +57,7 @@ def test_update_momentum_formula_and_frozen_teacher():
         for p in student.parameters():
             p.add_(1.0)
     update_momentum(student, teacher, 0.9)
-    for b, t, s in zip(before, teacher.parameters(), student.parameters()):
+    for b, t, s in zip(before, teacher.parameters(), student.parameters(), strict=True):
         torch.testing.assert_close(t, 0.9 * b + 0.1 * s)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         update_momentum(student, teacher, 1.5)
@@ -106,7 +106,7 @@ def test_first_update_uses_base_momentum_and_teacher_moves(tmp_path):
     t = trainer(tmp_path, max_steps=1)
     t.fit(model, datamodule=tiny_data())
     # after one step: teacher = 0.5 * initial (== initial student) + 0.5 * updated student
-    for t0, t1, s in zip(start_teacher, model.target_backbone.parameters(), model.backbone.parameters()):
+    for t0, t1, s in zip(start_teacher, model.target_backbone.parameters(), model.backbone.parameters(), strict=True):
         torch.testing.assert_close(t1, 0.5 * t0 + 0.5 * s)
 
 
@@ -169,7 +169,8 @@ def test_moco_queue_and_pointer_are_checkpointed():
     model = MoCo(tiny_backbone(), proj_hidden_dim=16, proj_dim=4, queue_size=10)
     model.enqueue(torch.ones(3, 4))
     sd = model.state_dict()
-    assert "queue" in sd and int(sd["queue_ptr"]) == 3
+    assert "queue" in sd
+    assert int(sd["queue_ptr"]) == 3
 
 
 def _ddp_moco_enqueue(rank, world_size):
@@ -252,4 +253,4 @@ def test_exact_resume(method, stop_at, batch_augment, tmp_path):
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     for k in a:  # online and target/key networks, queue, queue pointer, update counter
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m: f"{k} differs after resume: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k} differs after resume: {m}")

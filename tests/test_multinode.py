@@ -83,32 +83,34 @@ def test_two_nodes_one_process_each_see_disjoint_data_and_end_identical(tmp_path
         procs.append(
             subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         )
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=400)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for node, (p, out) in enumerate(zip(procs, outs)):
+    try:
+        outs = [p.communicate(timeout=400)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for q in procs:
+            q.kill()
+        raise
+    for node, (p, out) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, f"node {node} failed:\n{out[-4000:]}"
     wall = time.perf_counter() - t0
 
     r0, r1 = (torch.load(tmp_path / "record" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert (r0["node_rank"], r1["node_rank"]) == (0, 1) and r0["world_size"] == r1["world_size"] == 2
+    assert (r0["node_rank"], r1["node_rank"]) == (0, 1)
+    assert r0["world_size"] == r1["world_size"] == 2
     assert r0["num_nodes"] == 2
     # 32 samples, 2 ranks x batch 4: 4 steps per epoch, 2 epochs; labels are the sample indices
     assert len(r0["labels"]) == len(r1["labels"]) == 32
     for epoch in range(2):
         a = set(r0["labels"][16 * epoch : 16 * (epoch + 1)])
         b = set(r1["labels"][16 * epoch : 16 * (epoch + 1)])
-        assert len(a) == len(b) == 16 and not a & b and a | b == set(range(32)), f"epoch {epoch}"
+        assert len(a) == len(b) == 16, f"epoch {epoch}"
+        assert not a & b, f"epoch {epoch}"
+        assert a | b == set(range(32)), f"epoch {epoch}"
     assert r0["labels"][:16] != r0["labels"][16:]  # reshuffled for the second epoch
     a, b = r0["state_dict"], r1["state_dict"]
-    assert a.keys() == b.keys() and any("running_mean" in k for k in a)
+    assert a.keys() == b.keys()
+    assert any("running_mean" in k for k in a)
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=lambda m: f"{k} differs between the nodes: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=lambda m, k=k: f"{k} differs between the nodes: {m}")
     print(f"2-node run: {wall:.1f} s wall")
 
 
@@ -125,10 +127,12 @@ def test_fsdp_config_builds_its_sharding_strategy():
     parser = ArgumentParser()
     parser.add_argument("--strategy", type=Strategy)
     strategy = parser.instantiate(parser.parse_object({"strategy": cfg["trainer"]["strategy"]})).strategy
-    assert isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy == ShardingStrategy.FULL_SHARD
+    assert isinstance(strategy, FSDPStrategy)
+    assert strategy.sharding_strategy == ShardingStrategy.FULL_SHARD
     assert strategy.kwargs["use_orig_params"] is True
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
     assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {Block}
     vit = cfg["model"]["init_args"]["backbone"]["init_args"]
     d, depth, hidden = vit["embed_dim"], vit["depth"], int(vit["embed_dim"] * vit["mlp_ratio"])
-    assert hidden == 8192 and 1.8e9 < depth * (4 * d * d + 2 * d * hidden) < 1.9e9  # ViT-G/14: 1.84B parameters
+    assert hidden == 8192
+    assert 1.8e9 < depth * (4 * d * d + 2 * d * hidden) < 1.9e9

@@ -29,7 +29,8 @@ def test_loss_hand_computed():
     p_1, p_2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     n_1 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # the second image's neighbour looks like the first image
     n_2 = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
-    # n_1 vs p_2: row 0 logits (1, 0) -> -log(e / (e + 1)); row 1 logits (1, 0), positive is column 1 -> -log(1 / (e + 1))
+    # n_1 vs p_2: row 0 logits (1, 0) -> -log(e / (e + 1));
+    # row 1 logits (1, 0), positive is column 1 -> -log(1 / (e + 1))
     first = (-math.log(math.e / (math.e + 1)) - math.log(1 / (math.e + 1))) / 2
     # n_2 vs p_1: row 0 logits (0, 1), positive column 0 -> -log(1 / (1 + e)); row 1 -> -log(e / (1 + e))
     second = first
@@ -48,7 +49,10 @@ def test_loss_matches_the_papers_formula_and_neighbours_get_no_gradient():
     loss = nnclr_loss(p_1, p_2, n_1, n_2)
     assert loss.item() == pytest.approx(((paper(n_1, p_2) + paper(n_2, p_1)) / 2).item(), rel=1e-5)
     loss.backward()
-    assert n_1.grad is None and n_2.grad is None and p_1.grad is not None and p_2.grad is not None
+    assert n_1.grad is None
+    assert n_2.grad is None
+    assert p_1.grad is not None
+    assert p_2.grad is not None
 
 
 def test_step_takes_neighbours_from_the_queue_then_enqueues_view_one():
@@ -63,7 +67,8 @@ def test_step_takes_neighbours_from_the_queue_then_enqueues_view_one():
     assert out["loss"].item() == pytest.approx(want.item(), rel=1e-5)
     torch.testing.assert_close(model.queue[:4], F.normalize(z_1, dim=1).detach())  # view 1 enqueued after the lookup
     torch.testing.assert_close(model.queue[4:], support[4:])
-    assert int(model.queue_ptr) == 4 and {"queue", "queue_ptr"} <= set(model.state_dict())
+    assert int(model.queue_ptr) == 4
+    assert {"queue", "queue_ptr"} <= set(model.state_dict())
 
 
 def test_exact_resume_with_the_support_set(tmp_path):
@@ -85,4 +90,4 @@ def test_exact_resume_with_the_support_set(tmp_path):
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     for k in a:  # networks, support set, its pointer
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m: f"{k} differs after resume: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k} differs after resume: {m}")

@@ -35,7 +35,8 @@ def colour_grid(steps: int = 17) -> torch.Tensor:
 def test_rotation_targets_match_the_applied_rotation():
     x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5)  # every pixel different
     rotated, targets = rotate_batch(x)
-    assert rotated.shape == (8, 1, 5, 5) and targets.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert rotated.shape == (8, 1, 5, 5)
+    assert targets.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     n = 5
     for k in range(4):  # new[r, c] written out by hand for counter-clockwise quarter turns
         expected = {
@@ -56,14 +57,16 @@ def test_rotnet_step_returns_upright_features():
     model = RotNet(SmallCNN(1, 16, width=4), head_hidden_dim=16).eval()
     x = torch.randn(3, 1, 16, 16)
     out = model.training_step(([x], torch.zeros(3, dtype=torch.long)), 0)
-    assert out["features"].shape == (3, model.num_features) and not out["features"].requires_grad
+    assert out["features"].shape == (3, model.num_features)
+    assert not out["features"].requires_grad
     torch.testing.assert_close(out["features"], model.embed(x))
 
 
 # --- jigsaw ---------------------------------------------------------------------------------------------------
 def test_permutation_set_size_distance_and_seed():
     perms = hamming_permutation_set(100, seed=0)
-    assert perms.shape == (100, 9) and perms.dtype == torch.long
+    assert perms.shape == (100, 9)
+    assert perms.dtype == torch.long
     assert (perms.sort(dim=1).values == torch.arange(9)).all()  # every row is a permutation
     assert len({tuple(p) for p in perms.tolist()}) == 100
     assert min_hamming_distance(perms) >= 6  # random sets of 100 typically have 2 or 3
@@ -146,7 +149,8 @@ def test_lab_round_trip_and_agreement_with_skimage():
 
 def test_ab_bins_cover_the_gamut_and_encode_decode():
     bins = ab_bins(10.0)
-    assert 250 <= len(bins) <= 320 and (bins % 10 == 0).all()
+    assert 250 <= len(bins) <= 320
+    assert (bins % 10 == 0).all()
     ab = rgb_to_lab(colour_grid(33).float())[:, 1:]
     hard = encode_ab(ab, bins)
     assert (bins[hard.flatten()] - ab[0, :, :, 0].T).abs().max() <= 5 * math.sqrt(2) + 1e-4  # within a cell
@@ -154,7 +158,8 @@ def test_ab_bins_cover_the_gamut_and_encode_decode():
     assert torch.equal(encode_ab(centres, bins).flatten(), torch.arange(len(bins)))
     soft = encode_ab(ab, bins, soft=True)
     torch.testing.assert_close(soft.sum(1), torch.ones_like(soft[:, 0]))
-    assert ((soft > 0).sum(1) == 5).all() and torch.equal(soft.argmax(1), hard)
+    assert ((soft > 0).sum(1) == 5).all()
+    assert torch.equal(soft.argmax(1), hard)
     logits = torch.full((1, len(bins), 1, 3), -20.0)
     logits[0, [3, 50, 200], 0, [0, 1, 2]] = 20.0
     torch.testing.assert_close(decode_ab(logits, bins)[0, :, 0].T, bins[[3, 50, 200]])
@@ -167,7 +172,8 @@ def test_rebalance_weights():
     p = torch.ones(q) / q
     kernel = torch.exp(-(torch.cdist(bins, bins) ** 2) / 50)
     # uniform counts: up to the smoothing at the gamut's edge, all weights ~1
-    assert (uniform - 1).abs().max() < 0.3 and abs(float((kernel @ p / (kernel @ p).sum() * uniform).sum()) - 1) < 1e-5
+    assert (uniform - 1).abs().max() < 0.3
+    assert abs(float((kernel @ p / (kernel @ p).sum() * uniform).sum()) - 1) < 1e-5
     counts = torch.ones(q)
     grey = int((bins**2).sum(1).argmin())
     counts[grey] = 1000.0  # the usual picture: mostly unsaturated colours
@@ -269,7 +275,8 @@ def test_colorization_fit_undoes_normalization_and_logs_pictures(tmp_path):
     mean, std = data.norm_stats()
     torch.testing.assert_close(model.rgb_mean.flatten(), torch.tensor(mean))
     assert int(model.bin_counts.sum()) == 2 * 8 * 4 * 4  # two batches of 8 images, 4x4 ab targets each
-    assert images.last_path is not None and images.last_path.exists()
+    assert images.last_path is not None
+    assert images.last_path.exists()
     raw = next(iter(trainer.val_dataloaders[0]))[0][:4].float() / 255  # uint8 images with batch_augment
     m, sd = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     grey, colourized, original = model.colorize((raw - m) / sd)  # normalized as the datamodule does

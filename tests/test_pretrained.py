@@ -40,7 +40,7 @@ def test_hf_vision_backbones_from_local_dirs(kind, tmp_path):
         kw.pop("intermediate_size")
         model = T.Dinov2Model(T.Dinov2Config(**kw, mlp_ratio=2))
     else:
-        vision = {k: v for k, v in _vit_kwargs().items()}
+        vision = dict(_vit_kwargs().items())
         text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
         model = T.CLIPModel(T.CLIPConfig(vision_config=vision, text_config=text, projection_dim=16))
     model.save_pretrained(tmp_path)
@@ -203,4 +203,5 @@ def test_layer_decay_scales_vit_learning_rates(tmp_path):
     opt = c.trainer.optimizers[0]
     lrs = sorted({round(g["initial_lr"], 8) for g in opt.param_groups})
     # one lr per depth level, each block's half of the one above; the new head and the last norm train at 0.01
-    assert len(lrs) >= 4 and lrs == pytest.approx([0.01 * 0.5**k for k in range(len(lrs) - 1, -1, -1)])
+    assert len(lrs) >= 4
+    assert lrs == pytest.approx([0.01 * 0.5**k for k in range(len(lrs) - 1, -1, -1)])

@@ -86,7 +86,8 @@ def test_mae_monitors_see_the_full_image_not_the_visible_patches():
     torch.manual_seed(0)
     model = CASES["mae"][0]()
     out = _check(model, _batch("mae"))
-    assert "embed_input" in out and isinstance(model, MAE)
+    assert "embed_input" in out
+    assert isinstance(model, MAE)
 
 
 def test_probe_every_n_steps_and_bad_interval():

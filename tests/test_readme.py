@@ -28,9 +28,11 @@ def test_readme_notebook_snippet_runs(tmp_path, monkeypatch):
         code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
-    exec(compile(code, "README.md", "exec"), ns)  # noqa: S102
-    assert ns["images"].shape == (64, 1, 28, 28) and ns["images"].dtype == torch.float32
-    assert ns["features"].shape == (64, 512) and ns["labels"].shape == (64,)
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["images"].shape == (64, 1, 28, 28)
+    assert ns["images"].dtype == torch.float32
+    assert ns["features"].shape == (64, 512)
+    assert ns["labels"].shape == (64,)
     assert abs(float(ns["images"].mean())) < 0.5  # normalized, not uint8 / [0, 1]
     model = ns["model"]
     assert model.training  # encode restored the mode it found

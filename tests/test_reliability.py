@@ -81,7 +81,8 @@ def test_nonfinite_skip_leaves_weights_and_optimizer_untouched(tmp_path):
     trainer.callbacks.append(Snap())
     with pytest.warns(UserWarning, match="skipped this optimizer step"):
         trainer.fit(model, datamodule=dm)
-    assert guard.skipped == 1 and trainer.global_step == 8
+    assert guard.skipped == 1
+    assert trainer.global_step == 8
     for k, v in snapshots[3].items():  # the step taken with the NaN loss changed nothing
         if "num_batches_tracked" not in k and "running" not in k:
             torch.testing.assert_close(snapshots[4][k], v, msg=k)
@@ -122,7 +123,8 @@ def test_collapse_statistics_on_constructed_features():
     assert 1.5 < rankme(low_rank) < 2.5
     mon = CollapseMonitor()
     assert not mon.is_collapsed(mon.measure(healthy))
-    assert mon.is_collapsed(mon.measure(collapsed)) and mon.is_collapsed(mon.measure(low_rank))
+    assert mon.is_collapsed(mon.measure(collapsed))
+    assert mon.is_collapsed(mon.measure(low_rank))
 
 
 class _Constant(SimCLR):
@@ -148,7 +150,8 @@ def test_collapse_monitor_warns_and_logs(tmp_path):
     )
     with pytest.warns(UserWarning, match="looks collapsed"):
         trainer.fit(model, datamodule=dm)
-    assert mon.last["embedding_std"] < 0.01 and "train/rankme" in trainer.callback_metrics
+    assert mon.last["embedding_std"] < 0.01
+    assert "train/rankme" in trainer.callback_metrics
     healthy = CollapseMonitor(every_n_steps=2)
     trainer = L.Trainer(
         max_epochs=1,

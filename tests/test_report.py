@@ -27,9 +27,11 @@ checkpoint: {{dirpath: {tmp_path}/ckpt}}
     cli(["fit", "--config", str(cfg)])
     rows = report.run([str(cfg)], str(tmp_path / "ckpt" / "last.ckpt"), ks=[1, 5])
     assert list(rows) == ["learned (SimCLR)", "random init (same architecture)", "raw pixels"]
-    assert rows["raw pixels"]["dim"] == 256 and rows["learned (SimCLR)"]["dim"] == 16
+    assert rows["raw pixels"]["dim"] == 256
+    assert rows["learned (SimCLR)"]["dim"] == 16
     assert rows["raw pixels"]["k=1"] == pytest.approx(1.0)  # the class patterns are far apart in pixel space
-    assert rows["raw pixels"]["bank"] == 64 and rows["raw pixels"]["queries"] == 16
+    assert rows["raw pixels"]["bank"] == 64
+    assert rows["raw pixels"]["queries"] == 16
     saved = json.loads((tmp_path / "ckpt" / "knn_report.json").read_text())
     assert saved["rows"]["raw pixels"]["k=5"] == rows["raw pixels"]["k=5"]
     assert "| raw pixels | 256 | 100.00% |" in capsys.readouterr().out

@@ -43,15 +43,17 @@ def test_runs_get_their_own_directories_and_last_means_this_configs_run(tmp_path
     cli(args(root, width=8))  # version_1: a variant from the same config
     assert [p.name for p in runs.versions(root)] == ["version_0", "version_1"]
     for v in runs.versions(root):
-        assert (v / "config.yaml").exists() and (v / "checkpoints" / "last.ckpt").exists()
+        assert (v / "config.yaml").exists()
+        assert (v / "checkpoints" / "last.ckpt").exists()
         assert (v / "metrics.csv").exists()  # the default logger writes into the run, not into a shared folder
     assert "width: 8" in (root / "version_1" / "config.yaml").read_text()
     assert "width: 4" in (root / "version_0" / "config.yaml").read_text()
 
     c = cli(args(root, width=4, epochs=2, extra=["--ckpt_path=last"]))  # resumes the original, not the newer variant
-    assert c.trainer.current_epoch == 2 and c.trainer.default_root_dir.endswith("version_0")
+    assert c.trainer.current_epoch == 2
+    assert c.trainer.default_root_dir.endswith("version_0")
     assert len(runs.versions(root)) == 2  # no new directory for a resumed run
-    rows = list(csv.DictReader(open(root / "version_0" / "metrics.csv")))
+    rows = list(csv.DictReader((root / "version_0" / "metrics.csv").read_text().splitlines()))
     assert {r["epoch"] for r in rows} >= {"0", "1"}  # the resumed run kept logging where it started
 
     with pytest.raises(ValueError, match=r"no run under .* this model config .*width: 16 here, 8 in the run"):
@@ -62,7 +64,8 @@ def test_runs_get_their_own_directories_and_last_means_this_configs_run(tmp_path
 def test_last_with_nothing_to_resume_starts_a_new_run(tmp_path):
     with pytest.warns(UserWarning, match="nothing to resume"):
         c = cli(args(tmp_path / "fresh", epochs=1, extra=["--ckpt_path=last"]))
-    assert c.trainer.global_step == 2 and (tmp_path / "fresh" / "version_0" / "checkpoints" / "last.ckpt").exists()
+    assert c.trainer.global_step == 2
+    assert (tmp_path / "fresh" / "version_0" / "checkpoints" / "last.ckpt").exists()
 
 
 def test_explicit_checkpoint_overrides_are_reported(tmp_path):
@@ -90,6 +93,7 @@ def test_a_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
     )
     with pytest.raises(
         CheckpointError,
-        match=r"(?s)another architecture.*backbone.features.0.weight: the file has \(8, 1, 3, 3\), this run \(4, 1, 3, 3\)",
+        match=r"(?s)another architecture.*backbone.features.0.weight: "
+        r"the file has \(8, 1, 3, 3\), this run \(4, 1, 3, 3\)",
     ):
         trainer.fit(model, dm, ckpt_path=str(ckpt))

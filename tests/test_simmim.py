@@ -35,7 +35,8 @@ def convnext():
 def test_masks_have_the_same_count_of_aligned_squares():
     g = torch.Generator().manual_seed(0)
     mask = simmim_masks(5, (8, 8), mask_patch=2, mask_ratio=0.6, generator=g)  # 4x4 squares of 2x2, ceil(9.6) = 10
-    assert mask.shape == (5, 8, 8) and mask.dtype == torch.bool
+    assert mask.shape == (5, 8, 8)
+    assert mask.dtype == torch.bool
     assert mask.flatten(1).sum(1).tolist() == [40] * 5
     coarse = mask[:, ::2, ::2]
     torch.testing.assert_close(coarse.repeat_interleave(2, 1).repeat_interleave(2, 2), mask)  # whole squares
@@ -59,12 +60,13 @@ def test_loss_hand_computed_and_matches_reference():
 
 
 @pytest.mark.parametrize(
-    "make,size,stride", [(vit, 16, 4), (swin, 16, 8), (convnext, 32, 32)], ids=["vit", "swin", "convnext"]
+    ("make", "size", "stride"), [(vit, 16, 4), (swin, 16, 8), (convnext, 32, 32)], ids=["vit", "swin", "convnext"]
 )
 def test_masked_pixels_do_not_reach_the_encoder(make, size, stride):
     torch.manual_seed(0)
     model = SimMIM(make(), mask_patch_size=8).eval()
-    assert model.stem_stride == 4 and model.out_stride == stride
+    assert model.stem_stride == 4
+    assert model.out_stride == stride
     x = torch.randn(2, 1, size, size)
     mask = simmim_masks(2, model.grid, 2, 0.5, generator=torch.Generator().manual_seed(1))
     pixel_mask = mask.repeat_interleave(4, 1).repeat_interleave(4, 2).unsqueeze(1)
@@ -76,8 +78,10 @@ def test_masked_pixels_do_not_reach_the_encoder(make, size, stride):
     assert model.decoder(model.encode(x, mask)).shape == x.shape  # one linear layer + pixel shuffle: every pixel
     out["loss"].backward()
     token = model.backbone.mask_token if make is vit else model.mask_token
-    assert token.grad is not None and token.grad.abs().sum() > 0
-    assert "embed_input" in out and model.embed(x).shape == (2, model.backbone.num_features)
+    assert token.grad is not None
+    assert token.grad.abs().sum() > 0
+    assert "embed_input" in out
+    assert model.embed(x).shape == (2, model.backbone.num_features)
 
 
 def test_bad_settings():
@@ -85,7 +89,7 @@ def test_bad_settings():
         SimMIM(vit(), mask_patch_size=6)
     with pytest.raises(ValueError, match=r"mask_ratio must lie in \(0, 1\)"):
         SimMIM(vit(), mask_patch_size=8, mask_ratio=1.0)
-    with pytest.raises(ValueError, match="SimMIM needs a lightning_ssl.modules.vit.ViT or a timm model"):
+    with pytest.raises(ValueError, match=r"SimMIM needs a lightning_ssl\.modules\.vit\.ViT or a timm model"):
         SimMIM(SmallCNN(1, 16, width=4))
     with pytest.raises(ValueError, match="cannot take 1-channel 16 px images"):
         SimMIM(

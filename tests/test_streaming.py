@@ -4,13 +4,15 @@ already written is lost."""
 
 from __future__ import annotations
 
+import functools
 import json
-import tomllib
+import operator
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
+import tomllib
 import torch
 from PIL import Image
 
@@ -65,13 +67,14 @@ def _epoch(loader) -> list[list[int]]:
 def test_optimize_writes_mixed_chunks_and_metadata(chunks):
     index = check_chunks(str(chunks / "chunks"))
     meta = json.loads((chunks / "chunks" / "lightning_ssl.json").read_text())
-    assert meta["num_items"] == 48 and meta["classes"] == list(CLASSES) and not meta["captions"]
-    assert len(index["chunks"]) >= 4 and sum(c["chunk_size"] for c in index["chunks"]) == 48
+    assert meta["num_items"] == 48
+    assert meta["classes"] == list(CLASSES)
+    assert not meta["captions"]
+    assert len(index["chunks"]) >= 4
+    assert sum(c["chunk_size"] for c in index["chunks"]) == 48
     dm = _dm(chunks)
-    assert (
-        dm.num_classes == 4
-        and StreamingImageDataModule.describe({"input_dir": str(chunks / "chunks")})["num_classes"] == 4
-    )
+    assert dm.num_classes == 4
+    assert StreamingImageDataModule.describe({"input_dir": str(chunks / "chunks")})["num_classes"] == 4
     from litdata import StreamingDataset
 
     stored = StreamingDataset(str(chunks / "chunks"))
@@ -86,11 +89,13 @@ def test_stream_is_deterministic_and_each_epoch_is_a_new_order(chunks):
         d.setup("fit")
     la, lb = a.train_dataloader(), b.train_dataloader()
     e1a, e1b = _epoch(la), _epoch(lb)
-    assert e1a == e1b and len(e1a) == len(la) == 12
-    assert sorted(sum(e1a, [])) == list(range(48))  # every item once per epoch
+    assert e1a == e1b
+    assert len(e1a) == len(la) == 12
+    assert sorted(functools.reduce(operator.iadd, e1a, [])) == list(range(48))  # every item once per epoch
     assert _epoch(la) != e1a  # epoch 2: another order
     batch = next(iter(la))
-    assert batch["image"].shape == (4, 3, 18, 18) and batch["size"].shape == (4, 2)
+    assert batch["image"].shape == (4, 3, 18, 18)
+    assert batch["size"].shape == (4, 2)
 
 
 def test_resume_mid_epoch_restores_the_stream_position(chunks):
@@ -113,7 +118,7 @@ def test_resume_mid_epoch_restores_the_stream_position(chunks):
     rest = [(b["index"].tolist(), b["image"]) for b in loader2]
     got = [b["index"].tolist() for b in head] + [i for i, _ in rest]
     assert got == [i for i, _ in full]
-    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, full[5:]))
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, full[5:], strict=True))
 
 
 @pytest.mark.parametrize("stop_at", [4, 6], ids=["mid-epoch", "epoch-end"])
@@ -155,7 +160,7 @@ def test_lightning_resume_is_exact(chunks, tmp_path, stop_at):
     t.fit(resumed, datamodule=_dm(chunks, batch_size=8), ckpt_path=tmp_path / f"step{stop_at}.ckpt", weights_only=True)
     assert t.global_step == 12
     for k, v in straight.state_dict().items():
-        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def _shard(rank, world_size, base):
@@ -167,9 +172,10 @@ def _shard(rank, world_size, base):
 
 def test_ddp_ranks_get_disjoint_equal_shards(chunks):
     (n0, e0), (n1, e1) = run_distributed(_shard, str(chunks))
-    a, b = sum(e0, []), sum(e1, [])
+    a, b = functools.reduce(operator.iadd, e0, []), functools.reduce(operator.iadd, e1, [])
     assert n0 == n1 == len(e0) == len(e1) > 0  # equal batch counts: no rank waits in a collective
-    assert not set(a) & set(b) and len(a) == len(set(a))
+    assert not set(a) & set(b)
+    assert len(a) == len(set(a))
     assert len(a) + len(b) >= 48 - 2 * 4 * 2  # drop_last drops at most a batch per rank and chunk boundary
 
 
@@ -177,14 +183,19 @@ def test_evaluation_sets_and_labels(chunks):
     dm = _dm(chunks, val_dir=str(chunks / "val_chunks"))
     dm.setup("fit")
     val, bank = dm.val_dataloader()
-    assert len(val.dataset) == 12 and len(bank.dataset) == 16
+    assert len(val.dataset) == 12
+    assert len(bank.dataset) == 16
     x, y = next(iter(val))
-    assert x.dtype == torch.uint8 and x.shape == (4, 3, 16, 16) and set(y.tolist()) <= set(range(4))
+    assert x.dtype == torch.uint8
+    assert x.shape == (4, 3, 16, 16)
+    assert set(y.tolist()) <= set(range(4))
     # per-image views in the workers (batch_augment off): seeded by (seed, epoch, index)
     per_image = _dm(chunks, batch_augment=False)
     per_image.setup("fit")
-    views, labels = next(iter(per_image.train_dataloader()))
-    assert len(views) == 2 and views[0].shape == (4, 3, 16, 16) and views[0].dtype == torch.float32
+    views, _labels = next(iter(per_image.train_dataloader()))
+    assert len(views) == 2
+    assert views[0].shape == (4, 3, 16, 16)
+    assert views[0].dtype == torch.float32
     again = _dm(chunks, batch_augment=False)
     again.setup("fit")
     torch.testing.assert_close(next(iter(again.train_dataloader()))[0][1], views[1])
@@ -198,7 +209,7 @@ def test_image_text_table_streams_captions(tmp_path):
         rows.append(f"{i}.png,a {colour} square number {i},{colour}")
     (tmp_path / "pairs.csv").write_text("\n".join(rows))
     meta = optimize_images(str(tmp_path / "pairs.csv"), str(tmp_path / "chunks"), num_workers=1, verbose=False)
-    assert meta["captions"] and meta["classes"] == ["red", "blue"] or meta["classes"] == ["blue", "red"]
+    assert (meta["captions"] and meta["classes"] == ["red", "blue"]) or meta["classes"] == ["blue", "red"]
     dm = StreamingImageDataModule(
         input_dir=str(tmp_path / "chunks"),
         image_size=16,
@@ -215,8 +226,9 @@ def test_image_text_table_streams_captions(tmp_path):
 
     dm.trainer = _T()
     x, y, captions = dm.on_after_batch_transfer(batch, 0)
-    assert x.shape == (4, 3, 16, 16) and len(captions) == 4
-    assert all(c.startswith(f"a {dm.class_names[int(label)]} square") for c, label in zip(captions, y))
+    assert x.shape == (4, 3, 16, 16)
+    assert len(captions) == 4
+    assert all(c.startswith(f"a {dm.class_names[int(label)]} square") for c, label in zip(captions, y, strict=True))
     assert len(dm.train_captions()) == 12
 
 

@@ -33,7 +33,7 @@ def reference_sinkhorn(out, epsilon=0.05, iterations=3):
 def reference_loss(output, bs, n_crops, crops_for_assign, temperature=0.1):
     """The loss loop of main_swav.py's train(), without the queue, in float64."""
     loss = 0
-    for i, crop_id in enumerate(crops_for_assign):
+    for crop_id in crops_for_assign:
         q = reference_sinkhorn(output[bs * crop_id : bs * (crop_id + 1)].detach())[-bs:]
         subloss = 0
         for v in [v for v in range(n_crops) if v != crop_id]:
@@ -126,7 +126,8 @@ def test_queue_starts_at_its_epoch_and_is_used_once_full():
     batch = (crops(4), torch.zeros(4))
     for _ in range(4):
         model.training_step(batch, 0)
-    assert calls == [(0, 4), (4, 8), (8, 12), (12, 12)] and int(model.queue_ptr) == 16 % 12
+    assert calls == [(0, 4), (4, 8), (8, 12), (12, 12)]
+    assert int(model.queue_ptr) == 16 % 12
     # once full, the queue joins the Sinkhorn problem: the codes differ from the batch-only codes
     z = F.normalize(model.projector(model.backbone(batch[0][0])), dim=1)
     s = model.prototypes(z).detach()
@@ -135,7 +136,8 @@ def test_queue_starts_at_its_epoch_and_is_used_once_full():
     late = SwAV(cnn(), proj_hidden_dim=16, proj_dim=8, num_prototypes=6, queue_size=12, queue_start_epoch=3)
     late.training_step(batch, 0)
     assert int(late.queue_count) == 0  # epoch 0 < 3: nothing stored yet
-    assert "queue" in late.state_dict() and "queue" not in SwAV(cnn(), proj_dim=8, num_prototypes=6).state_dict()
+    assert "queue" in late.state_dict()
+    assert "queue" not in SwAV(cnn(), proj_dim=8, num_prototypes=6).state_dict()
 
 
 def test_exact_resume_with_queue_and_frozen_prototypes(tmp_path):
@@ -157,8 +159,9 @@ def test_exact_resume_with_queue_and_frozen_prototypes(tmp_path):
     resumed = build()
     t2 = trainer(tmp_path, max_epochs=2)
     t2.fit(resumed, datamodule=tiny_data(views=views), ckpt_path=tmp_path / "step6.ckpt", weights_only=True)
-    assert t2.global_step == 8 and int(straight.queue_count) == 16
+    assert t2.global_step == 8
+    assert int(straight.queue_count) == 16
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     for k in a:  # backbone, head, prototypes, queue, its pointer and fill count
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m: f"{k} differs after resume: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k} differs after resume: {m}")

@@ -51,7 +51,8 @@ def test_precision(tmp_path, precision):
     c = run(tiny(tmp_path), f"--trainer.precision={precision}")
     # fp16 autocast is GPU-only in Lightning: on a CPU it runs 16-mixed as bf16-mixed (and says so)
     expected = "bf16-mixed" if precision == "16-mixed" else precision
-    assert c.trainer.precision == expected and torch.isfinite(c.trainer.callback_metrics["train/loss"])
+    assert c.trainer.precision == expected
+    assert torch.isfinite(c.trainer.callback_metrics["train/loss"])
 
 
 @pytest.mark.parametrize("setting", ["true", "auto", "false"])
@@ -61,7 +62,8 @@ def test_channels_last(tmp_path, setting):
     c = run(tiny(tmp_path), *args)
     conv = c.model.backbone.features[3].weight  # (4, 4, 3, 3): NHWC differs from NCHW here
     nhwc = setting != "false"
-    assert conv.is_contiguous(memory_format=torch.channels_last) == nhwc and conv.is_contiguous() != nhwc
+    assert conv.is_contiguous(memory_format=torch.channels_last) == nhwc
+    assert conv.is_contiguous() != nhwc
     assert c.trainer.global_step == 4
 
 
@@ -80,8 +82,10 @@ def test_channels_last_auto_leaves_a_vit_alone():
     perf = Performance()
     perf.setup(None, model, "fit")
     patch = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)).weight
-    assert perf.uses_channels_last is False and patch.is_contiguous()
-    assert is_convolutional(SmallCNN(1, 16, width=4)) and not is_convolutional(model.backbone)
+    assert perf.uses_channels_last is False
+    assert patch.is_contiguous()
+    assert is_convolutional(SmallCNN(1, 16, width=4))
+    assert not is_convolutional(model.backbone)
     with pytest.raises(ValueError, match="true, false or auto"):
         Performance(channels_last="yes")
 
@@ -90,14 +94,17 @@ def test_speed_yaml_with_compile(tmp_path):
     """configs/shared/speed.yaml: channels_last + torch.compile; checkpoints keep plain parameter names. The eager
     backend traces the model like inductor without generating kernels (40 s of C++ compilation on a CPU)."""
     c = run(tiny(tmp_path), "--config", str(SHARED / "speed.yaml"), "--performance.compile_backend=eager")
-    assert c.trainer.global_step == 4 and getattr(c.model.backbone, "_compiled_call_impl", None) is not None
+    assert c.trainer.global_step == 4
+    assert getattr(c.model.backbone, "_compiled_call_impl", None) is not None
     keys = safe_load(tmp_path / "ckpt" / "last.ckpt")["state_dict"].keys()
-    assert "backbone.features.0.weight" in keys and not any("_orig_mod" in k for k in keys)
+    assert "backbone.features.0.weight" in keys
+    assert not any("_orig_mod" in k for k in keys)
 
 
 def test_gradient_accumulation(tmp_path):
     c = run(tiny(tmp_path, "BYOL"), "--trainer.accumulate_grad_batches=2")
-    assert c.trainer.global_step == 2 and int(c.model.teacher_updates) == 2  # 4 batches, 2 optimizer steps
+    assert c.trainer.global_step == 2
+    assert int(c.model.teacher_updates) == 2
 
 
 def _subprocess_fit(cfg: Path, *args: str) -> subprocess.CompletedProcess:

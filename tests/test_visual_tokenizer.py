@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from lightning_ssl.data import ClassifierViews, SyntheticDataModule
 from lightning_ssl.methods import PatchTokenizer, VisualTokenizer
-from lightning_ssl.modules.masking import patchify
 from lightning_ssl.modules.pretrained import patch_features
 from lightning_ssl.modules.quantizer import VectorQuantizer, codebook_usage, kmeans
 from lightning_ssl.modules.vit import ViT
@@ -63,7 +62,8 @@ def test_straight_through_gradient_and_no_codebook_gradient():
     out = q(z)
     (out.z_q * torch.arange(4.0)).sum().backward()
     torch.testing.assert_close(z.grad, torch.arange(4.0).expand(10, 4))  # d z_q / d z = identity
-    assert not any(p.requires_grad for p in q.parameters()) and "codebook" in dict(q.named_buffers())
+    assert not any(p.requires_grad for p in q.parameters())
+    assert "codebook" in dict(q.named_buffers())
 
 
 def test_no_update_in_eval_mode_or_when_tokenizing():
@@ -104,12 +104,14 @@ def test_kmeans_is_lloyds_algorithm_from_the_seeded_rows():
     assert counts.tolist() == [float((assign == k).sum()) for k in range(5)]
     x = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
     centroids, counts = kmeans(x, 2, iters=3, generator=torch.Generator().manual_seed(0))
-    assert sorted(centroids.flatten().tolist()) == [0.5, 10.5] and counts.tolist() == [2.0, 2.0]
+    assert sorted(centroids.flatten().tolist()) == [0.5, 10.5]
+    assert counts.tolist() == [2.0, 2.0]
 
 
 def test_codebook_usage_and_perplexity_hand_computed():
     usage, perplexity = codebook_usage(torch.tensor([2.0, 2.0, 0.0, 0.0]))
-    assert usage == 0.5 and perplexity == pytest.approx(2.0)
+    assert usage == 0.5
+    assert perplexity == pytest.approx(2.0)
     p = torch.tensor([0.5, 0.25, 0.25])
     assert codebook_usage(torch.tensor([2.0, 1.0, 1.0]))[1] == pytest.approx(float(torch.exp(-(p * p.log()).sum())))
 
@@ -136,7 +138,8 @@ def test_dead_code_restart_raises_usage_of_a_collapsed_codebook():
         usage[restart] = codebook_usage(q(held_out, update=False).counts)[0]
         assert before == 1 / 16
     assert usage[False] == 1 / 16  # EMA alone keeps the collapse
-    assert usage[True] >= 0.9 and int(_restarted(batches)) > 0
+    assert usage[True] >= 0.9
+    assert int(_restarted(batches)) > 0
 
 
 def _restarted(batches):
@@ -163,7 +166,7 @@ def test_ddp_codebook_statistics_equal_one_process_with_the_whole_batch():
     assert int(ref["restarted"]) > 0, "the case should exercise restarts"
     for state in run_distributed(_ddp_quantizer, batches):
         for k in ref:
-            torch.testing.assert_close(state[k], ref[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+            torch.testing.assert_close(state[k], ref[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
 
 
 # --- the LightningModule ------------------------------------------------------------------------------------
@@ -196,7 +199,9 @@ def test_tokenize_gives_one_id_per_patch_and_never_updates():
     model = tokenizer().train()
     before = {k: v.clone() for k, v in model.quantizer.state_dict().items()}
     ids = model.tokenize(torch.randn(3, 1, 16, 16))
-    assert ids.shape == (3, 4, 4) and ids.dtype == torch.long and int(ids.max()) < 32
+    assert ids.shape == (3, 4, 4)
+    assert ids.dtype == torch.long
+    assert int(ids.max()) < 32
     assert all(torch.equal(v, before[k]) for k, v in model.quantizer.state_dict().items())
 
 
@@ -259,15 +264,17 @@ def test_exact_resume_of_the_tokenizer(tmp_path):
     )
     _trainer(tmp_path, max_steps=8, enable_checkpointing=True, callbacks=[ckpt]).fit(straight, datamodule=_data())
     stored = torch.load(tmp_path / "step6.ckpt", weights_only=True)["state_dict"]
-    assert "quantizer.cluster_size" in stored and not any(k.startswith("teacher.") for k in stored)
+    assert "quantizer.cluster_size" in stored
+    assert not any(k.startswith("teacher.") for k in stored)
     resumed = _resumable()
     t2 = _trainer(tmp_path, max_steps=8)
     t2.fit(resumed, datamodule=_data(), ckpt_path=tmp_path / "step6.ckpt", weights_only=True)
-    assert t2.global_step == 8 and int(resumed.quantizer.updates) == 8
+    assert t2.global_step == 8
+    assert int(resumed.quantizer.updates) == 8
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m: f"{k} differs after resume: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k} differs after resume: {m}")
 
 
 def test_patch_tokenizer_from_checkpoint_drops_decoder_and_teacher(tmp_path):
@@ -282,7 +289,8 @@ def test_patch_tokenizer_from_checkpoint_drops_decoder_and_teacher(tmp_path):
     }
     torch.save({"state_dict": sd, "hyper_parameters": {**model.hparams, "backbone": backbone_cfg}}, path)
     tok = PatchTokenizer.from_checkpoint(str(path))
-    assert isinstance(tok, PatchTokenizer) and not tok.training
+    assert isinstance(tok, PatchTokenizer)
+    assert not tok.training
     assert {n.split(".")[0] for n, _ in tok.named_children()} == {"backbone", "to_code", "quantizer"}
     x = torch.randn(5, 1, 16, 16)
     model.eval()
@@ -298,10 +306,12 @@ def test_reconstruction_callback_writes_original_reconstruction_and_token_grid(t
     cb = TokenizerReconstructionLogger(num_images=3, every_n_epochs=1, out_dir=str(tmp_path / "img"))
     torch.manual_seed(0)
     _trainer(tmp_path, max_steps=2, callbacks=[cb]).fit(tokenizer(), datamodule=_data())
-    assert cb.last_path is not None and cb.last_path.exists()
+    assert cb.last_path is not None
+    assert cb.last_path.exists()
     with Image.open(cb.last_path) as im:  # 3 columns (original | reconstruction | tokens) x 3 rows of 16 px
         assert im.size == (3 * 17 + 1, 3 * 17 + 1)
     ids = torch.tensor([[[0, 1], [1, 0]]])
     colours = token_colours(ids, 4)
-    assert colours.shape == (1, 3, 2, 2) and torch.equal(colours[0, :, 0, 0], colours[0, :, 1, 1])
+    assert colours.shape == (1, 3, 2, 2)
+    assert torch.equal(colours[0, :, 0, 0], colours[0, :, 1, 1])
     assert not torch.equal(colours[0, :, 0, 0], colours[0, :, 0, 1])

@@ -44,13 +44,15 @@ def test_offline_wandb_run_records_metrics_config_and_pictures(tmp_path, monkeyp
     assert run["finished"]  # fit returned after the service wrote the run's exit record
     assert {"train/loss", "val/knn_top1", "val/probe_top1", "trainer/global_step"} <= keys
     assert any(k.startswith("lr-") for k in keys)  # the learning rate
-    assert run["name"] == "mae_run/version_0" and set(run["tags"]) == {"MAE", "SyntheticDataModule"}
+    assert run["name"] == "mae_run/version_0"
+    assert set(run["tags"]) == {"MAE", "SyntheticDataModule"}
     config = run["config"]["config"]  # the whole resolved config, not only the model's hyperparameters
-    assert config["data"]["init_args"]["batch_size"] == 16 and config["trainer"]["max_epochs"] == 1
-    assert config["seed_everything"] == 0 and config["data"]["init_args"]["views"]["class_path"].endswith(
-        "ClassifierViews"
-    )
+    assert config["data"]["init_args"]["batch_size"] == 16
+    assert config["trainer"]["max_epochs"] == 1
+    assert config["seed_everything"] == 0
+    assert config["data"]["init_args"]["views"]["class_path"].endswith("ClassifierViews")
     names = {Path(p).name.split("_")[0] for p in run["images"]}
     assert {"views", "mae", "embeddings"} <= names, run["images"]
     assert {p.name for p in (run_dir / "images").glob("*.png")} >= {"views_epoch000.png", "embeddings_epoch000.png"}
-    assert (run_dir / "config.yaml").exists() and not (tmp_path / "config.yaml").exists()  # nothing shared
+    assert (run_dir / "config.yaml").exists()
+    assert not (tmp_path / "config.yaml").exists()

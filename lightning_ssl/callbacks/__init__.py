@@ -3,8 +3,8 @@
 from lightning_ssl.callbacks.budget import TimeBudget
 from lightning_ssl.callbacks.clip import CLIPEmbeddingPlot
 from lightning_ssl.callbacks.colorization import ColorizationImages
-from lightning_ssl.callbacks.guards import CollapseMonitor, NonFiniteError, NonFiniteGuard
 from lightning_ssl.callbacks.end_of_fit import EndOfRun, LearningRateLogger
+from lightning_ssl.callbacks.guards import CollapseMonitor, NonFiniteError, NonFiniteGuard
 from lightning_ssl.callbacks.images import (
     AttentionMapLogger,
     EmbeddingPlot,

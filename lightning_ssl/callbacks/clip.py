@@ -8,8 +8,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_ssl.metrics.zeroshot import clip_embedding_plot
 from lightning_ssl.callbacks.end_of_fit import is_final_validation
+from lightning_ssl.metrics.zeroshot import clip_embedding_plot
 from lightning_ssl.modules.distributed import gather
 from lightning_ssl.runs import log_dir
 
@@ -56,7 +56,7 @@ class CLIPEmbeddingPlot(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self._store or not self._active(trainer):
             return
-        img, txt, labels = (gather(torch.cat(t), with_grad=False).cpu() for t in zip(*self._store))
+        img, txt, labels = (gather(torch.cat(t), with_grad=False).cpu() for t in zip(*self._store, strict=True))
         self._store = []
         if trainer.global_rank != 0:
             return

@@ -62,7 +62,8 @@ class NonFiniteGuard(L.Callback):
         if self.action == "stop" or self.skipped >= self.max_skips:
             extra = f" after skipping {self.skipped} steps" if self.skipped else ""
             raise NonFiniteError(
-                f"{where}: {bad}{extra}. Training stopped before the optimizer step, so the weights are the last finite "
+                f"{where}: {bad}{extra}. Training stopped before the optimizer step, "
+                f"so the weights are the last finite "
                 f"ones and no checkpoint with NaNs was written. Lower the learning rate, use bf16 instead of fp16, "
                 f"clip gradients (trainer.gradient_clip_val), or set nonfinite.action=skip to skip such steps."
             )
@@ -162,7 +163,8 @@ class CollapseMonitor(L.Callback):
             self._warned_epoch = trainer.current_epoch
             warnings.warn(
                 f"{type(pl_module).__name__} looks collapsed at step {trainer.global_step}: std of normalized "
-                f"embeddings x sqrt(D) = {stats['embedding_std']:.3f} (healthy ~1), effective rank {stats['rankme']:.1f} "
+                f"embeddings x sqrt(D) = {stats['embedding_std']:.3f} (healthy ~1), "
+                f"effective rank {stats['rankme']:.1f} "
                 f"of {min(z.shape)}. Check the augmentations, the learning rate, the predictor/stop-gradient and "
                 f"the EMA momentum.",
                 stacklevel=2,

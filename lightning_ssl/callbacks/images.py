@@ -97,7 +97,7 @@ def token_colours(ids: Tensor, num_codes: int) -> Tensor:
 def render_tokens(original: Tensor, tokens: Tensor, num_codes: int, reconstruction: Tensor | None = None) -> Tensor:
     """One row per image: original | reconstruction (when there is one) | token map, upsampled to the image
     (nearest: one block per patch). Images (B, C, H, W) in [0, 1], tokens (B, h, w) -> grid (3, H', W')."""
-    b, _, hh, ww = original.shape
+    _b, _, hh, ww = original.shape
     colours = F.interpolate(token_colours(tokens, num_codes), size=(hh, ww), mode="nearest")
     shown = [t for t in (original, reconstruction) if t is not None]
     rgb = [t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t[:, :3] for t in shown]
@@ -291,7 +291,7 @@ class EmbeddingPlot(L.Callback):
             return
         from lightning_ssl.metrics.plots import embedding_plot
 
-        features, labels = (torch.cat(t)[: self.max_points] for t in zip(*self._store))
+        features, labels = (torch.cat(t)[: self.max_points] for t in zip(*self._store, strict=True))
         self._store = []
         root = Path(self.out_dir) if self.out_dir is not None else log_dir(trainer) / "images"
         names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None

@@ -8,8 +8,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.callbacks.end_of_fit import is_final_validation
+from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.modules.distributed import gather
 
 
@@ -50,8 +50,8 @@ class KNNMonitor(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self._active(trainer) or not self._store.get(0) or not self._store.get(1):
             return
-        feats, labels = (gather(torch.cat(t), with_grad=False) for t in zip(*self._store[0]))
-        bank, bank_labels = (gather(torch.cat(t), with_grad=False) for t in zip(*self._store[1]))
+        feats, labels = (gather(torch.cat(t), with_grad=False) for t in zip(*self._store[0], strict=True))
+        bank, bank_labels = (gather(torch.cat(t), with_grad=False) for t in zip(*self._store[1], strict=True))
         num_classes = getattr(trainer.datamodule, "num_classes", None) if trainer.datamodule is not None else None
         acc = knn_accuracy(feats, labels, bank, bank_labels, num_classes, self.ks, self.temperature)
         for i, (k, a) in enumerate(acc.items()):

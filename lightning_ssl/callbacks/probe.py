@@ -60,7 +60,7 @@ class OnlineLinearProbe(L.Callback):
             raise ValueError(
                 f"OnlineLinearProbe(num_classes={self.num_classes}) but the data has {data_classes} classes"
             )
-        dim = getattr(pl_module, "num_features")
+        dim = pl_module.num_features
         self.probe = nn.Linear(dim, self.num_classes)
         self.optimizer = torch.optim.AdamW(self.probe.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         self.top1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")

@@ -1,5 +1,6 @@
 """Data: multi-view transforms and presets, datasets, datamodules."""
 
+from lightning_ssl.data.corpus import TextCorpusDataModule, read_documents
 from lightning_ssl.data.datamodules import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -10,7 +11,6 @@ from lightning_ssl.data.datamodules import (
     STL10DataModule,
     SyntheticDataModule,
 )
-from lightning_ssl.data.corpus import TextCorpusDataModule, read_documents
 from lightning_ssl.data.emoji import EmojiDataModule, load_emoji
 from lightning_ssl.data.image_text import ImageTextDataModule, ImageTextDataset, read_image_text_table
 from lightning_ssl.data.multiband import MultiBandDataModule, MultiBandDataset, band_statistics, read_tiff
@@ -32,38 +32,38 @@ from lightning_ssl.data.transforms import (
 )
 
 __all__ = [
-    "augmented_view",
     "BYOLViews",
-    "CIFAR100DataModule",
     "CIFAR10DataModule",
+    "CIFAR100DataModule",
     "ClassifierViews",
     "EmojiDataModule",
-    "eval_transform",
     "FashionMNISTDataModule",
     "ImageDataModule",
     "ImageFolderDataModule",
     "ImageTextDataModule",
     "ImageTextDataset",
-    "load_emoji",
-    "MedicalViews",
     "MNISTDataModule",
+    "MedicalViews",
     "MultiBandDataModule",
     "MultiBandDataset",
     "MultiBandViews",
     "MultiCropViews",
     "MultiViewTransform",
-    "optimize_images",
-    "read_documents",
     "RandomBrightnessContrast",
-    "band_statistics",
-    "read_tiff",
-    "read_image_text_table",
+    "STL10DataModule",
     "SatelliteViews",
     "SimCLRViews",
-    "STL10DataModule",
     "StreamingImageDataModule",
     "SyntheticDataModule",
     "TextClassificationDataModule",
     "TextCorpusDataModule",
     "ViewPreset",
+    "augmented_view",
+    "band_statistics",
+    "eval_transform",
+    "load_emoji",
+    "optimize_images",
+    "read_documents",
+    "read_image_text_table",
+    "read_tiff",
 ]

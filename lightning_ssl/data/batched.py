@@ -162,7 +162,7 @@ def decode_jpeg_batch(
     decoded: list[Tensor | None] = [None] * len(data)
     if jpeg:
         try:
-            for i, img in zip(jpeg, decode_jpeg([data[i] for i in jpeg], mode=mode, device=device)):
+            for i, img in zip(jpeg, decode_jpeg([data[i] for i in jpeg], mode=mode, device=device), strict=True):
                 decoded[i] = img
         except RuntimeError as e:
             raise ValueError(f"cannot decode a JPEG of this batch on {device} (corrupt or truncated?): {e}") from e

@@ -267,14 +267,17 @@ class TextCorpusDataModule(L.LightningDataModule):
                 self._tokenizer = TextTokenizer.load(self.tokenizer_spec)
             else:
                 self.setup()
-                train = lambda: TextTokenizer.train(
-                    self._texts["train"],
-                    self.tokenizer_spec,
-                    self.vocab_size,  # noqa: E731
-                    self.min_frequency,
-                    self.lowercase,
-                    self.sentinels,
-                )
+
+                def train():
+                    return TextTokenizer.train(
+                        self._texts["train"],
+                        self.tokenizer_spec,
+                        self.vocab_size,
+                        self.min_frequency,
+                        self.lowercase,
+                        self.sentinels,
+                    )
+
                 trainer = self.trainer
                 if trainer is not None and trainer.world_size > 1:
                     state = trainer.strategy.broadcast(train().to_str() if trainer.global_rank == 0 else None, src=0)

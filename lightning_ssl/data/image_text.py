@@ -209,7 +209,7 @@ class ImageTextDataModule(ImageDataModule):
                     "subgroup": readable(s),
                     "label": g if self.label == "group" else readable(s),
                 }
-                for n, g, s in zip(data["names"], data["groups"], data["subgroups"])
+                for n, g, s in zip(data["names"], data["groups"], data["subgroups"], strict=True)
             ]
         else:
             images, fields = read_image_text_table(self.source, self.image_column, self.caption_column, self.label)

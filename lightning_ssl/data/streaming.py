@@ -123,7 +123,7 @@ def list_items(
             labels = [classes.index(n) for n in names]
         else:
             classes, labels = [], [-1] * len(fields)
-        items = [(i, str(q), y, f["caption"]) for i, (q, y, f) in enumerate(zip(paths, labels, fields))]
+        items = [(i, str(q), y, f["caption"]) for i, (q, y, f) in enumerate(zip(paths, labels, fields, strict=True))]
         return items, classes, True, p.parent
     if labelled is None:  # class sub-folders holding images: labelled
         labelled = p.is_dir() and any(d.is_dir() for d in p.iterdir())

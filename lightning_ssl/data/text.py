@@ -45,7 +45,7 @@ class TextDataset(Dataset):
 
 
 def _collate(batch: list[tuple[str, int]]) -> tuple[list[str], torch.Tensor]:
-    texts, labels = zip(*batch)
+    texts, labels = zip(*batch, strict=True)
     return list(texts), torch.tensor(labels)
 
 

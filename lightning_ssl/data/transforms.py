@@ -443,9 +443,9 @@ class MultiCropViews(ViewPreset):
 
 class RandomBrightnessContrast(nn.Module):
     """Brightness and contrast jitter defined for any number of bands (torchvision's colour jitter takes 1 or 3
-    channels; hue and saturation have no meaning beyond RGB). With probability ``p`` a sample is scaled by ``b ~ U[1 - brightness, 1 + brightness]``
-    (illumination: time of day, sun angle) and its contrast stretched about each band's spatial mean by
-    ``c ~ U[1 - contrast, 1 + contrast]``: ``x -> c (b x - m) + m``, ``m`` the band means of ``b x``.
+    channels; hue and saturation have no meaning beyond RGB). With probability ``p`` a sample is scaled by ``b ~ U[1 -
+    brightness, 1 + brightness]`` (illumination: time of day, sun angle) and its contrast stretched about each band's
+    spatial mean by ``c ~ U[1 - contrast, 1 + contrast]``: ``x -> c (b x - m) + m``, ``m`` the band means of ``b x``.
     ``per_band``: draw ``b`` and ``c`` for every band (changes the spectral signature); default one pair for all
     bands (keeps band ratios). Values are not clamped: raw reflectances or radiances have no fixed range.
     Takes float (C, H, W) or (B, C, H, W), each sample drawing its own factors."""
@@ -606,7 +606,9 @@ def check_views_channels(views: Any, channels: int) -> None:
     ]
     if jittered:
         raise ValueError(
-            f"{type(views).__name__} applies colour jitter, which is defined for 1- or 3-channel images, but the data has "
-            f"{channels} channels: use MultiBandViews (crops, flips, 90-degree rotations and brightness/contrast for any "
+            f"{type(views).__name__} applies colour jitter, which is defined for 1- or 3-channel images, "
+            f"but the data has "
+            f"{channels} channels: use MultiBandViews "
+            f"(crops, flips, 90-degree rotations and brightness/contrast for any "
             f"band count), or turn the jitter off (jitter_prob: 0)"
         )

@@ -3,8 +3,8 @@
 from lightning_ssl.eval.export import export_backbone
 from lightning_ssl.eval.features import extract_features
 from lightning_ssl.eval.finetune import Classifier
-from lightning_ssl.metrics.knn import knn_accuracy, knn_predict
 from lightning_ssl.eval.linear import few_shot, linear_probe, sample_few_shot, train_linear_probe
+from lightning_ssl.metrics.knn import knn_accuracy, knn_predict
 from lightning_ssl.metrics.plots import embedding_plot
 from lightning_ssl.metrics.zeroshot import (
     clip_embedding_plot,

@@ -31,8 +31,8 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from torch import nn
 
-import lightning_ssl.data  # noqa: F401  (short class names in configs)
-import lightning_ssl.modules.backbones  # noqa: F401
+import lightning_ssl.data
+import lightning_ssl.modules.backbones
 import lightning_ssl.modules.pretrained  # noqa: F401
 from lightning_ssl import runs
 from lightning_ssl.config import DATA_TO_MODEL, import_class, inject, to_dict

@@ -106,14 +106,14 @@ def _timm_model(backbone: nn.Module) -> tuple[nn.Module, str, dict[str, Any]]:
         args = {"num_classes": 0, "in_chans": backbone.in_channels, **backbone.model_kwargs}
         return backbone.model, backbone.name, args
     if isinstance(backbone, ViT):
-        args = {k: v for k, v in backbone.model_kwargs.items()}
+        args = dict(backbone.model_kwargs.items())
         model = timm.create_model("vit_base_patch16_224", pretrained=False, **args)
         model.load_state_dict(backbone.model.state_dict())
         return model, "vit_base_patch16_224", args
     if isinstance(backbone, ResNet) and not backbone.small_input:  # timm's ResNets use torchvision's names
         args = {"num_classes": 0, "in_chans": backbone.in_channels}
         model = timm.create_model(backbone.arch, pretrained=False, **args)
-        model.load_state_dict({k: v for k, v in backbone.net.state_dict().items()})
+        model.load_state_dict(dict(backbone.net.state_dict().items()))
         return model, backbone.arch, args
     raise ValueError(
         f"{type(backbone).__name__} has no timm equivalent (timm export covers TimmBackbone, ViT and "
@@ -184,7 +184,7 @@ def vit_to_hf(backbone: nn.Module):
     for i in range(depth):
         b, h = f"blocks.{i}.", f"{layer}{i}."
         for kind in ("weight", "bias") if kw["qkv_bias"] else ("weight",):
-            for name, part in zip((q_name, k_name, v_name), sd[f"{b}attn.qkv.{kind}"].chunk(3)):
+            for name, part in zip((q_name, k_name, v_name), sd[f"{b}attn.qkv.{kind}"].chunk(3), strict=True):
                 new[f"{h}{name}.{kind}"] = part
         for ours, theirs in (*linear.items(), ("norm1", "layernorm_before"), ("norm2", "layernorm_after")):
             new[h + theirs + ".weight"], new[h + theirs + ".bias"] = sd[b + ours + ".weight"], sd[b + ours + ".bias"]
@@ -213,9 +213,10 @@ def _save_hf(backbone: nn.Module, out: Path) -> str:
             "pooler": "pooler_output",
         }[backbone.pooling]
         kind = type(backbone.model).__name__
+        extra = ", interpolate_pos_encoding=True" if backbone._forward_kwargs else ""
         return (
             f"from transformers import {kind}\nmodel = {kind}.from_pretrained(PATH)\n"
-            f"features = lambda x: model.eval()(pixel_values=x{', interpolate_pos_encoding=True' if backbone._forward_kwargs else ''}).{pool}"
+            f"features = lambda x: model.eval()(pixel_values=x{extra}).{pool}"
         )
     raise ValueError(
         f"{type(backbone).__name__} has no transformers equivalent (hf export covers lightning_ssl ViTs "

@@ -13,7 +13,9 @@ it as JSON next to the checkpoint (``knn_report.json``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import operator
 import time
 from pathlib import Path
 
@@ -70,7 +72,11 @@ def run(
 ) -> dict:
     from lightning_ssl.cli import cli as run_cli
 
-    args = sum((["--config", c] for c in config), []) + list(overrides or []) + ["--trainer.logger=false"]
+    args = (
+        functools.reduce(operator.iadd, (["--config", c] for c in config), [])
+        + list(overrides or [])
+        + ["--trainer.logger=false"]
+    )
     cli = run_cli(args, run=False)
     if ckpt == "last":
         ckpt = str(runs.latest_checkpoint(cli.trainer.default_root_dir))

@@ -1,7 +1,7 @@
 """Losses: pure functions plus thin ``nn.Module`` wrappers. No Lightning imports here."""
 
-from lightning_ssl.losses.beit import feature_cosine_loss, masked_token_loss
 from lightning_ssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
+from lightning_ssl.losses.beit import feature_cosine_loss, masked_token_loss
 from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.losses.dino import DINOLoss, dino_loss, updated_center
@@ -17,40 +17,40 @@ from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
 from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
+    "BarlowTwinsLoss",
+    "CLIPLoss",
+    "DINOLoss",
+    "IBOTPatchLoss",
+    "IJEPALoss",
+    "InfoNCELoss",
+    "KoLeoLoss",
+    "MAELoss",
+    "NTXentLoss",
+    "NegativeCosineSimilarity",
+    "SimMIMLoss",
+    "SwAVLoss",
+    "VICRegLoss",
     "ab_regression_loss",
+    "barlow_twins_loss",
     "byol_loss",
     "clip_logits",
     "clip_loss",
-    "CLIPLoss",
     "colorization_loss",
     "dino_loss",
-    "DINOLoss",
     "feature_cosine_loss",
     "ibot_loss",
-    "IBOTPatchLoss",
+    "ijepa_loss",
     "info_nce_loss",
-    "InfoNCELoss",
     "koleo_loss",
-    "KoLeoLoss",
     "mae_loss",
-    "MAELoss",
     "masked_token_loss",
+    "nearest_neighbours",
     "negative_cosine_similarity",
-    "NegativeCosineSimilarity",
+    "nnclr_loss",
     "nt_xent_loss",
-    "NTXentLoss",
-    "updated_center",
-    "barlow_twins_loss",
-    "BarlowTwinsLoss",
-    "vicreg_loss",
-    "VICRegLoss",
+    "simmim_loss",
     "sinkhorn",
     "swav_loss",
-    "SwAVLoss",
-    "nearest_neighbours",
-    "nnclr_loss",
-    "ijepa_loss",
-    "IJEPALoss",
-    "simmim_loss",
-    "SimMIMLoss",
+    "updated_center",
+    "vicreg_loss",
 ]

@@ -11,7 +11,6 @@ is its share: their mean over processes is the global token mean.
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor

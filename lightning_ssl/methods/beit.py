@@ -28,10 +28,10 @@ from torch import Tensor, nn
 from lightning_ssl.losses.beit import masked_token_loss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.methods.visual_tokenizer import PatchTokenizer, VisualTokenizer
-from lightning_ssl.runs import resolve_checkpoint
 from lightning_ssl.modules.distributed import is_distributed, world_size
 from lightning_ssl.modules.masking import beit_masking
 from lightning_ssl.optim import WarmupCosineLR
+from lightning_ssl.runs import resolve_checkpoint
 
 
 def beit_adamw(params: Any) -> torch.optim.Optimizer:

@@ -183,7 +183,10 @@ class BERT(LanguageModel):
         where = ids == tok.mask_id
         probs = self._valid_logits(self.backbone.head(h[where]).float()).softmax(-1)  # (masks, V)
         top = probs.topk(top_k, dim=-1)
-        return [[(self._show(i), p) for i, p in zip(idx.tolist(), val.tolist())] for val, idx in zip(*top)]
+        return [
+            [(self._show(i), p) for i, p in zip(idx.tolist(), val.tolist(), strict=True)]
+            for val, idx in zip(*top, strict=True)
+        ]
 
     def _show(self, i: int) -> str:
         return self._tok().decode([i]).strip() or self._tok().id_to_token(i)
@@ -192,7 +195,7 @@ class BERT(LanguageModel):
         """``prompt`` with every [MASK] replaced by the most likely token."""
         parts = prompt.replace(self._tok().mask_token, "[MASK]").split("[MASK]")
         fills = [f[0][0] for f in self.fill_mask(prompt, top_k=1)]
-        return parts[0] + "".join(fill + part for fill, part in zip(fills, parts[1:]))
+        return parts[0] + "".join(fill + part for fill, part in zip(fills, parts[1:], strict=True))
 
     def text_samples(self, rows: Tensor, max_new_tokens: int = 64, **_: Any):
         """(masked row, the row with the model's guesses at the selected tokens, the original row)."""
@@ -217,5 +220,5 @@ class BERT(LanguageModel):
         filled = torch.where(labels != IGNORE_INDEX, guess, inputs)
         return [
             (tok.decode(x, skip_special_tokens=False), tok.decode(f), tok.decode(r))
-            for x, f, r in zip(inputs, filled, ids)
+            for x, f, r in zip(inputs, filled, ids, strict=True)
         ]

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_ssl.metrics.zeroshot import DEFAULT_TEMPLATES, recall_at_k, zero_shot_accuracy
 from lightning_ssl.losses.clip import CLIPLoss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.metrics.zeroshot import DEFAULT_TEMPLATES, recall_at_k, zero_shot_accuracy
 from lightning_ssl.modules.distributed import gather
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -133,7 +133,7 @@ class CLIP(SSLMethod):
         missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
         if missing:
             with torch.no_grad():
-                self._text_cache.update(zip(missing, self.text_encoder(missing).float()))
+                self._text_cache.update(zip(missing, self.text_encoder(missing).float(), strict=True))
         return torch.stack([self._text_cache[t] for t in texts]).to(self.text_proj.weight.device)
 
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
@@ -212,7 +212,7 @@ class CLIP(SSLMethod):
     def _log_clip_metrics(self, prefix: str) -> None:
         if not self._eval_store:
             return
-        img, txt, labels = (gather(torch.cat(t), with_grad=False) for t in zip(*self._eval_store))
+        img, txt, labels = (gather(torch.cat(t), with_grad=False) for t in zip(*self._eval_store, strict=True))
         for name, q, t in (("i2t", img, txt), ("t2i", txt, img)):
             for k, r in recall_at_k(q, t, self.recall_ks).items():
                 self.log(f"{prefix}/{name}_recall@{k}", r, rank_zero_only=True)

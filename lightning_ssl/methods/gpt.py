@@ -146,5 +146,5 @@ class GPT(LanguageModel):
                 tok.decode(o[prompt_tokens:]),
                 tok.decode(r[prompt_tokens : prompt_tokens + max_new_tokens]),
             )
-            for p, o, r in zip(prompts, out, rows)
+            for p, o, r in zip(prompts, out, rows, strict=True)
         ]

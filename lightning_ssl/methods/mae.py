@@ -121,7 +121,7 @@ class MAE(SSLMethod):
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         views, _ = batch
         x = views[0] if isinstance(views, (list, tuple)) else views
-        pred, target, mask, latent = self.forward_mae(x)
+        pred, target, mask, _latent = self.forward_mae(x)
         loss = mae_loss(pred, target, mask, self.norm_pix_loss)
         self.log("train/loss", loss, prog_bar=True)
         # the encoder saw 25% of the patches; embed sees them all: the monitors run embed on the view itself

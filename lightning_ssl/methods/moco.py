@@ -30,8 +30,8 @@ from lightning_ssl.methods.base import MomentumMethod
 from lightning_ssl.modules.distributed import gather, is_distributed, rank, world_size
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
-from lightning_ssl.modules.sync_bn import DistributedBatchNorm, split_batchnorm
 from lightning_ssl.modules.queue import check_queue_size, enqueue
+from lightning_ssl.modules.sync_bn import DistributedBatchNorm, split_batchnorm
 from lightning_ssl.optim import WarmupCosineLR
 
 

@@ -211,4 +211,4 @@ class T5(LanguageModel):
         g = torch.Generator(device=self.device).manual_seed(0)
         src, tgt = self.corrupt(rows[:, :-1].to(self.device), g)
         out = self.generate(src, min(max_new_tokens, self.target_length), **sampling)
-        return [(self._show(s), self._show(o), self._show(t)) for s, o, t in zip(src, out, tgt)]
+        return [(self._show(s), self._show(o), self._show(t)) for s, o, t in zip(src, out, tgt, strict=True)]

@@ -19,13 +19,13 @@ from lightning_ssl.metrics.zeroshot import (
 )
 
 __all__ = [
-    "clip_embedding_plot",
     "DEFAULT_TEMPLATES",
+    "ImageIndex",
+    "clip_embedding_plot",
     "embed_2d",
     "embedding_plot",
     "encode_images",
     "encode_texts",
-    "ImageIndex",
     "index_images",
     "knn_accuracy",
     "knn_predict",

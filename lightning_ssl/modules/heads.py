@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from torch import nn
 
 
@@ -27,7 +29,7 @@ class ProjectionHead(nn.Sequential):
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         layers: list[nn.Module] = []
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
             last = i == num_layers - 1
             bias = not last_batch_norm if last else not batch_norm  # a BatchNorm right after makes a bias redundant
             layers.append(nn.Linear(d_in, d_out, bias=bias))

@@ -86,7 +86,7 @@ def extract_tiles(
     sample and per tile, and the crops are one gather for the whole batch. ``offsets`` (2, B, grid^2): given
     (row, column) offsets inside the cells instead of random ones.
     """
-    b, c, h, w = x.shape
+    b, _c, h, w = x.shape
     if h != w:
         raise ValueError(f"jigsaw tiles need square images, got {h}x{w}")
     cell = h // grid

@@ -71,8 +71,8 @@ def span_counts(length: int, noise_density: float = 0.15, mean_noise_span_length
         )
     if length < 2:
         raise ValueError(f"span corruption needs rows of at least 2 tokens, got {length}")
-    noise = min(max(int(round(length * noise_density)), 1), length - 1)
-    spans = max(int(round(noise / mean_noise_span_length)), 1)
+    noise = min(max(round(length * noise_density), 1), length - 1)
+    spans = max(round(noise / mean_noise_span_length), 1)
     return noise, spans
 
 

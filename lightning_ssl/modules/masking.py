@@ -108,7 +108,7 @@ def block_masking(
         raise ValueError(f"mask probability must lie in [0, 1], got {probability}")
     h, w = grid
     masks = torch.zeros(batch_size, h, w, dtype=torch.bool)
-    n_masked = int(round(batch_size * probability))
+    n_masked = round(batch_size * probability)
     targets = torch.linspace(lo, hi, n_masked + 1)[1:] if n_masked else torch.empty(0)
     order = torch.randperm(batch_size, generator=generator)[:n_masked]  # which samples get a mask
 
@@ -116,7 +116,7 @@ def block_masking(
         return a + (b - a) * torch.rand((), generator=generator).item()
 
     log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
-    for i, t in zip(order.tolist(), targets.tolist()):
+    for i, t in zip(order.tolist(), targets.tolist(), strict=True):
         target = int(t * h * w)
         mask, count = masks[i], 0
         while count < target:
@@ -124,7 +124,7 @@ def block_masking(
             for _ in range(10):  # a few tries to place a rectangle that adds patches without overshooting
                 area = uniform(min(min_block, target - count), target - count)
                 ar = math.exp(uniform(*log_aspect))
-                bh, bw = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
+                bh, bw = round(math.sqrt(area * ar)), round(math.sqrt(area / ar))
                 if 0 < bh <= h and 0 < bw <= w:
                     top = int(torch.randint(0, h - bh + 1, (), generator=generator))
                     left = int(torch.randint(0, w - bw + 1, (), generator=generator))
@@ -197,7 +197,7 @@ def beit_masking(
             for u_area, u_aspect, u_top, u_left in sample_draws.pop():
                 area = min_block + (max(min_block, remaining) - min_block) * u_area
                 ar = math.exp(log_lo + (log_hi - log_lo) * u_aspect)
-                bh, bw = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
+                bh, bw = round(math.sqrt(area * ar)), round(math.sqrt(area / ar))
                 if not (bh * bw >= min_block and 0 < bh <= h and 0 < bw <= w and lo_aspect <= bh / bw <= hi_aspect):
                     continue
                 top, left = int(u_top * (h - bh + 1)), int(u_left * (w - bw + 1))

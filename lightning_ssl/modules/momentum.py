@@ -30,7 +30,7 @@ def update_momentum(student: nn.Module, teacher: nn.Module, m: float) -> None:
     statistics are the teacher's own, as in the MoCo and BYOL reference code)."""
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum must lie in [0, 1], got {m}")
-    t_params = [p for p in teacher.parameters()]
+    t_params = list(teacher.parameters())
     s_params = [p.detach() for p in student.parameters()]
     if len(t_params) != len(s_params):
         raise ValueError(f"student and teacher differ: {len(s_params)} vs {len(t_params)} parameter tensors")

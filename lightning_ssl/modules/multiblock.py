@@ -42,7 +42,7 @@ def block_size(
     u = torch.rand((), generator=generator).item()
     area = int(h * w * (scale[0] + u * (scale[1] - scale[0])))
     ratio = aspect[0] + u * (aspect[1] - aspect[0])
-    bh, bw = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+    bh, bw = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
     return max(1, min(bh, h - 1 if h > 1 else 1)), max(1, min(bw, w - 1 if w > 1 else 1))
 
 
@@ -78,7 +78,7 @@ def multiblock_masks(
         raise ValueError(f"min_keep must be >= 1, got {min_keep}")
     _check(target_scale, target_aspect, "target")
     _check(context_scale, (1.0, 1.0), "context")
-    h, w = grid
+    _h, _w = grid
     t_size = block_size(grid, target_scale, target_aspect, generator)
     c_size = block_size(grid, context_scale, (1.0, 1.0), generator)
     contexts, targets = [], []

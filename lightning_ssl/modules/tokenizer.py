@@ -213,7 +213,7 @@ class TextTokenizer:
         for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=True):
             ids = enc.ids
             if self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
-                ids = ids + [self.eos_id]
+                ids = [*ids, self.eos_id]
             out.append(ids)
         return out
 
