@@ -195,7 +195,8 @@ class BERT(LanguageModel):
         """``prompt`` with every [MASK] replaced by the most likely token."""
         parts = prompt.replace(self._tok().mask_token, "[MASK]").split("[MASK]")
         fills = [f[0][0] for f in self.fill_mask(prompt, top_k=1)]
-        return parts[0] + "".join(fill + part for fill, part in zip(fills, parts[1:], strict=True))
+        # a prompt longer than the context has masks past its end: those stay unfilled (strict=False)
+        return parts[0] + "".join(fill + part for fill, part in zip(fills, parts[1:], strict=False))
 
     def text_samples(self, rows: Tensor, max_new_tokens: int = 64, **_: Any):
         """(masked row, the row with the model's guesses at the selected tokens, the original row)."""

@@ -87,10 +87,10 @@ class ResNet(nn.Module):
         file_stem = state_dict["conv1.weight"].shape[1:] if state_dict and "conv1.weight" in state_dict else (3, 7, 7)
         if tuple(file_stem) != (3, 7, 7):  # the file was written with its own stem (an exported backbone)
             new_stem()
-            net.load_state_dict(state_dict, strict=True)
+            net.load_state_dict(state_dict, strict=False)
         else:
             if state_dict is not None:
-                net.load_state_dict(state_dict, strict=True)
+                net.load_state_dict(state_dict, strict=False)
             if small_input:  # pretrained 7x7 filters do not carry over to a 3x3/1 stem
                 new_stem()
             elif in_channels != 3:
