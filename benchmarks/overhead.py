@@ -155,7 +155,7 @@ def plain_loss(method: str, model, views) -> torch.Tensor:
         p1 = model.predictor(model.projector(model.backbone(x1)))
         p2 = model.predictor(model.projector(model.backbone(x2)))
         with torch.no_grad():
-            t1, t2 = (model.target_projector(model.target_backbone(x)) for x in (x1, x2))
+            t1, t2 = (model.teacher_projector(model.teacher_backbone(x)) for x in (x1, x2))
         return byol_loss(p1, t2) + byol_loss(p2, t1)
     if method == "mae":
         pred, target, mask, _ = model.forward_mae(x1)

@@ -88,7 +88,7 @@ def test_split_batchnorm_normalizes_each_group_on_its_own():
 
 def test_moco_split_bn_shuffles_keys_and_refuses_sync_bn():
     model = MoCo(SmallCNN(1, 16, width=4), proj_hidden_dim=16, proj_dim=8, queue_size=32, split_bn=4)
-    bns = [m for m in model.key_backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    bns = [m for m in model.teacher_backbone.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns
     assert all(isinstance(m, SplitBatchNorm) for m in bns)
     x = torch.randn(8, 1, 16, 16)

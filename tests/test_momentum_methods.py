@@ -102,11 +102,11 @@ def test_teacher_updated_once_per_optimizer_step_under_accumulation(tmp_path):
 
 def test_first_update_uses_base_momentum_and_teacher_moves(tmp_path):
     model = BYOL(tiny_backbone(), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, momentum=0.5, momentum_end=0.5)
-    start_teacher = [p.clone() for p in model.target_backbone.parameters()]
+    start_teacher = [p.clone() for p in model.teacher_backbone.parameters()]
     t = trainer(tmp_path, max_steps=1)
     t.fit(model, datamodule=tiny_data())
     # after one step: teacher = 0.5 * initial (== initial student) + 0.5 * updated student
-    for t0, t1, s in zip(start_teacher, model.target_backbone.parameters(), model.backbone.parameters(), strict=True):
+    for t0, t1, s in zip(start_teacher, model.teacher_backbone.parameters(), model.backbone.parameters(), strict=True):
         torch.testing.assert_close(t1, 0.5 * t0 + 0.5 * s)
 
 
@@ -137,7 +137,7 @@ def test_moco_v3_loss_is_2tau_times_symmetric_infonce():
     x1, x2 = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)
     out = model.training_step(([x1, x2], torch.zeros(4)), 0)["loss"]
     q1, q2 = (model.predictor(model.projector(model.backbone(x))) for x in (x1, x2))
-    k1, k2 = (model.momentum_projector(model.momentum_backbone(x)) for x in (x1, x2))
+    k1, k2 = (model.teacher_projector(model.teacher_backbone(x)) for x in (x1, x2))
 
     def ctr(q, k):
         logits = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / 0.5
@@ -192,7 +192,7 @@ def test_moco_gathers_keys_from_all_processes():
     model = MoCo(tiny_backbone(), proj_hidden_dim=16, proj_dim=4, queue_size=8).eval()  # same init as the workers
     x = torch.randn(4, 1, 16, 16)
     # shuffled forward in eval mode gives the same keys as the plain forward, rows back in their own order
-    full = F.normalize(model.key_projector(model.key_backbone(x)), dim=1)
+    full = F.normalize(model.teacher_projector(model.teacher_backbone(x)), dim=1)
     torch.testing.assert_close(torch.cat([r[2] for r in results]), full, rtol=1e-5, atol=1e-6)
 
 
@@ -254,3 +254,34 @@ def test_exact_resume(method, stop_at, batch_augment, tmp_path):
     assert a.keys() == b.keys()
     for k in a:  # online and target/key networks, queue, queue pointer, update counter
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k} differs after resume: {m}")
+
+
+@pytest.mark.parametrize(("method", "old"), [("moco", "key_"), ("mocov3", "momentum_"), ("byol", "target_")])
+def test_momentum_copies_are_teacher_and_older_checkpoints_still_load(method, old, tmp_path):
+    """Every momentum copy is ``teacher_<part>``; a checkpoint written when MoCo's were ``key_*``, MoCo v3's
+    ``momentum_*`` and BYOL's ``target_*`` loads into today's module, by Lightning and by ``load_state_dict``."""
+    build = {
+        "moco": lambda: MoCo(SmallCNN(in_channels=1, image_size=16, width=4), 16, 8, queue_size=16),
+        "mocov3": lambda: MoCoV3(SmallCNN(in_channels=1, image_size=16, width=4), 16, 8, pred_hidden_dim=16),
+        "byol": lambda: BYOL(SmallCNN(in_channels=1, image_size=16, width=4), 16, 8, pred_hidden_dim=16),
+    }[method]
+    model = build()
+    teachers = {k for k in model.state_dict() if k.startswith(("teacher_backbone.", "teacher_projector."))}
+    assert {k.split(".")[0] for k in model.state_dict() if "." in k and k.startswith("teacher_")} == {
+        "teacher_backbone",
+        "teacher_projector",
+    }
+    with torch.no_grad():
+        for p in model.teacher_backbone.parameters():
+            p.add_(1.0)  # the teacher differs from the student, so a mix-up would show
+    old_state = {(old + k[len("teacher_") :] if k in teachers else k): v for k, v in model.state_dict().items()}
+    assert not any(k.startswith(("teacher_backbone.", "teacher_projector.")) for k in old_state)
+    fresh = build()
+    fresh.load_state_dict(dict(old_state))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v, msg=lambda m, k=k: f"{k}: {m}")
+    ckpt = {"state_dict": dict(old_state), "hyper_parameters": {}}
+    again = build()
+    again.on_load_checkpoint(ckpt)  # what Lightning calls before loading the state dict
+    again.load_state_dict(ckpt["state_dict"])
+    torch.testing.assert_close(again.teacher_backbone.state_dict(), model.teacher_backbone.state_dict())

@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_ssl.modules.backbones import feature_dim
-from lightning_ssl.modules.momentum import cosine_momentum, update_momentum
+from lightning_ssl.modules.momentum import cosine_momentum, rename_legacy_teacher_keys, update_momentum
 from lightning_ssl.optim import WarmupCosineLR, param_groups
 
 
@@ -82,6 +82,7 @@ class SSLMethod(L.LightningModule):
             self.train(was_training)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rename_legacy_teacher_keys(checkpoint.get("state_dict", {}))
         written_by = checkpoint.get("hyper_parameters", {}).get("_class_path")
         self._check_same_method(written_by)
         self._check_same_shapes(checkpoint.get("state_dict", {}), written_by or "the checkpoint")
@@ -178,7 +179,8 @@ class SSLMethod(L.LightningModule):
 
 
 class MomentumMethod(SSLMethod):
-    """A method with momentum (EMA) teachers. Subclasses list ``(student, teacher)`` module pairs in
+    """A method with momentum (EMA) teachers. Subclasses name each momentum copy ``teacher_<part>``
+    (``teacher_backbone``, ``teacher_projector``, ...) and list ``(student, teacher)`` module pairs in
     ``momentum_pairs``; after every *optimizer* step (so once per accumulated batch under
     ``accumulate_grad_batches``) each teacher moves towards its student with momentum m, which follows
     ``cosine_momentum`` from ``momentum`` to ``momentum_end`` over ``trainer.estimated_stepping_batches``
@@ -200,6 +202,8 @@ class MomentumMethod(SSLMethod):
                 raise ValueError(f"{name} must lie in [0, 1], got {m}")
         self.momentum, self.momentum_end = momentum, momentum_end
         self.register_buffer("teacher_updates", torch.zeros((), dtype=torch.long))
+        # ``load_state_dict`` of an older checkpoint, whose momentum copies were named key_/momentum_/target_*
+        self._register_load_state_dict_pre_hook(_rename_legacy_teacher_keys)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         raise NotImplementedError
@@ -218,6 +222,10 @@ class MomentumMethod(SSLMethod):
             update_momentum(student, teacher, m)
         self.teacher_updates += 1
         self.log("train/momentum", m)
+
+
+def _rename_legacy_teacher_keys(state_dict: dict, prefix: str, *_: Any) -> None:
+    rename_legacy_teacher_keys(state_dict, prefix)  # a module-level function: the hook must pickle (ddp_spawn)
 
 
 def _is_plain(v: Any) -> bool:

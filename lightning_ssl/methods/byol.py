@@ -38,17 +38,17 @@ class BYOL(MomentumMethod):
         self.save_hyperparameters()
         self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=2)
         self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, num_layers=2)
-        self.target_backbone, self.target_projector = make_teacher(self.backbone), make_teacher(self.projector)
+        self.teacher_backbone, self.teacher_projector = make_teacher(self.backbone), make_teacher(self.projector)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]
+        return [(self.backbone, self.teacher_backbone), (self.projector, self.teacher_projector)]
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         (x1, x2), _ = batch
         h1 = self.backbone(x1)
         p1, p2 = self.predictor(self.projector(h1)), self.predictor(self.projector(self.backbone(x2)))
         with torch.no_grad():
-            z1, z2 = (self.target_projector(self.target_backbone(x)) for x in (x1, x2))
+            z1, z2 = (self.teacher_projector(self.teacher_backbone(x)) for x in (x1, x2))
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
         self.log("train/loss", loss, prog_bar=True)
         return {"loss": loss, "features": h1.detach()}

@@ -63,19 +63,19 @@ class MoCo(MomentumMethod):
         if split_bn > 1:
             split_batchnorm(self.backbone, split_bn)
         self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=2, batch_norm=False)
-        self.key_backbone, self.key_projector = make_teacher(self.backbone), make_teacher(self.projector)
+        self.teacher_backbone, self.teacher_projector = make_teacher(self.backbone), make_teacher(self.projector)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.key_backbone), (self.projector, self.key_projector)]
+        return [(self.backbone, self.teacher_backbone), (self.projector, self.teacher_projector)]
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
         batch = getattr(self.trainer.datamodule, "batch_size", None) if self.trainer.datamodule is not None else None
         synced = [
             type(m).__name__
-            for m in self.key_backbone.modules()
+            for m in self.teacher_backbone.modules()
             if isinstance(m, (nn.SyncBatchNorm, DistributedBatchNorm))
         ]
         if self.shuffle_bn and synced and self.trainer.world_size > 1:
@@ -93,17 +93,18 @@ class MoCo(MomentumMethod):
         """Normalized keys from the momentum encoder (with shuffled BN under DDP)."""
         if self.shuffle_bn and not is_distributed() and self.split_bn > 1:  # split-BN: shuffle across the groups
             perm = torch.randperm(len(x), device=x.device)
-            k = self.key_projector(self.key_backbone(x[perm]))[torch.argsort(perm)]
+            k = self.teacher_projector(self.teacher_backbone(x[perm]))[torch.argsort(perm)]
         elif self.shuffle_bn and is_distributed():
             x_all = gather(x, with_grad=False)
             perm = torch.randperm(len(x_all), device=x.device)
             dist.broadcast(perm, src=0)
             k_all = gather(
-                self.key_projector(self.key_backbone(x_all[perm.view(world_size(), -1)[rank()]])), with_grad=False
+                self.teacher_projector(self.teacher_backbone(x_all[perm.view(world_size(), -1)[rank()]])),
+                with_grad=False,
             )
             k = k_all[torch.argsort(perm).view(world_size(), -1)[rank()]]
         else:
-            k = self.key_projector(self.key_backbone(x))
+            k = self.teacher_projector(self.teacher_backbone(x))
         return F.normalize(k.float(), dim=1)
 
     def enqueue(self, keys: Tensor) -> None:

@@ -56,17 +56,17 @@ class MoCoV3(MomentumMethod):
         self.predictor = ProjectionHead(
             proj_dim, pred_hidden_dim, proj_dim, num_layers=2, last_batch_norm=pred_last_batch_norm
         )
-        self.momentum_backbone, self.momentum_projector = make_teacher(self.backbone), make_teacher(self.projector)
+        self.teacher_backbone, self.teacher_projector = make_teacher(self.backbone), make_teacher(self.projector)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
+        return [(self.backbone, self.teacher_backbone), (self.projector, self.teacher_projector)]
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         (x1, x2), _ = batch
         h1 = self.backbone(x1)
         q1, q2 = self.predictor(self.projector(h1)), self.predictor(self.projector(self.backbone(x2)))
         with torch.no_grad():
-            k1, k2 = (self.momentum_projector(self.momentum_backbone(x)) for x in (x1, x2))
+            k1, k2 = (self.teacher_projector(self.teacher_backbone(x)) for x in (x1, x2))
         loss = (
             2 * self.temperature * (info_nce_loss(q1, k2, self.temperature) + info_nce_loss(q2, k1, self.temperature))
         )

@@ -40,6 +40,30 @@ def update_momentum(student: nn.Module, teacher: nn.Module, m: float) -> None:
     torch._foreach_add_(t_params, s_params, alpha=1.0 - m)
 
 
+# Momentum copies are ``teacher_<part>`` in every method. Checkpoints written before that named them after the
+# paper's word: MoCo's key encoder ``key_*``, MoCo v3's ``momentum_*``, BYOL's target ``target_*``.
+LEGACY_TEACHER_PREFIXES = ("key_", "momentum_", "target_")
+
+
+def rename_legacy_teacher_keys(state_dict: dict, prefix: str = "") -> dict:
+    """Rename, in place, the momentum copies' tensors of an older checkpoint (``key_backbone.*``,
+    ``momentum_projector.*``, ``target_backbone.*``) to today's ``teacher_backbone.*`` / ``teacher_projector.*``.
+
+    Args:
+        state_dict: a method's state dict (modified in place).
+        prefix: the prefix under which the method's own keys start (``""`` for the method itself).
+
+    Returns:
+        The same dict, for chaining.
+    """
+    for key in list(state_dict):
+        for old in LEGACY_TEACHER_PREFIXES:
+            for part in ("backbone.", "projector."):
+                if key.startswith(prefix + old + part):
+                    state_dict[prefix + "teacher_" + key[len(prefix + old) :]] = state_dict.pop(key)
+    return state_dict
+
+
 def cosine_momentum(step: int, total_steps: int, base: float = 0.996, end: float = 1.0) -> float:
     """``end - (end - base) * (cos(pi * step / total) + 1) / 2``: ``base`` at step 0, ``end`` at the last step."""
     if total_steps <= 1:

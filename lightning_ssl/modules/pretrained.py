@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ssl.checkpoint import CheckpointError, load_state_dict_file, safe_load
+from lightning_ssl.modules.momentum import rename_legacy_teacher_keys
 
 
 def _instantiate(config: dict[str, Any]) -> nn.Module:
@@ -109,6 +110,7 @@ class CheckpointBackbone(nn.Module):
                     f"(no {meta_file.name} beside it)"
                 )
             self.backbone = _instantiate(hp["backbone"])
+            rename_legacy_teacher_keys(ckpt.get("state_dict", {}))
             prefix = backbone_prefix(ckpt, weights, path)
             sd = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
             if "mask_token" in sd and getattr(self.backbone, "mask_token", "absent") is None:
