@@ -1,3 +1,3 @@
 """lightning_ssl: self-supervised learning methods as PyTorch Lightning modules."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
