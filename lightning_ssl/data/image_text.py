@@ -16,8 +16,6 @@ held out (images the model never sees, for zero-shot and retrieval).
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import torch
@@ -27,6 +25,7 @@ from torch.utils.data import Dataset
 from lightning_ssl.data.datamodules import ImageDataModule
 from lightning_ssl.data.datasets import apply_transform, check_image_file, match_channels, read_image
 from lightning_ssl.data.emoji import EmojiDataModule, load_emoji, stratified_split
+from lightning_ssl.data.tables import read_rows
 from lightning_ssl.data.transforms import ViewPreset, eval_transform
 
 EMOJI_CAPTION_TEMPLATES = (
@@ -87,18 +86,7 @@ def read_image_text_table(
     """Rows of a CSV (header row) or JSONL file: image paths (relative ones are read from the table's folder)
     and each row's fields (every column, ``caption``/``name`` = the caption, ``label`` if present)."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image-text table {path!r} does not exist")
-    try:
-        if p.suffix == ".jsonl":
-            rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-        else:
-            with open(p, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
-        raise ValueError(f"cannot read {path!r}: {e}") from e
-    if not rows:
-        raise ValueError(f"{path!r} has no rows")
+    rows = read_rows(path, "image-text table")
     for col in (image_column, caption_column):
         if col not in rows[0]:
             raise ValueError(f"{path!r} needs a {col!r} column (found {list(rows[0])})")

@@ -8,13 +8,13 @@ encoders tokenize themselves (``HFTextEncoder``).
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from lightning_ssl.data.tables import read_rows
 
 FORTUNES_DIR = "/usr/share/games/fortunes"
 FORTUNE_TOPICS = (
@@ -71,19 +71,9 @@ def read_fortunes(
 def read_table(path: str) -> tuple[list[str], list[int], list[str]]:
     """``text``/``label`` columns of a CSV, or ``{"text": ..., "label": ...}`` lines of a JSONL file. Labels
     may be strings (mapped to indices in sorted order) or integers."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"text file {path!r} does not exist")
-    try:
-        if p.suffix == ".jsonl":
-            rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-        else:
-            with open(p, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
-        raise ValueError(f"cannot read {path!r}: {e}") from e
-    if not rows or "text" not in rows[0] or "label" not in rows[0]:
-        raise ValueError(f"{path!r} needs 'text' and 'label' fields (found {list(rows[0]) if rows else 'no rows'})")
+    rows = read_rows(path, "text file")
+    if "text" not in rows[0] or "label" not in rows[0]:
+        raise ValueError(f"{path!r} needs 'text' and 'label' fields (found {list(rows[0])})")
     names = sorted({str(r["label"]) for r in rows}, key=lambda s: (len(s), s) if s.isdigit() else (0, s))
     index = {n: i for i, n in enumerate(names)}
     return [str(r["text"]) for r in rows], [index[str(r["label"])] for r in rows], names
