@@ -515,14 +515,6 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
             )
         return loader
 
-    def val_dataloader(self) -> list[DataLoader]:
-        if not self.labelled:
-            return []
-        loaders = [self._loader(self.val_set, shuffle=False)]
-        if self.val_bank_size != 0:
-            loaders.append(self._loader(self.bank_subset, shuffle=False))
-        return loaders
-
     def predict_dataloader(self) -> DataLoader:
         if not self.labelled:
             raise ValueError("StreamingImageDataModule predicts on val_dir: set it")
