@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lightning_ssl.modules.tokenizer import TokenizerFile
+
 PAD, SOT, EOT = "<pad>", "<sot>", "<eot>"
 
 
-class BPETokenizer:
+class BPETokenizer(TokenizerFile):
     """Byte-level BPE (GPT-2 style) with ``<pad>`` = 0, ``<sot>`` and ``<eot>`` special tokens.
 
     ``encode`` gives (B, context_length) ids ``<sot> text <eot> <pad>...``; text too long is truncated but
@@ -51,15 +53,6 @@ class BPETokenizer:
         if not p.is_file():
             raise FileNotFoundError(f"tokenizer file {str(p)!r} does not exist")
         return cls.from_str(p.read_text(encoding="utf-8"))
-
-    def to_str(self) -> str:
-        return self.tokenizer.to_str()
-
-    def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(self.to_str(), encoding="utf-8")
-        return p
 
     @property
     def vocab_size(self) -> int:

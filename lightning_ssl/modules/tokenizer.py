@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -101,7 +102,24 @@ def train_tokenizer(
     return tok
 
 
-class TextTokenizer:
+class TokenizerFile:
+    """Writing a wrapped Hugging Face ``tokenizers.Tokenizer`` (``self.tokenizer``) as its ``tokenizer.json`` text."""
+
+    tokenizer: Any
+
+    def to_str(self) -> str:
+        """The tokenizer as JSON text (what ``tokenizers.Tokenizer.from_str`` reads back)."""
+        return self.tokenizer.to_str()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON to ``path`` (parent folders created); returns the path."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(self.to_str(), encoding="utf-8")
+        return p
+
+
+class TextTokenizer(TokenizerFile):
     """A ``tokenizers.Tokenizer`` plus the token roles the models need (``pad_id``, ``eos_id``, ``mask_id``,
     ``unk_id``, ``bos_id``; None where the tokenizer has no such token), ``special_ids`` and ``sentinel_ids``."""
 
@@ -161,15 +179,6 @@ class TextTokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_str(s), source=source)
-
-    def to_str(self) -> str:
-        return self.tokenizer.to_str()
-
-    def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(self.to_str(), encoding="utf-8")
-        return p
 
     def to_tensor(self) -> Tensor:
         """The JSON as a uint8 tensor (for a ``state_dict``)."""
