@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from lightning_ssl.losses.lm import IGNORE_INDEX
 from lightning_ssl.methods.lm import LanguageModel
 from lightning_ssl.modules.lm_masking import mlm_mask
-from lightning_ssl.modules.transformer import Block, init_gpt2
+from lightning_ssl.modules.transformer import TransformerTrunk, init_gpt2
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -32,8 +32,18 @@ def bert_adamw(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01)
 
 
-class BERTNet(nn.Module):
-    """``hidden(ids (B, T), mask (B, T) or None) -> (B, T, C)``; ``head(h (..., C)) -> logits (..., V)``."""
+class BERTNet(TransformerTrunk):
+    """``hidden(ids (B, T), mask (B, T) or None) -> (B, T, C)``; ``head(h (..., C)) -> logits (..., V)``.
+
+    Args:
+        vocab_size: number of token ids.
+        block_size: the longest sequence T.
+        n_layer: number of transformer blocks (BERT-base: 12).
+        n_head: attention heads per block (BERT-base: 12).
+        n_embd: the width C (BERT-base: 768).
+        dropout: dropout probability (BERT: 0.1).
+        bias: biases in the linear layers and LayerNorms (BERT: True).
+    """
 
     def __init__(
         self,
@@ -45,25 +55,11 @@ class BERTNet(nn.Module):
         dropout: float = 0.1,
         bias: bool = True,
     ) -> None:
-        super().__init__()
-        self.vocab_size, self.block_size, self.num_features = vocab_size, block_size, n_embd
-        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(n_embd, n_head, bias, dropout) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+        super().__init__(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
         self.transform = nn.Sequential(nn.Linear(n_embd, n_embd), nn.GELU(), nn.LayerNorm(n_embd))
         self.decoder = nn.Linear(n_embd, vocab_size)
         init_gpt2(self, n_layer)
         self.decoder.weight = self.wte.weight  # tied output layer, own bias
-
-    def hidden(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
-        t = ids.shape[1]
-        if t > self.block_size:
-            raise ValueError(f"a sequence of {t} tokens is longer than block_size={self.block_size}")
-        x = self.drop(self.wte(ids) + self.wpe(torch.arange(t, device=ids.device)))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, mask=mask)
-        return self.ln_f(x)
 
     def head(self, h: Tensor) -> Tensor:
         return self.decoder(self.transform(h))

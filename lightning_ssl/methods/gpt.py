@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_ssl.methods.lm import LanguageModel, sample_logits
-from lightning_ssl.modules.transformer import Block, init_gpt2
+from lightning_ssl.modules.transformer import TransformerTrunk, init_gpt2
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -29,8 +29,18 @@ def gpt_adamw(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
 
-class GPTNet(nn.Module):
-    """The network: ``forward(idx (B, T)) -> logits (B, T, V)``, ``hidden(idx) -> (B, T, C)``."""
+class GPTNet(TransformerTrunk):
+    """The network: ``forward(idx (B, T)) -> logits (B, T, V)``, ``hidden(idx) -> (B, T, C)`` (causal).
+
+    Args:
+        vocab_size: number of token ids.
+        block_size: the context length T.
+        n_layer: number of transformer blocks.
+        n_head: attention heads per block.
+        n_embd: the width C.
+        dropout: dropout probability (nanoGPT pretrains with 0).
+        bias: biases in the linear layers and LayerNorms (GPT-2: True).
+    """
 
     def __init__(
         self,
@@ -42,24 +52,13 @@ class GPTNet(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
     ) -> None:
-        super().__init__()
-        self.vocab_size, self.block_size, self.num_features = vocab_size, block_size, n_embd
-        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(n_embd, n_head, bias, dropout) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+        super().__init__(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         init_gpt2(self, n_layer)
         self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017)
 
-    def hidden(self, idx: Tensor) -> Tensor:
-        t = idx.shape[1]
-        if t > self.block_size:
-            raise ValueError(f"a sequence of {t} tokens is longer than block_size={self.block_size}")
-        x = self.drop(self.wte(idx) + self.wpe(torch.arange(t, device=idx.device)))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, causal=True)
-        return self.ln_f(x)
+    def hidden(self, ids: Tensor, mask: Tensor | None = None, causal: bool = True) -> Tensor:
+        return super().hidden(ids, mask, causal)
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.lm_head(self.hidden(idx))  # (B, T, V)

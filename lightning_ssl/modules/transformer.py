@@ -98,6 +98,42 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_3(x))
 
 
+class TransformerTrunk(nn.Module):
+    """The trunk GPT and BERT share: token + learned position embeddings, ``n_layer`` blocks, a final LayerNorm.
+
+    ``hidden(ids (B, T), mask, causal) -> (B, T, C)``; the language models add their output heads.
+
+    Args:
+        vocab_size: number of token ids.
+        block_size: the longest sequence (positions 0..block_size-1 have an embedding).
+        n_layer: number of transformer blocks.
+        n_head: attention heads per block (``n_embd`` must be divisible by it).
+        n_embd: the width C.
+        dropout: dropout on the embeddings, attention and residual branches (0 for GPT, 0.1 for BERT).
+        bias: biases in the linear layers and LayerNorms (GPT-2 and BERT have them).
+    """
+
+    def __init__(
+        self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float, bias: bool
+    ) -> None:
+        super().__init__()
+        self.vocab_size, self.block_size, self.num_features = vocab_size, block_size, n_embd
+        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head, bias, dropout) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+
+    def hidden(self, ids: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """(B, T) token ids -> (B, T, C) final hidden states; ``mask`` (B, T) True on real tokens."""
+        t = ids.shape[1]
+        if t > self.block_size:
+            raise ValueError(f"a sequence of {t} tokens is longer than block_size={self.block_size}")
+        x = self.drop(self.wte(ids) + self.wpe(torch.arange(t, device=ids.device)))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, mask=mask, causal=causal)
+        return self.ln_f(x)
+
+
 def init_gpt2(module: nn.Module, n_layer: int) -> None:
     """GPT-2's initialisation: N(0, 0.02) weights, zero biases, residual projections N(0, 0.02 / sqrt(2 n_layer))."""
     for m in module.modules():
