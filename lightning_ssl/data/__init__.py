@@ -27,6 +27,7 @@ from lightning_ssl.data.transforms import (
     SatelliteViews,
     SimCLRViews,
     ViewPreset,
+    ViewSpec,
     augmented_view,
     eval_transform,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "TextClassificationDataModule",
     "TextCorpusDataModule",
     "ViewPreset",
+    "ViewSpec",
     "augmented_view",
     "band_statistics",
     "eval_transform",

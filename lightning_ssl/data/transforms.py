@@ -10,6 +10,7 @@ its own random crop and jitter (a single batched torchvision v2 call would share
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,54 +43,84 @@ def blur_kernel(image_size: int) -> int:
     return k + 1 - k % 2
 
 
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view's augmentation settings: the keyword arguments of ``augmented_view`` and ``batched_view``, checked
+    once for both paths.
+
+    Args:
+        min_scale: smallest crop area, as a fraction of the image (SimCLR: 0.08; DINO's local crops: 0.05).
+        max_scale: largest crop area fraction, in (min_scale, 1] (DINO's local crops: 0.4).
+        flip_prob: probability of a horizontal flip (0.5).
+        vflip_prob: probability of a vertical flip (satellite and medical images; 0 for natural images).
+        rotate90: rotate by a random multiple of 90 degrees (orientation-free images such as satellite tiles).
+        jitter_prob: probability of colour jitter (SimCLR: 0.8).
+        jitter_strength: s in SimCLR's jitter (0.8s, 0.8s, 0.8s, 0.2s) (SimCLR on ImageNet: 1.0; CIFAR: 0.5).
+        grayscale_prob: probability of converting to gray, RGB only (SimCLR: 0.2).
+        blur_prob: probability of a Gaussian blur with sigma in [0.1, 2] (SimCLR ImageNet: 0.5; small images: 0).
+        solarize_prob: probability of solarization at threshold 128 (BYOL's second view: 0.2).
+        size: this view's output side in pixels (default the image size), e.g. 96 for multi-crop's local views.
+        jitter: explicit (brightness, contrast, saturation, hue), instead of ``jitter_strength``'s ratios
+            (DINO and BYOL: (0.4, 0.4, 0.2, 0.1)).
+        interpolation: the crop's resampling, ``"bilinear"`` or ``"bicubic"`` (DINO: bicubic).
+    """
+
+    min_scale: float = 0.08
+    max_scale: float = 1.0
+    flip_prob: float = 0.5
+    vflip_prob: float = 0.0
+    rotate90: bool = False
+    jitter_prob: float = 0.8
+    jitter_strength: float = 1.0
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+    solarize_prob: float = 0.0
+    size: int | None = None
+    jitter: Sequence[float] | None = None
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_scale <= self.max_scale <= 1:
+            raise ValueError(
+                f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got ({self.min_scale}, {self.max_scale})"
+            )
+        _interpolation(self.interpolation)
+        self.colour_jitter()
+
+    def colour_jitter(self) -> tuple[float, float, float, float]:
+        """(brightness, contrast, saturation, hue): ``jitter`` if given, else SimCLR's ratios times the strength."""
+        return _jitter(self.jitter, self.jitter_strength)
+
+
 def augmented_view(
-    image_size: int,
-    channels: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    min_scale: float = 0.08,
-    max_scale: float = 1.0,
-    flip_prob: float = 0.5,
-    vflip_prob: float = 0.0,
-    rotate90: bool = False,
-    jitter_prob: float = 0.8,
-    jitter_strength: float = 1.0,
-    grayscale_prob: float = 0.2,
-    blur_prob: float = 0.5,
-    solarize_prob: float = 0.0,
-    size: int | None = None,
-    jitter: Sequence[float] | None = None,
-    interpolation: str = "bilinear",
+    image_size: int, channels: int, mean: Sequence[float], std: Sequence[float], **settings: Any
 ) -> v2.Compose:
     """One SimCLR-style view: random resized crop, flips, colour jitter (0.8s, 0.8s, 0.8s, 0.2s) with
     probability ``jitter_prob``, grayscale, Gaussian blur, solarization; then float + normalize.
 
-    For ``channels != 3`` colour jitter keeps only brightness and contrast, and grayscale is skipped.
-    ``size``: this view's output side (default ``image_size``), e.g. the small local crops of multi-crop.
-    ``jitter``: explicit (brightness, contrast, saturation, hue), instead of the strength-scaled SimCLR ratios
-    (DINO and BYOL use (0.4, 0.4, 0.2, 0.1)). ``interpolation``: of the crop's resize, "bilinear" or "bicubic"."""
-    if not 0 < min_scale <= max_scale <= 1:
-        raise ValueError(f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
-    image_size = size or image_size
-    mode = _interpolation(interpolation)
-    t: list[Any] = [v2.RandomResizedCrop(image_size, scale=(min_scale, max_scale), antialias=True, interpolation=mode)]
-    if flip_prob > 0:
-        t.append(v2.RandomHorizontalFlip(flip_prob))
-    if vflip_prob > 0:
-        t.append(v2.RandomVerticalFlip(vflip_prob))
-    if rotate90:
+    ``settings`` are ``ViewSpec``'s fields. For ``channels != 3`` colour jitter keeps only brightness and contrast,
+    and grayscale is skipped."""
+    v = ViewSpec(**settings)
+    image_size = v.size or image_size
+    mode = _interpolation(v.interpolation)
+    crop = v2.RandomResizedCrop(image_size, scale=(v.min_scale, v.max_scale), antialias=True, interpolation=mode)
+    t: list[Any] = [crop]
+    if v.flip_prob > 0:
+        t.append(v2.RandomHorizontalFlip(v.flip_prob))
+    if v.vflip_prob > 0:
+        t.append(v2.RandomVerticalFlip(v.vflip_prob))
+    if v.rotate90:
         t.append(v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)]))
-    b, c, sat, hue = _jitter(jitter, jitter_strength)
-    if jitter_prob > 0 and (b or c or sat or hue):
-        t.append(
-            v2.RandomApply([v2.ColorJitter(b, c, sat, hue) if channels == 3 else v2.ColorJitter(b, c)], p=jitter_prob)
-        )
-    if grayscale_prob > 0 and channels == 3:
-        t.append(v2.RandomGrayscale(grayscale_prob))
-    if blur_prob > 0:
-        t.append(v2.RandomApply([v2.GaussianBlur(blur_kernel(image_size), sigma=(0.1, 2.0))], p=blur_prob))
-    if solarize_prob > 0:
-        t.append(v2.RandomSolarize(128, p=solarize_prob))
+    b, c, sat, hue = v.colour_jitter()
+    if v.jitter_prob > 0 and (b or c or sat or hue):
+        jitter = v2.ColorJitter(b, c, sat, hue) if channels == 3 else v2.ColorJitter(b, c)
+        t.append(v2.RandomApply([jitter], p=v.jitter_prob))
+    if v.grayscale_prob > 0 and channels == 3:
+        t.append(v2.RandomGrayscale(v.grayscale_prob))
+    if v.blur_prob > 0:
+        t.append(v2.RandomApply([v2.GaussianBlur(blur_kernel(image_size), sigma=(0.1, 2.0))], p=v.blur_prob))
+    if v.solarize_prob > 0:
+        t.append(v2.RandomSolarize(128, p=v.solarize_prob))
     t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(t)
 
@@ -136,55 +167,36 @@ def eval_transform(
 
 
 def batched_view(
-    image_size: int,
-    channels: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    min_scale: float = 0.08,
-    max_scale: float = 1.0,
-    flip_prob: float = 0.5,
-    vflip_prob: float = 0.0,
-    rotate90: bool = False,
-    jitter_prob: float = 0.8,
-    jitter_strength: float = 1.0,
-    grayscale_prob: float = 0.2,
-    blur_prob: float = 0.5,
-    solarize_prob: float = 0.0,
-    size: int | None = None,
-    jitter: Sequence[float] | None = None,
-    interpolation: str = "bilinear",
+    image_size: int, channels: int, mean: Sequence[float], std: Sequence[float], **settings: Any
 ) -> nn.Module:
-    """The same view as ``augmented_view`` for a whole batch at once, each sample drawing its own random
-    parameters: the random resized crop (``BatchedResizedCrop``: boxes drawn with respect to each image's
-    original size, see ``lightning_ssl.data.batched``), then kornia. Takes float images in [0, 1] (B, C, H, W)
-    on any device and optionally their original sizes (B, 2); outputs (B, C, size, size)."""
+    """The same view as ``augmented_view`` (``settings``: ``ViewSpec``'s fields) for a whole batch at once, each
+    sample drawing its own random parameters: the random resized crop (``BatchedResizedCrop``: boxes drawn with
+    respect to each image's original size, see ``lightning_ssl.data.batched``), then kornia. Takes float images in
+    [0, 1] (B, C, H, W) on any device and optionally their original sizes (B, 2); outputs (B, C, size, size). The
+    batched crop resamples with roi_align (area-averaging) whatever the ``interpolation``."""
     import kornia.augmentation as K
 
     from lightning_ssl.data.batched import BatchedResizedCrop
 
-    if not 0 < min_scale <= max_scale <= 1:
-        raise ValueError(f"crop scale must satisfy 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
-    image_size = size or image_size
-    _interpolation(
-        interpolation
-    )  # validated; the batched crop resamples with roi_align (area-averaging) whatever it is
-    crop = BatchedResizedCrop(image_size, scale=(min_scale, max_scale))
+    v = ViewSpec(**settings)
+    image_size = v.size or image_size
+    crop = BatchedResizedCrop(image_size, scale=(v.min_scale, v.max_scale))
     t: list[nn.Module] = []
-    if flip_prob > 0:
-        t.append(K.RandomHorizontalFlip(p=flip_prob))
-    if vflip_prob > 0:
-        t.append(K.RandomVerticalFlip(p=vflip_prob))
-    if rotate90:
+    if v.flip_prob > 0:
+        t.append(K.RandomHorizontalFlip(p=v.flip_prob))
+    if v.vflip_prob > 0:
+        t.append(K.RandomVerticalFlip(p=v.vflip_prob))
+    if v.rotate90:
         t.append(K.RandomRotation90(times=(0, 3), p=1.0))
-    b, c, sat, hue = _jitter(jitter, jitter_strength)
-    if jitter_prob > 0 and (b or c or sat or hue):
-        t.append(K.ColorJitter(b, c, *((sat, hue) if channels == 3 else (0.0, 0.0)), p=jitter_prob))
-    if grayscale_prob > 0 and channels == 3:
-        t.append(K.RandomGrayscale(p=grayscale_prob))
-    if blur_prob > 0:
-        t.append(K.RandomGaussianBlur(blur_kernel(image_size), (0.1, 2.0), p=blur_prob))
-    if solarize_prob > 0:
-        t.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_prob))  # threshold 0.5 = 128/255
+    b, c, sat, hue = v.colour_jitter()
+    if v.jitter_prob > 0 and (b or c or sat or hue):
+        t.append(K.ColorJitter(b, c, *((sat, hue) if channels == 3 else (0.0, 0.0)), p=v.jitter_prob))
+    if v.grayscale_prob > 0 and channels == 3:
+        t.append(K.RandomGrayscale(p=v.grayscale_prob))
+    if v.blur_prob > 0:
+        t.append(K.RandomGaussianBlur(blur_kernel(image_size), (0.1, 2.0), p=v.blur_prob))
+    if v.solarize_prob > 0:
+        t.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=v.solarize_prob))  # threshold 0.5 = 128/255
     t.append(K.Normalize(mean=torch.tensor(list(mean)), std=torch.tensor(list(std))))
     return BatchedView(crop, nn.Sequential(*t))
 
