@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import lightning as L
 import torch
+from timing import StepTimer
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_ssl.callbacks.performance import Performance
@@ -53,26 +53,6 @@ def build(method: str, quick: bool):
     return model, views, size
 
 
-class Timer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.t1, self.images = warmup, 0.0, 0.0, 0
-
-    def _sync(self, trainer) -> None:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            self._sync(trainer)
-            self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx >= self.warmup:
-            self.images += len(batch[1])
-            self._sync(trainer)
-            self.t1 = time.perf_counter()
-
-
 def step_flops(model, views, size: int, batch_size: int, device: str) -> float:
     """FLOPs of one forward + backward training step (per batch), counted on the real model."""
     model = model.to(device).train()
@@ -102,7 +82,7 @@ def run(method: str, batched: bool, compile: bool, a) -> dict:
         val_bank_size=0,
         pin_memory=torch.cuda.is_available(),
     )
-    timer = Timer(a.warmup)
+    timer = StepTimer(a.warmup, sync=True)
     trainer = L.Trainer(
         max_steps=a.steps,
         precision=auto_precision()[0],
@@ -117,7 +97,7 @@ def run(method: str, batched: bool, compile: bool, a) -> dict:
         callbacks=[timer, Performance(channels_last=True, compile=compile)],
     )
     trainer.fit(model, datamodule=dm)
-    ips = timer.images / max(timer.t1 - timer.t0, 1e-9)
+    ips = timer.rate
     return {
         "method": method,
         "size": size,

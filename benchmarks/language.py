@@ -33,6 +33,7 @@ import types
 import lightning as L
 import torch
 import torch.nn.functional as F
+from timing import StepTimer
 
 from lightning_ssl.callbacks import CollapseMonitor, KNNMonitor, NonFiniteGuard, OnlineLinearProbe
 from lightning_ssl.data import TextCorpusDataModule
@@ -51,20 +52,6 @@ def corpus(a, **kw) -> TextCorpusDataModule:
 
 def adamw(params):
     return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-
-
-class StepTimer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.t1, self.tokens = warmup, 0.0, 0.0, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup:
-            self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step > self.warmup:
-            self.tokens += batch[:, :-1].numel()
-        self.t1 = time.perf_counter()
 
 
 def trainer(a, steps: int, callbacks=(), **kw) -> L.Trainer:
@@ -111,9 +98,9 @@ def shape(a, vocab):
 def run_ours(a, dm, vocab):
     torch.manual_seed(0)
     model = GPT(**shape(a, vocab), dropout=0.0, optimizer=adamw, scheduler=WarmupCosineLR)
-    timer = StepTimer(a.warmup)
+    timer = StepTimer(a.warmup, count=lambda batch: batch[:, :-1].numel())
     trainer(a, a.steps, [timer], limit_val_batches=0).fit(model, datamodule=dm)
-    return model, timer.tokens / (timer.t1 - timer.t0), val_loss(model.backbone, dm, a, model.device)
+    return model, timer.rate, val_loss(model.backbone, dm, a, model.device)
 
 
 def plain_loop(a, dm, model, forward):

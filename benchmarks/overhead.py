@@ -29,6 +29,7 @@ import time
 
 import lightning as L
 import torch
+from timing import StepTimer
 
 from lightning_ssl.callbacks import CollapseMonitor, NonFiniteGuard, OnlineLinearProbe
 from lightning_ssl.callbacks.performance import Performance, _to_channels_last, is_convolutional
@@ -88,20 +89,6 @@ def monitor_settings(method: str, key: str) -> dict:
         return dict(yaml.safe_load(f).get(key) or {})
 
 
-class StepTimer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.t1, self.images = warmup, 0.0, 0.0, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup:
-            self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step > self.warmup:
-            self.images += len(batch[1])
-        self.t1 = time.perf_counter()
-
-
 def ours_trainer(
     method: str,
     steps: int,
@@ -142,7 +129,7 @@ def run_ours(method: str, dm, steps: int, warmup: int, precision: str) -> float:
     model = build(method)
     timer = StepTimer(warmup)
     ours_trainer(method, steps, precision, timer).fit(model, datamodule=dm)
-    return timer.images / (timer.t1 - timer.t0)
+    return timer.rate
 
 
 def plain_loss(method: str, model, views) -> torch.Tensor:

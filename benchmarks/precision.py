@@ -21,28 +21,12 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
-import lightning as L
 import torch
+from timing import StepTimer
 
 from lightning_ssl.cli import cli
 from lightning_ssl.precision import describe_machine
-
-
-class StepTimer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.t1, self.images = warmup, 0.0, 0.0, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup:
-            self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step > self.warmup:
-            self.images += len(batch[1])
-        self.t1 = time.perf_counter()
-
 
 SETTINGS = [("32-true", "false"), ("32-true", "true"), ("bf16-mixed", "false"), ("bf16-mixed", "true")]
 
@@ -68,7 +52,7 @@ def images_per_s(config: str, precision: str, channels_last: str, steps: int, wa
     timer = StepTimer(warmup)
     c.trainer.callbacks.append(timer)
     c.trainer.fit(c.model, datamodule=c.datamodule)
-    return timer.images / (timer.t1 - timer.t0)
+    return timer.rate
 
 
 def measure(a) -> dict[str, list[float]]:
