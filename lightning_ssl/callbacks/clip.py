@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_ssl.callbacks.end_of_fit import is_final_validation
+from lightning_ssl.callbacks.end_of_fit import validation_due
 from lightning_ssl.metrics.zeroshot import clip_embedding_plot
 from lightning_ssl.modules.distributed import gather
 from lightning_ssl.runs import log_dir
@@ -32,11 +32,7 @@ class CLIPEmbeddingPlot(L.Callback):
         self.last_path: Path | None = None
 
     def _active(self, trainer: L.Trainer) -> bool:
-        return (
-            self.every_n_epochs > 0
-            and not trainer.sanity_checking
-            and ((trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
-        )
+        return validation_due(trainer, self.every_n_epochs)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._store = []

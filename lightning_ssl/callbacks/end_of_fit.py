@@ -12,6 +12,16 @@ def is_final_validation(trainer: L.Trainer) -> bool:
     return bool(getattr(trainer, "_lightning_ssl_final_validation", False))
 
 
+def validation_due(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """Whether a callback that acts every ``every_n_epochs`` validations acts in this one: never in the sanity
+    check or with ``every_n_epochs <= 0``; always in the final validation after the last training step."""
+    return (
+        every_n_epochs > 0
+        and not trainer.sanity_checking
+        and ((trainer.current_epoch + 1) % every_n_epochs == 0 or is_final_validation(trainer))
+    )
+
+
 class EndOfRun(L.Callback):
     """A short run still records something, and every run reports its final model:
 

@@ -264,14 +264,9 @@ class EmbeddingPlot(L.Callback):
         self.last_path: Path | None = None
 
     def _active(self, trainer) -> bool:
-        from lightning_ssl.callbacks.end_of_fit import is_final_validation
+        from lightning_ssl.callbacks.end_of_fit import validation_due
 
-        return (
-            self.every_n_epochs > 0
-            and not trainer.sanity_checking
-            and trainer.is_global_zero
-            and ((trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
-        )
+        return trainer.is_global_zero and validation_due(trainer, self.every_n_epochs)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._store = []

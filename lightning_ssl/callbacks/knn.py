@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_ssl.callbacks.end_of_fit import is_final_validation
+from lightning_ssl.callbacks.end_of_fit import validation_due
 from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.modules.distributed import gather
 
@@ -31,11 +31,7 @@ class KNNMonitor(L.Callback):
         self._store: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def _active(self, trainer: L.Trainer) -> bool:
-        return (
-            self.every_n_epochs > 0
-            and not trainer.sanity_checking
-            and ((trainer.current_epoch + 1) % self.every_n_epochs == 0 or is_final_validation(trainer))
-        )
+        return validation_due(trainer, self.every_n_epochs)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._store = {0: [], 1: []}
