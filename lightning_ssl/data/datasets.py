@@ -159,6 +159,17 @@ def _decode_for_size(raw: bytes, channels: int, size: int) -> tuple[Tensor, int,
     return x, x.shape[-2], x.shape[-1]
 
 
+def image_paths(paths: Sequence[str | os.PathLike], verify: bool = True) -> list[Path]:
+    """``paths`` as ``Path``s, refusing an empty list and, with ``verify``, any file that is not a readable image."""
+    if len(paths) == 0:
+        raise ValueError("dataset is empty: no image files")
+    out = [Path(p) for p in paths]
+    if verify:
+        for p in out:
+            check_image_file(p)
+    return out
+
+
 class FileImageDataset(Dataset):
     """Image files with optional integer labels; decoding errors name the offending file.
 
@@ -174,12 +185,7 @@ class FileImageDataset(Dataset):
         verify: bool = True,
         decode_size: int | None = None,
     ) -> None:
-        if len(paths) == 0:
-            raise ValueError("dataset is empty: no image files")
-        self.paths = [Path(p) for p in paths]
-        if verify:
-            for p in self.paths:
-                check_image_file(p)
+        self.paths = image_paths(paths, verify)
         self.labels, self.transform, self.channels = (list(labels) if labels is not None else None), transform, channels
         self.decode_size = decode_size
 
@@ -203,12 +209,7 @@ class EncodedImageDataset(Dataset):
     def __init__(
         self, paths: Sequence[str | os.PathLike], labels: Sequence[int] | None = None, verify: bool = True
     ) -> None:
-        if len(paths) == 0:
-            raise ValueError("dataset is empty: no image files")
-        self.paths = [Path(p) for p in paths]
-        if verify:
-            for p in self.paths:
-                check_image_file(p)
+        self.paths = image_paths(paths, verify)
         self.labels = list(labels) if labels is not None else None
 
     def __len__(self) -> int:
