@@ -91,6 +91,7 @@ CPU_OVERRIDES = {
     "simclr/imagenet.yaml": RESNET18,
     "simclr/imagenet_streaming.yaml": RESNET18,
     "byol/imagenet.yaml": RESNET18,
+    "lejepa/imagenet.yaml": RESNET18,
 }
 
 

@@ -43,6 +43,7 @@ from lightning_ssl.methods import (
     BEiT,
     Colorization,
     Jigsaw,
+    LeJEPA,
     MoCo,
     MoCoV3,
     RotNet,
@@ -218,6 +219,12 @@ CASES = {
         ),
         one_view,
     ),
+    # SIGReg's characteristic function over the global batch (per view; flattened alone, lambda = 1)
+    "lejepa": (lambda: LeJEPA(cnn(), proj_hidden_dim=16, proj_dim=8, lambda_sigreg=0.5, num_slices=16), multi_crop),
+    "lejepa_sigreg_flat": (
+        lambda: LeJEPA(cnn(), proj_hidden_dim=16, proj_dim=8, lambda_sigreg=1.0, num_slices=16, per_view=False),
+        multi_crop,
+    ),
     # token-mean losses: BERT's processes mask different numbers of tokens, and the mean is still the global one
     "gpt": (language(GPT), token_rows),
     "bert": (language(BERT), token_rows),
@@ -316,6 +323,7 @@ STATE = (
     "cluster_size",
     "embed_sum",
     "restarted",
+    "calls",
 )  # buffers every process must hold alike (by their own name, any module)
 
 

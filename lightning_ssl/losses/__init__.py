@@ -9,9 +9,11 @@ from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_loss
 from lightning_ssl.losses.ijepa import IJEPALoss, ijepa_loss
 from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss, nt_xent_loss
 from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
+from lightning_ssl.losses.lejepa import lejepa_loss
 from lightning_ssl.losses.mae import MAELoss, mae_loss
 from lightning_ssl.losses.negative_cosine import NegativeCosineSimilarity, byol_loss, negative_cosine_similarity
 from lightning_ssl.losses.nnclr import nearest_neighbours, nnclr_loss
+from lightning_ssl.losses.sigreg import SIGReg, sigreg_loss
 from lightning_ssl.losses.simmim import SimMIMLoss, simmim_loss
 from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
 from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_loss
@@ -27,6 +29,7 @@ __all__ = [
     "MAELoss",
     "NTXentLoss",
     "NegativeCosineSimilarity",
+    "SIGReg",
     "SimMIMLoss",
     "SwAVLoss",
     "VICRegLoss",
@@ -42,12 +45,14 @@ __all__ = [
     "ijepa_loss",
     "info_nce_loss",
     "koleo_loss",
+    "lejepa_loss",
     "mae_loss",
     "masked_token_loss",
     "nearest_neighbours",
     "negative_cosine_similarity",
     "nnclr_loss",
     "nt_xent_loss",
+    "sigreg_loss",
     "simmim_loss",
     "sinkhorn",
     "swav_loss",

@@ -12,6 +12,7 @@ from lightning_ssl.methods.dino import DINO
 from lightning_ssl.methods.gpt import GPT
 from lightning_ssl.methods.ijepa import IJEPA
 from lightning_ssl.methods.jigsaw import Jigsaw
+from lightning_ssl.methods.lejepa import LeJEPA
 from lightning_ssl.methods.lm import LanguageModel
 from lightning_ssl.methods.mae import MAE
 from lightning_ssl.methods.moco import MoCo
@@ -41,6 +42,7 @@ __all__ = [
     "Colorization",
     "Jigsaw",
     "LanguageModel",
+    "LeJEPA",
     "MoCo",
     "MoCoV3",
     "MomentumMethod",
