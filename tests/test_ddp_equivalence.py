@@ -37,6 +37,7 @@ from lightning_ssl.methods import (
     GPT,
     IJEPA,
     MAE,
+    MMCR,
     NNCLR,
     T5,
     BarlowTwins,
@@ -71,6 +72,10 @@ def cnn():
 
 def two_views(g: torch.Generator):
     return [torch.randn(N, C, S, S, generator=g), torch.randn(N, C, S, S, generator=g)], torch.arange(N) % 4
+
+
+def four_views(g: torch.Generator):  # MMCR: several views of one size
+    return [torch.randn(N, C, S, S, generator=g) for _ in range(4)], torch.arange(N) % 4
 
 
 def classifier():
@@ -225,6 +230,9 @@ CASES = {
         lambda: LeJEPA(cnn(), proj_hidden_dim=16, proj_dim=8, lambda_sigreg=1.0, num_slices=16, per_view=False),
         multi_crop,
     ),
+    # the nuclear norm of the global batch's centroid matrix (+ the per-image term, multi-crop views)
+    "mmcr": (lambda: MMCR(cnn(), proj_hidden_dim=16, proj_dim=8), four_views),
+    "mmcr_local": (lambda: MMCR(cnn(), proj_hidden_dim=16, proj_dim=8, lambda_local=0.5), multi_crop),
     # token-mean losses: BERT's processes mask different numbers of tokens, and the mean is still the global one
     "gpt": (language(GPT), token_rows),
     "bert": (language(BERT), token_rows),

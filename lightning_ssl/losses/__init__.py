@@ -11,6 +11,7 @@ from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss
 from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
 from lightning_ssl.losses.lejepa import lejepa_loss
 from lightning_ssl.losses.mae import MAELoss, mae_loss
+from lightning_ssl.losses.mmcr import MMCRLoss, mmcr_loss
 from lightning_ssl.losses.negative_cosine import NegativeCosineSimilarity, byol_loss, negative_cosine_similarity
 from lightning_ssl.losses.nnclr import nearest_neighbours, nnclr_loss
 from lightning_ssl.losses.sigreg import SIGReg, sigreg_loss
@@ -27,6 +28,7 @@ __all__ = [
     "InfoNCELoss",
     "KoLeoLoss",
     "MAELoss",
+    "MMCRLoss",
     "NTXentLoss",
     "NegativeCosineSimilarity",
     "SIGReg",
@@ -48,6 +50,7 @@ __all__ = [
     "lejepa_loss",
     "mae_loss",
     "masked_token_loss",
+    "mmcr_loss",
     "nearest_neighbours",
     "negative_cosine_similarity",
     "nnclr_loss",

@@ -15,6 +15,7 @@ from lightning_ssl.methods.jigsaw import Jigsaw
 from lightning_ssl.methods.lejepa import LeJEPA
 from lightning_ssl.methods.lm import LanguageModel
 from lightning_ssl.methods.mae import MAE
+from lightning_ssl.methods.mmcr import MMCR
 from lightning_ssl.methods.moco import MoCo
 from lightning_ssl.methods.mocov3 import MoCoV3
 from lightning_ssl.methods.nnclr import NNCLR
@@ -35,6 +36,7 @@ __all__ = [
     "GPT",
     "IJEPA",
     "MAE",
+    "MMCR",
     "NNCLR",
     "T5",
     "BEiT",
