@@ -43,6 +43,7 @@ from lightning_ssl.methods import (
     BarlowTwins,
     BEiT,
     Colorization,
+    DenseCL,
     Jigsaw,
     LeJEPA,
     MoCo,
@@ -233,6 +234,8 @@ CASES = {
     # the nuclear norm of the global batch's centroid matrix (+ the per-image term, multi-crop views)
     "mmcr": (lambda: MMCR(cnn(), proj_hidden_dim=16, proj_dim=8), four_views),
     "mmcr_local": (lambda: MMCR(cnn(), proj_hidden_dim=16, proj_dim=8, lambda_local=0.5), multi_crop),
+    # shuffle-BN keys, two queues filled from every process
+    "densecl": (lambda: DenseCL(cnn(), proj_hidden_dim=16, proj_dim=8, queue_size=32), two_views),
     # token-mean losses: BERT's processes mask different numbers of tokens, and the mean is still the global one
     "gpt": (language(GPT), token_rows),
     "bert": (language(BERT), token_rows),
@@ -331,6 +334,8 @@ STATE = (
     "cluster_size",
     "embed_sum",
     "restarted",
+    "dense_queue",
+    "dense_queue_ptr",
     "calls",
 )  # buffers every process must hold alike (by their own name, any module)
 

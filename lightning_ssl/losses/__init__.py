@@ -4,6 +4,7 @@ from lightning_ssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from lightning_ssl.losses.beit import feature_cosine_loss, masked_token_loss
 from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
+from lightning_ssl.losses.densecl import dense_correspondence, densecl_loss
 from lightning_ssl.losses.dino import DINOLoss, dino_loss, updated_center
 from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_loss
 from lightning_ssl.losses.ijepa import IJEPALoss, ijepa_loss
@@ -41,6 +42,8 @@ __all__ = [
     "clip_logits",
     "clip_loss",
     "colorization_loss",
+    "dense_correspondence",
+    "densecl_loss",
     "dino_loss",
     "feature_cosine_loss",
     "ibot_loss",

@@ -8,6 +8,7 @@ from lightning_ssl.methods.bert import BERT
 from lightning_ssl.methods.byol import BYOL
 from lightning_ssl.methods.clip import CLIP
 from lightning_ssl.methods.colorization import Colorization
+from lightning_ssl.methods.densecl import DenseCL
 from lightning_ssl.methods.dino import DINO
 from lightning_ssl.methods.gpt import GPT
 from lightning_ssl.methods.ijepa import IJEPA
@@ -42,6 +43,7 @@ __all__ = [
     "BEiT",
     "BarlowTwins",
     "Colorization",
+    "DenseCL",
     "Jigsaw",
     "LanguageModel",
     "LeJEPA",
