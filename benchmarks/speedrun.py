@@ -32,6 +32,9 @@ CONFIGS = {
     "simsiam": "configs/simsiam/fashion_mnist.yaml",
     "mae": "configs/mae/fashion_mnist.yaml",
     "dino": "configs/dino/fashion_mnist.yaml",
+    "lejepa": "configs/lejepa/fashion_mnist.yaml",
+    "mmcr": "configs/mmcr/fashion_mnist.yaml",
+    "densecl": "configs/densecl/fashion_mnist.yaml",
 }
 
 

@@ -91,6 +91,9 @@ CPU_OVERRIDES = {
     "simclr/imagenet.yaml": RESNET18,
     "simclr/imagenet_streaming.yaml": RESNET18,
     "byol/imagenet.yaml": RESNET18,
+    "lejepa/imagenet.yaml": RESNET18,
+    "densecl/imagenet.yaml": RESNET18,
+    "mmcr/cifar10.yaml": [*RESNET18, "--data.init_args.views.init_args.num_views=4"],  # 40 views of a ResNet-50
 }
 
 

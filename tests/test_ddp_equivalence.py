@@ -37,12 +37,15 @@ from lightning_ssl.methods import (
     GPT,
     IJEPA,
     MAE,
+    MMCR,
     NNCLR,
     T5,
     BarlowTwins,
     BEiT,
     Colorization,
+    DenseCL,
     Jigsaw,
+    LeJEPA,
     MoCo,
     MoCoV3,
     RotNet,
@@ -70,6 +73,10 @@ def cnn():
 
 def two_views(g: torch.Generator):
     return [torch.randn(N, C, S, S, generator=g), torch.randn(N, C, S, S, generator=g)], torch.arange(N) % 4
+
+
+def four_views(g: torch.Generator):  # MMCR: several views of one size
+    return [torch.randn(N, C, S, S, generator=g) for _ in range(4)], torch.arange(N) % 4
 
 
 def classifier():
@@ -218,6 +225,17 @@ CASES = {
         ),
         one_view,
     ),
+    # SIGReg's characteristic function over the global batch (per view; flattened alone, lambda = 1)
+    "lejepa": (lambda: LeJEPA(cnn(), proj_hidden_dim=16, proj_dim=8, lambda_sigreg=0.5, num_slices=16), multi_crop),
+    "lejepa_sigreg_flat": (
+        lambda: LeJEPA(cnn(), proj_hidden_dim=16, proj_dim=8, lambda_sigreg=1.0, num_slices=16, per_view=False),
+        multi_crop,
+    ),
+    # the nuclear norm of the global batch's centroid matrix (+ the per-image term, multi-crop views)
+    "mmcr": (lambda: MMCR(cnn(), proj_hidden_dim=16, proj_dim=8), four_views),
+    "mmcr_local": (lambda: MMCR(cnn(), proj_hidden_dim=16, proj_dim=8, lambda_local=0.5), multi_crop),
+    # shuffle-BN keys, two queues filled from every process
+    "densecl": (lambda: DenseCL(cnn(), proj_hidden_dim=16, proj_dim=8, queue_size=32), two_views),
     # token-mean losses: BERT's processes mask different numbers of tokens, and the mean is still the global one
     "gpt": (language(GPT), token_rows),
     "bert": (language(BERT), token_rows),
@@ -316,6 +334,9 @@ STATE = (
     "cluster_size",
     "embed_sum",
     "restarted",
+    "dense_queue",
+    "dense_queue_ptr",
+    "calls",
 )  # buffers every process must hold alike (by their own name, any module)
 
 

@@ -4,14 +4,18 @@ from lightning_ssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from lightning_ssl.losses.beit import feature_cosine_loss, masked_token_loss
 from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
+from lightning_ssl.losses.densecl import dense_correspondence, densecl_loss
 from lightning_ssl.losses.dino import DINOLoss, dino_loss, updated_center
 from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_loss
 from lightning_ssl.losses.ijepa import IJEPALoss, ijepa_loss
 from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss, nt_xent_loss
 from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
+from lightning_ssl.losses.lejepa import lejepa_loss
 from lightning_ssl.losses.mae import MAELoss, mae_loss
+from lightning_ssl.losses.mmcr import MMCRLoss, mmcr_loss
 from lightning_ssl.losses.negative_cosine import NegativeCosineSimilarity, byol_loss, negative_cosine_similarity
 from lightning_ssl.losses.nnclr import nearest_neighbours, nnclr_loss
+from lightning_ssl.losses.sigreg import SIGReg, sigreg_loss
 from lightning_ssl.losses.simmim import SimMIMLoss, simmim_loss
 from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
 from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_loss
@@ -25,8 +29,10 @@ __all__ = [
     "InfoNCELoss",
     "KoLeoLoss",
     "MAELoss",
+    "MMCRLoss",
     "NTXentLoss",
     "NegativeCosineSimilarity",
+    "SIGReg",
     "SimMIMLoss",
     "SwAVLoss",
     "VICRegLoss",
@@ -36,18 +42,23 @@ __all__ = [
     "clip_logits",
     "clip_loss",
     "colorization_loss",
+    "dense_correspondence",
+    "densecl_loss",
     "dino_loss",
     "feature_cosine_loss",
     "ibot_loss",
     "ijepa_loss",
     "info_nce_loss",
     "koleo_loss",
+    "lejepa_loss",
     "mae_loss",
     "masked_token_loss",
+    "mmcr_loss",
     "nearest_neighbours",
     "negative_cosine_similarity",
     "nnclr_loss",
     "nt_xent_loss",
+    "sigreg_loss",
     "simmim_loss",
     "sinkhorn",
     "swav_loss",

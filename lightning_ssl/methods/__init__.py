@@ -8,12 +8,15 @@ from lightning_ssl.methods.bert import BERT
 from lightning_ssl.methods.byol import BYOL
 from lightning_ssl.methods.clip import CLIP
 from lightning_ssl.methods.colorization import Colorization
+from lightning_ssl.methods.densecl import DenseCL
 from lightning_ssl.methods.dino import DINO
 from lightning_ssl.methods.gpt import GPT
 from lightning_ssl.methods.ijepa import IJEPA
 from lightning_ssl.methods.jigsaw import Jigsaw
+from lightning_ssl.methods.lejepa import LeJEPA
 from lightning_ssl.methods.lm import LanguageModel
 from lightning_ssl.methods.mae import MAE
+from lightning_ssl.methods.mmcr import MMCR
 from lightning_ssl.methods.moco import MoCo
 from lightning_ssl.methods.mocov3 import MoCoV3
 from lightning_ssl.methods.nnclr import NNCLR
@@ -34,13 +37,16 @@ __all__ = [
     "GPT",
     "IJEPA",
     "MAE",
+    "MMCR",
     "NNCLR",
     "T5",
     "BEiT",
     "BarlowTwins",
     "Colorization",
+    "DenseCL",
     "Jigsaw",
     "LanguageModel",
+    "LeJEPA",
     "MoCo",
     "MoCoV3",
     "MomentumMethod",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -226,6 +227,19 @@ class MomentumMethod(SSLMethod):
 
 def _rename_legacy_teacher_keys(state_dict: dict, prefix: str, *_: Any) -> None:
     rename_legacy_teacher_keys(state_dict, prefix)  # a module-level function: the hook must pickle (ddp_spawn)
+
+
+def forward_views(fn: Callable[[Tensor], Tensor], views: Sequence[Tensor]) -> list[Tensor]:
+    """``[fn(v) for v in views]``, with the views of one size forwarded as one batch: fewer, larger forward passes,
+    and BatchNorm statistics over all views of a size together (multi-crop: the global crops, then the local
+    ones), as the reference implementations that concatenate their views do."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, v in enumerate(views):
+        groups.setdefault(tuple(v.shape[1:]), []).append(i)
+    out: dict[int, Tensor] = {}
+    for idx in groups.values():
+        out.update(zip(idx, fn(torch.cat([views[i] for i in idx])).chunk(len(idx)), strict=True))
+    return [out[i] for i in range(len(views))]
 
 
 def _is_plain(v: Any) -> bool:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import feature_map
 from lightning_ssl.modules.color import (
     AB_SCALE,
     L_MAX,
@@ -41,41 +42,6 @@ from lightning_ssl.modules.color import (
 )
 from lightning_ssl.modules.distributed import is_distributed
 from lightning_ssl.optim import WarmupCosineLR
-
-
-def feature_map(backbone: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The backbone's last spatial feature map (B, D, h, w), before global pooling, and its pooled output (B, D)
-    exactly as ``backbone(x)`` gives it (the mean of the map for CNNs, the CLS token or the token mean for ViTs).
-    Supports SmallCNN, ResNet, ViT (patch tokens as a grid), TimmBackbone, CheckpointBackbone around any of them,
-    and modules with ``forward_features``."""
-    inner = getattr(backbone, "backbone", None)
-    if isinstance(inner, nn.Module):  # CheckpointBackbone
-        return feature_map(inner, x)
-    if hasattr(backbone, "forward_tokens") and hasattr(backbone, "patch_size"):  # lightning_ssl ViT
-        tokens = backbone.forward_tokens(x)  # (B, 1 + N, D)
-        h, w = x.shape[-2] // backbone.patch_size, x.shape[-1] // backbone.patch_size
-        return tokens[:, 1:].transpose(1, 2).reshape(len(x), -1, h, w), backbone.pool(tokens)
-    if isinstance(getattr(backbone, "features", None), nn.Module):  # SmallCNN
-        f = backbone.features(x)
-        return f, backbone.pool(f).flatten(1)
-    net = getattr(backbone, "net", None)
-    if net is not None and hasattr(net, "layer4"):  # ResNet
-        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-        f = net.layer4(net.layer3(net.layer2(net.layer1(x))))
-        return f, net.fc(torch.flatten(net.avgpool(f), 1))
-    model = getattr(backbone, "model", backbone)
-    if hasattr(model, "forward_features"):  # timm
-        f = model.forward_features(x)
-        pooled = model.forward_head(f) if hasattr(model, "forward_head") else f.mean(dim=tuple(range(2, f.ndim)))
-        if f.ndim == 3:  # tokens (B, prefix + N, D)
-            f = f[:, getattr(model, "num_prefix_tokens", 0) :]
-            side = int(f.shape[1] ** 0.5)
-            f = f.transpose(1, 2).reshape(len(x), -1, side, f.shape[1] // side)
-        return f, pooled
-    raise TypeError(
-        f"colorization needs a spatial feature map, and {type(backbone).__name__} has no known way to give "
-        f"one (supported: SmallCNN, ResNet, ViT, TimmBackbone, modules with forward_features)"
-    )
 
 
 class ColorDecoder(nn.Module):

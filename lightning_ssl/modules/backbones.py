@@ -6,6 +6,8 @@ architecture. Prefer torchvision / timm architectures; ``SmallCNN`` exists for C
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torchvision
 from torch import Tensor, nn
@@ -322,3 +324,51 @@ def feature_dim(backbone: nn.Module, in_channels: int = 3, image_size: int = 32)
     if out.ndim != 2:
         raise ValueError(f"a backbone must return (B, D) features, got shape {tuple(out.shape)}")
     return out.shape[1]
+
+
+def feature_map(backbone: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The backbone's last spatial feature map (B, C, h, w), before global pooling, and its pooled output (B, D)
+    exactly as ``backbone(x)`` gives it (the mean of the map for CNNs, the CLS token or the token mean for ViTs),
+    from one forward pass. Methods that work on feature-map cells (Colorization's decoder, DenseCL's dense head)
+    use it. Supports SmallCNN, ResNet, ViT (patch tokens as a grid), TimmBackbone, CheckpointBackbone around any
+    of them, and modules with ``forward_features``; other backbones raise a ``TypeError`` naming them."""
+    b: Any = backbone  # the attributes below are looked up by duck typing
+    if isinstance(getattr(b, "backbone", None), nn.Module):  # CheckpointBackbone
+        return feature_map(b.backbone, x)
+    if hasattr(b, "forward_tokens") and hasattr(b, "patch_size"):  # lightning_ssl ViT
+        tokens = b.forward_tokens(x)  # (B, 1 + N, D)
+        h, w = x.shape[-2] // b.patch_size, x.shape[-1] // b.patch_size
+        return tokens[:, 1:].transpose(1, 2).reshape(len(x), -1, h, w), b.pool(tokens)
+    if isinstance(getattr(b, "features", None), nn.Module):  # SmallCNN
+        f = b.features(x)
+        return f, b.pool(f).flatten(1)
+    net: Any = getattr(b, "net", None)
+    if net is not None and hasattr(net, "layer4"):  # ResNet
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        f = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        return f, net.fc(torch.flatten(net.avgpool(f), 1))
+    model: Any = getattr(b, "model", b)
+    if hasattr(model, "forward_features"):  # timm
+        f = model.forward_features(x)
+        pooled = model.forward_head(f) if hasattr(model, "forward_head") else f.mean(dim=tuple(range(2, f.ndim)))
+        if f.ndim == 3:  # tokens (B, prefix + N, D)
+            f = f[:, getattr(model, "num_prefix_tokens", 0) :]
+            side = int(f.shape[1] ** 0.5)
+            f = f.transpose(1, 2).reshape(len(x), -1, side, f.shape[1] // side)
+        return f, pooled
+    raise TypeError(
+        f"{type(backbone).__name__} gives no spatial feature map before its pooling (supported: SmallCNN, ResNet, "
+        f"ViT, TimmBackbone, a CheckpointBackbone of one of them, modules with forward_features)"
+    )
+
+
+def feature_map_channels(backbone: nn.Module, in_channels: int = 3, image_size: int = 32) -> int:
+    """The channel count C of ``feature_map``'s (B, C, h, w) map, measured with one dummy forward in eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            fmap, _ = feature_map(backbone, torch.zeros(2, in_channels, image_size, image_size))
+    finally:
+        backbone.train(was_training)
+    return int(fmap.shape[1])

@@ -41,3 +41,18 @@ class ProjectionHead(nn.Sequential):
                 layers.append(nn.BatchNorm1d(d_out, affine=False))
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
+
+
+class DenseProjectionHead(nn.Sequential):
+    """Per-cell MLP on a feature map, (B, C, h, w) -> (B, out_dim, h, w): 1x1 convolution, ReLU, 1x1 convolution
+    (DenseCL's dense head, ``DenseCLNeck.mlp2`` of WXinlong/DenseCL: 2048 -> 2048 -> 128 on a ResNet-50).
+
+    Args:
+        in_dim: Channels C of the feature map.
+        hidden_dim: Channels of the hidden layer.
+        out_dim: Channels of the output.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> None:
+        super().__init__(nn.Conv2d(in_dim, hidden_dim, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden_dim, out_dim, 1))
+        self.in_dim, self.out_dim = in_dim, out_dim

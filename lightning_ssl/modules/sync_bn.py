@@ -8,12 +8,15 @@ pass ``plugins=[DistributedBatchNormSync()]`` together with ``sync_batchnorm=Tru
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from lightning.pytorch.plugins.layer_sync import LayerSync
 from torch import Tensor, nn
 
-from lightning_ssl.modules.distributed import is_distributed
+from lightning_ssl.modules.distributed import gather, is_distributed, rank, world_size
 
 
 class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -147,3 +150,26 @@ def split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
         else:
             split_batchnorm(child, num_splits)
     return module
+
+
+@torch.no_grad()
+def shuffled_forward(
+    fn: Callable[[Tensor], tuple[Tensor, ...]], x: Tensor, split_groups: int = 1
+) -> tuple[Tensor, ...]:
+    """MoCo's shuffle-BN (He et al., 2020, sec. 3.3) for a key encoder ``fn`` that returns a tuple of tensors
+    whose first dimension is the batch: under DDP, ``x`` (B, ...) is gathered, shuffled across the processes with
+    one permutation broadcast from rank 0, each process encodes its share, and the outputs come back in the
+    original order (this process's rows). On one device with ``split_groups`` > 1 (``SplitBatchNorm``) the batch is
+    shuffled across the groups. Otherwise ``fn(x)``. So BatchNorm statistics cannot tell a key's own query."""
+    if is_distributed():
+        x_all = gather(x, with_grad=False)
+        perm = torch.randperm(len(x_all), device=x.device)
+        dist.broadcast(perm, src=0)
+        outs = fn(x_all[perm.view(world_size(), -1)[rank()]])
+        back = torch.argsort(perm).view(world_size(), -1)[rank()]
+        return tuple(gather(o.contiguous(), with_grad=False)[back] for o in outs)
+    if split_groups > 1:
+        perm = torch.randperm(len(x), device=x.device)
+        back = torch.argsort(perm)
+        return tuple(o[back] for o in fn(x[perm]))
+    return fn(x)
