@@ -20,18 +20,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_ssl.losses.info_nce import info_nce_loss
 from lightning_ssl.methods.base import MomentumMethod
-from lightning_ssl.modules.distributed import gather, is_distributed, rank, world_size
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.modules.queue import check_queue_size, enqueue
-from lightning_ssl.modules.sync_bn import DistributedBatchNorm, split_batchnorm
+from lightning_ssl.modules.sync_bn import DistributedBatchNorm, shuffled_forward, split_batchnorm
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -90,21 +88,12 @@ class MoCo(MomentumMethod):
 
     @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
-        """Normalized keys from the momentum encoder (with shuffled BN under DDP)."""
-        if self.shuffle_bn and not is_distributed() and self.split_bn > 1:  # split-BN: shuffle across the groups
-            perm = torch.randperm(len(x), device=x.device)
-            k = self.teacher_projector(self.teacher_backbone(x[perm]))[torch.argsort(perm)]
-        elif self.shuffle_bn and is_distributed():
-            x_all = gather(x, with_grad=False)
-            perm = torch.randperm(len(x_all), device=x.device)
-            dist.broadcast(perm, src=0)
-            k_all = gather(
-                self.teacher_projector(self.teacher_backbone(x_all[perm.view(world_size(), -1)[rank()]])),
-                with_grad=False,
-            )
-            k = k_all[torch.argsort(perm).view(world_size(), -1)[rank()]]
-        else:
-            k = self.teacher_projector(self.teacher_backbone(x))
+        """Normalized keys from the momentum encoder (with shuffled BN under DDP, or across split-BN groups)."""
+
+        def encode(v: Tensor) -> tuple[Tensor]:
+            return (self.teacher_projector(self.teacher_backbone(v)),)
+
+        (k,) = shuffled_forward(encode, x, self.split_bn) if self.shuffle_bn else encode(x)
         return F.normalize(k.float(), dim=1)
 
     def enqueue(self, keys: Tensor) -> None:
