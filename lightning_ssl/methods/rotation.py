@@ -33,6 +33,21 @@ def rotate_batch(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class RotNet(SSLMethod):
+    """RotNet: every image rotated by 0, 90, 180 and 270 degrees, a 4-way classifier predicts the rotation.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        head_hidden_dim: Hidden width of the rotation classifier (an MLP on the backbone features; the paper used
+            the last conv blocks of a NIN as the head).
+        head_layers: Linear layers in the classifier, >= 1.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -41,11 +56,6 @@ class RotNet(SSLMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """Args:
-        head_hidden_dim, head_layers: the rotation classifier on the backbone features (an MLP; the paper
-            used the last conv blocks of a NIN as the head, which also keeps the backbone's last layer from
-            becoming too specific to rotations).
-        """
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         self.classifier = ProjectionHead(self.num_features, head_hidden_dim, 4, num_layers=head_layers)
