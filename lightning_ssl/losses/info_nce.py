@@ -80,6 +80,14 @@ def info_nce_loss(
 
 
 class NTXentLoss(nn.Module):
+    """``nt_xent_loss`` as a module: two views' embeddings (B, D) each -> scalar over the 2B views.
+
+    Args:
+        temperature: Softmax temperature tau, > 0 (SimCLR: 0.1 to 0.5).
+        gather_distributed: Under DDP, compute the loss over the global batch (embeddings gathered from every
+            process with gradients); a no-op on one process.
+    """
+
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = True) -> None:
         super().__init__()
         _check_temperature(temperature)
@@ -90,6 +98,14 @@ class NTXentLoss(nn.Module):
 
 
 class InfoNCELoss(nn.Module):
+    """``info_nce_loss`` as a module: queries and keys (B, D) -> scalar, the matching key is the positive.
+
+    Args:
+        temperature: Softmax temperature tau, > 0 (MoCo v2: 0.2; MoCo v3: 0.2 for ViT, 1.0 for ResNet).
+        gather_distributed: Under DDP, compute the loss over the global batch (embeddings gathered from every
+            process with gradients); a no-op on one process.
+    """
+
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = True) -> None:
         super().__init__()
         _check_temperature(temperature)
