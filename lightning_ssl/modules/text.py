@@ -23,7 +23,12 @@ class BPETokenizer:
     """Byte-level BPE (GPT-2 style) with ``<pad>`` = 0, ``<sot>`` and ``<eot>`` special tokens.
 
     ``encode`` gives (B, context_length) ids ``<sot> text <eot> <pad>...``; text too long is truncated but
-    keeps its ``<eot>`` (the token a causal text tower reads the feature from)."""
+    keeps its ``<eot>`` (the token a causal text tower reads the feature from).
+
+    Args:
+        tokenizer: A ``tokenizers.Tokenizer`` with ``<pad>`` = 0, ``<sot>`` and ``<eot>`` (``BPETokenizer.train``
+            or ``load`` make one).
+    """
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -86,6 +91,19 @@ class TextTransformer(nn.Module):
     ``causal=True`` with ``pooling="eot"`` is CLIP's text tower; ``causal=False`` with ``pooling="mean"`` a
     BERT-like one. ``forward(list[str]) -> (B, width)``. ``vocab_size`` fixes the embedding table; the
     tokenizer (``tokenizer_path``, or trained later with ``fit_tokenizer``) must not be larger.
+
+    Args:
+        vocab_size: Rows of the token-embedding table; the tokenizer must not be larger (49408 in CLIP).
+        width: Model width (512 in CLIP's text tower).
+        layers: Transformer blocks (12 in CLIP).
+        heads: Attention heads per block, dividing ``width`` (8 in CLIP).
+        context_length: Longest text in tokens, ``<sot>`` and ``<eot>`` included (77 in CLIP).
+        causal: Causal attention mask (CLIP's text tower); False: bidirectional.
+        pooling: ``"eot"`` (the end-of-text token's state, CLIP) or ``"mean"`` (mean over the tokens).
+        dropout: Dropout probability, in [0, 1).
+        tokenizer_path: A ``tokenizer.json`` to load; None: trained on the captions when fitting starts.
+        min_frequency: Fewest occurrences of a merge for the BPE tokenizer trained on the captions.
+        lowercase: Lowercase the texts before tokenizing (CLIP does).
     """
 
     def __init__(
