@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.optim import WarmupCosineLR, param_groups
 
 
@@ -39,7 +40,7 @@ class Classifier(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_classes: int | None = None,
         freeze_backbone: bool = False,
         layer_decay: float | None = None,

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_ssl.modules.backbones import feature_dim
+from lightning_ssl.modules.backbones import Backbone, feature_dim
 from lightning_ssl.modules.momentum import cosine_momentum, update_momentum
 from lightning_ssl.optim import WarmupCosineLR, param_groups
 
@@ -46,7 +46,7 @@ class SSLMethod(L.LightningModule):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
@@ -210,7 +210,7 @@ class MomentumMethod(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
         momentum: float = 0.996,

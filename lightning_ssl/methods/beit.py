@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lightning_ssl.losses.beit import masked_token_loss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.methods.visual_tokenizer import PatchTokenizer, VisualTokenizer
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import is_distributed, world_size
 from lightning_ssl.modules.masking import beit_masking
 from lightning_ssl.optim import WarmupCosineLR
@@ -73,7 +74,7 @@ class BEiT(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         tokenizer: str | nn.Module,
         num_masked: int | None = None,
         min_block: int | None = None,

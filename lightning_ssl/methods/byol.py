@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.negative_cosine import byol_loss
 from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.optim import WarmupCosineLR
@@ -44,7 +45,7 @@ class BYOL(MomentumMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 4096,
         proj_dim: int = 256,
         pred_hidden_dim: int = 4096,

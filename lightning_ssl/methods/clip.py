@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from lightning_ssl.losses.clip import CLIPLoss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.metrics.zeroshot import DEFAULT_TEMPLATES, recall_at_k, zero_shot_accuracy
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import gather
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -65,7 +66,7 @@ class CLIP(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         text_encoder: nn.Module,
         embed_dim: int = 256,
         temperature: float = 0.07,

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.color import (
     AB_SCALE,
     L_MAX,
@@ -128,7 +129,7 @@ class Colorization(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         mode: Literal["classification", "regression"] = "classification",
         grid_size: float = 10.0,
         soft_encoding: bool = True,

@@ -29,6 +29,7 @@ from lightning_ssl.losses.dino import DINOLoss
 from lightning_ssl.losses.ibot import IBOTPatchLoss
 from lightning_ssl.losses.koleo import koleo_loss
 from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.dino_head import DINOHead
 from lightning_ssl.modules.masking import block_masking
 from lightning_ssl.modules.momentum import cosine_momentum, make_teacher
@@ -100,7 +101,7 @@ class DINO(MomentumMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         out_dim: int = 65536,

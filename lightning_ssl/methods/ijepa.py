@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.ijepa import IJEPALoss
 from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.masking import gather_tokens
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.modules.multiblock import multiblock_masks
@@ -106,7 +107,7 @@ class IJEPA(MomentumMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         predictor_dim: int = 384,
         predictor_depth: int = 12,
         predictor_heads: int = 12,

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.jigsaw import extract_tiles, hamming_permutation_set, normalize_tiles, shuffle_tiles
 from lightning_ssl.optim import WarmupCosineLR
@@ -55,7 +56,7 @@ class Jigsaw(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_permutations: int = 100,
         permutation_seed: int = 0,
         grid: int = 3,

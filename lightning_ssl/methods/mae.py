@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.mae import mae_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.masking import gather_tokens, num_kept, patchify, random_masking, unpatchify
 from lightning_ssl.modules.vit import sincos_pos_embed
 from lightning_ssl.optim import WarmupCosineLR, param_groups
@@ -100,7 +101,7 @@ class MAE(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         mask_ratio: float = 0.75,
         decoder_dim: int = 512,
         decoder_depth: int = 8,

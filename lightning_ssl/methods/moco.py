@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.info_nce import info_nce_loss
 from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import gather, is_distributed, rank, world_size
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
@@ -65,7 +66,7 @@ class MoCo(MomentumMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         queue_size: int = 65536,

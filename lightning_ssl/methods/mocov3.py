@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.info_nce import info_nce_loss
 from lightning_ssl.methods.base import MomentumMethod
-from lightning_ssl.modules.backbones import is_vit
+from lightning_ssl.modules.backbones import Backbone, is_vit
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.optim import WarmupCosineLR
@@ -51,7 +51,7 @@ class MoCoV3(MomentumMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 4096,
         proj_dim: int = 256,
         pred_hidden_dim: int = 4096,

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.losses.info_nce import _check_temperature
 from lightning_ssl.losses.nnclr import nearest_neighbours, nnclr_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.queue import check_queue_size, enqueue
 from lightning_ssl.optim import WarmupCosineLR
@@ -49,7 +50,7 @@ class NNCLR(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 256,
         pred_hidden_dim: int = 4096,

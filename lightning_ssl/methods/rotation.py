@@ -15,9 +15,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -50,7 +51,7 @@ class RotNet(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         head_hidden_dim: int = 512,
         head_layers: int = 2,
         optimizer: OptimizerCallable = torch.optim.AdamW,

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import nn
 
 from lightning_ssl.losses.info_nce import NTXentLoss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -46,7 +46,7 @@ class SimCLR(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         temperature: float = 0.1,

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.simmim import simmim_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -72,7 +73,7 @@ class SimMIM(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         mask_patch_size: int = 32,
         mask_ratio: float = 0.6,
         optimizer: OptimizerCallable = torch.optim.AdamW,

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.losses.negative_cosine import negative_cosine_similarity
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -40,7 +41,7 @@ class SimSiam(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_dim: int = 2048,
         pred_hidden_dim: int = 512,
         proj_hidden_dim: int | None = None,

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import rank, world_size
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.queue import check_queue_size, enqueue
@@ -60,7 +61,7 @@ class SwAV(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         num_prototypes: int = 3000,

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_terms
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -50,7 +51,7 @@ class VICReg(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 8192,
         proj_dim: int = 8192,
         proj_layers: int = 3,

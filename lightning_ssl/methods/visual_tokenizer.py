@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from lightning_ssl.checkpoint import CheckpointError, safe_load
 from lightning_ssl.losses.beit import feature_cosine_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import is_distributed
 from lightning_ssl.modules.masking import patchify, unpatchify
 from lightning_ssl.modules.pretrained import _instantiate, load_weights, patch_features
@@ -75,7 +76,7 @@ class PatchTokenizer(nn.Module):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_codes: int = 8192,
         code_dim: int = 32,
         decay: float = 0.99,
@@ -216,8 +217,8 @@ class VisualTokenizer(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
-        teacher: nn.Module | None = None,
+        backbone: Backbone,
+        teacher: Backbone | None = None,
         num_codes: int = 8192,
         code_dim: int = 32,
         decay: float = 0.99,

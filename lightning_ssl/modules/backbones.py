@@ -6,12 +6,37 @@ architecture. Prefer torchvision / timm architectures; ``SmallCNN`` exists for C
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torchvision
 from torch import Tensor, nn
 
+if TYPE_CHECKING:  # for the type checker any module is a backbone; what follows is the CLI's view of the type
+    Backbone = nn.Module
+else:
 
-class SmallCNN(nn.Module):
+    class Backbone(nn.Module, metaclass=ABCMeta):
+        """What a method's ``backbone`` argument takes: a module mapping images (B, C, H, W) to features (B, D).
+
+        The project's backbones derive from it, so ``lightning-ssl fit --model.help <Method>`` lists them (and
+        not every ``nn.Module`` in torch); any other ``nn.Module`` is a backbone too (``issubclass`` says so), so a
+        config may still give one by ``class_path``, e.g. ``torchvision.models.resnet18``.
+        """
+
+        @abstractmethod
+        def forward(self, x: Tensor) -> Tensor:
+            """Images (B, C, H, W) -> features (B, D)."""
+
+        @classmethod
+        def __subclasshook__(cls, other: type) -> Any:
+            if cls is Backbone:
+                return issubclass(other, nn.Module) or NotImplemented
+            return NotImplemented
+
+
+class SmallCNN(Backbone):
     """A VGG-style CNN sized for CPUs: ``stages`` stages of two 3x3 conv-BN-ReLU, 2x2 max-pool between stages,
     channel width doubling per stage, then average pooling: global (``pool=1``), or onto a ``pool x pool`` grid
     whose cells are concatenated (features ``width * 2**(stages-1) * pool**2``), which keeps where things are in
@@ -57,7 +82,7 @@ class SmallCNN(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """torchvision ResNet without its classifier, for any channel count.
 
     ``small_input`` (default: ``image_size <= 64``) swaps the 7x7/2 stem and max-pool for a 3x3/1 conv, as
@@ -189,7 +214,7 @@ def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool = True
     return new
 
 
-class TimmBackbone(nn.Module):
+class TimmBackbone(Backbone):
     """Any ``timm`` model by name, as a pooled-feature backbone (``num_classes=0``).
 
     ``checkpoint_path`` loads local weights (a timm/torchvision-style state dict) without network access, or

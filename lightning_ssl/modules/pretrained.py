@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ssl.checkpoint import CheckpointError, load_state_dict_file, safe_load
+from lightning_ssl.modules.backbones import Backbone
 
 
 def _instantiate(config: dict[str, Any]) -> nn.Module:
@@ -80,7 +81,7 @@ def backbone_prefix(ckpt: dict, weights: str = "auto", path: str = "the checkpoi
     return "teacher_backbone." if use_teacher else "backbone."
 
 
-class CheckpointBackbone(nn.Module):
+class CheckpointBackbone(Backbone):
     """The pretrained backbone stored in ``path``: a lightning_ssl training checkpoint or a backbone exported
     with ``export_backbone`` (its ``.json`` side file says how to rebuild it). The architecture comes from the
     file, so nothing else needs to be given. ``weights`` picks the network in a training checkpoint: ``auto`` is
@@ -148,7 +149,7 @@ def _strip_classifier(model: nn.Module) -> tuple[int, str]:
     raise ValueError(f"cannot find the classifier of {type(model).__name__}")
 
 
-class TorchvisionBackbone(nn.Module):
+class TorchvisionBackbone(Backbone):
     """``torchvision.models.<name>`` without its classifier. ``weights``: a torchvision weights name
     (``IMAGENET1K_V1``, downloaded), a local state-dict path, or None.
 
@@ -220,7 +221,7 @@ class TorchvisionBackbone(nn.Module):
         return self.model(x)
 
 
-class HFVisionBackbone(nn.Module):
+class HFVisionBackbone(Backbone):
     """A ``transformers`` vision model as a (B, D) backbone.
 
     ``pooling``: "cls" (first token of the last hidden state, after the final norm where the model has one),
@@ -456,7 +457,7 @@ class HFCLIP(nn.Module):
         return torch.nn.functional.normalize(self.model.text_projection(pooled), dim=-1)
 
 
-class Pixels(nn.Module):
+class Pixels(Backbone):
     """Raw (normalized) pixels, flattened: (B, C, H, W) -> (B, C*H*W).
 
     Args:

@@ -23,6 +23,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.masking import gather_tokens
 
 
@@ -45,7 +46,7 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) ->
     return emb.float()
 
 
-class ViT(nn.Module):
+class ViT(Backbone):
     """timm ``VisionTransformer`` with a CLS token, as a backbone (see the module docstring).
 
     Args:
