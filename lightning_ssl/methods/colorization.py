@@ -80,7 +80,8 @@ def feature_map(backbone: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class ColorDecoder(nn.Module):
-    """Feature map (B, D, h, w) -> (B, out_dim, *size): conv, bilinear upsampling to ``size``, conv, 1x1 conv.
+    """Feature map (B, D, h, w) -> (B, out_dim, H, W), (H, W) = ``size``: conv, bilinear upsampling to ``size``,
+    conv, 1x1 conv.
 
     Args:
         in_dim: Channels D of the backbone's feature map.
