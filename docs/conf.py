@@ -16,7 +16,7 @@ import lightning_ssl  # noqa: E402
 
 project = "lightning_ssl"
 author = "lightning_ssl contributors"
-copyright = "lightning_ssl contributors"  # noqa: A001 (Sphinx's name for it)
+copyright = "lightning_ssl contributors"
 release = version = lightning_ssl.__version__
 
 extensions = [
@@ -28,7 +28,11 @@ extensions = [
 ]
 
 # --- sources ---------------------------------------------------------------------------------------------------
-source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}  # .rst first: autosummary writes .rst
+source_suffix = {
+    ".rst": "restructuredtext",
+    ".md": "myst-nb",
+    ".ipynb": "myst-nb",
+}  # .rst first: autosummary writes .rst
 exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints"]
 templates_path = ["_templates"]
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
@@ -38,6 +42,7 @@ suppress_warnings = ["myst.header"]  # a notebook may start at a level-2 heading
 # --- notebooks: rendered with the outputs stored in them (tests/test_notebooks.py executes them) -------------------
 nb_execution_mode = "off"
 nb_merge_streams = True
+nb_output_stderr = "remove"  # the stored runs' library warnings (deprecations) are not part of the lesson
 NOTEBOOKS = ROOT / "notebooks"
 RENDERED = DOCS / "tutorials" / "notebooks"  # a build-time copy (ignored by git): Sphinx reads only under docs/
 
@@ -63,6 +68,7 @@ html_static_path = ["_static"]
 html_css_files = ["custom.css"]
 html_theme_options = {"navigation_with_keys": True, "source_edit_link": None}
 pygments_style = "friendly"
+smartquotes = False  # "--model.help" and 'quotes' stay as typed: the pages are full of command lines
 nitpicky = False
 
 

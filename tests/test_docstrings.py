@@ -41,9 +41,7 @@ def undocumented_arguments(cls: type) -> list[str]:
     if not owner.__module__.startswith("lightning_ssl"):
         return []  # the constructor is a dependency's (Lightning, torch, NamedTuple): documented there
     params = [
-        p.name
-        for p in list(inspect.signature(owner.__init__).parameters.values())[1:]
-        if p.kind not in SKIP_KINDS
+        p.name for p in list(inspect.signature(owner.__init__).parameters.values())[1:] if p.kind not in SKIP_KINDS
     ]
     documented = set()
     for doc in (owner.__doc__, owner.__init__.__doc__):
