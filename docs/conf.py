@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from docutils import nodes
+from sphinx import addnodes
+
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))  # document this checkout, not an installed copy
@@ -92,6 +95,22 @@ def _tolerate_missing_root_files(app: Any, docname: str, source: list[str]) -> N
         source[0] = f"# {title}\n\n`{name}` at the repository root is not written yet.\n"
 
 
+def _root_links_as_paths(app: Any, doctree: Any) -> None:
+    """In the pages that include a root file, a link to a repository file that is not a page of this site (the
+    README, a test, a folder) shows its path, where it would otherwise be a reference that cannot resolve."""
+    if app.env.docname not in ROOT_INCLUDES:
+        return
+    for node in list(doctree.findall(addnodes.pending_xref)):
+        if node.get("reftype") != "myst":
+            continue
+        target = node["reftarget"].split("#")[0]
+        if target.removesuffix(".md") in app.env.found_docs:
+            continue
+        text = node.astext()
+        path = nodes.literal(target, target)
+        node.replace_self([path] if text in ("", target) else [nodes.Text(f"{text} ("), path, nodes.Text(")")])
+
+
 def _module_docstring_as_text(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
     """A module docstring is the method's algorithm box (aligned columns, indented steps): show it as written."""
     if what != "module" or not lines:
@@ -103,4 +122,5 @@ def _module_docstring_as_text(app: Any, what: str, name: str, obj: Any, options:
 def setup(app: Any) -> None:
     app.connect("builder-inited", _copy_notebooks)
     app.connect("source-read", _tolerate_missing_root_files)
+    app.connect("doctree-read", _root_links_as_paths)
     app.connect("autodoc-process-docstring", _module_docstring_as_text)
