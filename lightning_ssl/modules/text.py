@@ -10,13 +10,37 @@ round-trips (up to lowercasing).
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 PAD, SOT, EOT = "<pad>", "<sot>", "<eot>"
+
+
+if TYPE_CHECKING:  # for the type checker any module is a text encoder; what follows is the CLI's view of the type
+    TextEncoder = nn.Module
+else:
+
+    class TextEncoder(nn.Module, metaclass=ABCMeta):
+        """What CLIP's ``text_encoder`` argument takes: a module mapping a list of B strings to features (B, D).
+
+        The project's text towers derive from it, so ``--model.help CLIP`` lists them (and not every ``nn.Module``
+        in torch); any other ``nn.Module`` is accepted too (``issubclass`` says so), by ``class_path``.
+        """
+
+        @abstractmethod
+        def forward(self, texts: list[str]) -> Tensor:
+            """B strings -> features (B, D)."""
+
+        @classmethod
+        def __subclasshook__(cls, other: type) -> Any:
+            if cls is TextEncoder:
+                return issubclass(other, nn.Module) or NotImplemented
+            return NotImplemented
 
 
 class BPETokenizer:
@@ -85,7 +109,7 @@ class BPETokenizer:
         return self.tokenizer.decode([i for i in ids if i not in (self.pad_id, self.sot_id, self.eot_id)])
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(TextEncoder):
     """Token + learned position embeddings, ``layers`` pre-norm transformer blocks, final LayerNorm.
 
     ``causal=True`` with ``pooling="eot"`` is CLIP's text tower; ``causal=False`` with ``pooling="mean"`` a
