@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - set up, get Fashion-MNIST, pretrain SimCLR for DEMO_MINUTES of training (8), print the kNN table
 #   make test   - set up, run the test suite
+#   make docs   - build the documentation site (offline, warnings are errors) into docs/_build/html
+#   make doctest - run the examples in the docstrings, the docs' pages and the README
 #   make beit-demo - BEiT's two stages on Fashion-MNIST: train the visual tokenizer, then BEiT on its tokens; kNN table
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +11,7 @@ DEMO_CONFIG ?= configs/simclr/fashion_mnist.yaml
 DEMO_MINUTES ?= 8
 PYTEST_ARGS ?= -n auto --durations=15
 
-.PHONY: demo beit-demo test install data clean
+.PHONY: demo beit-demo test docs doctest install data clean
 
 install:
 	@scripts/system_deps.sh
@@ -31,5 +33,12 @@ beit-demo: data  # BEiT's config names the tokenizer by its output root: the new
 test: install
 	$(RUN) $(PY) -m pytest $(PYTEST_ARGS)
 
+docs: install
+	$(VENV)/bin/sphinx-build -b html -W --keep-going -q docs docs/_build/html
+	@echo ">> docs/_build/html/index.html"
+
+doctest: install
+	$(PY) -m pytest -p no:xdist -q tests/test_docs.py tests/test_readme.py
+
 clean:
-	rm -rf outputs lightning_logs wandb .pytest_cache
+	rm -rf outputs lightning_logs wandb .pytest_cache docs/_build docs/api/_generated docs/tutorials/notebooks

@@ -19,6 +19,15 @@ class WandbLogger(_WandbLogger):
     ``offline=None`` (default) means offline unless the environment says ``WANDB_MODE=online`` (or
     ``LIGHTNING_SSL_WANDB=online``). Offline runs are written under ``save_dir/wandb`` and can be uploaded
     later with ``wandb sync``.
+
+    Args:
+        project: W&B project name.
+        save_dir: Folder the offline run files are written under (``save_dir/wandb``).
+        offline: True / False, or None: offline unless ``WANDB_MODE=online`` (or ``LIGHTNING_SSL_WANDB=online``).
+        log_model: Upload checkpoints as W&B artifacts (True, ``"all"``) or not (False).
+        name: Run name; None: ``<root>/version_N`` from the run directory.
+        tags: Run tags; None: the method and the dataset.
+        **kwargs: Passed to Lightning's ``WandbLogger`` / ``wandb.init``.
     """
 
     def __init__(

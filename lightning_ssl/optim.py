@@ -43,6 +43,12 @@ class WarmupCosineLR(LambdaLR):
 
     ``warmup_steps`` < 1 is read as a fraction of the total. ``total_steps=None`` lets the method fill in
     ``trainer.estimated_stepping_batches`` (which accounts for epochs, limits and gradient accumulation).
+
+    Args:
+        optimizer: The optimizer whose learning rates are scheduled.
+        warmup_steps: Linear warm-up length in optimizer steps, or a fraction of the total when < 1 (0.05).
+        total_steps: Schedule length in optimizer steps; None: ``trainer.estimated_stepping_batches``.
+        min_lr_ratio: Final learning rate as a fraction of the peak, in [0, 1] (0: decay to zero).
     """
 
     def __init__(

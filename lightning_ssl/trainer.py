@@ -15,6 +15,15 @@ log = logging.getLogger("lightning.pytorch")
 
 
 class Trainer(L.Trainer):
+    """Lightning's ``Trainer`` with ``precision="auto"``: bf16-mixed where the hardware has native bf16, else fp32.
+
+    Args:
+        *args: Lightning ``Trainer`` arguments.
+        precision: ``"auto"`` (the default: chosen for the machine and logged), or any Lightning precision
+            (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``, ...), used as given.
+        **kwargs: Lightning ``Trainer`` arguments.
+    """
+
     def __init__(self, *args: Any, precision: str | int | None = "auto", **kwargs: Any) -> None:
         chosen, why = resolve_precision(precision, kwargs.get("accelerator", "auto"))
         as_set = chosen == precision and not isinstance(precision, Chosen)

@@ -28,6 +28,13 @@ class TimeBudget(L.Callback):
     count and elapsed time.
 
     ``minutes=None`` (default) turns it off: the Trainer's ``max_epochs`` / ``max_steps`` rule.
+
+    Args:
+        minutes: Training budget in wall-clock minutes, > 0 (8 in ``make demo``); None: off.
+        calibrate_steps: Optimizer steps timed before the step count is fixed, >= 2.
+        tolerance: Relative error of the projected end, checked at every epoch end, above which the step count
+            is corrected (0.03: 3%).
+        hard_stop: Stop a run that has lasted this multiple of the budget, > 1 (1.25).
     """
 
     def __init__(

@@ -20,6 +20,12 @@ class CLIPEmbeddingPlot(L.Callback):
     one 2-D embedding of both, coloured by class (``metrics.zeroshot.clip_embedding_plot``). The PNG is saved in
     ``dirpath`` (default: the logger's directory, else ``default_root_dir``) as ``clip_embeddings_e{epoch}.png``
     and logged as ``val/clip_embeddings`` to a logger with ``log_image`` (W&B). ``every_n_epochs=0`` disables it.
+
+    Args:
+        every_n_epochs: Draw every this many epochs; 0: off.
+        method: ``"tsne"`` or ``"umap"`` (UMAP needs ``umap-learn``).
+        max_points: Most image-text pairs plotted.
+        dirpath: Folder of the PNGs; None: the logger's directory, else ``default_root_dir``.
     """
 
     def __init__(

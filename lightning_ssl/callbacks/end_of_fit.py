@@ -31,7 +31,11 @@ class EndOfRun(L.Callback):
       run, ``max_steps`` or a time budget stopping mid-epoch) still ends with one validation, so the kNN monitor,
       the probe and the picture callbacks report the final model.
 
-    ``enabled: false`` turns both off."""
+    ``enabled: false`` turns both off.
+
+    Args:
+        enabled: Turn both behaviours on (True) or off.
+    """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -62,7 +66,13 @@ class EndOfRun(L.Callback):
 
 class LearningRateLogger(LearningRateMonitor):
     """Lightning's ``LearningRateMonitor`` (``lr-<optimizer>`` per step, and momentum where the optimizer has one)
-    that stays out of the way of runs without a logger instead of refusing them."""
+    that stays out of the way of runs without a logger instead of refusing them.
+
+    Args:
+        logging_interval: ``"step"``, ``"epoch"`` or None (at the scheduler's own interval).
+        log_momentum: Also log the optimizer's momentum / beta1.
+        log_weight_decay: Also log the weight decay.
+    """
 
     def __init__(
         self, logging_interval: str | None = "step", log_momentum: bool = False, log_weight_decay: bool = False

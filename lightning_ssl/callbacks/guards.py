@@ -27,6 +27,11 @@ class NonFiniteGuard(L.Callback):
     skipped step sets every gradient to None: the optimizer then leaves all parameters (and its moments) as
     they were. With a 16-bit GradScaler, infinite gradients are the scaler's business and only the loss is
     checked.
+
+    Args:
+        action: ``"stop"`` (raise ``NonFiniteError``) or ``"skip"`` (drop the optimizer step and go on).
+        check_gradients: Check the gradients too, not only the loss (one fused check per step).
+        max_skips: With ``action="skip"``, stop after this many skipped steps in a run.
     """
 
     def __init__(self, action: str = "stop", check_gradients: bool = True, max_skips: int = 100) -> None:
@@ -117,7 +122,14 @@ class CollapseMonitor(L.Callback):
     of the window would cost an extra no-grad encoder forward (~70% of an MAE step): there it measures the
     measuring step's batch only, and the forward is shared with the online probe's when both measure at that
     step: the default interval, 64, is a multiple of those configs' probe interval (32), so there the monitor
-    adds no forward at all (at an interval of its own it would cost ~1.1% of an MAE step at 64)."""
+    adds no forward at all (at an interval of its own it would cost ~1.1% of an MAE step at 64).
+
+    Args:
+        every_n_steps: Measure every this many optimizer steps; 0: off.
+        window: Samples measured (the last training steps' features), >= 2.
+        std_threshold: Warn when ``embedding_std`` (x sqrt(D); 1 is healthy) falls below this (0.1).
+        rank_threshold: Warn when ``rankme_ratio`` (RankMe / min(N, D)) falls below this (0.05).
+    """
 
     def __init__(
         self, every_n_steps: int = 64, window: int = 1024, std_threshold: float = 0.1, rank_threshold: float = 0.05

@@ -121,6 +121,14 @@ def publish(trainer: L.Trainer, grid: Tensor, name: str, out_dir: str | Path | N
 
 
 class _ImageCallback(L.Callback):
+    """Base of the picture callbacks: a fixed set of images rendered every few epochs, saved and logged.
+
+    Args:
+        num_images: Images in the grid, >= 1.
+        every_n_epochs: Render every this many training epochs; 0: off.
+        out_dir: Folder of the PNGs; None: ``<log dir>/images``.
+    """
+
     name = "images"
 
     def __init__(self, num_images: int = 8, every_n_epochs: int = 1, out_dir: str | None = None) -> None:
@@ -174,7 +182,14 @@ class _ImageCallback(L.Callback):
 
 class MAEReconstructionLogger(_ImageCallback):
     """Grid of original | masked | reconstruction (visible patches pasted back) for an MAE model, with a fixed
-    masking seed so epochs compare."""
+    masking seed so epochs compare.
+
+    Args:
+        num_images: Images in the grid, >= 1.
+        every_n_epochs: Render every this many training epochs; 0: off.
+        out_dir: Folder of the PNGs; None: ``<log dir>/images``.
+        seed: Seed of the masks drawn for the pictures (the same every epoch).
+    """
 
     name = "mae_reconstruction"
 
@@ -191,7 +206,15 @@ class MAEReconstructionLogger(_ImageCallback):
 
 class AttentionMapLogger(_ImageCallback):
     """Grid of DINO's CLS attention maps of the last block (teacher ViT): image | mean over heads | each head.
-    ``threshold`` (e.g. 0.6) shows the binarized maps of the paper's figures instead."""
+    ``threshold`` (e.g. 0.6) shows the binarized maps of the paper's figures instead.
+
+    Args:
+        num_images: Images in the grid, >= 1.
+        every_n_epochs: Render every this many training epochs; 0: off.
+        out_dir: Folder of the PNGs; None: ``<log dir>/images``.
+        threshold: Keep the smallest set of patches holding this fraction of the attention mass (0.6 in the
+            paper's figures); None: the continuous maps.
+    """
 
     name = "attention_maps"
 
@@ -211,7 +234,13 @@ class AttentionMapLogger(_ImageCallback):
 class ViewGrid(L.Callback):
     """The augmented views of the first training batch, once, at the start of training: one row per image, one
     column per view (multi-crop's small crops shown at the size of the large ones), so a run's augmentations can be
-    checked by eye. Saved as ``images/views_epoch000.png`` in the run directory and logged to W&B."""
+    checked by eye. Saved as ``images/views_epoch000.png`` in the run directory and logged to W&B.
+
+    Args:
+        num_images: Images (rows) shown.
+        enabled: Draw the grid (True) or not.
+        out_dir: Folder of the PNG; None: ``<log dir>/images``.
+    """
 
     name = "views"
 
@@ -250,7 +279,14 @@ class EmbeddingPlot(L.Callback):
     """A t-SNE (or UMAP) of the validation features ``embed`` gives (val dataloader 0, the first ``max_points``),
     coloured by class, every ``every_n_epochs`` epochs and after the last step; ``images/embeddings_epoch<N>.png``
     in the run directory and ``images/embeddings`` in W&B. ``every_n_epochs=0`` (default) turns it off (t-SNE of
-    1,000 points takes a few seconds); ``configs/shared/wandb.yaml`` turns it on."""
+    1,000 points takes a few seconds); ``configs/shared/wandb.yaml`` turns it on.
+
+    Args:
+        every_n_epochs: Draw every this many epochs (and after the last step); 0: off.
+        method: ``"tsne"`` or ``"umap"`` (UMAP needs ``umap-learn``).
+        max_points: Most validation images plotted.
+        out_dir: Folder of the PNGs; None: ``<log dir>/images``.
+    """
 
     name = "embeddings"
 

@@ -19,6 +19,11 @@ class KNNMonitor(L.Callback):
     ``val/knn_top1`` (first k) and ``val/knn_top1_k{k}`` for every k.
 
     ``every_n_epochs=0`` disables it. Needs a datamodule whose ``val_dataloader`` returns both loaders.
+
+    Args:
+        k: Neighbours voting, one int or a list (20 and 200 in DINO's protocol); the first is ``val/knn_top1``.
+        temperature: Temperature of the similarity-weighted votes, > 0 (0.07 in DINO's protocol).
+        every_n_epochs: Evaluate every this many validation epochs; 0: off.
     """
 
     def __init__(self, k: int | Sequence[int] = (20, 200), temperature: float = 0.07, every_n_epochs: int = 1) -> None:

@@ -13,7 +13,11 @@ class LinearLRScaling(L.Callback):
     accumulation, so a config keeps its recipe when it moves to more devices or a larger batch. The warm-up and
     cosine schedule follow the scaled rate. ``base_batch_size: null`` (default) leaves the lr as written.
 
-    MAE has this rule built in (``MAE.base_lr``): use one or the other."""
+    MAE has this rule built in (``MAE.base_lr``): use one or the other.
+
+    Args:
+        base_batch_size: Batch size the config's lr is written for (256 in the papers), >= 1; None: off.
+    """
 
     def __init__(self, base_batch_size: int | None = None) -> None:
         if base_batch_size is not None and base_batch_size < 1:

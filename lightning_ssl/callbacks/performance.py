@@ -29,7 +29,15 @@ class Performance(L.Callback):
     (``nn.Module.compile``), so parameter names and checkpoints are unchanged; off by default. In a config:
     ``performance: {channels_last: false, compile: true}``. ``compile_backend``: torch.compile's backend
     (``inductor`` generates kernels; ``aot_eager`` / ``eager`` only trace, for machines without a C compiler and
-    for tests)."""
+    for tests).
+
+    Args:
+        channels_last: True, False or ``"auto"`` (on for convolutional backbones).
+        compile: ``torch.compile`` the backbone's forward.
+        compile_mode: ``torch.compile``'s mode (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``); None:
+            its default.
+        compile_backend: ``torch.compile``'s backend (``"inductor"``, ``"aot_eager"``, ``"eager"``).
+    """
 
     def __init__(
         self,

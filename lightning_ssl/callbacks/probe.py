@@ -29,6 +29,13 @@ class OnlineLinearProbe(L.Callback):
     Under DDP the probe's gradients are averaged over processes, so every process keeps the same probe.
     Its weights and optimizer state are saved in the checkpoint. ``num_classes`` defaults to the
     datamodule's. ``enabled=False`` turns it off.
+
+    Args:
+        num_classes: Classes of the probe; None: the datamodule's ``num_classes``.
+        lr: Learning rate of the probe's AdamW.
+        weight_decay: Weight decay of the probe's AdamW.
+        enabled: Train and evaluate the probe (True) or not.
+        every_n_steps: Train the probe every this many optimizer steps, >= 1 (32 for the masked-input methods).
     """
 
     def __init__(

@@ -18,7 +18,18 @@ class TextSamples(L.Callback):
     draws from its own seeded generator, so samples are comparable across epochs and training randomness is
     untouched. Every process samples (a sharded model needs all of them for a forward); rank 0 logs: a table
     ``samples`` (step, input, output, reference) for loggers with ``log_text`` (W&B), the console, and
-    ``samples.txt`` in the run's directory."""
+    ``samples.txt`` in the run's directory.
+
+    Args:
+        num_samples: Validation rows sampled.
+        every_n_epochs: Sample after every this many validations; 0: off.
+        prompts: Extra prompts to complete (GPT); None: none.
+        max_new_tokens: Longest completion in tokens.
+        temperature: Sampling temperature, > 0 (lower is more conservative).
+        top_k: Sample from the k most likely tokens only; None: all.
+        top_p: Nucleus sampling: the smallest set of tokens holding this probability mass; None: off.
+        seed: Seed of the sampling generator (comparable samples across epochs).
+    """
 
     def __init__(
         self,

@@ -126,7 +126,13 @@ def crop_and_resize(images: Tensor, boxes: Tensor, size: int | tuple[int, int], 
 
 class BatchedResizedCrop(nn.Module):
     """``RandomResizedCrop`` for a batch on the device: each sample its own box, drawn with respect to its
-    original size (``sizes`` (B, 2); default: the batch's own height and width), output (B, C, size, size)."""
+    original size (``sizes`` (B, 2); default: the batch's own height and width), output (B, C, size, size).
+
+    Args:
+        size: Side of the output crops in pixels.
+        scale: Range of a crop's area as a fraction of the original image's ((0.08, 1.0) in SimCLR / BYOL).
+        ratio: Range of a crop's aspect ratio ((3/4, 4/3), torchvision's).
+    """
 
     def __init__(
         self, size: int, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)

@@ -155,7 +155,12 @@ def split_documents(docs: list[tuple[str, str]], val_fraction: float, seed: int)
 
 
 class PackedRows(Dataset):
-    """Rows of ``block_size + 1`` tokens from one long (N,) token tensor; indexed by ``i`` or ``(i, seed)``."""
+    """Rows of ``block_size + 1`` tokens from one long (N,) token tensor; indexed by ``i`` or ``(i, seed)``.
+
+    Args:
+        tokens: The whole split as one token tensor (N,).
+        block_size: Tokens a model reads per row; each row holds ``block_size + 1`` (next-token targets).
+    """
 
     def __init__(self, tokens: Tensor, block_size: int) -> None:
         self.tokens, self.block_size = tokens, block_size
@@ -182,6 +187,13 @@ class TextCorpusDataModule(L.LightningDataModule):
         block_size: tokens a model reads per row (each row holds one more, for next-token targets).
         val_fraction: documents held out for validation (a single document is cut instead).
         text_field: the field of a JSONL line that holds its text.
+        lowercase: lowercase the text before training a tokenizer and encoding (trained kinds only).
+        min_frequency: fewest occurrences of a merge / word piece for the trained BPE and WordPiece tokenizers.
+        batch_size: rows per batch, per process.
+        root: data folder; ``"shakespeare"`` is read from ``root/shakespeare``.
+        seed: seed of the document split, the row order and the BERT masks / T5 spans.
+        num_workers: dataloader workers (0: in the main process; rows are cheap to read).
+        pin_memory: pin the batches' memory (for CUDA).
     """
 
     def __init__(

@@ -52,7 +52,28 @@ def collate_images(items: list):
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Base for image datamodules. Subclasses set the class attributes and implement ``load_split``."""
+    """Base for image datamodules. Subclasses set the class attributes and implement ``load_split``.
+
+    Args:
+        root: Data folder (downloads and caches go here).
+        batch_size: Images per batch per process (the global batch is ``batch_size`` x world size).
+        num_workers: Dataloader workers; None: CPU count - 1 (at most 8).
+        image_size: Side of the images the model sees, in pixels; None: the dataset's own.
+        channels: Channels the model sees; None: the dataset's own. Grayscale images are repeated to 3 channels
+            (e.g. for ImageNet backbones) and colour images reduced to luminance as needed; other counts only
+            where the images have them (``SyntheticDataModule``, ``MultiBandDataModule``).
+        views: The augmentation recipe for training (a ``ViewPreset``); None: ``SimCLRViews()``.
+        val_bank_size: Labelled training images used as the kNN monitor's bank (None: all; 0: no bank).
+        download: Let torchvision download the dataset (needs internet).
+        seed: Seed of the sampling order and of every image's augmentation (exact resume).
+        pin_memory: Pin the batches' memory (for CUDA).
+        batch_augment: Run the view transforms batched on the device after transfer (kornia, per-sample random
+            parameters) instead of per image in the workers; evaluation images are normalized there too. Much
+            cheaper per image, and keeps a GPU fed with few CPU workers.
+        mean: Per-channel normalization mean; None: the dataset's statistics. Pretrained models expect the
+            statistics they were trained with, e.g. ImageNet's (0.485, 0.456, 0.406).
+        std: Per-channel normalization std; None: the dataset's (ImageNet's: (0.229, 0.224, 0.225)).
+    """
 
     native_size: int = 32
     native_channels: int = 3
@@ -78,21 +99,6 @@ class ImageDataModule(L.LightningDataModule):
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
     ) -> None:
-        """
-        Args:
-            batch_size: per process (the global batch is ``batch_size * world size``).
-            num_workers: dataloader workers; default: CPU count - 1 (at most 8).
-            image_size, channels: what the model sees; default: the dataset's own. Grayscale images are repeated
-                to 3 channels (e.g. for ImageNet backbones) and colour images reduced to luminance as needed;
-                other channel counts only where the images have them (``SyntheticDataModule``, ``MultiBandDataModule``).
-            views: the augmentation recipe for training (default ``SimCLRViews()``).
-            val_bank_size: labelled training images used as the kNN monitor's bank (None: all; 0: no bank).
-            batch_augment: run the view transforms batched on the device after transfer (kornia, per-sample
-                random parameters) instead of per image in the workers; evaluation images are normalized there
-                too. Much cheaper per image, and keeps a GPU fed with few CPU workers.
-            mean, std: normalization (default: the dataset's statistics). Pretrained models expect the
-                statistics they were trained with, e.g. ImageNet's (0.485, 0.456, 0.406), (0.229, 0.224, 0.225).
-        """
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -446,7 +452,14 @@ class CIFAR100DataModule(_TorchvisionArrays):
 
 class STL10DataModule(ImageDataModule):
     """STL-10 (Coates et al., 2011): 100k unlabelled + 5k labelled train, 8k test, 96x96, 10 classes.
-    SSL training uses unlabelled + train (``use_unlabelled``); the kNN bank is the labelled train split."""
+    SSL training uses unlabelled + train (``use_unlabelled``); the kNN bank is the labelled train split.
+
+    Args:
+        *args: As for every ``ImageDataModule``.
+        use_unlabelled: Train on the 100k unlabelled images plus the labelled train split (the usual SSL setup);
+            False: the labelled 5k only.
+        **kwargs: As for every ``ImageDataModule`` (``batch_size``, ``views``, ``batch_augment``, ...).
+    """
 
     native_size, native_channels, num_classes = 96, 3, 10
     mean, std = (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)
@@ -512,7 +525,26 @@ class ImageFolderDataModule(FileDecoding, ImageDataModule):
     With ``batch_augment: true`` the workers only decode each file and resize it to ``decode_size`` (default
     8/7 of the largest view: 256 px for 224 px views) as uint8, and the views are made batched on the device,
     each crop drawn with respect to the file's own size (``lightning_ssl.data.batched``). ``decode: device``
-    leaves even the decoding to the device (nvJPEG on CUDA; workers only read the file bytes)."""
+    leaves even the decoding to the device (nvJPEG on CUDA; workers only read the file bytes).
+
+    Args:
+        train_dir: The training folder: ``train_dir/<class>/<image>`` when ``labelled``, else any images under it.
+        val_dir: A labelled evaluation folder alike (the kNN monitor and the online probe need one); None: none.
+        labelled: Read class folders as labels.
+        image_size: Side of the training views and evaluation images in pixels (224 for ImageNet).
+        channels: Channels the model sees (3; 1 reads the images as grayscale).
+        num_classes: Classes; None: the number of class folders.
+        verify_files: Open every file's header before training, so a corrupt file is named before step 1.
+        decode_size: With ``batch_augment``, the side workers resize to (uint8); None: 8/7 of the largest view.
+        decode: ``"workers"`` (decode in the dataloader workers) or ``"device"`` (nvJPEG on CUDA; workers read
+            bytes only).
+        mean: Per-channel normalization mean (ImageNet's by default).
+        std: Per-channel normalization std (ImageNet's by default).
+        eval_resize_ratio: Evaluation images are resized to ``eval_resize_ratio x image_size`` on the short side,
+            then center-cropped (DINO's and MAE's protocol: 256 then 224, 8/7); 1.0 resizes straight to
+            ``image_size``.
+        **kwargs: As for every ``ImageDataModule`` (``batch_size``, ``views``, ``batch_augment``, ...).
+    """
 
     native_channels = 3
 
@@ -532,9 +564,6 @@ class ImageFolderDataModule(FileDecoding, ImageDataModule):
         eval_resize_ratio: float = EVAL_RESIZE_RATIO,
         **kwargs,
     ) -> None:
-        """``eval_resize_ratio``: evaluation images are resized to ``eval_resize_ratio x image_size`` on the short
-        side, then center-cropped (DINO's and MAE's kNN / linear protocol: 256 then 224); 1.0 resizes straight to
-        ``image_size``."""
         super().__init__(image_size=image_size, channels=channels, mean=mean, std=std, **kwargs)
         if eval_resize_ratio < 1:
             raise ValueError(f"eval_resize_ratio must be >= 1 (resize, then center-crop), got {eval_resize_ratio}")
@@ -595,7 +624,16 @@ class ImageFolderDataModule(FileDecoding, ImageDataModule):
 class SyntheticDataModule(ImageDataModule):
     """Generated images for tests and smoke runs: each class has its own random low-frequency pattern, images
     are the pattern plus noise, so representations can learn the classes and kNN has a known answer. Any
-    channel count (views with colour jitter need 1 or 3: see ``MultiBandViews`` for others)."""
+    channel count (views with colour jitter need 1 or 3: see ``MultiBandViews`` for others).
+
+    Args:
+        num_samples: Generated training images (the evaluation split has a quarter as many).
+        num_classes: Classes, each its own pattern.
+        image_size: Side of the images in pixels.
+        channels: Channels of the images (any count).
+        noise: Std of the Gaussian noise added to each class's pattern (the patterns lie in [0, 1]).
+        **kwargs: As for every ``ImageDataModule`` (``batch_size``, ``views``, ``batch_augment``, ...).
+    """
 
     def __init__(
         self,

@@ -47,7 +47,15 @@ def apply_transform(transform: Callable | None, x: Tensor, seed: int | None) -> 
 
 class TensorImageDataset(Dataset):
     """Images as a uint8 tensor (N, C, H, W) or (N, H, W), labels as (N,) (or None for unlabelled data).
-    Indexed by ``i`` or by ``(i, augmentation_seed)``."""
+    Indexed by ``i`` or by ``(i, augmentation_seed)``.
+
+    Args:
+        images: uint8 images (N, C, H, W) or (N, H, W).
+        labels: Integer labels (N,), or None for unlabelled data.
+        transform: Per-image transform (a view preset's ``build``), called with a seeded generator; None: the
+            image as a float tensor.
+        channels: Channels to return (grayscale repeated / colour reduced to luminance); None: as stored.
+    """
 
     def __init__(
         self,
@@ -174,7 +182,16 @@ class FileImageDataset(Dataset):
     """Image files with optional integer labels; decoding errors name the offending file.
 
     ``decode_size``: for the batched device augmentation, items are dicts ``{"image": uint8 (C, S, S),
-    "label", "size": original (height, width)}`` (``decode_resized``) instead of ``(transform(image), label)``."""
+    "label", "size": original (height, width)}`` (``decode_resized``) instead of ``(transform(image), label)``.
+
+    Args:
+        paths: Image files.
+        labels: Integer labels, one per file, or None.
+        transform: Per-image transform, called with a seeded generator.
+        channels: Channels to decode to (1: grayscale, 3: RGB).
+        verify: Open every file's header up front, naming any unreadable one.
+        decode_size: Side to resize to as uint8 for the batched device augmentation; None: apply ``transform``.
+    """
 
     def __init__(
         self,
@@ -204,7 +221,13 @@ class FileImageDataset(Dataset):
 
 class EncodedImageDataset(Dataset):
     """Image files as their raw bytes, ``{"data": uint8 (nbytes,), "label"}``, for decoding on the device
-    (``decode: device``; ``lightning_ssl.data.batched.decode_jpeg_batch``): workers only read files."""
+    (``decode: device``; ``lightning_ssl.data.batched.decode_jpeg_batch``): workers only read files.
+
+    Args:
+        paths: Image files (JPEG for nvJPEG decoding).
+        labels: Integer labels, one per file, or None.
+        verify: Check up front that every file exists and is readable.
+    """
 
     def __init__(
         self, paths: Sequence[str | os.PathLike], labels: Sequence[int] | None = None, verify: bool = True

@@ -129,7 +129,14 @@ def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int) -> t
 
 class EmojiDataModule(ImageDataModule):
     """The emoji as a labelled colour-image dataset: ``label="group"`` (9 classes) or ``"subgroup"`` (~100);
-    a seeded stratified ``test_fraction`` is held out."""
+    a seeded stratified ``test_fraction`` is held out.
+
+    Args:
+        label: ``"group"`` (9 classes) or ``"subgroup"`` (~100).
+        test_fraction: Fraction held out for evaluation (stratified, seeded), in (0, 1).
+        variants: Include the skin-tone and hair variants (near copies of their base emoji).
+        **kwargs: As for every ``ImageDataModule`` (``batch_size``, ``views``, ``batch_augment``, ...).
+    """
 
     native_size, native_channels = 64, 3
     mean, std = (0.798, 0.738, 0.669), (0.304, 0.299, 0.364)  # measured over the 64 px renders (white background)

@@ -42,7 +42,16 @@ PHOTO_ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "{}")
 class ImageTextDataset(Dataset):
     """Items ``(image, label, caption)``. ``images``: uint8 (N, C, H, W) or image file paths; ``fields``: per item
     the values the ``templates`` are formatted with. Indexed by ``i`` or ``(i, seed)`` (``SeededSampler``): the
-    seed picks the template and drives the image transform, so an epoch is reproducible."""
+    seed picks the template and drives the image transform, so an epoch is reproducible.
+
+    Args:
+        images: uint8 images (N, C, H, W) or image file paths.
+        fields: Per item, the values the templates are formatted with (``{"caption": ..., "group": ...}``).
+        labels: Integer label per item (-1: none).
+        templates: Caption templates; one is drawn per item and epoch.
+        transform: Per-image transform, called with a seeded generator; None: the image as a float tensor.
+        channels: Channels to decode file images to.
+    """
 
     def __init__(
         self,
@@ -122,6 +131,11 @@ class ImageTextDataModule(ImageDataModule):
         views: training augmentation (the first view of the preset); default: a random resized crop with scale
             >= 0.6, no flips or colour changes (captions such as "left arrow" or "red heart" depend on them).
         test_fraction: held-out fraction (stratified by label), used for validation and test.
+        source: ``"emoji"`` or a CSV / JSONL file of image paths (relative to the file) and captions.
+        variants: emoji: include the skin-tone and hair variants.
+        image_column: a table's column holding the image path.
+        caption_column: a table's column holding the caption.
+        **kwargs: as for every ``ImageDataModule`` (``batch_size``, ``batch_augment``, ...).
     """
 
     native_size, native_channels = 64, 3

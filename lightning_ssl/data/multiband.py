@@ -137,7 +137,16 @@ def resize_center_crop(x: Tensor, size: int) -> Tensor:
 class MultiBandDataset(Dataset):
     """TIFF files as float32 (C, H, W) tensors of raw band values, with optional integer labels. Non-finite
     values (no-data) are replaced by ``fill`` (per band: the band means, which normalize to 0); ``size``
-    resizes and centre-crops every image to ``size`` (equal shapes for batched augmentation)."""
+    resizes and centre-crops every image to ``size`` (equal shapes for batched augmentation).
+
+    Args:
+        paths: TIFF files.
+        labels: Integer labels, one per file, or None.
+        transform: Per-image transform on the float (C, H, W) tensor, called with a seeded generator.
+        bands: Band indices to keep (0-based); None: all.
+        fill: Per-band value replacing non-finite pixels (no-data); None: left as they are.
+        size: Resize and centre-crop every image to this side; None: as stored.
+    """
 
     def __init__(
         self,
@@ -188,11 +197,17 @@ class MultiBandDataModule(ImageDataModule):
             ``channels`` (what the model sees) is their number, read from the first file when not given.
         image_size: side of the training views and evaluation images (tiles of other sizes are resized).
         views: a preset valid for any band count: ``MultiBandViews`` (default), or one without colour operations.
-        mean, std: per-band normalization; default: computed from the training files (one pass, then cached in
+        mean: per-band normalization mean; default: computed from the training files (one pass, then cached in
             ``root/band_stats/<key>.json``, the key covering the file list with sizes and modification times and
-            the bands, so changed data is measured again). ``stats_max_files``: measure a seeded random subset.
+            the bands, so changed data is measured again).
+        std: per-band normalization std; default: computed with the mean.
+        stats_max_files: measure the statistics on a seeded random subset of this many files; None: all.
+        cache_stats: cache the measured statistics under ``root/band_stats``.
         verify_files: read every file's header before training (band count, readability).
-        Other arguments as for every ``ImageDataModule`` (``batch_size``, ``batch_augment``, ``val_bank_size``...).
+        labelled: read ``train_dir/<class>/`` folders as labels.
+        channels: bands the model sees; None: ``len(bands)``, or the first file's band count.
+        num_classes: classes; None: the number of class folders.
+        **kwargs: as for every ``ImageDataModule`` (``batch_size``, ``batch_augment``, ``val_bank_size``...).
     """
 
     def __init__(

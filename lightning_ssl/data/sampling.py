@@ -30,7 +30,14 @@ def mix_seed(*values: int) -> int:
 
 class SeededSampler(DistributedSampler):
     """Epoch-seeded shuffling (a ``DistributedSampler``, so Lightning keeps it under DDP) that yields
-    ``(index, augmentation_seed)`` pairs. Works on one process too (num_replicas=1)."""
+    ``(index, augmentation_seed)`` pairs. Works on one process too (num_replicas=1).
+
+    Args:
+        dataset: The dataset to sample from (its length).
+        seed: Seed of the shuffling and of every item's augmentation seed.
+        shuffle: Shuffle every epoch (by (seed, epoch)); False: in order.
+        drop_last: Drop the tail that does not fill all processes evenly.
+    """
 
     def __init__(self, dataset: Dataset, seed: int = 0, shuffle: bool = True, drop_last: bool = True) -> None:
         super().__init__(

@@ -268,7 +268,16 @@ class ItemDecoder:
     """Turns a stored item into what the dataloader yields, in the workers: for the batched device
     augmentation ``{"image": uint8 (C, S, S), "size", "label"}`` (or ``{"data": file bytes, ...}`` to decode on
     the device), else ``(transform(image), label)`` with the transform seeded by (seed, epoch, index); with
-    captions the caption is added (``"caption"``, or the third element)."""
+    captions the caption is added (``"caption"``, or the third element).
+
+    Args:
+        channels: Channels to decode to.
+        decode_size: Side to resize to as uint8 for the batched device augmentation; None: apply ``transform``.
+        transform: Per-image transform, seeded by (seed, epoch, index).
+        decode: ``"workers"`` or ``"device"`` (yield the file bytes for nvJPEG).
+        seed: Base seed of the augmentation.
+        source: Name of the dataset, for error messages.
+    """
 
     def __init__(
         self,
@@ -373,7 +382,14 @@ def _loader_class():
 
 class ChunkItems(Dataset):
     """The first ``limit`` items of an optimized dataset in stored order, map-style (for evaluation and the
-    kNN bank: the items were shuffled when written, so the first ones are a random sample)."""
+    kNN bank: the items were shuffled when written, so the first ones are a random sample).
+
+    Args:
+        input_dir: The optimized dataset (a folder or an object-store URL).
+        decoder: Turns a stored item into what the dataloader yields.
+        limit: Items served (the first ones); None: all.
+        **kwargs: Passed to litdata's ``StreamingDataset`` (``cache_dir``, ``storage_options``, ...).
+    """
 
     def __init__(self, input_dir: str, decoder: ItemDecoder, limit: int | None = None, **kwargs: Any) -> None:
         self.stream = _stream_class()(input_dir, decoder, shuffle=False, drop_last=False, **kwargs)
@@ -400,9 +416,17 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
         val_dir: an optimized labelled evaluation set (e.g. ImageNet's validation folder), for the kNN monitor
             and the online probe; the kNN bank is the first ``val_bank_size`` training items.
         num_classes: default: from the dataset's ``lightning_ssl.json`` (local folders); give it for remote ones.
-        decode_size, decode: as ``ImageFolderDataModule`` (``batch_augment: true``: workers decode and resize,
-            the views are made on the device).
-        cache_dir, max_cache_size, storage_options: litdata's, for remote datasets.
+        decode_size: as ``ImageFolderDataModule``: with ``batch_augment: true`` workers decode and resize to
+            this side, the views are made on the device.
+        decode: ``"workers"`` or ``"device"``, as ``ImageFolderDataModule``.
+        cache_dir: litdata's local cache of remote chunks.
+        max_cache_size: litdata's cache limit, e.g. ``"50GB"``.
+        storage_options: litdata's credentials / options for the object store.
+        image_size: side of the training views and evaluation images in pixels.
+        channels: channels the model sees.
+        mean: per-channel normalization mean (ImageNet's by default).
+        std: per-channel normalization std (ImageNet's by default).
+        **kwargs: as for every ``ImageDataModule`` (``batch_size``, ``batch_augment``, ``val_bank_size``...).
     Image-text datasets (written from a CSV/JSONL) yield ``(image, label, caption)`` batches for CLIP.
     """
 

@@ -32,6 +32,13 @@ FORTUNE_TOPICS = (
 
 
 class TextDataset(Dataset):
+    """Texts with integer labels, for text classification.
+
+    Args:
+        texts: The documents.
+        labels: One integer label per document.
+    """
+
     def __init__(self, texts: list[str], labels: list[int]) -> None:
         if not texts:
             raise ValueError("text dataset is empty")
@@ -81,7 +88,17 @@ def read_table(path: str) -> tuple[list[str], list[int], list[str]]:
 
 class TextClassificationDataModule(L.LightningDataModule):
     """Text classification data: ``source="fortunes"`` (with ``topics``) or a CSV/JSONL path; a stratified,
-    seeded ``test_fraction`` is held out for evaluation."""
+    seeded ``test_fraction`` is held out for evaluation.
+
+    Args:
+        source: ``"fortunes"`` (the Debian ``fortunes`` quotations, labelled by file) or a CSV / JSONL path with
+            ``text`` and ``label`` columns.
+        topics: fortunes: the files (topics) used as classes; None: all.
+        batch_size: Texts per batch per process.
+        test_fraction: Fraction held out for evaluation (stratified, seeded), in (0, 1).
+        seed: Seed of the split and the sampling order.
+        num_workers: Dataloader workers.
+    """
 
     def __init__(
         self,

@@ -19,7 +19,11 @@ from torchvision.transforms import v2
 
 
 class MultiViewTransform:
-    """Apply each transform of a list to the same input: returns a list of views."""
+    """Apply each transform of a list to the same input: returns a list of views.
+
+    Args:
+        transforms: One transform per view.
+    """
 
     def __init__(self, transforms: Sequence[Callable]) -> None:
         if not transforms:
@@ -202,7 +206,12 @@ def batched_view(
 
 
 class BatchedView(nn.Module):
-    """One batched view: the crop (which needs the original sizes) followed by the per-sample kornia ops."""
+    """One batched view: the crop (which needs the original sizes) followed by the per-sample kornia ops.
+
+    Args:
+        crop: The batched random resized crop (``BatchedResizedCrop``).
+        rest: The per-sample kornia operations that follow it (flip, colour jitter, blur, ...).
+    """
 
     def __init__(self, crop: nn.Module, rest: nn.Sequential) -> None:
         super().__init__()
@@ -216,7 +225,11 @@ class ViewPreset:
     """An augmentation recipe: a list of per-view settings (the keyword arguments of ``augmented_view``).
 
     ``build`` gives the per-sample transform for dataloader workers, ``build_batched`` the equivalent batched
-    module that a datamodule runs on the device after transfer (``batch_augment: true``)."""
+    module that a datamodule runs on the device after transfer (``batch_augment: true``).
+
+    Args:
+        views: One dict of ``augmented_view`` keyword arguments per view.
+    """
 
     def __init__(self, views: Sequence[dict[str, Any]]) -> None:
         if not views:
@@ -240,7 +253,21 @@ class SimCLRViews(ViewPreset):
     0.5 as on ImageNet; small-image configs (CIFAR, Fashion-MNIST) set it to 0 as the paper does. ``size``: the
     side of the views (default the image size); training on smaller crops than the test images costs less per
     step and, with random-resized crops, matches the objects' apparent size at test time (Touvron et al., 2019,
-    "FixRes")."""
+    "FixRes").
+
+    Args:
+        num_views: Views made of every image (2 for SimCLR).
+        min_scale: Smallest crop area as a fraction of the image (0.08 in the paper).
+        max_scale: Largest crop area as a fraction of the image (1.0).
+        flip_prob: Probability of a horizontal flip (0.5).
+        jitter_prob: Probability of the colour jitter (0.8 in the paper).
+        jitter_strength: s, scaling brightness, contrast and saturation by 0.8 s and hue by 0.2 s (1.0 in the
+            paper; 0.5 on CIFAR; 1.5 in the Fashion-MNIST configs).
+        grayscale_prob: Probability of converting to grayscale (0.2 in the paper).
+        blur_prob: Probability of a Gaussian blur (0.5 on ImageNet, 0 on CIFAR in the paper).
+        solarize_prob: Probability of solarization (0 in SimCLR; 0.2 in the Fashion-MNIST configs).
+        size: Side of the views in pixels; None: the image size.
+    """
 
     def __init__(
         self,
@@ -275,7 +302,16 @@ class SimCLRViews(ViewPreset):
 
 class MedicalViews(ViewPreset):
     """Views for medical images (X-ray, CT, pathology thumbnails): weak crops (scale >= 0.8), flips,
-    brightness/contrast only (no hue, saturation, grayscale or solarization), light blur."""
+    brightness/contrast only (no hue, saturation, grayscale or solarization), light blur.
+
+    Args:
+        num_views: Views made of every image (2 for SimCLR).
+        min_scale: Smallest crop area as a fraction of the image (0.8: weak crops keep the finding in view).
+        flip_prob: Probability of a horizontal flip.
+        jitter_prob: Probability of the brightness/contrast jitter.
+        jitter_strength: Strength s of the jitter (brightness and contrast 0.8 s).
+        blur_prob: Probability of a light Gaussian blur.
+    """
 
     def __init__(
         self,
@@ -306,7 +342,15 @@ class MedicalViews(ViewPreset):
 class SatelliteViews(ViewPreset):
     """Views for overhead imagery: orientation carries no meaning, so 90-degree rotations and both flips;
     brightness/contrast jitter for season and time of day; no grayscale. For 1- or 3-channel images; the same
-    recipe for any band count (multispectral tiles) is ``MultiBandViews``."""
+    recipe for any band count (multispectral tiles) is ``MultiBandViews``.
+
+    Args:
+        num_views: Views made of every image (2 for SimCLR).
+        min_scale: Smallest crop area as a fraction of the image.
+        jitter_prob: Probability of the brightness/contrast jitter.
+        jitter_strength: Strength s of the jitter (brightness and contrast 0.8 s).
+        blur_prob: Probability of a Gaussian blur.
+    """
 
     def __init__(
         self,
@@ -339,7 +383,19 @@ class BYOLViews(ViewPreset):
     """BYOL's two asymmetric views (Grill et al., 2020, appendix B, table 6): random resized crop (bicubic), flip,
     colour jitter (0.4, 0.4, 0.2, 0.1) w.p. 0.8, grayscale w.p. 0.2; Gaussian blur w.p. 1.0 on the first view and
     0.1 on the second, solarization w.p. 0.0 on the first and 0.2 on the second. ``blur`` / ``solarize`` give the
-    per-view probabilities (small images often use no blur: ``blur: [0.0, 0.0]``)."""
+    per-view probabilities (small images often use no blur: ``blur: [0.0, 0.0]``).
+
+    Args:
+        min_scale: Smallest crop area as a fraction of the image (0.08 in the paper).
+        max_scale: Largest crop area as a fraction of the image (1.0).
+        flip_prob: Probability of a horizontal flip (0.5).
+        jitter_prob: Probability of the colour jitter (0.8 in the paper).
+        jitter: Brightness, contrast, saturation and hue jitter ((0.4, 0.4, 0.2, 0.1) in the paper).
+        grayscale_prob: Probability of grayscale (0.2 in the paper).
+        blur: Blur probability of the first and the second view ((1.0, 0.1) in the paper).
+        solarize: Solarization probability of the first and the second view ((0.0, 0.2) in the paper).
+        interpolation: Resampling of the crops: ``"bicubic"`` (the paper's) or ``"bilinear"``.
+    """
 
     def __init__(
         self,
@@ -367,7 +423,12 @@ class BYOLViews(ViewPreset):
 
 class ClassifierViews(ViewPreset):
     """One augmented view for supervised training (fine-tuning, linear evaluation): random resized crop and
-    horizontal flip, no colour distortion."""
+    horizontal flip, no colour distortion.
+
+    Args:
+        min_scale: Smallest crop area as a fraction of the image (0.08, the usual ImageNet value).
+        flip_prob: Probability of a horizontal flip.
+    """
 
     def __init__(self, min_scale: float = 0.08, flip_prob: float = 0.5) -> None:
         super().__init__(
@@ -385,7 +446,25 @@ class MultiCropViews(ViewPreset):
     interpolation, flip, colour jitter (0.4, 0.4, 0.2, 0.1) w.p. ``jitter_prob``, grayscale w.p. 0.2; Gaussian blur
     w.p. ``global_blur[0]`` on the first global crop and ``global_blur[1]`` on the others, which are also solarized
     w.p. ``solarize_prob``; blur w.p. ``local_blur`` on local crops; 8 local crops by default, as the reference.
-    ``jitter_strength`` instead of ``jitter`` gives SimCLR's ratios (0.8s, 0.8s, 0.8s, 0.2s)."""
+    ``jitter_strength`` instead of ``jitter`` gives SimCLR's ratios (0.8s, 0.8s, 0.8s, 0.2s).
+
+    Args:
+        global_crops: Large crops, seen by teacher and student (2 in DINO).
+        local_crops: Small crops, seen by the student only (8 in DINO; 6 in SwAV).
+        global_size: Side of the global crops in pixels; None: the image size (224).
+        local_size: Side of the local crops; None: 3/7 of the image side, a multiple of 4 (96 at 224 px).
+        global_scale: Area range of the global crops ((0.4, 1.0) in DINO; (0.14, 1.0) in SwAV).
+        local_scale: Area range of the local crops ((0.05, 0.4) in DINO).
+        flip_prob: Probability of a horizontal flip.
+        jitter_prob: Probability of the colour jitter (0.8).
+        jitter: Brightness, contrast, saturation and hue jitter ((0.4, 0.4, 0.2, 0.1) in DINO).
+        jitter_strength: If given, SimCLR's ratios (0.8 s, 0.8 s, 0.8 s, 0.2 s) instead of ``jitter``.
+        grayscale_prob: Probability of grayscale (0.2).
+        global_blur: Blur probability of the first and the other global crops ((1.0, 0.1) in DINO).
+        local_blur: Blur probability of the local crops (0.5 in DINO).
+        solarize_prob: Solarization probability of the global crops after the first (0.2 in DINO).
+        interpolation: Resampling of the crops: ``"bicubic"`` (DINO's) or ``"bilinear"``.
+    """
 
     def __init__(
         self,
@@ -460,7 +539,14 @@ class RandomBrightnessContrast(nn.Module):
     spatial mean by ``c ~ U[1 - contrast, 1 + contrast]``: ``x -> c (b x - m) + m``, ``m`` the band means of ``b x``.
     ``per_band``: draw ``b`` and ``c`` for every band (changes the spectral signature); default one pair for all
     bands (keeps band ratios). Values are not clamped: raw reflectances or radiances have no fixed range.
-    Takes float (C, H, W) or (B, C, H, W), each sample drawing its own factors."""
+    Takes float (C, H, W) or (B, C, H, W), each sample drawing its own factors.
+
+    Args:
+        brightness: Half-width of the brightness factor's range, in [0, 1) (0.4).
+        contrast: Half-width of the contrast factor's range, in [0, 1) (0.4).
+        p: Probability that a sample is jittered.
+        per_band: Draw the factors for every band separately.
+    """
 
     def __init__(self, brightness: float = 0.4, contrast: float = 0.4, p: float = 0.8, per_band: bool = False) -> None:
         super().__init__()
@@ -561,7 +647,21 @@ class MultiBandViews(ViewPreset):
     """Views for multi-band images (multispectral satellite tiles, 4-13 band GeoTIFFs) or any channel count:
     the satellite recipe (overhead imagery has no up: 90-degree rotations and both flips; brightness/contrast
     for season and time of day) with operations valid for any number of bands (see ``multiband_view``).
-    ``per_band_jitter``: independent brightness/contrast per band; ``jitter_prob: 0`` turns colour jitter off."""
+    ``per_band_jitter``: independent brightness/contrast per band; ``jitter_prob: 0`` turns colour jitter off.
+
+    Args:
+        num_views: Views made of every image (2 for SimCLR).
+        min_scale: Smallest crop area as a fraction of the image.
+        max_scale: Largest crop area as a fraction of the image.
+        flip_prob: Probability of a horizontal flip.
+        vflip_prob: Probability of a vertical flip.
+        rotate90: Rotate by a random multiple of 90 degrees.
+        jitter_prob: Probability of the brightness/contrast jitter; 0: off.
+        brightness: Half-width of the brightness factor's range.
+        contrast: Half-width of the contrast factor's range.
+        per_band_jitter: Independent brightness/contrast per band.
+        blur_prob: Probability of a Gaussian blur.
+    """
 
     any_channels = True  # valid for every band count (see check_views_channels)
 

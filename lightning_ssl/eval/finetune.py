@@ -18,13 +18,29 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.optim import WarmupCosineLR, param_groups
 
 
 class Classifier(SSLMethod):
+    """A pretrained backbone with a linear head, trained on labels: full fine-tuning or a frozen-backbone probe.
+
+    Args:
+        backbone: The pretrained encoder (``CheckpointBackbone``, ``TimmBackbone``, ... or any ``nn.Module``):
+            images (B, C, H, W) -> features (B, D).
+        num_classes: Classes of the head; None: the datamodule's ``num_classes``.
+        freeze_backbone: Train the head only (linear probing).
+        layer_decay: Layer-wise learning-rate decay for ViTs, in (0, 1] (0.75 in MAE's ViT-B fine-tuning, 0.65 in
+            BEiT's); None: one learning rate for all.
+        head_batch_norm: A non-affine BatchNorm before the linear head (MAE's linear-probing recipe).
+        label_smoothing: Label smoothing of the cross-entropy, in [0, 1) (0.1 in MAE's fine-tuning).
+        optimizer: Factory called with the parameter groups; default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step; default ``WarmupCosineLR``.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_classes: int | None = None,
         freeze_backbone: bool = False,
         layer_decay: float | None = None,

@@ -18,7 +18,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 
 class LinearProbe(nn.Module):
-    """Standardize features with training-set statistics, then one linear layer."""
+    """Standardize features with training-set statistics, then one linear layer.
+
+    Args:
+        mean: Per-dimension mean of the training features (D,).
+        std: Per-dimension std of the training features (D,).
+        num_classes: Output classes.
+    """
 
     def __init__(self, mean: Tensor, std: Tensor, num_classes: int) -> None:
         super().__init__()

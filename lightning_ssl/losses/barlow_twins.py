@@ -63,6 +63,17 @@ def barlow_twins_loss(
 
 
 class BarlowTwinsLoss(nn.Module):
+    """``barlow_twins_loss`` as a module: (z_a, z_b) of shape (B, D) -> scalar.
+
+    Args:
+        lambda_offdiag: Weight of the off-diagonal (redundancy-reduction) term, >= 0; None: 5e-3 * 8192 / D (the
+            paper's 5e-3 at D = 8192, scaled to the width).
+        eps: Added to the per-dimension std before standardizing, for stability (1e-5 in the reference's
+            BatchNorm).
+        gather_distributed: Under DDP, compute the loss over the global batch (embeddings gathered from every
+            process with gradients); a no-op on one process.
+    """
+
     def __init__(self, lambda_offdiag: float | None = None, eps: float = 1e-5, gather_distributed: bool = True) -> None:
         super().__init__()
         if lambda_offdiag is not None:

@@ -76,7 +76,17 @@ def clip_loss(
 
 class CLIPLoss(nn.Module):
     """``clip_loss`` with its own learnable logit scale: s = exp(t), t initialized to ``ln(1 / temperature)``,
-    s clamped at ``max_scale`` (the CLIP paper's 100)."""
+    s clamped at ``max_scale`` (the CLIP paper's 100).
+
+    Args:
+        temperature: Initial temperature, > 0; the logit scale starts at 1/temperature (0.07 in the paper).
+        max_scale: Clamp of the logit scale (100 in the paper).
+        learnable: Learn the logit scale (the paper does); False keeps it at 1/temperature.
+        local_loss: Each process scores its own rows against the global batch's columns (OpenCLIP's
+            ``local_loss``: same gradient, less memory); False: the full global logit matrix on every process.
+        gather_distributed: Under DDP, gather the features of all processes with gradients (negatives from the
+            global batch); a no-op on one process.
+    """
 
     def __init__(
         self,

@@ -72,7 +72,14 @@ def updated_center(center: Tensor, teacher_out: Tensor, momentum: float = 0.9) -
 
 class DINOLoss(nn.Module):
     """``dino_loss`` with its center as a buffer (saved in checkpoints), updated after each loss evaluation
-    from the teacher logits, as in the reference implementation."""
+    from the teacher logits, as in the reference implementation.
+
+    Args:
+        out_dim: Output dimension K of the DINO head, the center's length (65536 in the paper).
+        student_temp: Student softmax temperature, > 0 (0.1 in the paper).
+        center_momentum: EMA rate of the center, in [0, 1) (0.9 in the paper); the center is the mean teacher
+            output, all-reduced over processes.
+    """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__()

@@ -50,7 +50,13 @@ def ibot_loss(
 
 
 class IBOTPatchLoss(nn.Module):
-    """``ibot_loss`` with its own patch center (a buffer), updated from the teacher's masked-patch logits."""
+    """``ibot_loss`` with its own patch center (a buffer), updated from the teacher's masked-patch logits.
+
+    Args:
+        out_dim: Output dimension K of the patch head, the center's length (8192 in iBOT, 65536 in DINOv2).
+        student_temp: Student softmax temperature, > 0 (0.1 in iBOT and DINOv2).
+        center_momentum: EMA rate of the patch center, in [0, 1) (0.9 in iBOT and DINOv2).
+    """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__()

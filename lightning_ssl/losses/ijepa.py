@@ -40,6 +40,13 @@ def ijepa_loss(pred: Tensor, target: Tensor, kind: str = "smooth_l1", normalize_
 
 
 class IJEPALoss(nn.Module):
+    """``ijepa_loss`` as a module: predictions and target features (B, M, K, D) -> scalar.
+
+    Args:
+        kind: ``"smooth_l1"`` (the reference code's ``F.smooth_l1_loss``) or ``"mse"`` (the paper's L2).
+        normalize_target: Layer-normalize the target features over D first (the reference does).
+    """
+
     def __init__(self, kind: str = "smooth_l1", normalize_target: bool = True) -> None:
         super().__init__()
         _check_kind(kind)

@@ -26,7 +26,27 @@ def _check_temperature(temperature: float) -> None:
 
 @full_precision
 def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, gather_distributed: bool = True) -> Tensor:
-    """NT-Xent loss for two views ``z1``, ``z2`` of shape (B, D) (B local rows), averaged over all 2B rows."""
+    """NT-Xent loss for two views ``z1``, ``z2`` of shape (B, D) (B local rows), averaged over all 2B rows.
+
+    Args:
+        z1: Embeddings of the first views (B, D); normalized here.
+        z2: Embeddings of the second views (B, D), row i the same image as row i of ``z1``.
+        temperature: Softmax temperature tau, > 0 (SimCLR: 0.1 to 0.5).
+        gather_distributed: Under DDP, take the negatives from the global batch (gathered with gradients).
+
+    Returns:
+        The scalar loss: cross-entropy of each view against its partner, the other 2N - 2 views as negatives.
+
+    Example:
+        Views that agree give a loss near 0; views matched to the wrong image a loss near 1/tau:
+
+        >>> import torch
+        >>> z = torch.eye(2)
+        >>> round(nt_xent_loss(z, z, temperature=0.1).item(), 6)
+        9.1e-05
+        >>> round(nt_xent_loss(z, z.flip(0), temperature=0.1).item(), 2)
+        10.0
+    """
     _check_temperature(temperature)
     if z1.shape != z2.shape:
         raise ValueError(f"the two views must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
@@ -80,6 +100,14 @@ def info_nce_loss(
 
 
 class NTXentLoss(nn.Module):
+    """``nt_xent_loss`` as a module: two views' embeddings (B, D) each -> scalar over the 2B views.
+
+    Args:
+        temperature: Softmax temperature tau, > 0 (SimCLR: 0.1 to 0.5).
+        gather_distributed: Under DDP, compute the loss over the global batch (embeddings gathered from every
+            process with gradients); a no-op on one process.
+    """
+
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = True) -> None:
         super().__init__()
         _check_temperature(temperature)
@@ -90,6 +118,14 @@ class NTXentLoss(nn.Module):
 
 
 class InfoNCELoss(nn.Module):
+    """``info_nce_loss`` as a module: queries and keys (B, D) -> scalar, the matching key is the positive.
+
+    Args:
+        temperature: Softmax temperature tau, > 0 (MoCo v2: 0.2; MoCo v3: 0.2 for ViT, 1.0 for ResNet).
+        gather_distributed: Under DDP, compute the loss over the global batch (embeddings gathered from every
+            process with gradients); a no-op on one process.
+    """
+
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = True) -> None:
         super().__init__()
         _check_temperature(temperature)

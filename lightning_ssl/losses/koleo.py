@@ -42,6 +42,14 @@ def koleo_loss(x: Tensor, eps: float = 1e-8, local: bool = True) -> Tensor:
 
 
 class KoLeoLoss(nn.Module):
+    """``koleo_loss`` as a module: features (B, D) -> scalar.
+
+    Args:
+        eps: Added to the nearest-neighbour distance inside the log (1e-8 in DINOv2).
+        local: Search the nearest neighbours within this process's batch (DINOv2 does); False: over the global
+            batch, gathered with gradients.
+    """
+
     def __init__(self, eps: float = 1e-8, local: bool = True) -> None:
         super().__init__()
         self.eps, self.local = eps, local

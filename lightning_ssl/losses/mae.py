@@ -45,6 +45,14 @@ def mae_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True, 
 
 
 class MAELoss(nn.Module):
+    """``mae_loss`` as a module: predictions, target patches (B, N, p*p*C) and mask (B, N) -> scalar.
+
+    Args:
+        norm_pix: Normalize each target patch by its own mean and variance (MAE's ``norm_pix_loss``, its better
+            variant).
+        eps: Added to the patch variance before the square root (1e-6 in MAE).
+    """
+
     def __init__(self, norm_pix: bool = True, eps: float = 1e-6) -> None:
         super().__init__()
         self.norm_pix, self.eps = norm_pix, eps

@@ -24,5 +24,7 @@ def byol_loss(p: Tensor, z: Tensor) -> Tensor:
 
 
 class NegativeCosineSimilarity(nn.Module):
+    """``negative_cosine_similarity`` as a module: p, z (B, D) -> scalar; no constructor arguments."""
+
     def forward(self, p: Tensor, z: Tensor) -> Tensor:
         return negative_cosine_similarity(p, z)

@@ -35,5 +35,7 @@ def simmim_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 class SimMIMLoss(nn.Module):
+    """``simmim_loss`` as a module: predicted and target pixels and the pixel mask -> scalar; no arguments."""
+
     def forward(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         return simmim_loss(pred, target, mask)

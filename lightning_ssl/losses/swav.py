@@ -74,7 +74,15 @@ def swav_loss(scores: Sequence[Tensor], codes: Sequence[Tensor], temperature: fl
 
 
 class SwAVLoss(nn.Module):
-    """``sinkhorn`` on the assigned crops' scores, then ``swav_loss`` (no queue; the method adds one)."""
+    """``sinkhorn`` on the assigned crops' scores, then ``swav_loss`` (no queue; the method adds one).
+
+    Args:
+        temperature: Softmax temperature of the predicted assignments, > 0 (0.1 in the paper).
+        epsilon: Entropy regularization of the Sinkhorn-Knopp codes, > 0 (0.05 in the paper).
+        iterations: Sinkhorn-Knopp iterations (3 in the paper).
+        num_assigned: The first crops (the global ones) whose codes are predicted from the others (2 in the
+            paper).
+    """
 
     def __init__(
         self, temperature: float = 0.1, epsilon: float = 0.05, iterations: int = 3, num_assigned: int = 2

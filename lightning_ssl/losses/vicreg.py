@@ -80,6 +80,18 @@ def vicreg_loss(
 
 
 class VICRegLoss(nn.Module):
+    """``vicreg_loss`` as a module: the two views' embeddings (B, D) -> scalar.
+
+    Args:
+        sim_weight: Weight lambda of the invariance (MSE) term (25 in the paper).
+        var_weight: Weight mu of the variance hinge (25 in the paper).
+        cov_weight: Weight nu of the covariance term (1 in the paper).
+        gamma: Target std of every dimension in the variance hinge (1 in the paper).
+        eps: Added to the variance before the square root (1e-4 in the paper).
+        gather_distributed: Under DDP, compute variance and covariance over the global batch (embeddings gathered
+            with gradients); a no-op on one process.
+    """
+
     def __init__(
         self,
         sim_weight: float = 25.0,

@@ -17,18 +17,36 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.losses.barlow_twins import BarlowTwinsLoss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
 
 class BarlowTwins(SSLMethod):
+    """Barlow Twins: the cross-correlation of the two views' standardized embeddings is pushed to the identity.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        proj_hidden_dim: Hidden width of the projector (8192 in the paper).
+        proj_dim: Output width of the projector, D (8192 in the paper).
+        proj_layers: Linear layers in the projector, BN + ReLU between them (3 in the paper).
+        lambda_offdiag: Weight of the off-diagonal (redundancy-reduction) term, >= 0; None: 5e-3 * 8192 / D, the
+            paper's 5e-3 at D = 8192 scaled to the width.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 8192,
         proj_dim: int = 8192,
         proj_layers: int = 3,
@@ -36,7 +54,6 @@ class BarlowTwins(SSLMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``lambda_offdiag``: weight of the off-diagonal (redundancy) term; None: 5e-3 * 8192 / proj_dim."""
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=proj_layers)

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_ssl.modules.backbones import feature_dim
+from lightning_ssl.modules.backbones import Backbone, feature_dim
 from lightning_ssl.modules.momentum import cosine_momentum, rename_legacy_teacher_keys, update_momentum
 from lightning_ssl.optim import WarmupCosineLR, param_groups
 
@@ -34,11 +34,20 @@ class SSLMethod(L.LightningModule):
     The optimizer gets two parameter groups (no weight decay on biases and norm parameters). The LR
     schedule is stepped every optimizer step; ``WarmupCosineLR`` learns its length from
     ``trainer.estimated_stepping_batches``.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
     """
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
@@ -187,11 +196,24 @@ class MomentumMethod(SSLMethod):
     ``cosine_momentum`` from ``momentum`` to ``momentum_end`` over ``trainer.estimated_stepping_batches``
     (``momentum_end == momentum`` keeps it constant). m depends only on the optimizer step count, so a
     resumed run continues the schedule exactly; teachers are ordinary submodules, saved in checkpoints.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+        momentum: EMA momentum of the teacher (target) network at the first optimizer step, in [0, 1]
+            (0.996 for BYOL and DINO).
+        momentum_end: Momentum at the last optimizer step, reached on a cosine schedule by optimizer step
+            (correct under gradient accumulation and resume); equal to ``momentum`` for a constant one.
     """
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
         momentum: float = 0.996,

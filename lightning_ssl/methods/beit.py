@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lightning_ssl.losses.beit import masked_token_loss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.methods.visual_tokenizer import PatchTokenizer, VisualTokenizer
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import is_distributed, world_size
 from lightning_ssl.modules.masking import beit_masking
 from lightning_ssl.optim import WarmupCosineLR
@@ -54,9 +55,26 @@ def load_tokenizer(tokenizer: str | nn.Module) -> nn.Module:
 
 
 class BEiT(SSLMethod):
+    """BEiT: predict the visual-token id of each block-masked patch with a ViT.
+
+    Args:
+        backbone: A ``lightning_ssl.modules.vit.ViT`` (it has the learned [MASK] embedding); kept for downstream
+            use (``embed``).
+        tokenizer: The frozen visual tokenizer: a ``VisualTokenizer`` checkpoint path (or an output root: its
+            newest run), a ``VisualTokenizer`` / ``PatchTokenizer``, or any module with ``tokenize(images) -> (B,
+            h, w)`` ids and ``num_codes``. Its grid must match the ViT's.
+        num_masked: Patches masked per image; None: BEiT's 75 of 196 at 14 x 14 (~40%), scaled to the grid.
+        min_block: Smallest masked block in patches; None: BEiT's 16 at 14 x 14, scaled to the grid.
+        aspect: Range of the blocks' aspect ratio ((0.3, 1/0.3) in the paper).
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         tokenizer: str | nn.Module,
         num_masked: int | None = None,
         min_block: int | None = None,
@@ -64,9 +82,6 @@ class BEiT(SSLMethod):
         optimizer: OptimizerCallable = beit_adamw,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``backbone``: a ``lightning_ssl.modules.vit.ViT``. ``tokenizer``: see the module docstring.
-        ``num_masked`` / ``min_block``: patches masked per image and the smallest block (default: BEiT's 75 and 16
-        at 14 x 14, scaled to the grid); ``aspect``: the blocks' aspect-ratio range."""
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "add_mask_token"):
             raise ValueError(
                 f"BEiT needs a ViT backbone with a mask token (lightning_ssl.modules.vit.ViT), "

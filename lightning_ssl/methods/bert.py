@@ -36,13 +36,13 @@ class BERTNet(TransformerTrunk):
     """``hidden(ids (B, T), mask (B, T) or None) -> (B, T, C)``; ``head(h (..., C)) -> logits (..., V)``.
 
     Args:
-        vocab_size: number of token ids.
-        block_size: the longest sequence T.
-        n_layer: number of transformer blocks (BERT-base: 12).
-        n_head: attention heads per block (BERT-base: 12).
-        n_embd: the width C (BERT-base: 768).
-        dropout: dropout probability (BERT: 0.1).
-        bias: biases in the linear layers and LayerNorms (BERT: True).
+        vocab_size: Token vocabulary size V (the embedding table's rows); from the datamodule in a config.
+        block_size: Longest sequence T in tokens (the positional table's rows); from the datamodule in a config.
+        n_layer: Transformer blocks.
+        n_head: Attention heads per block; must divide ``n_embd``.
+        n_embd: Model width C.
+        dropout: Dropout probability, in [0, 1).
+        bias: Use biases in the linear layers and LayerNorms.
     """
 
     def __init__(
@@ -71,6 +71,28 @@ class BERTNet(TransformerTrunk):
 
 
 class BERT(LanguageModel):
+    """BERT masked-language modelling: 15% of the tokens selected, 80/10/10 [MASK]/random/kept, loss on them.
+
+    Args:
+        vocab_size: Token vocabulary size V; from the datamodule in a config (30522 for BERT's WordPiece).
+        block_size: Longest sequence in tokens; from the datamodule in a config (512 in BERT).
+        n_layer: Transformer encoder blocks (12 in BERT-base).
+        n_head: Attention heads per block, dividing ``n_embd`` (12 in BERT-base).
+        n_embd: Model width (768 in BERT-base).
+        dropout: Dropout probability, in [0, 1) (0.1 in BERT).
+        bias: Biases in the linear layers and LayerNorms.
+        mlm_probability: Fraction of the non-special tokens selected for prediction, in (0, 1) (0.15 in the paper).
+        mask_fraction: Of the selected tokens, the fraction replaced by [MASK] (0.8 in the paper).
+        random_fraction: Of the selected tokens, the fraction replaced by a random token (0.1 in the paper); the
+            rest are kept unchanged.
+        pretrained: A folder holding a Hugging Face masked LM, or ``packaged:all-MiniLM-L6-v2``; its sizes and
+            tokenizer apply. None: from scratch.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     needs = ("mask",)
 
     def __init__(
@@ -89,8 +111,6 @@ class BERT(LanguageModel):
         optimizer: OptimizerCallable = bert_adamw,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``vocab_size`` and ``block_size`` come from the datamodule in a config. ``pretrained``: a folder holding a
-        Hugging Face masked LM (``packaged:all-MiniLM-L6-v2``); its sizes and tokenizer apply."""
         for name, v in (
             ("vocab_size", vocab_size),
             ("block_size", block_size),

@@ -17,15 +17,35 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.negative_cosine import byol_loss
 from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.optim import WarmupCosineLR
 
 
 class BYOL(MomentumMethod):
+    """BYOL: online network with a predictor, EMA target network, symmetric normalized-MSE loss, no negatives.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        proj_hidden_dim: Hidden width of the projector and of the predictor's input layer (4096 in the paper).
+        proj_dim: Output width of projector and predictor (256 in the paper).
+        pred_hidden_dim: Hidden width of the predictor q (4096 in the paper).
+        momentum: EMA momentum of the teacher (target) network at the first optimizer step, in [0, 1];
+            0.996 in the paper, rising to 1 on a cosine schedule.
+        momentum_end: Momentum at the last optimizer step, reached on a cosine schedule by optimizer step
+            (correct under gradient accumulation and resume); equal to ``momentum`` for a constant one.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 4096,
         proj_dim: int = 256,
         pred_hidden_dim: int = 4096,

@@ -29,15 +29,46 @@ from torch import Tensor, nn
 from lightning_ssl.losses.clip import CLIPLoss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.metrics.zeroshot import DEFAULT_TEMPLATES, recall_at_k, zero_shot_accuracy
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import gather
+from lightning_ssl.modules.text import TextEncoder
 from lightning_ssl.optim import WarmupCosineLR
 
 
 class CLIP(SSLMethod):
+    """CLIP: image and text encoders trained with a symmetric InfoNCE over the batch, learnable temperature.
+
+    Args:
+        backbone: The image tower: images (B, C, H, W) -> features (B, D_i).
+        text_encoder: The text tower: ``list[str]`` -> (B, D_t) features. One with ``fit_tokenizer`` and no
+            tokenizer yet gets one trained on the datamodule's ``train_captions()`` when fitting starts.
+        embed_dim: Width of the shared image-text space (512 for CLIP ViT-B/32).
+        temperature: Initial temperature, > 0: the logit scale s = exp(t) starts at 1/temperature (0.07 in the
+            paper).
+        max_logit_scale: Clamp of the logit scale (100 in the paper).
+        learn_logit_scale: Learn the temperature (the paper does); False keeps it fixed.
+        lock_image: Freeze the image tower (LiT-style; the projections still train).
+        lock_text: Freeze the text tower (e.g. a pretrained MiniLM).
+        local_loss: Each process scores its own images against the global batch's texts and vice versa (as
+            OpenCLIP's ``local_loss``: less memory, same gradient); False: the full global logit matrix.
+        cache_locked_text: With ``lock_text``, remember the text features of every caption seen (the locked tower
+            is deterministic), so each distinct caption goes through a large pretrained model once.
+        zeroshot_templates: Prompts with one ``{}`` for the class name, e.g. ``"a photo of a {}."``; None:
+            the datamodule's.
+        recall_ks: The k of the validation recall@k (image->text and text->image); None: (1, 5, 10).
+        projections_from: A Hugging Face CLIP folder whose projections and logit scale start this model's (with its
+            towers as ``HFVisionBackbone`` / ``HFTextEncoder(pooling="pooler")`` from the same folder the model is
+            that CLIP); ``embed_dim`` must be its ``projection_dim``.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
-        text_encoder: nn.Module,
+        backbone: Backbone,
+        text_encoder: TextEncoder,
         embed_dim: int = 256,
         temperature: float = 0.07,
         max_logit_scale: float = 100.0,
@@ -52,20 +83,6 @@ class CLIP(SSLMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """
-        Args:
-            text_encoder: a module mapping ``list[str]`` to (B, num_features); one with ``fit_tokenizer`` and no
-                tokenizer yet gets one trained on the datamodule's ``train_captions()`` when fitting starts.
-            embed_dim: width of the shared image-text space.
-            temperature, max_logit_scale, learn_logit_scale: s = exp(t), t starts at ln(1/temperature),
-                s is clamped at ``max_logit_scale``.
-            cache_locked_text: with ``lock_text``, remember the text features of every caption seen (the locked
-                tower is deterministic), so each distinct caption goes through a large pretrained model once.
-            zeroshot_templates: prompts with one ``{}`` for the class name; default: the datamodule's.
-            projections_from: a Hugging Face CLIP folder whose projections and logit scale start this model's (with
-                its towers as ``HFVisionBackbone`` / ``HFTextEncoder(pooling="pooler")`` from the same folder, the
-                model *is* that CLIP, ready to fine-tune); ``embed_dim`` must be its ``projection_dim``.
-        """
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         self.text_encoder = text_encoder

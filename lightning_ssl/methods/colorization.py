@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.methods.base import SSLMethod
-from lightning_ssl.modules.backbones import feature_map
+from lightning_ssl.modules.backbones import Backbone, feature_map
 from lightning_ssl.modules.color import (
     AB_SCALE,
     L_MAX,
@@ -45,7 +45,14 @@ from lightning_ssl.optim import WarmupCosineLR
 
 
 class ColorDecoder(nn.Module):
-    """Feature map (B, D, h, w) -> (B, out_dim, *size): conv, bilinear upsampling to ``size``, conv, 1x1 conv."""
+    """Feature map (B, D, h, w) -> (B, out_dim, H, W), (H, W) = ``size``: conv, bilinear upsampling to ``size``,
+    conv, 1x1 conv.
+
+    Args:
+        in_dim: Channels D of the backbone's feature map.
+        hidden_dim: Channels of the decoder's convolutions.
+        out_dim: Output channels: the number of ab bins (classification) or 2 (regression).
+    """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -62,9 +69,33 @@ class ColorDecoder(nn.Module):
 
 
 class Colorization(SSLMethod):
+    """Colorization: predict the ab channels of Lab from the L channel, by classification over quantized ab bins.
+
+    Args:
+        backbone: The encoder; it sees the L channel only (one input channel) and must give a feature map
+            (a CNN / ResNet; ``ViT`` patch tokens work too).
+        mode: ``"classification"`` over quantized ab bins (the paper) or ``"regression"`` of ab (the L2 baseline).
+        grid_size: Side of the ab bins in Lab units (10 in the paper: 313 in-gamut bins).
+        soft_encoding: Gaussian targets over the 5 nearest bins (sigma 5, the paper's) instead of the nearest bin.
+        rebalance: Weight the classes by the inverse of their smoothed frequency (the paper's class rebalancing),
+            from the ab histogram of all training batches seen so far (a buffer, all-reduced under DDP).
+        rebalance_lambda: Mix of the empirical and the uniform distribution in the rebalancing weights, in [0, 1]
+            (0.5 in the paper).
+        annealed_temperature: T of the annealed-mean decoding of the ab distribution for pictures (0.38 in the
+            paper).
+        output_stride: Predict ab at 1/``output_stride`` of the image side (4 in the paper).
+        decoder_dim: Channels of the decoder's convolutions.
+        mean: The RGB normalization mean of the input batches; None: the datamodule's ``norm_stats()``.
+        std: The RGB normalization std of the input batches; None: the datamodule's.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         mode: Literal["classification", "regression"] = "classification",
         grid_size: float = 10.0,
         soft_encoding: bool = True,
@@ -78,15 +109,6 @@ class Colorization(SSLMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """Args:
-        mode: "classification" over quantized ab bins (the paper) or "regression" of ab (L2 baseline).
-        grid_size: side of the ab bins (10 in the paper). soft_encoding: Gaussian targets over the 5 nearest
-            bins instead of the nearest bin only. rebalance: class-rebalancing weights with ``rebalance_lambda``,
-            from the ab histogram of all training batches seen so far (a buffer, all-reduced under DDP).
-        annealed_temperature: T of the annealed-mean decoding used for pictures.
-        output_stride: predict ab at 1/``output_stride`` of the image side (4 in the paper).
-        mean, std: the RGB normalization of the input batches; default: the datamodule's ``norm_stats()``.
-        """
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         if mode not in ("classification", "regression"):

@@ -29,6 +29,7 @@ from lightning_ssl.losses.dino import DINOLoss
 from lightning_ssl.losses.ibot import IBOTPatchLoss
 from lightning_ssl.losses.koleo import koleo_loss
 from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.dino_head import DINOHead
 from lightning_ssl.modules.masking import block_masking
 from lightning_ssl.modules.momentum import cosine_momentum, make_teacher
@@ -55,9 +56,52 @@ def teacher_temperature(step: float, warmup_steps: float, start: float = 0.04, e
 
 
 class DINO(MomentumMethod):
+    """DINO: self-distillation from an EMA teacher over multi-crop views, with optional iBOT and KoLeo terms.
+
+    Args:
+        backbone: The student encoder (a ``ViT`` or a CNN / ResNet); the teacher is its EMA copy. Images
+            (B, C, H, W) -> features (B, D); ``embed`` uses the teacher's by default.
+        hidden_dim: Hidden width of the DINO head's MLP (2048 in the paper).
+        bottleneck_dim: Width of the L2-normalized bottleneck before the last layer (256 in the paper).
+        out_dim: Output dimension K of the head, the number of "prototypes" (65536 in the paper).
+        norm_last_layer: Weight-normalize the last layer with its norm fixed to 1 (True in the paper for ViT-S;
+            False trains better for larger models but can be unstable).
+        student_temp: Student softmax temperature, > 0 (0.1 in the paper).
+        warmup_teacher_temp: Teacher temperature at the start of the warm-up (0.04 in the paper).
+        teacher_temp: Teacher temperature after the warm-up (0.04-0.07 in the paper; above 0.07 tends to
+            collapse).
+        warmup_teacher_temp_epochs: Epochs of the linear teacher-temperature warm-up (30 in the paper; counted in
+            optimizer steps from the epoch length).
+        center_momentum: EMA rate of the teacher-output center C, in [0, 1) (0.9 in the paper).
+        num_global_crops: The first crops that the teacher sees (2 in the paper).
+        freeze_last_layer_epochs: Epochs during which the head's last layer gets no update (1 in the paper).
+        clip_grad: Per-parameter gradient-norm clip (3.0 in the paper); None: off.
+        weight_decay: Weight decay of the weights (not biases and norms) at the first step (0.04 in the paper),
+            set by DINO whatever the optimizer's own default.
+        weight_decay_end: Weight decay at the last step, reached on a cosine schedule (0.4 in the paper); None keeps
+            it at ``weight_decay``.
+        ibot_weight: Weight of iBOT's masked-patch distillation term, >= 0; > 0 needs a ViT backbone (1.0 in
+            DINOv2); 0: off.
+        mask_ratio: Range of the block-mask ratios spread over the masked global crops ((0.1, 0.5) in iBOT /
+            DINOv2).
+        mask_probability: Fraction of the global crops that are masked for iBOT (0.5 in iBOT / DINOv2).
+        koleo_weight: Weight of the KoLeo regularizer on the student's CLS features, >= 0 (0.1 in DINOv2); 0: off.
+        koleo_local: Search KoLeo's nearest neighbours within each process (as DINOv2); False: over the global
+            batch.
+        eval_teacher: ``embed`` uses the teacher backbone (what the paper evaluates); False: the student.
+        momentum: EMA momentum of the teacher (target) network at the first optimizer step, in [0, 1];
+            0.996 in the paper, rising to 1 on a cosine schedule.
+        momentum_end: Momentum at the last optimizer step, reached on a cosine schedule by optimizer step
+            (correct under gradient accumulation and resume); equal to ``momentum`` for a constant one.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         out_dim: int = 65536,
@@ -83,13 +127,6 @@ class DINO(MomentumMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``weight_decay`` -> ``weight_decay_end``: the weight decay of the decayed parameter groups (weights, not
-        biases and norms), cosine by optimizer step, set by DINO whatever the optimizer's own default;
-        ``weight_decay_end=None`` keeps it at ``weight_decay``. ``clip_grad``: per-parameter gradient norm clip
-        (None: off). ``ibot_weight`` > 0 turns on iBOT (a ViT
-        backbone is needed), with ``mask_probability`` of the global crops block-masked at ratios spread over
-        ``mask_ratio``; ``koleo_weight`` > 0 turns on KoLeo (DINOv2 uses 1.0 and 0.1), with neighbours searched per
-        process as DINOv2 does (``koleo_local=False``: over the global batch)."""
         super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
         self.save_hyperparameters()
         for name, t in (

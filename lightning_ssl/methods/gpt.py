@@ -30,16 +30,16 @@ def gpt_adamw(params: Any) -> torch.optim.Optimizer:
 
 
 class GPTNet(TransformerTrunk):
-    """The network: ``forward(idx (B, T)) -> logits (B, T, V)``, ``hidden(idx) -> (B, T, C)`` (causal).
+    """The network: ``forward(idx (B, T)) -> logits (B, T, V)``, ``hidden(idx) -> (B, T, C)``.
 
     Args:
-        vocab_size: number of token ids.
-        block_size: the context length T.
-        n_layer: number of transformer blocks.
-        n_head: attention heads per block.
-        n_embd: the width C.
-        dropout: dropout probability (nanoGPT pretrains with 0).
-        bias: biases in the linear layers and LayerNorms (GPT-2: True).
+        vocab_size: Token vocabulary size V (the embedding table's rows); from the datamodule in a config.
+        block_size: Longest sequence T in tokens (the positional table's rows); from the datamodule in a config.
+        n_layer: Transformer blocks.
+        n_head: Attention heads per block; must divide ``n_embd``.
+        n_embd: Model width C.
+        dropout: Dropout probability, in [0, 1).
+        bias: Use biases in the linear layers and LayerNorms.
     """
 
     def __init__(
@@ -65,6 +65,24 @@ class GPTNet(TransformerTrunk):
 
 
 class GPT(LanguageModel):
+    """GPT: next-token prediction with a causal transformer (nanoGPT's layout), ``generate`` for sampling.
+
+    Args:
+        vocab_size: Token vocabulary size V; from the datamodule in a config (4096-token BPE here; 50257 for GPT-2).
+        block_size: Context length T in tokens; from the datamodule in a config (1024 in GPT-2).
+        n_layer: Transformer blocks (12 in GPT-2 small).
+        n_head: Attention heads per block, dividing ``n_embd`` (12 in GPT-2 small).
+        n_embd: Model width (768 in GPT-2 small).
+        dropout: Dropout probability, in [0, 1) (0 for pretraining, as nanoGPT).
+        bias: Biases in the linear layers and LayerNorms (GPT-2: True).
+        pretrained: A folder holding a Hugging Face causal LM (``save_pretrained``); its own sizes (and tokenizer,
+            if the folder has one) apply. None: train the network above from scratch.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
         vocab_size: int = 4096,
@@ -78,8 +96,6 @@ class GPT(LanguageModel):
         optimizer: OptimizerCallable = gpt_adamw,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``vocab_size`` and ``block_size`` come from the datamodule in a config. ``pretrained``: a folder holding a
-        Hugging Face causal LM (``save_pretrained``); its own sizes (and tokenizer, if the folder has one) apply."""
         for name, v in (
             ("vocab_size", vocab_size),
             ("block_size", block_size),

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.ijepa import IJEPALoss
 from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.masking import gather_tokens
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.modules.multiblock import multiblock_masks
@@ -36,7 +37,16 @@ from lightning_ssl.optim import WarmupCosineLR
 
 class JEPAPredictor(nn.Module):
     """The predictor: project the context tokens to ``dim``, add fixed 2-D sin-cos positions, append a learnable
-    mask token (plus its position) for every patch of one target block, transformer blocks, project back."""
+    mask token (plus its position) for every patch of one target block, transformer blocks, project back.
+
+    Args:
+        encoder_dim: Width of the context encoder's tokens.
+        grid: Patch grid (h, w) of the images.
+        dim: Predictor width (384 in the paper for ViT-H encoders).
+        depth: Predictor transformer blocks (12 in the paper).
+        num_heads: Attention heads per block (12 in the paper).
+        mlp_ratio: Hidden width of the blocks' MLP as a multiple of ``dim`` (4 in the paper).
+    """
 
     def __init__(
         self,
@@ -68,9 +78,36 @@ class JEPAPredictor(nn.Module):
 
 
 class IJEPA(MomentumMethod):
+    """I-JEPA: predict the EMA target encoder's representations of target blocks from a context block.
+
+    Args:
+        backbone: The encoder, a ``lightning_ssl.modules.vit.ViT`` (images (B, C, H, W) -> features (B, D));
+            kept for downstream use (``embed``).
+        predictor_dim: Width of the narrow ViT predictor (384 in the paper).
+        predictor_depth: Transformer blocks in the predictor (12 in the paper).
+        predictor_heads: Attention heads per predictor block (12 in the paper).
+        num_targets: Target blocks M per image (4 in the paper).
+        target_scale: Range of a target block's area as a fraction of the image ((0.15, 0.2) in the paper).
+        target_aspect: Range of a target block's aspect ratio ((0.75, 1.5) in the paper).
+        context_scale: Range of the context block's area before the targets are cut out ((0.85, 1.0) in the
+            paper).
+        min_context: Fewest context patches kept per image after the targets are removed (10 in the reference).
+        loss: ``"smooth_l1"`` (the reference code) or ``"mse"`` (the paper's text: L2) between prediction and
+            layer-normed target.
+        eval_teacher: ``embed`` uses the EMA target encoder (the paper evaluates it); False: the context encoder.
+        momentum: EMA momentum of the teacher (target) network at the first optimizer step, in [0, 1];
+            0.996 in the paper, rising to 1 (linearly there, on a cosine here).
+        momentum_end: Momentum at the last optimizer step, reached on a cosine schedule by optimizer step
+            (correct under gradient accumulation and resume); equal to ``momentum`` for a constant one.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         predictor_dim: int = 384,
         predictor_depth: int = 12,
         predictor_heads: int = 12,
@@ -86,9 +123,6 @@ class IJEPA(MomentumMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``backbone``: a ``lightning_ssl.modules.vit.ViT`` (``pool: avg`` as in the paper's evaluation).
-        ``loss``: ``smooth_l1`` (the reference code) or ``mse`` (the paper's L2). ``eval_teacher``: ``embed`` with
-        the target encoder (the paper) or the context encoder."""
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "grid_size"):
             raise ValueError(
                 f"I-JEPA needs a ViT backbone that encodes a subset of patches "

@@ -23,18 +23,40 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.jigsaw import extract_tiles, hamming_permutation_set, normalize_tiles, shuffle_tiles
 from lightning_ssl.optim import WarmupCosineLR
 
 
 class Jigsaw(SSLMethod):
+    """Jigsaw: classify which permutation of a fixed set shuffled the 3 x 3 tiles of an image.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``. It encodes each tile on its own (shared weights).
+        num_permutations: Size of the permutation set, chosen by maximal Hamming distance (100 in the paper's main
+            results).
+        permutation_seed: Seed of the permutation set's generation; stored in the model.
+        grid: Tiles per side (3 in the paper).
+        tile_size: Tile side in pixels; None: 6/7 of a cell (the paper's 64 px tiles in 75 px cells); the rest of
+            the cell is the gap and the range of the random offset.
+        normalize_tiles: Standardize every tile on its own (the paper's defence against low-level shortcuts).
+        head_hidden_dim: Hidden width of the classifier on the concatenated tile features (fc7: 4096 in the
+            paper).
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_permutations: int = 100,
         permutation_seed: int = 0,
         grid: int = 3,
@@ -44,14 +66,6 @@ class Jigsaw(SSLMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """Args:
-        num_permutations, permutation_seed: the size of the permutation set (100 in the paper's main results)
-            and the seed it is generated from.
-        grid: tiles per side. tile_size: tile side in pixels; default 6/7 of a cell (the paper's 64 px tiles
-            in 75 px cells), the rest of the cell is the gap and the range of the random offset.
-        normalize_tiles: standardize every tile on its own.
-        head_hidden_dim: hidden width of the classifier on the concatenated tile features (fc7).
-        """
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         if grid < 2:

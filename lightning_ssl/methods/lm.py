@@ -64,7 +64,16 @@ def sample_logits(
 
 
 class LanguageModel(SSLMethod):
-    """Base of the language models (see the module docstring). ``vocab_size`` is the embedding table's size."""
+    """Base of the language models (see the module docstring). ``vocab_size`` is the embedding table's size.
+
+    Args:
+        net: The transformer network (``GPTNet``, ``BERTNet``, ``T5Net`` or a Hugging Face wrapper).
+        vocab_size: The embedding table's size; a tokenizer larger than it is refused.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
 
     needs = ()  # token roles the objective needs: "mask" (BERT), "sentinels" and "eos" (T5)
 

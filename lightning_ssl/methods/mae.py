@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.mae import mae_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.masking import gather_tokens, num_kept, patchify, random_masking, unpatchify
 from lightning_ssl.modules.vit import sincos_pos_embed
 from lightning_ssl.optim import WarmupCosineLR, param_groups
@@ -34,7 +35,17 @@ def mae_adamw(params: Any) -> torch.optim.Optimizer:
 
 class MAEDecoder(nn.Module):
     """The lightweight decoder: project the encoder tokens, insert a shared learnable mask token at every masked
-    position, add a fixed 2-D sin-cos positional embedding, transformer blocks, predict each patch's pixels."""
+    position, add a fixed 2-D sin-cos positional embedding, transformer blocks, predict each patch's pixels.
+
+    Args:
+        encoder_dim: Width of the encoder's tokens (the ViT's embedding width).
+        grid: Patch grid (h, w) of the images.
+        patch_dim: Values per patch to predict, p * p * C.
+        dim: Decoder width (512 in the paper).
+        depth: Decoder transformer blocks (8 in the paper).
+        num_heads: Attention heads per decoder block (16 in the paper).
+        mlp_ratio: Hidden width of the blocks' MLP as a multiple of ``dim`` (4 in the paper).
+    """
 
     def __init__(
         self,
@@ -70,9 +81,27 @@ class MAEDecoder(nn.Module):
 
 
 class MAE(SSLMethod):
+    """MAE: mask 75% of the patches, encode the visible ones, reconstruct the pixels of the masked ones.
+
+    Args:
+        backbone: The encoder, a ``lightning_ssl.modules.vit.ViT`` (images (B, C, H, W) -> features (B, D));
+            kept for downstream use (``embed``).
+        mask_ratio: Fraction of the patches masked in every image, in (0, 1) (0.75 in the paper).
+        decoder_dim: Width of the lightweight decoder (512 in the paper).
+        decoder_depth: Transformer blocks in the decoder (8 in the paper).
+        decoder_heads: Attention heads per decoder block (16 in the paper).
+        norm_pix_loss: Normalize each target patch by its own mean and std (the paper's better variant).
+        base_lr: Learning rate per 256 images; the optimizer's lr is ``base_lr * global batch / 256`` (1.5e-4 in
+            the paper). None: the optimizer's own lr is used as given.
+        optimizer: Factory called with the parameter groups; default ``mae_adamw`` (AdamW, betas (0.9, 0.95),
+            weight decay 0.05, the paper's). From a config, any ``torch.optim`` optimizer.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``;
+            None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         mask_ratio: float = 0.75,
         decoder_dim: int = 512,
         decoder_depth: int = 8,
@@ -82,8 +111,6 @@ class MAE(SSLMethod):
         optimizer: OptimizerCallable = mae_adamw,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``backbone``: a ``lightning_ssl.modules.vit.ViT``. ``base_lr``: lr per 256 images of global batch
-        (None: keep the optimizer's own lr)."""
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "patch_size"):
             raise ValueError(
                 f"MAE needs a ViT backbone that encodes visible patches only "

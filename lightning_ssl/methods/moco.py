@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.info_nce import info_nce_loss
 from lightning_ssl.methods.base import MomentumMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.modules.queue import check_queue_size, enqueue
@@ -34,9 +35,36 @@ from lightning_ssl.optim import WarmupCosineLR
 
 
 class MoCo(MomentumMethod):
+    """MoCo v2: a query encoder, its momentum copy as key encoder and a queue of negatives.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        proj_hidden_dim: Hidden width of the 2-layer MLP head (2048 in MoCo v2).
+        proj_dim: Output width of the head, the embedding compared by the loss (128 in MoCo v2).
+        queue_size: Number K of negative keys kept in the queue (65536 on ImageNet; 4096 in the CIFAR-10 demo).
+            Need not be a multiple of the batch size; must be at least the global batch.
+        temperature: InfoNCE temperature tau, > 0 (0.07 in MoCo v1, 0.2 in MoCo v2).
+        momentum: EMA momentum of the teacher (target) network at the first optimizer step, in [0, 1];
+            0.999 in the paper.
+        momentum_end: Momentum at the last optimizer step, reached on a cosine schedule by optimizer step
+            (correct under gradient accumulation and resume); equal to ``momentum`` for a constant one.
+        symmetric: Also compute the loss with the views swapped (the MoCo CIFAR-10 demo's symmetric loss);
+            doubles the key-encoder work.
+        shuffle_bn: Shuffle the keys' batch order across processes before the key encoder (sec. 3.3), so
+            BatchNorm cannot leak which key is the positive. Refused together with ``trainer.sync_batchnorm``.
+        split_bn: On one device, compute BatchNorm statistics over this many groups of the batch (split-BN, the
+            single-GPU stand-in for shuffle-BN; 8 in the MoCo CIFAR-10 demo); 1: off. Must divide the batch.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         queue_size: int = 65536,

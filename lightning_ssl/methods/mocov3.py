@@ -19,16 +19,39 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.info_nce import info_nce_loss
 from lightning_ssl.methods.base import MomentumMethod
-from lightning_ssl.modules.backbones import is_vit
+from lightning_ssl.modules.backbones import Backbone, is_vit
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.optim import WarmupCosineLR
 
 
 class MoCoV3(MomentumMethod):
+    """MoCo v3: query encoder + predictor, momentum encoder, symmetric InfoNCE over the global batch.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        proj_hidden_dim: Hidden width of the projector (4096 in the paper).
+        proj_dim: Output width of the projector and predictor (256 in the paper).
+        pred_hidden_dim: Hidden width of the 2-layer predictor (4096 in the paper).
+        temperature: InfoNCE temperature, > 0; None follows the backbone kind: 0.2 for a ViT, 1.0 for a ResNet /
+            CNN (the paper's values).
+        proj_layers: Linear layers in the projector; None follows the backbone kind (3 for a ViT, 2 otherwise).
+        pred_last_batch_norm: End the predictor with BatchNorm; None follows the backbone kind (True for a ViT).
+        momentum: EMA momentum of the teacher (target) network at the first optimizer step, in [0, 1];
+            0.99 in the paper, rising to 1.
+        momentum_end: Momentum at the last optimizer step, reached on a cosine schedule by optimizer step
+            (correct under gradient accumulation and resume); equal to ``momentum`` for a constant one.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 4096,
         proj_dim: int = 256,
         pred_hidden_dim: int = 4096,
@@ -40,7 +63,6 @@ class MoCoV3(MomentumMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``temperature``, ``proj_layers``, ``pred_last_batch_norm``: None follows the backbone kind (see above)."""
         super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
         self.save_hyperparameters()
         vit = is_vit(backbone)

@@ -18,20 +18,39 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.losses.info_nce import _check_temperature
 from lightning_ssl.losses.nnclr import nearest_neighbours, nnclr_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.queue import check_queue_size, enqueue
 from lightning_ssl.optim import WarmupCosineLR
 
 
 class NNCLR(SSLMethod):
+    """NNCLR: the nearest neighbour of a view in a support queue is the positive of the other view's prediction.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        proj_hidden_dim: Hidden width of the 3-layer projector (2048 in the paper).
+        proj_dim: Output width of projector and predictor, the queue's width (256 in the paper).
+        pred_hidden_dim: Hidden width of the 2-layer predictor (4096 in the paper).
+        queue_size: Size of the support set Q of earlier projections (98304 in the paper); at least the global
+            batch.
+        temperature: InfoNCE temperature, > 0 (0.1 in the paper).
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 256,
         pred_hidden_dim: int = 4096,

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -33,19 +34,29 @@ def rotate_batch(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class RotNet(SSLMethod):
+    """RotNet: every image rotated by 0, 90, 180 and 270 degrees, a 4-way classifier predicts the rotation.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        head_hidden_dim: Hidden width of the rotation classifier (an MLP on the backbone features; the paper used
+            the last conv blocks of a NIN as the head).
+        head_layers: Linear layers in the classifier, >= 1.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         head_hidden_dim: int = 512,
         head_layers: int = 2,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """Args:
-        head_hidden_dim, head_layers: the rotation classifier on the backbone features (an MLP; the paper
-            used the last conv blocks of a NIN as the head, which also keeps the backbone's last layer from
-            becoming too specific to rotations).
-        """
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         self.classifier = ProjectionHead(self.num_features, head_hidden_dim, 4, num_layers=head_layers)

@@ -19,18 +19,34 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import nn
 
 from lightning_ssl.losses.info_nce import NTXentLoss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
 
 class SimCLR(SSLMethod):
+    """SimCLR: a backbone, a 2-layer MLP projector and the NT-Xent loss over 2N views.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        proj_hidden_dim: Hidden width of the projector g (2048 in the paper, the ResNet-50 feature width).
+        proj_dim: Output width of the projector, where the loss is computed (128 in the paper).
+        temperature: NT-Xent temperature tau, > 0 (0.1 in the paper's CIFAR-10 and 0.1-0.5 in its ImageNet runs;
+            lower is sharper).
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         temperature: float = 0.1,

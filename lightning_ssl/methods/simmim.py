@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.simmim import simmim_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -56,16 +57,28 @@ def _is_nhwc(module: nn.Module) -> bool:
 
 
 class SimMIM(SSLMethod):
+    """SimMIM: mask large patches with a learned token, encode all tokens, regress the masked raw pixels (L1).
+
+    Args:
+        backbone: A ``lightning_ssl.modules.vit.ViT``, or a ``TimmBackbone`` (Swin, ConvNeXt) with a
+            ``patch_embed`` or ``stem`` module whose output is masked by a forward hook.
+        mask_patch_size: Side of the masked squares in pixels (32 at 192 px in the paper), a multiple of the stem's
+            stride (the ViT's patch size; 4 for Swin and ConvNeXt) that divides the image size.
+        mask_ratio: Fraction of the squares masked, in (0, 1) (0.6 in the paper).
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         mask_patch_size: int = 32,
         mask_ratio: float = 0.6,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``mask_patch_size``: side of the masked squares in pixels, a multiple of the stem's stride (the ViT's
-        patch size; 4 for Swin and ConvNeXt) that divides the image size."""
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         self.is_vit = hasattr(backbone, "forward_tokens") and hasattr(backbone, "add_mask_token")

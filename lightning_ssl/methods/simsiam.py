@@ -13,18 +13,35 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.losses.negative_cosine import negative_cosine_similarity
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
 
 class SimSiam(SSLMethod):
+    """SimSiam: projector + predictor with a stop-gradient on the other view, no momentum encoder.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        proj_dim: Output width of the 3-layer projector (2048 in the paper).
+        pred_hidden_dim: Bottleneck width of the 2-layer predictor (512 in the paper: a quarter of ``proj_dim``).
+        proj_hidden_dim: Hidden width of the projector; None: the backbone's feature width, as the reference
+            code does (2048 for ResNet-50).
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_dim: int = 2048,
         pred_hidden_dim: int = 512,
         proj_hidden_dim: int | None = None,

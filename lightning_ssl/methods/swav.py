@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import rank, world_size
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.queue import check_queue_size, enqueue
@@ -33,9 +34,34 @@ from lightning_ssl.optim import WarmupCosineLR
 
 
 class SwAV(SSLMethod):
+    """SwAV: swapped prediction of Sinkhorn-Knopp cluster codes between multi-crop views.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        proj_hidden_dim: Hidden width of the 2-layer projection MLP (2048 in the paper).
+        proj_dim: Output width of the projector, the prototypes' width (128 in the paper).
+        num_prototypes: Number K of prototype vectors (3000 on ImageNet).
+        temperature: Softmax temperature tau of the predicted assignments, > 0 (0.1 in the paper).
+        sinkhorn_epsilon: Entropy regularization epsilon of the Sinkhorn-Knopp codes, > 0 (0.05 in the paper;
+            lower is sharper but less stable).
+        sinkhorn_iterations: Sinkhorn-Knopp normalization iterations (3 in the paper).
+        num_assigned_crops: The first crops (the global ones) whose codes are computed and predicted from the
+            other crops (2 in the paper).
+        freeze_prototypes_epochs: Epochs at the start during which the prototypes get no update (1 in the paper).
+        queue_size: Earlier global-crop embeddings that join the Sinkhorn problem, for small batches (3840 at
+            batch 256 in the reference); 0: no queue.
+        queue_start_epoch: First epoch that uses the queue (15 in the reference); the queue is used once full.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         num_prototypes: int = 3000,
@@ -49,8 +75,6 @@ class SwAV(SSLMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``num_assigned_crops``: the first crops (the global ones) whose codes are predicted from the others.
-        ``queue_size`` 0: no queue."""
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         if num_prototypes < 2:

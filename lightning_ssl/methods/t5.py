@@ -34,7 +34,18 @@ def t5_adamw(params: Any) -> torch.optim.Optimizer:
 
 
 class T5Net(nn.Module):
-    """``encode(src (B, S), mask) -> (B, S, C)``; ``decode(tgt_in (B, T), memory, memory_mask) -> logits (B, T, V)``."""
+    """``encode(src (B, S), mask) -> (B, S, C)``; ``decode(tgt_in (B, T), memory, memory_mask) -> logits (B, T, V)``.
+
+    Args:
+        vocab_size: Token vocabulary size V (the embedding table's rows); from the datamodule in a config.
+        block_size: Longest sequence T in tokens (the positional table's rows); from the datamodule in a config.
+        n_layer: Encoder blocks.
+        n_head: Attention heads per block; must divide ``n_embd``.
+        n_embd: Model width C.
+        dropout: Dropout probability, in [0, 1).
+        bias: Use biases in the linear layers and LayerNorms.
+        n_decoder_layer: Decoder blocks.
+    """
 
     def __init__(
         self,
@@ -85,6 +96,28 @@ class T5Net(nn.Module):
 
 
 class T5(LanguageModel):
+    """T5: an encoder-decoder trained to reconstruct corrupted spans (sentinel tokens) of the input.
+
+    Args:
+        vocab_size: Token vocabulary size V, sentinels included; from the datamodule in a config (32128 in T5).
+        block_size: Raw tokens per row before corruption; from the datamodule in a config (568 gives T5's 512
+            input tokens at density 0.15).
+        n_layer: Encoder blocks (12 in T5-base).
+        n_decoder_layer: Decoder blocks (12 in T5-base).
+        n_head: Attention heads per block, dividing ``n_embd`` (12 in T5-base).
+        n_embd: Model width (768 in T5-base).
+        dropout: Dropout probability, in [0, 1) (0.1 in T5's fine-tuning; 0 here for pretraining).
+        bias: Biases in the linear layers and LayerNorms (T5 has none).
+        noise_density: Fraction of the tokens corrupted, in (0, 1) (0.15 in the paper).
+        mean_noise_span_length: Mean length of a corrupted span in tokens (3 in the paper).
+        pretrained: A folder holding a Hugging Face encoder-decoder (``T5ForConditionalGeneration``); its sizes and
+            tokenizer apply. None: from scratch.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     needs = ("sentinels", "eos")
 
     def __init__(
@@ -103,8 +136,6 @@ class T5(LanguageModel):
         optimizer: OptimizerCallable = t5_adamw,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``vocab_size`` and ``block_size`` (the raw tokens per row, before corruption) come from the datamodule
-        in a config. ``pretrained``: a folder holding a Hugging Face encoder-decoder; its sizes and tokenizer apply."""
         for name, v in (
             ("vocab_size", vocab_size),
             ("block_size", block_size),

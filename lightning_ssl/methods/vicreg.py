@@ -19,18 +19,39 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_terms
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
 
 class VICReg(SSLMethod):
+    """VICReg: invariance + variance + covariance terms on the two views' embeddings, no negatives.
+
+    Args:
+        backbone: The encoder f: images (B, C, H, W) -> features (B, D), the representation kept for downstream
+            use (``embed``). A project backbone (``SmallCNN``, ``ResNet``, ``ViT``, ``TimmBackbone``, ...) or any
+            ``nn.Module`` given by ``class_path``.
+        proj_hidden_dim: Hidden width of the expander (8192 in the paper).
+        proj_dim: Output width of the expander, D (8192 in the paper).
+        proj_layers: Linear layers in the expander, BN + ReLU between them (3 in the paper).
+        sim_weight: Weight lambda of the invariance (MSE) term (25 in the paper).
+        var_weight: Weight mu of the variance hinge (25 in the paper).
+        cov_weight: Weight nu of the covariance term (1 in the paper).
+        gamma: Target standard deviation of every embedding dimension in the variance hinge (1 in the paper).
+        eps: Added to the variance before the square root, for stability (1e-4 in the paper).
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 8192,
         proj_dim: int = 8192,
         proj_layers: int = 3,

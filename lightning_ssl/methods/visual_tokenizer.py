@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from lightning_ssl.checkpoint import CheckpointError, safe_load
 from lightning_ssl.losses.beit import feature_cosine_loss
 from lightning_ssl.methods.base import SSLMethod
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import is_distributed
 from lightning_ssl.modules.masking import patchify, unpatchify
 from lightning_ssl.modules.pretrained import _instantiate, load_weights, patch_features
@@ -57,11 +58,25 @@ QUANTIZER_ARGS = (
 
 
 class PatchTokenizer(nn.Module):
-    """Encoder ViT + BEiT v2's task layer + ``VectorQuantizer``: images (B, C, H, W) -> token ids (B, h, w)."""
+    """Encoder ViT + BEiT v2's task layer + ``VectorQuantizer``: images (B, C, H, W) -> token ids (B, h, w).
+
+    Args:
+        backbone: The encoder ViT (patch tokens -> codes).
+        num_codes: Vocabulary size K of the codebook (8192 in BEiT v2).
+        code_dim: Width of a code (32 in BEiT v2).
+        decay: EMA decay of the codebook statistics, in [0, 1) (0.99 in BEiT v2).
+        commitment: Weight beta of the commitment loss (BEiT v2: 1.0; VQ-VAE: 0.25).
+        cosine: L2-normalize codes and encoder outputs (cosine-similarity lookup, as BEiT v2).
+        kmeans_init: Initialize the codebook by k-means on the first batch's encoder outputs.
+        dead_threshold: A code whose EMA count per step falls below this is dead and may be restarted.
+        restart: Restart dead codes from random encoder outputs of the current batch.
+        dead_steps: Steps a code may go unused before it is restarted.
+        seed: Seed of the k-means initialization and the restarts (the same on every process).
+    """
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_codes: int = 8192,
         code_dim: int = 32,
         decay: float = 0.99,
@@ -136,7 +151,17 @@ class PatchTokenizer(nn.Module):
 
 class TokenDecoder(nn.Module):
     """Codes on the token grid (B, N, d) -> (B, N, out_dim): embed, fixed 2-D sin-cos positions, transformer blocks,
-    LayerNorm, head (linear for pixels; Linear-Tanh-Linear for teacher features, as BEiT v2's decoder)."""
+    LayerNorm, head (linear for pixels; Linear-Tanh-Linear for teacher features, as BEiT v2's decoder).
+
+    Args:
+        code_dim: Width of the codes.
+        grid: Token grid (h, w).
+        out_dim: Output width per token: p * p * C pixels (VQ-VAE) or the teacher's feature width (VQ-KD).
+        dim: Decoder width.
+        depth: Transformer blocks.
+        num_heads: Attention heads per block.
+        mlp_head: Linear-Tanh-Linear head (BEiT v2's, for teacher features) instead of one linear layer.
+    """
 
     def __init__(
         self,
@@ -164,10 +189,36 @@ class TokenDecoder(nn.Module):
 
 
 class VisualTokenizer(SSLMethod):
+    """Visual tokenizer for BEiT: a ViT encoder, an EMA vector quantizer and a decoder (VQ-VAE or VQ-KD).
+
+    Args:
+        backbone: The encoder, a ``lightning_ssl.modules.vit.ViT``.
+        teacher: None trains a VQ-VAE reconstructing pixels; a backbone trains VQ-KD (BEiT v2) reconstructing its
+            patch features (frozen; 1-channel images are repeated to 3 channels if it takes 3).
+        num_codes: Vocabulary size K of the codebook (8192 in BEiT v2).
+        code_dim: Width of a code (32 in BEiT v2).
+        decay: EMA decay of the codebook statistics, in [0, 1) (0.99 in BEiT v2).
+        commitment: Weight beta of the commitment loss (BEiT v2: 1.0; VQ-VAE: 0.25).
+        cosine: L2-normalize codes and encoder outputs (cosine-similarity lookup, as BEiT v2).
+        kmeans_init: Initialize the codebook by k-means on the first batch's encoder outputs.
+        dead_threshold: A code whose EMA count per step falls below this is dead and may be restarted.
+        restart: Restart dead codes from random encoder outputs of the current batch.
+        dead_steps: Steps a code may go unused before it is restarted.
+        seed: Seed of the k-means initialization and the restarts (the same on every process).
+        decoder_dim: Width of the decoder.
+        decoder_depth: Transformer blocks in the decoder.
+        decoder_heads: Attention heads per decoder block.
+        teacher_image_size: Resize the images to this side for the teacher (VQ-KD); None: as they are.
+        optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
+            from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
+        scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
+            (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
+    """
+
     def __init__(
         self,
-        backbone: nn.Module,
-        teacher: nn.Module | None = None,
+        backbone: Backbone,
+        teacher: Backbone | None = None,
         num_codes: int = 8192,
         code_dim: int = 32,
         decay: float = 0.99,
@@ -185,11 +236,6 @@ class VisualTokenizer(SSLMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``backbone``: the encoder ViT. ``teacher``: None trains a VQ-VAE on pixels; a backbone trains VQ-KD on its
-        patch features (frozen; it sees the images resized to ``teacher_image_size`` if given, and 1-channel images
-        repeated to 3 channels if it takes 3). ``num_codes`` (K) / ``code_dim``: vocabulary size and code width
-        (BEiT v2: 8192 x 32). ``commitment``: beta (BEiT v2: 1.0; VQ-VAE: 0.25). With ``restart``, codes whose
-        EMA count per step is below ``dead_threshold`` or that went unused for ``dead_steps`` steps are restarted."""
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         tokenizer = PatchTokenizer(

@@ -51,7 +51,27 @@ def knn_accuracy(
     k: int | Sequence[int] = 200,
     temperature: float = 0.07,
 ) -> dict[int, float]:
-    """Top-1 accuracy (in [0, 1]) of the weighted kNN classifier, for one or several k."""
+    """Top-1 accuracy (in [0, 1]) of the weighted kNN classifier, for one or several k.
+
+    Args:
+        features: Features of the images to classify (N, D).
+        labels: Their labels (N,).
+        bank: Features of the labelled bank (M, D), e.g. the training set's.
+        bank_labels: The bank's labels (M,).
+        num_classes: Classes; None: the largest label + 1.
+        k: Neighbours voting, one int or several (20 and 200 in DINO's protocol).
+        temperature: Temperature of the cosine-similarity-weighted votes, > 0 (0.07 in DINO's protocol).
+
+    Returns:
+        ``{k: accuracy}`` for every k.
+
+    Example:
+        >>> import torch
+        >>> bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> queries = torch.tensor([[1.0, 0.2], [0.2, 1.0]])
+        >>> knn_accuracy(queries, torch.tensor([0, 1]), bank, torch.tensor([0, 0, 1, 1]), k=2)
+        {2: 1.0}
+    """
     num_classes = num_classes or int(max(labels.max(), bank_labels.max())) + 1
     ks = [k] if isinstance(k, int) else list(k)
     out = {}

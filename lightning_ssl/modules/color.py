@@ -59,7 +59,8 @@ def _ab_bins(grid: float, steps: int) -> Tensor:
 
 def ab_bins(grid: float = 10.0, steps: int = 64) -> Tensor:
     """In-gamut ab bin centres (Q, 2): the cells of a ``grid``-unit lattice (centres at multiples of ``grid``)
-    that some sRGB colour of a ``steps``^3 grid falls into. Deterministic; about 0.4 s the first time."""
+    that some sRGB colour of a ``steps`` x ``steps`` x ``steps`` grid falls into. Deterministic; about 0.4 s the
+    first time."""
     if grid <= 0:
         raise ValueError(f"grid must be > 0, got {grid}")
     return _ab_bins(float(grid), steps).clone()

@@ -18,6 +18,20 @@ from torch.nn.utils.parametrizations import weight_norm
 
 
 class DINOHead(nn.Module):
+    """DINO's projection head: an MLP, an L2-normalized bottleneck, a weight-normalized last layer.
+
+    (B, in_dim) -> (B, out_dim) logits; the teacher's and student's are compared by ``dino_loss``.
+
+    Args:
+        in_dim: Width of the backbone features.
+        hidden_dim: Hidden width of the MLP (2048 in the paper).
+        bottleneck_dim: Width of the L2-normalized bottleneck (256 in the paper).
+        out_dim: Output dimension K (65536 in the paper).
+        num_layers: Linear layers before the last one, >= 1 (3 in the paper).
+        batch_norm: BatchNorm between the MLP's layers (off in the paper's ViT runs).
+        norm_last_layer: Fix the weight-normalized last layer's norm to 1 (the paper's default for ViT-S).
+    """
+
     def __init__(
         self,
         in_dim: int,

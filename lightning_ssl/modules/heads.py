@@ -11,9 +11,18 @@ class ProjectionHead(nn.Sequential):
     """MLP head: ``num_layers`` Linear layers with BatchNorm + ReLU between them.
 
     ``last_batch_norm`` adds a non-affine BatchNorm on the output (SimSiam, MoCo v3 projectors).
-    Presets used by the methods:
+    Presets used by the methods::
+
       SimCLR  projector: 2 layers, BN            MoCo v2 projector: 2 layers, no BN
       BYOL    projector/predictor: 2 layers, BN  SimSiam projector: 3 layers, BN, last BN
+
+    Args:
+        in_dim: Width of the input features (the backbone's).
+        hidden_dim: Width of the hidden layers (2048 for SimCLR / MoCo v2, 4096 for BYOL).
+        out_dim: Output width (128 for SimCLR / MoCo v2, 256 for BYOL).
+        num_layers: Linear layers, >= 1.
+        batch_norm: BatchNorm after each hidden layer.
+        last_batch_norm: A non-affine BatchNorm on the output (SimSiam, MoCo v3 projectors).
     """
 
     def __init__(

@@ -79,7 +79,7 @@ def extract_tiles(
     generator: torch.Generator | None = None,
     offsets: Tensor | None = None,
 ) -> Tensor:
-    """Cut images (B, C, H, W) into ``grid``^2 tiles (B, grid^2, C, t, t), row-major.
+    """Cut images (B, C, H, W) into ``grid`` x ``grid`` tiles (B, grid^2, C, t, t), row-major.
 
     The image is split into cells of side ``H // grid``; each tile of side ``tile_size`` (default: the cell) is
     taken at a uniformly random offset inside its cell when ``jitter``, else centred. Offsets are drawn per

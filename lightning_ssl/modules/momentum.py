@@ -27,7 +27,22 @@ def make_teacher(student: nn.Module) -> nn.Module:
 @torch.no_grad()
 def update_momentum(student: nn.Module, teacher: nn.Module, m: float) -> None:
     """``teacher = m * teacher + (1 - m) * student`` for every parameter (buffers such as BatchNorm running
-    statistics are the teacher's own, as in the MoCo and BYOL reference code)."""
+    statistics are the teacher's own, as in the MoCo and BYOL reference code).
+
+    Args:
+        student: The network trained by gradient.
+        teacher: Its EMA copy, updated in place (same architecture).
+        m: Momentum, in [0, 1]: 1 keeps the teacher, 0 copies the student (0.996 to 1 in BYOL and DINO).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> student, teacher = nn.Linear(2, 1, bias=False), nn.Linear(2, 1, bias=False)
+        >>> _ = student.weight.data.fill_(1.0), teacher.weight.data.fill_(0.0)
+        >>> update_momentum(student, teacher, m=0.9)
+        >>> teacher.weight.data
+        tensor([[0.1000, 0.1000]])
+    """
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum must lie in [0, 1], got {m}")
     t_params = list(teacher.parameters())

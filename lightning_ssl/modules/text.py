@@ -10,8 +10,10 @@ round-trips (up to lowercasing).
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -21,11 +23,38 @@ from lightning_ssl.modules.tokenizer import TokenizerFile
 PAD, SOT, EOT = "<pad>", "<sot>", "<eot>"
 
 
+if TYPE_CHECKING:  # for the type checker any module is a text encoder; what follows is the CLI's view of the type
+    TextEncoder = nn.Module
+else:
+
+    class TextEncoder(nn.Module, metaclass=ABCMeta):
+        """What CLIP's ``text_encoder`` argument takes: a module mapping a list of B strings to features (B, D).
+
+        The project's text towers derive from it, so ``--model.help CLIP`` lists them (and not every ``nn.Module``
+        in torch); any other ``nn.Module`` is accepted too (``issubclass`` says so), by ``class_path``.
+        """
+
+        @abstractmethod
+        def forward(self, texts: list[str]) -> Tensor:
+            """B strings -> features (B, D)."""
+
+        @classmethod
+        def __subclasshook__(cls, other: type) -> Any:
+            if cls is TextEncoder:
+                return issubclass(other, nn.Module) or NotImplemented
+            return NotImplemented
+
+
 class BPETokenizer(TokenizerFile):
     """Byte-level BPE (GPT-2 style) with ``<pad>`` = 0, ``<sot>`` and ``<eot>`` special tokens.
 
     ``encode`` gives (B, context_length) ids ``<sot> text <eot> <pad>...``; text too long is truncated but
-    keeps its ``<eot>`` (the token a causal text tower reads the feature from)."""
+    keeps its ``<eot>`` (the token a causal text tower reads the feature from).
+
+    Args:
+        tokenizer: A ``tokenizers.Tokenizer`` with ``<pad>`` = 0, ``<sot>`` and ``<eot>`` (``BPETokenizer.train``
+            or ``load`` make one).
+    """
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -73,12 +102,25 @@ class BPETokenizer(TokenizerFile):
         return self.tokenizer.decode([i for i in ids if i not in (self.pad_id, self.sot_id, self.eot_id)])
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(TextEncoder):
     """Token + learned position embeddings, ``layers`` pre-norm transformer blocks, final LayerNorm.
 
     ``causal=True`` with ``pooling="eot"`` is CLIP's text tower; ``causal=False`` with ``pooling="mean"`` a
     BERT-like one. ``forward(list[str]) -> (B, width)``. ``vocab_size`` fixes the embedding table; the
     tokenizer (``tokenizer_path``, or trained later with ``fit_tokenizer``) must not be larger.
+
+    Args:
+        vocab_size: Rows of the token-embedding table; the tokenizer must not be larger (49408 in CLIP).
+        width: Model width (512 in CLIP's text tower).
+        layers: Transformer blocks (12 in CLIP).
+        heads: Attention heads per block, dividing ``width`` (8 in CLIP).
+        context_length: Longest text in tokens, ``<sot>`` and ``<eot>`` included (77 in CLIP).
+        causal: Causal attention mask (CLIP's text tower); False: bidirectional.
+        pooling: ``"eot"`` (the end-of-text token's state, CLIP) or ``"mean"`` (mean over the tokens).
+        dropout: Dropout probability, in [0, 1).
+        tokenizer_path: A ``tokenizer.json`` to load; None: trained on the captions when fitting starts.
+        min_frequency: Fewest occurrences of a merge for the BPE tokenizer trained on the captions.
+        lowercase: Lowercase the texts before tokenizing (CLIP does).
     """
 
     def __init__(

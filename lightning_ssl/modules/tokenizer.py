@@ -121,7 +121,12 @@ class TokenizerFile:
 
 class TextTokenizer(TokenizerFile):
     """A ``tokenizers.Tokenizer`` plus the token roles the models need (``pad_id``, ``eos_id``, ``mask_id``,
-    ``unk_id``, ``bos_id``; None where the tokenizer has no such token), ``special_ids`` and ``sentinel_ids``."""
+    ``unk_id``, ``bos_id``; None where the tokenizer has no such token), ``special_ids`` and ``sentinel_ids``.
+
+    Args:
+        tokenizer: A ``tokenizers.Tokenizer`` (``TextTokenizer.train`` or ``load`` make one).
+        source: Where it came from, for messages and ``repr`` (a path, "checkpoint", "bpe trained on the corpus").
+    """
 
     def __init__(self, tokenizer, source: str = "") -> None:
         self.tokenizer, self.source = tokenizer, source

@@ -20,6 +20,16 @@ from torch import Tensor, nn
 
 
 class Attention(nn.Module):
+    """Multi-head attention with ``scaled_dot_product_attention`` (causal unless ``cross``).
+
+    Args:
+        dim: Model width C.
+        n_head: Attention heads, dividing ``dim``.
+        bias: Biases in the projections.
+        dropout: Dropout probability on the attention weights and the output, in [0, 1).
+        cross: Cross-attention: queries from the input, keys and values from an encoder's output (T5 decoder).
+    """
+
     def __init__(self, dim: int, n_head: int, bias: bool = True, dropout: float = 0.0, cross: bool = False) -> None:
         super().__init__()
         if dim % n_head:
@@ -60,6 +70,14 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """The block's MLP: Linear (C -> 4C), GELU, Linear (4C -> C), dropout.
+
+    Args:
+        dim: Model width C.
+        bias: Biases in the linear layers.
+        dropout: Dropout probability on the output, in [0, 1).
+    """
+
     def __init__(self, dim: int, bias: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         self.fc, self.proj, self.drop = (
@@ -74,7 +92,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block; ``cross=True`` adds cross-attention to an encoder's output (T5 decoder)."""
+    """One pre-norm transformer block; ``cross=True`` adds cross-attention to an encoder's output (T5 decoder).
+
+    Args:
+        dim: Model width C.
+        n_head: Attention heads, dividing ``dim``.
+        bias: Biases in the linear layers and LayerNorms.
+        dropout: Dropout probability, in [0, 1).
+        cross: Add cross-attention to an encoder's output (T5 decoder).
+    """
 
     def __init__(self, dim: int, n_head: int, bias: bool = True, dropout: float = 0.0, cross: bool = False) -> None:
         super().__init__()

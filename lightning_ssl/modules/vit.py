@@ -23,6 +23,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.masking import gather_tokens
 
 
@@ -45,8 +46,22 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) ->
     return emb.float()
 
 
-class ViT(nn.Module):
-    """timm ``VisionTransformer`` with a CLS token, as a backbone (see the module docstring)."""
+class ViT(Backbone):
+    """timm ``VisionTransformer`` with a CLS token, as a backbone (see the module docstring).
+
+    Args:
+        in_channels: Channels of the input images; from the datamodule in a config.
+        image_size: Side of the input images in pixels; from the datamodule in a config.
+        patch_size: Side of a patch in pixels, dividing ``image_size`` (16 for ViT-S/16; 4 at 28 px here).
+        embed_dim: Token width (384 for ViT-S, 768 for ViT-B).
+        depth: Transformer blocks (12 for ViT-S and ViT-B).
+        num_heads: Attention heads per block, dividing ``embed_dim`` (6 for ViT-S, 12 for ViT-B).
+        mlp_ratio: Hidden width of the blocks' MLP as a multiple of ``embed_dim`` (4).
+        qkv_bias: Biases in the query/key/value projection.
+        drop_path_rate: Stochastic-depth rate of the last block, in [0, 1) (0.1 in DINO's ViT-S).
+        pool: The feature ``forward`` returns: ``"token"`` (the CLS token) or ``"avg"`` (mean of the patch tokens).
+        pos_embed: ``"learned"`` positional embedding, or ``"sincos"``: MAE's fixed 2-D sine-cosine one.
+    """
 
     export_inner = "model"  # export_backbone writes the timm model's state dict (see export_recipe)
 
