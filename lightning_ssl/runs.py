@@ -109,3 +109,17 @@ def resolve_checkpoint(path: str | Path) -> str:
     if not p.exists() and p.parent.name == "checkpoints" and not p.parent.exists() and versions(p.parent.parent):
         return str(latest_checkpoint(p.parent.parent))  # an old-style <root>/checkpoints/last.ckpt path
     return str(path)
+
+
+def logged_step(trainer: Any) -> int:
+    """The step under which Lightning's loggers record what happens now (``trainer/global_step`` in W&B): the 0-based
+    index of the last optimizer step, as the training metrics, the learning-rate monitor and the validation results
+    use. Pictures and monitors logged by hand use it too, so every panel shares one x-axis."""
+    return max(0, int(trainer.global_step) - 1)
+
+
+def logged_epoch(trainer: Any) -> int:
+    """The epoch of the last optimizer step, as Lightning's ``epoch`` column counts it (0-based): unlike
+    ``trainer.current_epoch``, not one more once training has ended."""
+    started = trainer.fit_loop.epoch_progress.current.started
+    return max(0, started - 1) if started else int(trainer.current_epoch)
