@@ -129,6 +129,16 @@ class SSLCLI(LightningCLI):
             trainer.strategy._layer_sync = DistributedBatchNormSync()
         return trainer
 
+    def after_fit(self) -> None:
+        """Say where the run is: its folder, best and last checkpoints and the evaluation to run next, from the run's
+        own ``config.yaml`` (its data exactly as trained). Computed on every rank without collectives, printed by
+        rank 0."""
+        labelled = getattr(self.datamodule, "num_classes", None) is not None and hasattr(self.model, "embed")
+        saved = runs.log_dir(self.trainer) / "config.yaml"
+        text = runs.fit_summary(self.trainer, str(saved) if labelled and saved.is_file() else None)
+        if self.trainer.is_global_zero:
+            print(text)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """``--print_config`` prints the config that will run: with the data's image size, channels and classes
         already written into the model (jsonargparse would print it before they are)."""
