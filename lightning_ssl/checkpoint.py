@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import zipfile
@@ -37,6 +38,28 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint file {str(path)!r} is truncated or corrupt: {e}") from e
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, or of a folder's files (their relative names and contents, in sorted order): what
+    a checkpoint or a model folder holds, whatever its name or time stamp.
+
+    Args:
+        path: a file or a folder.
+
+    Returns:
+        The hex digest (64 characters).
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            digest.update(f"{f.relative_to(path)}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

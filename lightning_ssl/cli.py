@@ -7,10 +7,10 @@ What is added to the plain LightningCLI:
   name (the backbone, a classifier head, ...), so a YAML names an architecture without repeating the dataset.
   They are written into the config itself, so ``config.yaml`` and the checkpoint's hyperparameters hold them.
   A value set on purpose that contradicts the data (``in_channels: 1`` for RGB data) is an error naming both.
-* **Precision for the machine**: ``trainer.precision: auto`` (the default; ``lightning_ssl.trainer.Trainer``)
-  resolves to bf16-mixed where the hardware computes bf16 natively and 32-true on other CPUs, and says why; on a
-  single CPU process with native bf16 the backbone is timed in both and the faster kept (a small ViT trains 2x
-  faster in fp32 there, a CNN 1.3x faster in bf16; ``lightning_ssl.precision.measure_cpu_precision``).
+* **Precision for the machine**: ``trainer.precision: auto`` (the default; ``lightning_ssl.trainer.Trainer``, the
+  same Trainer Python users build) resolves to bf16-mixed where the hardware computes bf16 natively and 32-true on
+  other CPUs, and says why; on a single CPU process with native bf16 the backbone is timed in both when fit starts
+  and bf16 kept only when >= 10% faster (``lightning_ssl.precision.measure_cpu_precision``).
 * **A time budget**: ``budget.minutes`` trains for that long, with the schedules ending at the budget's end.
 * **Monitoring and safety callbacks are always there**, configured at the top level: ``knn:`` (KNNMonitor),
   ``probe:`` (OnlineLinearProbe), ``collapse:`` (CollapseMonitor), ``nonfinite:`` (NonFiniteGuard) and
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -57,11 +56,10 @@ from lightning_ssl.callbacks import (
     ViewGrid,
 )
 from lightning_ssl.callbacks.budget import TimeBudget
-from lightning_ssl.callbacks.performance import Performance, is_convolutional
-from lightning_ssl.checkpoint import AtomicCheckpointIO, safe_load
+from lightning_ssl.callbacks.performance import Performance
+from lightning_ssl.checkpoint import AtomicCheckpointIO
 from lightning_ssl.config import DATA_TO_MODEL, import_class, inject, to_dict
 from lightning_ssl.modules.sync_bn import DistributedBatchNormSync
-from lightning_ssl.precision import Chosen, auto_precision, cpu_bf16_support, measure_cpu_precision
 from lightning_ssl.trainer import Trainer
 
 
@@ -121,49 +119,7 @@ class SSLCLI(LightningCLI):
                     stacklevel=2,
                 )
 
-    def _measured_precision(self) -> Chosen | None:
-        """``precision: auto`` on one CPU with native bf16: bf16-mixed only if this model's backbone trains faster
-        in it (``measure_cpu_precision``, a few seconds). Not under multi-process runs, whose ranks must agree."""
-        cfg = self._get(self.config_init, "trainer", default={}) or {}
-        if str(cfg.get("precision", "auto")).lower() not in ("auto", "none") or os.environ.get("LOCAL_RANK"):
-            return None
-        accelerator = str(cfg.get("accelerator") or "auto").lower()
-        one_process = (
-            str(cfg.get("devices", "auto")) in ("auto", "1")
-            and int(cfg.get("num_nodes") or 1) == 1
-            and str(cfg.get("strategy") or "auto") == "auto"
-        )
-        if (
-            accelerator not in ("auto", "cpu")
-            or not one_process
-            or torch.cuda.is_available()
-            or not cpu_bf16_support()[0]
-        ):
-            return None
-        resume = (self.config_init.get(self.subcommand) if self.subcommand else self.config_init).get("ckpt_path")
-        if resume == "last":  # Lightning's "last" with an explicit checkpoint.dirpath: that directory's last.ckpt
-            dirpath = getattr(self._get(self.config_init, "checkpoint", default=None), "dirpath", None)
-            resume = Path(dirpath) / "last.ckpt" if dirpath and (Path(dirpath) / "last.ckpt").is_file() else None
-        if resume:  # a resumed run keeps the precision it was trained in
-            saved = safe_load(resume).get("precision") if Path(str(resume)).is_file() else None
-            return Chosen(saved, f"as the run being resumed, {Path(resume).name}") if saved else None
-        backbone = getattr(self.model, "backbone", None)
-        channels, size = getattr(backbone, "in_channels", None), getattr(backbone, "image_size", None)
-        if not isinstance(backbone, torch.nn.Module) or not isinstance(channels, int) or not isinstance(size, int):
-            return None
-        perf = self._get(self.config_init, "performance", default=None)
-        setting = getattr(perf, "channels_last", "auto")
-        channels_last = is_convolutional(backbone) if setting == "auto" else bool(setting)
-        batch = int(getattr(self.datamodule, "batch_size", 128) or 128)
-        try:
-            return Chosen(*measure_cpu_precision(backbone, channels, size, batch, channels_last=channels_last))
-        except Exception as e:  # a backbone that cannot run on a random batch: the hardware's rule, said so
-            precision, why = auto_precision(accelerator)
-            return Chosen(precision, f"{why}; timing the backbone failed ({type(e).__name__}: {e})")
-
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        if "precision" not in kwargs and (chosen := self._measured_precision()) is not None:
-            kwargs["precision"] = chosen
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make it atomic
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -172,6 +128,16 @@ class SSLCLI(LightningCLI):
         ):  # torch's SyncBatchNorm is GPU-only
             trainer.strategy._layer_sync = DistributedBatchNormSync()
         return trainer
+
+    def after_fit(self) -> None:
+        """Say where the run is: its folder, best and last checkpoints and the evaluation to run next, from the run's
+        own ``config.yaml`` (its data exactly as trained). Computed on every rank without collectives, printed by
+        rank 0."""
+        labelled = getattr(self.datamodule, "num_classes", None) is not None and hasattr(self.model, "embed")
+        saved = runs.log_dir(self.trainer) / "config.yaml"
+        text = runs.fit_summary(self.trainer, str(saved) if labelled and saved.is_file() else None)
+        if self.trainer.is_global_zero:
+            print(text)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """``--print_config`` prints the config that will run: with the data's image size, channels and classes

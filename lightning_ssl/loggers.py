@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,13 @@ class WandbLogger(_WandbLogger):
             kwargs["tags"] = list(tags)
         super().__init__(project=project, save_dir=save_dir, offline=offline, log_model=log_model, name=name, **kwargs)
 
+    def log_hyperparams(self, params: Any) -> None:
+        """Lightning's, without the ``_instantiator`` entry LightningCLI adds to a model's hyperparameters (how to
+        rebuild it, not a setting of the run)."""
+        if isinstance(params, Mapping):
+            params = {k: v for k, v in params.items() if k != "_instantiator"}
+        super().log_hyperparams(params)
+
     def finalize(self, status: str) -> None:
         """End the W&B run when fitting ends (the service writes its files asynchronously: when ``fit`` returns,
         the run on disk is complete, and a later fit in the same process starts its own run)."""
@@ -90,7 +98,8 @@ class _AppendingWriter(_ExperimentWriter):
 
 def read_wandb_run(path: str | os.PathLike) -> dict[str, Any]:
     """Read back what an (offline) W&B run wrote, without network or the wandb service: ``{"history": [rows],
-    "config": {...}, "summary": {...}, "images": [png paths], "tags": [...], "name": str}``. ``path`` is a run
+    "config": {...}, "summary": {...}, "images": [png paths], "tags": [...], "name": str, "step_metrics": {metric or
+    glob: the metric its panels are plotted against}}``. ``path`` is a run
     folder (``.../wandb/offline-run-...``) or a folder holding ``wandb/`` (the newest run is read).
 
     The ``run-*.wandb`` file is a sequence of 32 KiB blocks of records (4-byte checksum, 2-byte length, 1-byte
@@ -108,7 +117,15 @@ def read_wandb_run(path: str | os.PathLike) -> dict[str, Any]:
             raise FileNotFoundError(f"no W&B run under {path}")
         path = runs[-1]
     data = next(path.glob("run-*.wandb")).read_bytes()
-    out: dict[str, Any] = {"history": [], "config": {}, "summary": {}, "tags": [], "name": None, "finished": False}
+    out: dict[str, Any] = {
+        "history": [],
+        "config": {},
+        "summary": {},
+        "tags": [],
+        "name": None,
+        "finished": False,
+        "step_metrics": {},
+    }
     pos, block, pieces = 7, 32768, b""  # after the file header (":W&B", magic, version)
     while pos + 7 <= len(data):
         left = block - pos % block
@@ -134,6 +151,8 @@ def read_wandb_run(path: str | os.PathLike) -> dict[str, Any]:
             out["summary"].update(
                 {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update}
             )
+        elif field == "metric" and record.metric.step_metric:
+            out["step_metrics"][record.metric.name or record.metric.glob_name] = record.metric.step_metric
         elif field == "run":
             out["name"], out["tags"] = record.run.display_name, list(record.run.tags)
         elif field == "exit":

@@ -16,7 +16,9 @@ def param_groups(modules: Iterable[nn.Module] | nn.Module, weight_decay_1d: bool
     (biases and normalization parameters), as in SimCLR/BYOL/MAE. Frozen parameters are left out."""
     if isinstance(modules, nn.Module):
         modules = [modules]
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for m in modules:
         for p in m.parameters():
             if not p.requires_grad or id(p) in seen:
@@ -63,6 +65,8 @@ class WarmupCosineLR(LambdaLR):
         self.warmup, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.total_steps: int | None = None
         self.warmup_steps = 0
+        self.anchor: tuple[int, float] | None = None  # (step, cosine progress) where a resize left the schedule
+        self.ramp: tuple[int, float] | None = None  # (step, LR factor) where a resize left the warm-up
         super().__init__(optimizer, self._factor)
         if total_steps is not None:
             self.set_total_steps(total_steps)
@@ -70,21 +74,48 @@ class WarmupCosineLR(LambdaLR):
     def set_total_steps(self, total_steps: int) -> None:
         self.total_steps = int(total_steps)
         self.warmup_steps = round(self.warmup * total_steps) if self.warmup < 1 else int(self.warmup)
+        self.anchor = self.ramp = None
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base_lr * self._factor(self.last_epoch)
 
     def resize(self, total_steps: int) -> None:
-        """Change the schedule's length mid-run (``TimeBudget``) keeping the warm-up as it is, so the LR stays
-        continuous while warming up; only a warm-up longer than half the new length is shortened."""
+        """Change the schedule's length mid-run (``TimeBudget``) with the LR continuous.
+
+        While warming up, the ramp goes on from the current LR to the peak at the warm-up the new length asks for
+        (``warmup_steps`` of it), or, when that is already past, at the ramp's present slope (at most half the run).
+        Past the warm-up, the cosine goes on from where it is to its end at the new last step (its progress is
+        stretched or squeezed from this step on)."""
         if self.total_steps is None:
             self.set_total_steps(total_steps)
             return
+        step = self.last_epoch  # the LR in use now is _factor(step)
+        level, progress = self._factor(step), self._progress(step)
         self.total_steps = int(total_steps)
-        if self.warmup_steps > self.total_steps // 2:
-            fraction = self.warmup if self.warmup < 1 else 0.05
-            self.warmup_steps = max(min(self.last_epoch + 1, self.total_steps // 2), round(fraction * total_steps))
+        if step < self.warmup_steps:
+            wanted = round(self.warmup * total_steps) if self.warmup < 1 else int(self.warmup)
+            if wanted <= step:
+                wanted = step + 1 + round((1 - level) * self.warmup_steps)  # finish at the present slope
+            self.warmup_steps = max(step + 1, min(wanted, self.total_steps // 2))
+            self.ramp = (step, level)
+            self.anchor = None
+        else:
+            self.anchor = (step, progress)
+
+    def _progress(self, step: int) -> float:
+        """How far along the cosine ``step`` is, in [0, 1]."""
+        total = max(1, self.total_steps or 1)
+        if self.anchor is not None and step >= self.anchor[0]:
+            start, at = self.anchor
+            return min(1.0, at + (1 - at) * (step - start) / max(1, total - start))
+        return min(1.0, max(0.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps)))
 
     def _factor(self, step: int) -> float:
         if self.total_steps is None:
             return 1.0
-        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.min_lr_ratio)
+        if step < self.warmup_steps:
+            if self.ramp is not None and step >= self.ramp[0]:
+                start, level = self.ramp
+                return level + (1 - level) * (step - start) / max(1, self.warmup_steps - 1 - start)
+            return (step + 1) / self.warmup_steps
+        cosine = 0.5 * (1 + math.cos(math.pi * self._progress(step)))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine

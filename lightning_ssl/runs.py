@@ -109,3 +109,47 @@ def resolve_checkpoint(path: str | Path) -> str:
     if not p.exists() and p.parent.name == "checkpoints" and not p.parent.exists() and versions(p.parent.parent):
         return str(latest_checkpoint(p.parent.parent))  # an old-style <root>/checkpoints/last.ckpt path
     return str(path)
+
+
+def logged_step(trainer: Any) -> int:
+    """The step under which Lightning's loggers record what happens now (``trainer/global_step`` in W&B): the 0-based
+    index of the last optimizer step, as the training metrics, the learning-rate monitor and the validation results
+    use. Pictures and monitors logged by hand use it too, so every panel shares one x-axis."""
+    return max(0, int(trainer.global_step) - 1)
+
+
+def logged_epoch(trainer: Any) -> int:
+    """The epoch of the last optimizer step, as Lightning's ``epoch`` column counts it (0-based): unlike
+    ``trainer.current_epoch``, not one more once training has ended."""
+    started = trainer.fit_loop.epoch_progress.current.started
+    return max(0, started - 1) if started else int(trainer.current_epoch)
+
+
+def fit_summary(trainer: Any, eval_config: str | None = None) -> str:
+    """What a finished fit leaves and what to run next: the run folder, the best and last checkpoints, and the
+    ``lightning-ssl-eval`` command for the last one (given a config the evaluation CLI takes: the run's own
+    ``config.yaml``; none for data without labels). Reads attributes only, no collective: any rank may call it.
+
+    Args:
+        trainer: the Trainer that fitted.
+        eval_config: the training config to evaluate with (``lightning-ssl-eval --config``), or None.
+
+    Returns:
+        A few lines of text.
+    """
+    lines = [f"run folder:      {log_dir(trainer)}"]
+    callback = getattr(trainer, "checkpoint_callback", None)
+    best, last = getattr(callback, "best_model_path", ""), getattr(callback, "last_model_path", "")
+    if best:
+        score, monitor = getattr(callback, "best_model_score", None), getattr(callback, "monitor", None)
+        monitored = f" ({monitor} = {float(score):.4g})" if monitor and score is not None else ""
+        lines.append(f"best checkpoint: {best}{monitored}")
+    if last:
+        lines.append(f"last checkpoint: {last}")
+    ckpt = last or best
+    if ckpt and eval_config:
+        lines.append(
+            f"evaluate it:     lightning-ssl-eval knn --config {eval_config} --backbone.path {ckpt}"
+            f"   (or linear, fewshot, plot, all)"
+        )
+    return "\n".join(lines)

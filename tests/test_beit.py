@@ -206,9 +206,14 @@ def test_beit_rejects_a_tokenizer_of_another_grid_and_a_non_vit():
         BEiT(SmallCNN(in_channels=1, image_size=16, width=4), tokenizer())
 
 
-def test_two_stage_recipe_from_the_configs(tmp_path):
+def test_two_stage_recipe_from_the_configs(tmp_path, caplog):
     """Stage 1 (configs/visual_tokenizer) writes a checkpoint; stage 2 (configs/beit) loads its tokenizer by path,
-    which tokenizes exactly as the trained tokenizer; the BEiT checkpoint then loads as a backbone for evaluation."""
+    which tokenizes exactly as the trained tokenizer, and records which file it was (path and sha256) in its
+    hyperparameters, its checkpoint and its log; the BEiT checkpoint then loads as a backbone for evaluation."""
+    import hashlib
+    import logging
+
+    from lightning_ssl.checkpoint import safe_load
     from lightning_ssl.cli import cli
     from lightning_ssl.modules.pretrained import CheckpointBackbone
 
@@ -242,6 +247,7 @@ def test_two_stage_recipe_from_the_configs(tmp_path):
         ]
     )
     ckpt = tmp_path / "tok" / "last.ckpt"
+    caplog.set_level(logging.INFO)
     stage2 = cli(
         [
             "fit",
@@ -259,6 +265,11 @@ def test_two_stage_recipe_from_the_configs(tmp_path):
     assert torch.equal(stage2.model.tokenizer.tokenize(x), stage1.model.tokenize(x))
     assert stage2.model.vocab_size == 16
     assert stage2.trainer.global_step == 2
+    recorded = {"path": str(ckpt.resolve()), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+    assert stage2.model.hparams["tokenizer_checkpoint"] == recorded
+    assert stage2.model.hparams_initial["tokenizer_checkpoint"] == recorded  # what the loggers are given
+    assert safe_load(tmp_path / "beit" / "last.ckpt")["hyper_parameters"]["tokenizer_checkpoint"] == recorded
+    assert f"BEiT tokenizer: {recorded['path']} (sha256 {recorded['sha256']})" in caplog.text
     backbone = CheckpointBackbone(str(tmp_path / "beit" / "last.ckpt")).eval()
     stage2.model.eval()
     torch.testing.assert_close(backbone(x), stage2.model.embed(x))

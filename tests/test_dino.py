@@ -334,5 +334,6 @@ def test_attention_maps_rendered_and_logged(tmp_path):
     cb = AttentionMapLogger(num_images=2, every_n_epochs=1, out_dir=str(tmp_path / "img"))
     t = trainer(tmp_path, max_epochs=1, limit_train_batches=1, callbacks=[cb])
     t.fit(DINO(tiny_vit(), **HEAD), datamodule=tiny_data())
-    with Image.open(cb.last_path) as im:
-        assert im.size == (4 * 17 + 1, 2 * 17 + 1)  # image | mean | 2 heads, 2 rows
+    with Image.open(cb.last_path) as im:  # image | mean | 2 heads, 2 rows of 16 px, enlarged and labelled
+        assert im.size[0] >= 4 * 96
+        assert im.size[1] >= 2 * 96

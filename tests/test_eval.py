@@ -252,3 +252,61 @@ def test_dino_checkpoint_evaluates_the_teacher_like_embed(tmp_path):
     _, simclr_ckpt = _pretrain(tmp_path / "s", ["--model.backbone=SmallCNN", "--model.backbone.width=4"])
     with pytest.raises(CheckpointError, match="no teacher backbone"):
         CheckpointBackbone(str(simclr_ckpt), weights="teacher")
+
+
+def test_feature_cache_is_keyed_by_the_weights_content(tmp_path, capsys):
+    """New weights written over the same file, with the same size and modification time (what a key of path, size
+    and time stamp would take for the old ones), are new features; the same weights again reuse them."""
+    import os
+
+    import torchvision
+
+    weights = tmp_path / "weights.pt"
+    torch.save(torchvision.models.get_model("mobilenet_v3_small").state_dict(), weights)
+    args = [
+        "knn",
+        "--backbone=TorchvisionBackbone",
+        "--backbone.name=mobilenet_v3_small",
+        f"--backbone.weights={weights}",
+        "--data=SyntheticDataModule",
+        "--data.num_samples=16",
+        "--data.image_size=32",
+        "--data.num_workers=0",
+        f"--out_dir={tmp_path}",
+        "--wandb=false",
+        "--k=[1]",
+    ]
+    first = eval_main(args)
+    assert "intra-op threads + 0 loader workers on" in capsys.readouterr().out  # within the usable CPUs
+    stamp = weights.stat()
+    more_training = torch.load(weights)
+    for v in more_training.values():
+        if v.is_floating_point():
+            v.add_(0.5)
+    torch.save(more_training, weights)
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (stamp.st_size, stamp.st_mtime_ns)
+    capsys.readouterr()
+    second = eval_main(args)
+    assert "features: reusing" not in capsys.readouterr().out
+    assert second["name"] != first["name"]  # the run's name carries the key
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 2
+    eval_main(args)
+    assert "features: reusing" in capsys.readouterr().out
+
+
+def test_eval_takes_the_config_names_fit_takes(tmp_path):
+    """``--config eval/fashion_mnist`` is the packaged evaluation config; a training config stands for the backbone
+    of its newest run on its data."""
+    from lightning_ssl.cli import PACKAGED_CONFIGS
+    from lightning_ssl.eval.cli import build_parser
+    from lightning_ssl.eval.resolve import with_eval_configs
+
+    assert with_eval_configs(["knn", "--config", "eval/fashion_mnist"])[2] == str(
+        PACKAGED_CONFIGS / "eval/fashion_mnist.yaml"
+    )
+    cfg = build_parser().parse_args(with_eval_configs(["knn", "--config=simclr/fashion_mnist", "--k=[5]"])).knn
+    assert cfg.backbone.class_path.endswith("CheckpointBackbone")
+    assert cfg.backbone.init_args.path == "outputs/simclr_fashion_mnist"  # the config's trainer.default_root_dir
+    assert cfg.data.class_path.endswith("FashionMNISTDataModule")
+    assert cfg.k == [5]

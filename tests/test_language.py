@@ -330,8 +330,17 @@ def test_gpt_from_a_local_hugging_face_gpt2(tmp_path):
     assert model.tokenizer == dm.tokenizer
 
 
-def test_bert_from_packaged_minilm_fills_masks():
+def test_bert_from_packaged_minilm_fills_masks(capfd):
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    capfd.readouterr()
     model = BERT(pretrained="packaged:all-MiniLM-L6-v2")
+    err = capfd.readouterr().err  # loading (and so reloading) says nothing false, and no raw colour codes
+    assert "seem corrupted" not in err
+    assert "LOAD REPORT" not in err
+    assert "\x1b[" not in err
+    assert hf_logging.get_verbosity() == verbosity  # transformers' logging is left as it was
     assert model.vocab_size == 30522
     assert model.tokenizer.mask_id == 103
     assert any("predictions.transform" in k for k in model.backbone.missing)  # a sentence encoder: no MLM head

@@ -188,8 +188,8 @@ def test_reconstruction_callback_writes_a_grid(tmp_path):
     t.fit(tiny_mae(), datamodule=tiny_data())
     assert cb.last_path is not None
     assert cb.last_path.exists()
-    with Image.open(cb.last_path) as im:  # 3 columns (original | masked | reconstruction) x 3 rows of 16 px
-        assert im.size == (3 * 17 + 1, 3 * 17 + 1)
+    with Image.open(cb.last_path) as im:  # 3 columns (original | masked | reconstruction) x 3 rows of 16 px,
+        assert min(im.size) >= 3 * 96  # enlarged to >= 96 px a tile, with labels and a title
 
 
 def test_reconstruction_pastes_visible_patches():
@@ -204,25 +204,34 @@ def test_reconstruction_pastes_visible_patches():
 
 
 def test_images_go_to_wandb_loggers(tmp_path):
+    """A picture is saved labelled and logged at Lightning's step and epoch (those of the last optimizer step: 7 and
+    2 after 8 steps in 3 epochs), so it lines up with the metrics of that moment."""
     from lightning.pytorch.loggers import WandbLogger
 
     class Recording(WandbLogger):
         calls: ClassVar[list] = []
 
-        def log_image(self, key, images, step=None, **kwargs):
-            self.calls.append((key, images, step, kwargs))
+        def log_metrics(self, metrics, step=None):
+            self.calls.append((metrics, step))
 
     logger = Recording(save_dir=str(tmp_path), offline=True)
+    progress = SimpleNamespace(current=SimpleNamespace(started=3))
     fake = SimpleNamespace(
-        loggers=[logger], log_dir=str(tmp_path), default_root_dir=str(tmp_path), current_epoch=2, global_step=7
+        loggers=[logger],
+        log_dir=str(tmp_path),
+        default_root_dir=str(tmp_path),
+        current_epoch=3,  # Lightning's, once training has ended
+        global_step=8,
+        fit_loop=SimpleNamespace(epoch_progress=progress),
+        datamodule=None,
     )
     grid = render_reconstructions(*(torch.rand(2, 1, 8, 8) for _ in range(3)))
-    path = publish(fake, grid, "mae_reconstruction", None, "caption")
+    path = publish(fake, grid, "mae_reconstruction", None, "caption", ["original", "masked", "reconstruction"])
     assert path == tmp_path / "images" / "mae_reconstruction_epoch002.png"
-    assert path.exists()
-    ((key, images, step, kwargs),) = Recording.calls
-    assert key == "images/mae_reconstruction"
+    with Image.open(path) as im:
+        assert min(im.size) >= 2 * 96
+    ((metrics, step),) = Recording.calls
     assert step == 7
-    assert kwargs == {"caption": ["caption"]}
-    assert images[0].shape == (grid.shape[1], grid.shape[2], 3)
-    assert images[0].dtype.name == "uint8"
+    assert metrics["epoch"] == 2
+    (image,) = metrics["images/mae_reconstruction"]
+    assert image._caption == "caption - epoch 2, step 7"

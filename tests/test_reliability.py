@@ -191,7 +191,8 @@ def _counting_mae():
 
 def test_collapse_monitor_adds_no_forwards_for_methods_without_step_features():
     """MAE's step gives no features: a window of several batches would cost an encoder forward per batch, so the
-    monitor embeds the measuring step's batch only; SimCLR's step gives them, and the window spans batches."""
+    monitor embeds the measuring step's batch only; SimCLR's step gives them, and the window spans batches. The
+    first step is measured too (every run has the panels)."""
     mae, dm = _counting_mae()
     sizes = []
     for model in (mae, SimCLR(SmallCNN(1, 16, width=4), proj_hidden_dim=16, proj_dim=8)):
@@ -208,14 +209,15 @@ def test_collapse_monitor_adds_no_forwards_for_methods_without_step_features():
             limit_val_batches=0,
         )
         trainer.fit(model, datamodule=dm)
-    assert type(mae).calls == 2  # steps 4 and 8 of 8, nothing in between
-    assert sizes == [8, 8, 32, 32]  # MAE: the measuring batch; SimCLR: four batches of 8
+    assert type(mae).calls == 3  # steps 1, 4 and 8 of 8, nothing in between
+    # MAE: the measuring batch; SimCLR: the first step's batch, then the window's batches of 8 since
+    assert sizes == [8, 8, 8, 8, 24, 32]
 
 
 def test_collapse_monitor_shares_the_probes_extra_forward():
     """On a masked-input method (MAE) both monitors need an encoder forward of their own; at coinciding steps they
     share one (``step_features`` stores it in the step's outputs). The default collapse interval is a multiple of
-    every config's probe interval, so in the configs the collapse monitor adds no forward at all."""
+    every config's probe interval, so in the configs the collapse monitor adds no forward but its first step's."""
     from pathlib import Path
 
     import yaml
@@ -234,7 +236,7 @@ def test_collapse_monitor_shares_the_probes_extra_forward():
         limit_val_batches=0,
     )
     trainer.fit(mae, datamodule=dm)
-    assert type(mae).calls == 4  # the probe's steps 2, 4, 6, 8; the monitor's 4 and 8 reuse theirs
+    assert type(mae).calls == 5  # the probe's steps 2, 4, 6, 8; the monitor's 4 and 8 reuse theirs; its step 1
 
     default = CollapseMonitor().every_n_steps
     configs = Path(__file__).resolve().parents[1] / "configs"

@@ -61,6 +61,28 @@ def test_runs_get_their_own_directories_and_last_means_this_configs_run(tmp_path
     assert runs.latest_checkpoint(root) == root / "version_1" / "checkpoints" / "last.ckpt"
 
 
+def test_fit_ends_by_saying_where_the_run_is_and_what_to_run_next(tmp_path, capsys):
+    import shlex
+
+    from lightning_ssl.eval.cli import build_parser
+    from lightning_ssl.eval.resolve import with_eval_configs
+
+    root = tmp_path / "outputs" / "simclr"
+    cli(args(root))
+    lines = capsys.readouterr().out.splitlines()
+    run, ckpt = root / "version_0", root / "version_0" / "checkpoints" / "last.ckpt"
+    assert f"run folder:      {run}" in lines
+    assert f"last checkpoint: {ckpt}" in lines
+    (command,) = [line.split(":", 1)[1].split("   (")[0] for line in lines if line.startswith("evaluate it:")]
+    argv = shlex.split(command)
+    assert argv[:4] == ["lightning-ssl-eval", "knn", "--config", str(run / "config.yaml")]
+    # a command the evaluation CLI takes: this run's backbone, on the data exactly as it was trained
+    cfg = build_parser().parse_args(with_eval_configs(argv[1:])).knn
+    assert cfg.backbone.init_args.path == str(ckpt)
+    assert cfg.data.class_path.endswith("SyntheticDataModule")
+    assert (cfg.data.init_args.num_samples, cfg.data.init_args.image_size) == (32, 8)
+
+
 def test_last_with_nothing_to_resume_starts_a_new_run(tmp_path):
     with pytest.warns(UserWarning, match="nothing to resume"):
         c = cli(args(tmp_path / "fresh", epochs=1, extra=["--ckpt_path=last"]))

@@ -9,9 +9,10 @@ import lightning as L
 import torch
 
 from lightning_ssl.callbacks.end_of_fit import validation_due
+from lightning_ssl.callbacks.images import log_picture
 from lightning_ssl.metrics.zeroshot import clip_embedding_plot
 from lightning_ssl.modules.distributed import gather
-from lightning_ssl.runs import log_dir
+from lightning_ssl.runs import log_dir, logged_epoch, logged_step
 
 
 class CLIPEmbeddingPlot(L.Callback):
@@ -68,12 +69,13 @@ class CLIPEmbeddingPlot(L.Callback):
             img,
             txt,
             labels,
-            folder / f"clip_embeddings_e{trainer.current_epoch:03d}.png",
+            folder / f"clip_embeddings_e{logged_epoch(trainer):03d}.png",
             self.method,
             names,
             self.max_points,
-            title=f"{self.method.upper()} of images (o) and captions (x), epoch {trainer.current_epoch}",
+            title=f"{self.method.upper()} of images (o) and captions (x), epoch {logged_epoch(trainer)}, "
+            f"step {logged_step(trainer)}",
         )
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image(key="val/clip_embeddings", images=[str(self.last_path)], step=trainer.global_step)
+        log_picture(
+            trainer, "val/clip_embeddings", self.last_path, f"{self.method.upper()}, epoch {logged_epoch(trainer)}"
+        )

@@ -23,6 +23,6 @@ class ColorizationImages(_ImageCallback):
 
     name = "colorization"
 
-    def render(self, pl_module, images: Tensor, trainer) -> tuple[Tensor, str]:
+    def render(self, pl_module, images: Tensor, trainer) -> tuple[Tensor, list[str], str]:
         grid = render_colorization(*pl_module.colorize(images))
-        return grid, f"grey input | colourized | original, epoch {trainer.current_epoch}"
+        return grid, ["grey input", "colourized", "original"], "colorization"

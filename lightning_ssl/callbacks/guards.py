@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_ssl.callbacks.features import step_features
+from lightning_ssl.runs import logged_epoch, logged_step
 
 
 class NonFiniteError(RuntimeError):
@@ -114,21 +115,24 @@ def rankme(z: Tensor, eps: float = 1e-7) -> float:
 class CollapseMonitor(L.Callback):
     """Logs ``train/embedding_std`` (x sqrt(D): 1 is healthy, 0 collapsed), ``train/rankme`` and
     ``train/rankme_ratio`` (RankMe / min(N, D)) of the training step's features (``step_features``: what
-    ``embed`` gives for the first view), every ``every_n_steps`` optimizer steps on the last ``window`` samples,
-    and warns (once per epoch) when the embeddings look collapsed. ``every_n_steps=0`` turns it off. Features are
-    kept only over the steps that fill the window before a measurement, so between them it costs nothing.
+    ``embed`` gives for the first view) at the first optimizer step, every ``every_n_steps`` steps on the last
+    ``window`` samples, and at the last step, so every run, however short, has the panels; warns (once per epoch)
+    when the embeddings look collapsed. ``every_n_steps=0`` turns it off. Features are kept only over the steps that
+    fill the window before a measurement, so between them it costs nothing. The values go straight to the loggers at
+    the step Lightning logs that moment under (``runs.logged_step``), and into ``trainer.callback_metrics``.
 
     For methods whose step does not compute ``embed``'s features (masked inputs: MAE, SimMIM, BEiT) each batch
     of the window would cost an extra no-grad encoder forward (~70% of an MAE step): there it measures the
     measuring step's batch only, and the forward is shared with the online probe's when both measure at that
     step: the default interval, 64, is a multiple of those configs' probe interval (32), so there the monitor
-    adds no forward at all (at an interval of its own it would cost ~1.1% of an MAE step at 64).
+    adds no forward at all beyond the first and the last step's (at an interval of its own it would cost ~1.1% of
+    an MAE step at 64).
 
     Args:
-        every_n_steps: Measure every this many optimizer steps; 0: off.
-        window: Samples measured (the last training steps' features), >= 2.
-        std_threshold: Warn when ``embedding_std`` (x sqrt(D); 1 is healthy) falls below this (0.1).
-        rank_threshold: Warn when ``rankme_ratio`` (RankMe / min(N, D)) falls below this (0.05).
+        every_n_steps: optimizer steps between measurements (0 turns the monitor off).
+        window: samples measured (the last ones of the steps before a measurement).
+        std_threshold: warn below this embedding std x sqrt(D).
+        rank_threshold: warn below this RankMe / min(N, D).
     """
 
     def __init__(
@@ -138,6 +142,8 @@ class CollapseMonitor(L.Callback):
         self.std_threshold, self.rank_threshold = std_threshold, rank_threshold
         self._buffer: list[Tensor] = []
         self._warned_epoch = -1
+        self._measured_at = self._buffered_at = -1
+        self._last_step: dict[str, Tensor] = {}  # the last step's features or embed input, for the final measure
         self.last: dict[str, float] = {}
 
     def measure(self, z: Tensor) -> dict[str, float]:
@@ -153,24 +159,44 @@ class CollapseMonitor(L.Callback):
             return
         # features are collected only over the steps that fill the window before a measurement
         step, n = trainer.global_step, self.every_n_steps
+        kept = {k: outputs[k].detach() for k in ("features", "embed_input") if isinstance(outputs.get(k), Tensor)}
+        self._last_step = kept
         batch_size = len(batch[1]) if isinstance(batch, (list, tuple)) and len(batch) > 1 else 1
-        if step % n != 0 and n - step % n > -(-self.window // max(1, batch_size)):
+        due = step % n == 0 or step == 1
+        if not due and n - step % n > -(-self.window // max(1, batch_size)):
             return
-        if step % n != 0 and "features" not in outputs:
+        if not due and "features" not in outputs:
             return  # they would cost a forward of their own: only the measuring step's batch is used
         z = step_features(trainer, pl_module, outputs)
         if z is None:
             return
         self._buffer.append(z.detach().float().flatten(1))
-        if step % n != 0:
+        self._buffered_at = step
+        if due:
+            self._measure(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The final model's values, unless the last step was measured."""
+        if self.every_n_steps <= 0 or self._measured_at == trainer.global_step or not self._last_step:
             return
+        if self._buffered_at != trainer.global_step:
+            z = step_features(trainer, pl_module, dict(self._last_step))
+            if z is None:
+                return
+            self._buffer.append(z.detach().float().flatten(1))
+        self._measure(trainer, pl_module)
+
+    def _measure(self, trainer, pl_module) -> None:
         z = torch.cat(self._buffer)[-self.window :]
         self._buffer = []
         if len(z) < 2:
             return
+        self._measured_at = trainer.global_step
         self.last = stats = self.measure(z)
-        for k, v in stats.items():
-            pl_module.log(f"train/{k}", v)
+        metrics = {f"train/{k}": v for k, v in stats.items()}
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics({**metrics, "epoch": logged_epoch(trainer)}, step=logged_step(trainer))
         if self.is_collapsed(stats) and self._warned_epoch != trainer.current_epoch:
             self._warned_epoch = trainer.current_epoch
             warnings.warn(

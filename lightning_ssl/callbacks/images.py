@@ -3,8 +3,10 @@ reconstructions and token maps, embedding plots.
 
 The model pictures keep a fixed set of images (the first validation batch, or until one has been seen, the first
 view of the first training batch), render a grid every ``every_n_epochs`` training epochs and after the last step
-on global rank 0, save it as a PNG under ``out_dir`` (default ``<run directory>/images``) and log it to W&B when
-a ``WandbLogger`` is attached. The rendering functions work on their own, e.g. in a notebook.
+on global rank 0, label it (``label_grid``: tiles enlarged to >= 96 px, a title with the epoch and step, column
+and row labels), save it as a PNG under ``out_dir`` (default ``<run directory>/images``) and log it to W&B when
+a ``WandbLogger`` is attached, at the step and epoch Lightning logs the metrics of that moment under. The rendering
+functions work on their own, e.g. in a notebook.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from lightning_ssl.runs import log_dir
+from lightning_ssl.runs import log_dir, logged_epoch, logged_step
 
 # a few control points of the "viridis" colormap (dark blue -> green -> yellow), interpolated linearly
 _VIRIDIS = torch.tensor(
@@ -105,19 +108,95 @@ def render_tokens(original: Tensor, tokens: Tensor, num_codes: int, reconstructi
     return make_grid(tiles.clamp(0, 1), nrow=len(rgb) + 1, padding=1, pad_value=1.0)
 
 
-def publish(trainer: L.Trainer, grid: Tensor, name: str, out_dir: str | Path | None, caption: str) -> Path:
-    """Save ``grid`` (3, H, W) as ``<out_dir>/<name>_epoch<NNN>.png`` and log it to every W&B logger."""
-    root = Path(out_dir) if out_dir is not None else log_dir(trainer) / "images"
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{name}_epoch{trainer.current_epoch:03d}.png"
-    save_image(grid, path)
+def label_grid(
+    grid: Tensor, columns: Sequence[str], title: str, rows: Sequence[str] | None = None, min_tile: int = 96
+) -> Tensor:
+    """A picture grid made readable: enlarged (nearest neighbour, so pixels stay pixels) until each tile is at least
+    ``min_tile`` px wide, with a title, each column's label above it and each row's on the left (matplotlib; without
+    it, enlarged only).
+
+    Args:
+        grid: (3, H, W) in [0, 1], ``len(columns)`` tiles wide with 1-px padding (``make_grid(..., padding=1)``).
+        columns: one label per column of tiles.
+        title: the line above the picture.
+        rows: one label per row of tiles (e.g. the class of each image), or None.
+        min_tile: the smallest tile width in pixels.
+
+    Returns:
+        (3, H', W') in [0, 1].
+    """
+    tile = max(1, (grid.shape[-1] - 1) // max(1, len(columns)) - 1)
+    scale = max(1, -(-min_tile // tile))
+    big = grid.float().cpu().repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return big
+    h, w = big.shape[1:]
+    dpi, top, left = 100, 70, 110 if rows else 10  # margins in pixels: title + column labels, row labels
+    width = max(w + left + 10, 480)
+    fig = Figure(figsize=(width / dpi, (h + top + 10) / dpi), dpi=dpi)
+    ax = fig.add_axes((left / width, 10 / (h + top + 10), w / width, h / (h + top + 10)))
+    ax.imshow(big.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+    ax.set_xticks([(i + 0.5) * w / len(columns) for i in range(len(columns))], list(columns), fontsize=9)
+    ax.xaxis.tick_top()
+    ax.set_yticks([(i + 0.5) * h / len(rows) for i in range(len(rows))] if rows else [], list(rows or []), fontsize=8)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    fig.suptitle(title, fontsize=10, y=1 - 8 / (h + top + 10), va="top")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = torch.from_numpy(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    return rgb.permute(2, 0, 1).float() / 255
+
+
+def log_picture(trainer: L.Trainer, key: str, image: str | Path, caption: str) -> None:
+    """Log a saved picture to every W&B logger at Lightning's step and epoch (``runs.logged_step`` /
+    ``logged_epoch``), so it lines up with the metrics of the same moment."""
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            image = (grid.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-            logger.log_image(key=f"images/{name}", images=[image], caption=[caption], step=trainer.global_step)
+            import wandb
+
+            metrics: dict[str, Any] = {key: [wandb.Image(str(image), caption=caption)], "epoch": logged_epoch(trainer)}
+            logger.log_metrics(metrics, step=logged_step(trainer))
+
+
+def publish(
+    trainer: L.Trainer,
+    grid: Tensor,
+    name: str,
+    out_dir: str | Path | None,
+    caption: str,
+    columns: Sequence[str] | None = None,
+    rows: Sequence[str] | None = None,
+) -> Path:
+    """Label ``grid`` (3, H, W) (``label_grid``: the caption, the epoch and step, the ``columns`` and ``rows``), save
+    it as ``<out_dir>/<name>_epoch<NNN>.png`` and log it to every W&B logger as ``images/<name>``."""
+    root = Path(out_dir) if out_dir is not None else log_dir(trainer) / "images"
+    root.mkdir(parents=True, exist_ok=True)
+    epoch, step = logged_epoch(trainer), logged_step(trainer)
+    title = f"{caption} - epoch {epoch}, step {step}"
+    path = root / f"{name}_epoch{epoch:03d}.png"
+    save_image(label_grid(grid, columns, title, rows) if columns else grid, path)
+    log_picture(trainer, f"images/{name}", path, title)
     return path
+
+
+def row_labels(trainer: L.Trainer, labels: Tensor | None) -> list[str] | None:
+    """The class name (or number) of each image, for a picture's rows; None without labels."""
+    if labels is None or labels.ndim != 1 or (labels < 0).any():
+        return None
+    names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
+    return [str(names[i]) if names is not None and i < len(names) else f"class {i}" for i in labels.tolist()]
+
+
+def _labels(batch: Any, n: int) -> Tensor | None:
+    labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
+    return labels[:n].detach().cpu() if isinstance(labels, Tensor) and labels.ndim == 1 else None
 
 
 class _ImageCallback(L.Callback):
@@ -137,17 +216,20 @@ class _ImageCallback(L.Callback):
         self.num_images, self.every_n_epochs, self.out_dir = num_images, every_n_epochs, out_dir
         self._val: Tensor | None = None
         self._train: Tensor | None = None
+        self._labels: Tensor | None = None  # of the kept images, when the batch has them
         self.last_path: Path | None = None
         self._rendered_at: int | None = None  # global step of the last picture
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self._val is None and dataloader_idx == 0 and isinstance(batch, (list, tuple)):
             self._val = batch[0][: self.num_images].detach().cpu()
+            self._labels = _labels(batch, self.num_images)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._train is None and self._val is None:
             x = batch[0][0] if isinstance(batch[0], (list, tuple)) else batch[0]
             self._train = x[: self.num_images].detach().cpu()
+            self._labels = _labels(batch, self.num_images)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -166,12 +248,14 @@ class _ImageCallback(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            grid, caption = self.render(pl_module, images.to(pl_module.device), trainer)
+            grid, columns, caption = self.render(pl_module, images.to(pl_module.device), trainer)
         finally:
             pl_module.train(was_training)
-        self.last_path = publish(trainer, grid, self.name, self.out_dir, caption)
+        rows = row_labels(trainer, self._labels)
+        self.last_path = publish(trainer, grid, self.name, self.out_dir, caption, columns, rows)
 
-    def render(self, pl_module, images: Tensor, trainer) -> tuple[Tensor, str]:
+    def render(self, pl_module, images: Tensor, trainer) -> tuple[Tensor, list[str], str]:
+        """(grid (3, H, W) in [0, 1] with one row per image, the columns' labels, a caption)."""
         raise NotImplementedError
 
     @staticmethod
@@ -201,7 +285,7 @@ class MAEReconstructionLogger(_ImageCallback):
         masked, recon = pl_module.reconstruct(images, torch.Generator().manual_seed(self.seed))
         mean, std = self._norm_stats(trainer)
         grid = render_reconstructions(*(to_unit_range(t, mean, std) for t in (images, masked, recon)))
-        return grid, f"original | masked ({pl_module.mask_ratio:.0%}) | reconstruction, epoch {trainer.current_epoch}"
+        return grid, ["original", f"masked ({pl_module.mask_ratio:.0%})", "reconstruction"], "MAE reconstructions"
 
 
 class AttentionMapLogger(_ImageCallback):
@@ -228,7 +312,9 @@ class AttentionMapLogger(_ImageCallback):
         attn = pl_module.attention_maps(images)
         mean, std = self._norm_stats(trainer)
         grid = render_attention(to_unit_range(images, mean, std), attn, self.threshold)
-        return grid, f"image | mean over heads | heads 1-{attn.shape[1]}, epoch {trainer.current_epoch}"
+        heads = [f"head {i + 1}" for i in range(attn.shape[1])]
+        kept = f", {self.threshold:.0%} of the mass" if self.threshold is not None else ""
+        return grid, ["image", "mean", *heads], f"CLS attention of the last block{kept}"
 
 
 class ViewGrid(L.Callback):
@@ -266,12 +352,16 @@ class ViewGrid(L.Callback):
         if grid.shape[1] == 1:
             grid = grid.expand(-1, 3, -1, -1)
         grid = make_grid(grid[:, :3], nrow=len(views), padding=1, pad_value=1.0)
+        shown = min(self.num_images, len(views[0]))
+        sizes = [f"view {i + 1} ({v.shape[-1]} px)" for i, v in enumerate(views)]
         self.last_path = publish(
             trainer,
             grid,
             self.name,
             self.out_dir,
-            f"{len(views)} augmented views of {min(self.num_images, len(views[0]))} images",
+            f"{len(views)} augmented views of {shown} images",
+            sizes,
+            row_labels(trainer, _labels(batch, shown)),
         )
 
 
@@ -329,18 +419,16 @@ class EmbeddingPlot(L.Callback):
         self.last_path = embedding_plot(
             features,
             labels,
-            root / f"{self.name}_epoch{trainer.current_epoch:03d}.png",
+            root / f"{self.name}_epoch{logged_epoch(trainer):03d}.png",
             self.method,
             self.max_points,
             class_names=names,
             title=f"{self.method.upper()} of {len(features)} validation embeddings, "
-            f"epoch {trainer.current_epoch} (step {trainer.global_step})",
+            f"epoch {logged_epoch(trainer)}, step {logged_step(trainer)}",
         )
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key=f"images/{self.name}", images=[str(self.last_path)], step=trainer.global_step)
+        log_picture(
+            trainer, f"images/{self.name}", self.last_path, f"{self.method.upper()}, epoch {logged_epoch(trainer)}"
+        )
 
 
 class TokenizerReconstructionLogger(_ImageCallback):
@@ -358,5 +446,5 @@ class TokenizerReconstructionLogger(_ImageCallback):
             pl_module.num_codes,
             None if rec is None else to_unit_range(rec, mean, std),
         )
-        parts = "original | reconstruction | tokens" if rec is not None else "original | tokens"
-        return grid, f"{parts} ({pl_module.num_codes} codes), epoch {trainer.current_epoch}"
+        columns = ["original", "reconstruction", "tokens"] if rec is not None else ["original", "tokens"]
+        return grid, columns, f"visual tokens ({pl_module.num_codes} codes)"

@@ -9,7 +9,6 @@ flow from here to the model (see ``lightning_ssl.cli``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -40,7 +39,11 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Loader workers when none are set: one fewer than the CPUs this process may use (affinity, cgroup quota), 1
+    to 8."""
+    from lightning_ssl.precision import usable_cpus
+
+    return max(1, min(8, usable_cpus()[0] - 1))
 
 
 def collate_images(items: list):

@@ -9,16 +9,17 @@ Hugging Face, or raw pixels - with kNN, a linear probe, few-shot probes and embe
     lightning-ssl-eval export  --ckpt last.ckpt --out backbone.pt [--format state_dict|timm|hf]
 
 Features of the labelled training split (the kNN bank / probe training set) and of the test split are computed
-once per run, with a progress bar, and cached under ``out_dir/features`` (keyed by the backbone, its weights
-file and the data config), so further protocols on the same backbone skip the forward passes. Results are
-printed as tables, written to ``out_dir/<name>/results.json`` and logged to W&B (offline unless
+once per run, with a progress bar, and cached under ``out_dir/features`` (keyed by the backbone's settings and
+its weights by content, the data config, the precision and the device type; ``lightning_ssl.eval.resolve``), so
+further protocols on the same backbone skip the forward passes. ``--config`` takes the short names ``lightning-ssl
+fit`` takes; a training config (``--config simclr/fashion_mnist``) evaluates its newest run's backbone on its data.
+Results are printed as tables, written to ``out_dir/<name>/results.json`` and logged to W&B (offline unless
 ``WANDB_MODE=online``; ``--wandb false`` turns it off). Fine-tuning is a training run:
 ``lightning-ssl fit --config configs/eval/finetune_fashion_mnist.yaml`` (``lightning_ssl.eval.Classifier``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -34,14 +35,14 @@ from torch import nn
 import lightning_ssl.data
 import lightning_ssl.modules.backbones
 import lightning_ssl.modules.pretrained  # noqa: F401
-from lightning_ssl import runs
 from lightning_ssl.config import DATA_TO_MODEL, import_class, inject, to_dict
 from lightning_ssl.eval.export import export_backbone
 from lightning_ssl.eval.features import extract_features
 from lightning_ssl.eval.linear import few_shot, few_shot_table, linear_probe
+from lightning_ssl.eval.resolve import feature_cache_key, with_eval_configs
 from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.metrics.plots import embedding_plot
-from lightning_ssl.precision import auto_precision
+from lightning_ssl.precision import auto_precision, limit_threads
 
 PROTOCOLS = ("knn", "linear", "fewshot", "plot", "all")
 
@@ -106,19 +107,12 @@ def _device(name: str) -> torch.device:
 
 
 def _cache_key(cfg: Namespace) -> str:
-    backbone = to_dict(cfg.backbone)
-    stamp = []
-    for v in to_dict(backbone.get("init_args")).values():  # a weights file: include its identity
-        if isinstance(v, str) and os.path.isdir(v):  # a run directory or root: the checkpoint it stands for now
-            try:
-                v = runs.resolve_checkpoint(v)
-            except FileNotFoundError:
-                continue
-        if isinstance(v, str) and os.path.isfile(v):
-            st = os.stat(v)
-            stamp.append([os.path.abspath(v), st.st_size, st.st_mtime_ns])
-    blob = json.dumps([backbone, to_dict(cfg.data), stamp], sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    """The feature cache's key: the backbone's weights by content and the settings (``resolve.feature_cache_key``)."""
+    device = _device(cfg.device).type
+    precision = str(cfg.precision)
+    if precision == "auto":
+        precision = "bf16" if auto_precision(device)[0].startswith("bf16") else "32"
+    return feature_cache_key(to_dict(cfg.backbone), to_dict(cfg.data), precision, device)[0]
 
 
 def compute_features(backbone: nn.Module, dm, device: torch.device, precision: str = "32", cache: Path | None = None):
@@ -163,7 +157,9 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
     parser = _feature_parser(subcommand)
     init = parser.instantiate_classes(cfg)
     backbone, dm = init.backbone, init.data
-    name = cfg.name or f"{type(backbone).__name__}-{_cache_key(cfg)[:8]}"
+    print(f"threads: {limit_threads(int(getattr(dm, 'num_workers', 0) or 0))}")
+    key = _cache_key(cfg)
+    name = cfg.name or f"{type(backbone).__name__}-{key[:8]}"
     out = Path(cfg.out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
@@ -176,7 +172,7 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
     }
 
     t = time.time()
-    cache = Path(cfg.out_dir) / "features" / f"{_cache_key(cfg)}.pt" if cfg.cache_features else None
+    cache = Path(cfg.out_dir) / "features" / f"{key}.pt" if cfg.cache_features else None
     train_f, train_y, test_f, test_y = compute_features(backbone, dm, device, cfg.precision, cache)
     results["seconds"]["features"] = round(time.time() - t, 1)
     results["feature_dim"], results["train_size"], results["test_size"] = train_f.shape[1], len(train_y), len(test_y)
@@ -271,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     (the results are printed as tables and written to results.json)."""
     os.environ.setdefault("WANDB_SILENT", "true")
     parser = build_parser()
-    cfg = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    cfg = parser.parse_args(with_eval_configs(argv if argv is not None else sys.argv[1:]))
     if cfg.subcommand == "export":
         out = export_backbone(cfg.export.ckpt, cfg.export.out, cfg.export.weights, cfg.export.format)
         meta = out.with_suffix(".json") if cfg.export.format == "state_dict" else out / "lightning_ssl.json"

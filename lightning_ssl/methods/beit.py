@@ -13,18 +13,24 @@ Downstream, the ViT sees the unmasked image (``embed``); the head and the tokeni
 The tokenizer is a checkpoint of ``VisualTokenizer`` (a path: its encoder and codebook are loaded), a
 ``VisualTokenizer`` / ``PatchTokenizer``, or any module with ``tokenize(images) -> (B, h, w)`` ids and
 ``num_codes``. Its grid must match the ViT's, and it must have been trained on images normalized as this data is.
-Its weights are part of BEiT's checkpoints, so a resumed run keeps the tokenizer it started with.
+Its weights are part of BEiT's checkpoints, so a resumed run keeps the tokenizer it started with. A tokenizer named
+by a path (a file, a run directory, a config's root: its newest run) is recorded as the file it resolved to, with
+its sha256, in the hyperparameters (``tokenizer_checkpoint``: the checkpoint, ``hparams.yaml``, the W&B config) and
+in the log, so the run says exactly which tokenizer it learned from.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from lightning_ssl.checkpoint import content_sha256
 from lightning_ssl.losses.beit import masked_token_loss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.methods.visual_tokenizer import PatchTokenizer, VisualTokenizer
@@ -93,6 +99,15 @@ class BEiT(SSLMethod):
         beit_masking(1, self.grid, num_masked, min_block, aspect)  # rejects impossible settings now
         self.num_masked, self.min_block, self.aspect = num_masked, min_block, tuple(aspect)
         backbone.add_mask_token()
+        self.tokenizer_checkpoint: dict[str, str] | None = None
+        if isinstance(tokenizer, str):  # which file it was, by content: the run can be reproduced
+            tokenizer = resolve_checkpoint(tokenizer)
+            self.tokenizer_checkpoint = {"path": str(Path(tokenizer).resolve()), "sha256": content_sha256(tokenizer)}
+            self.hparams["tokenizer_checkpoint"] = self.tokenizer_checkpoint  # the checkpoint and hparams.yaml
+            self.__dict__["_hparams_initial"]["tokenizer_checkpoint"] = self.tokenizer_checkpoint  # the loggers
+            rank_zero_info(
+                f"BEiT tokenizer: {self.tokenizer_checkpoint['path']} (sha256 {self.tokenizer_checkpoint['sha256']})"
+            )
         self.tokenizer = load_tokenizer(tokenizer)
         self.vocab_size = self.tokenizer.num_codes
         size = backbone.image_size

@@ -14,6 +14,7 @@ so the head's transform starts fresh (the output layer is tied to the pretrained
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -139,6 +140,15 @@ class BERT(LanguageModel):
         self.mlm_probability, self.mask_fraction, self.random_fraction = mlm_probability, mask_fraction, random_fraction
         if pretrained and net.tokenizer is not None:
             self.set_tokenizer(net.tokenizer)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        missing = getattr(self.backbone, "missing", None)
+        if missing and self.trainer.ckpt_path is None and self.global_rank == 0:  # a reload or resume has them
+            logging.getLogger("lightning.pytorch").warning(
+                f"{self.hparams.get('pretrained')}: {len(missing)} tensors are not in the pretrained checkpoint and "
+                f"start fresh (the MLM head of a sentence encoder): {missing}"
+            )
 
     def set_tokenizer(self, tokenizer) -> None:
         super().set_tokenizer(tokenizer)

