@@ -136,6 +136,8 @@ class ImageTextDataModule(ImageDataModule):
         test_fraction: held-out fraction (stratified by label), used for validation and test.
     """
 
+    eval_resizes_files = True  # files of any size: resized, then center-cropped
+
     native_size, native_channels = 64, 3
 
     def __init__(

@@ -10,8 +10,10 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from lightning_ssl.modules.spec import Buildable
 
-class SmallCNN(nn.Module):
+
+class SmallCNN(Buildable, nn.Module):
     """A VGG-style CNN sized for CPUs: ``stages`` stages of two 3x3 conv-BN-ReLU, 2x2 max-pool between stages,
     channel width doubling per stage, then average pooling: global (``pool=1``), or onto a ``pool x pool`` grid
     whose cells are concatenated (features ``width * 2**(stages-1) * pool**2``), which keeps where things are in
@@ -47,7 +49,7 @@ class SmallCNN(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
-class ResNet(nn.Module):
+class ResNet(Buildable, nn.Module):
     """torchvision ResNet without its classifier, for any channel count.
 
     ``small_input`` (default: ``image_size <= 64``) swaps the 7x7/2 stem and max-pool for a 3x3/1 conv, as
@@ -167,7 +169,7 @@ def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool = True
     return new
 
 
-class TimmBackbone(nn.Module):
+class TimmBackbone(Buildable, nn.Module):
     """Any ``timm`` model by name, as a pooled-feature backbone (``num_classes=0``).
 
     ``checkpoint_path`` loads local weights (a timm/torchvision-style state dict) without network access, or

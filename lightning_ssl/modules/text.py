@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lightning_ssl.modules.spec import Buildable
+
 PAD, SOT, EOT = "<pad>", "<sot>", "<eot>"
 
 
@@ -80,7 +82,7 @@ class BPETokenizer:
         return self.tokenizer.decode([i for i in ids if i not in (self.pad_id, self.sot_id, self.eot_id)])
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(Buildable, nn.Module):
     """Token + learned position embeddings, ``layers`` pre-norm transformer blocks, final LayerNorm.
 
     ``causal=True`` with ``pooling="eot"`` is CLIP's text tower; ``causal=False`` with ``pooling="mean"`` a

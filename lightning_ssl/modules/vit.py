@@ -24,6 +24,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from lightning_ssl.modules.masking import gather_tokens
+from lightning_ssl.modules.spec import Buildable
 
 
 def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) -> Tensor:
@@ -45,7 +46,7 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) ->
     return emb.float()
 
 
-class ViT(nn.Module):
+class ViT(Buildable, nn.Module):
     """timm ``VisionTransformer`` with a CLS token, as a backbone (see the module docstring)."""
 
     export_inner = "model"  # export_backbone writes the timm model's state dict (see export_recipe)
