@@ -317,9 +317,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(did_you_mean(args[0], list(SUBCOMMANDS), "subcommand"))
         from lightning_ssl.cli import cli
 
-        argv0 = sys.argv[:1] or ["lightning-ssl"]
-        sys.argv = [*argv0, *with_packaged_configs(args)]  # LightningCLI reads sys.argv itself
-        cli()
+        saved = sys.argv
+        sys.argv = [*(sys.argv[:1] or ["lightning-ssl"]), *with_packaged_configs(args)]  # LightningCLI reads it
+        try:
+            cli()
+        finally:
+            sys.argv = saved
         return 0
 
     return _run("lightning-ssl", argv, body)

@@ -256,8 +256,8 @@ def _save_timm(backbone: nn.Module, out: Path, pre: Preprocessing) -> str:
 
 
 # -- Hugging Face ------------------------------------------------------------------------------------------------
-def vit_to_hf(backbone: nn.Module):
-    """Our timm-based ``ViT`` as a ``transformers.ViTModel`` with the same weights (and features)."""
+def vit_to_hf(backbone: Any) -> Any:
+    """Our timm-based ``ViT`` (``backbone``) as a ``transformers.ViTModel`` with the same weights (and features)."""
     from transformers import ViTConfig, ViTModel
 
     m, kw = backbone.model, backbone.model_kwargs
