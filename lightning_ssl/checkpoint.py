@@ -24,7 +24,10 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     contains pickled code (classes, functions) which we refuse to execute."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+        from lightning_ssl.console import missing_path_hint
+
+        hint = missing_path_hint(path)
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist" + (f"; {hint}" if hint else ""))
     if path.is_dir():
         raise CheckpointError(f"checkpoint path {str(path)!r} is a directory, expected a file")
     if path.stat().st_size == 0:
@@ -80,8 +83,10 @@ def load_method(path: str | os.PathLike, map_location: str | torch.device = "cpu
     """Rebuild the LightningModule saved in a checkpoint of this library (its class and constructor
     arguments are in the checkpoint's hyperparameters) and load its weights, with ``weights_only=True``.
 
-    A model that was built in Python rather than from a config needs the objects it was given, e.g.
-    ``load_method(path, backbone=SmallCNN(1))``."""
+    Runs built in Python reload alike (their backbone is recorded as a config, ``SSLMethod.save_hyperparameters``),
+    except from a module that is not ``Buildable`` (``torchvision.models.resnet18()``): pass it again,
+    ``load_method(path, backbone=torchvision.models.resnet18())``. ``lightning_ssl.load`` also returns the backbone
+    and the evaluation transform."""
     import importlib
 
     ckpt = safe_load(path, map_location)

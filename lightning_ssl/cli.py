@@ -59,6 +59,10 @@ from lightning_ssl.callbacks.budget import TimeBudget
 from lightning_ssl.callbacks.performance import Performance
 from lightning_ssl.checkpoint import AtomicCheckpointIO
 from lightning_ssl.config import DATA_TO_MODEL, import_class, inject, to_dict
+from lightning_ssl.console import PACKAGED_CONFIGS as PACKAGED_CONFIGS  # re-exported: configs are listed there
+from lightning_ssl.console import find_config as find_config
+from lightning_ssl.console import list_configs as list_configs
+from lightning_ssl.console import with_packaged_configs
 from lightning_ssl.modules.sync_bn import DistributedBatchNormSync
 from lightning_ssl.trainer import Trainer
 
@@ -80,6 +84,7 @@ class SSLCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("trainer_class", Trainer)
         kwargs.setdefault("save_config_callback", SaveAndLogConfig)
+        kwargs.setdefault("parser_kwargs", {}).setdefault("exit_on_error", False)  # errors raise: reported short
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -228,64 +233,27 @@ class SSLCLI(LightningCLI):
         cfg.trainer.logger = loggers
 
 
-PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
-
-
-def find_config(name: str) -> str:
-    """A ``--config`` value: a file that exists is used as it is; otherwise a config shipped with the package, named
-    as in the repository (``configs/simclr/fashion_mnist.yaml``) or briefly (``simclr/fashion_mnist``)."""
-    if Path(name).exists():
-        return name
-    short = name.removeprefix("configs/")
-    for candidate in (short, f"{short}.yaml"):
-        if (PACKAGED_CONFIGS / candidate).is_file():
-            return str(PACKAGED_CONFIGS / candidate)
-    return name  # jsonargparse names the missing file
-
-
-def _with_packaged_configs(args: list[str]) -> list[str]:
-    out = list(args)
-    for i, a in enumerate(out):
-        if a == "--config" and i + 1 < len(out):
-            out[i + 1] = find_config(out[i + 1])
-        elif a.startswith("--config="):
-            out[i] = "--config=" + find_config(a.split("=", 1)[1])
-    return out
-
-
-def list_configs() -> list[tuple[str, str]]:
-    """(name, first comment line) of every config shipped with the package."""
-    rows = []
-    for path in sorted(PACKAGED_CONFIGS.glob("*/*.yaml")):
-        first = next((line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
-        rows.append((str(path.relative_to(PACKAGED_CONFIGS).with_suffix("")), first))
-    return rows
-
-
 def cli(args: list[str] | None = None, **kwargs: Any) -> SSLCLI:
     """Run the CLI on ``args`` (default: the command line) and return it (``cli.trainer``, ``cli.model``...).
     Given ``args``, the calling script's own command line is kept out of the CLI's sight. ``--config`` may name a
     config shipped with the package (``--config simclr/fashion_mnist``)."""
     os.environ.setdefault("WANDB_SILENT", "true")
     if args is None:  # LightningCLI reads sys.argv itself (passing it as args too makes it warn)
-        sys.argv[1:] = _with_packaged_configs(sys.argv[1:])
+        sys.argv[1:] = with_packaged_configs(sys.argv[1:])
         return SSLCLI(**kwargs)
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
-        return SSLCLI(args=_with_packaged_configs(args), **kwargs)
+        return SSLCLI(args=with_packaged_configs(args), **kwargs)
     finally:
         sys.argv = argv
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["configs"]:  # lightning-ssl configs: what ships with the package
-        rows = list_configs()
-        width = max(len(n) for n, _ in rows)
-        print("\n".join(f"{n:<{width}}  {d}" for n, d in rows))
-        print(f"\n{len(rows)} configs in {PACKAGED_CONFIGS}; run one with: lightning-ssl fit --config <name>")
-        return
-    cli()
+def main() -> int:
+    """The ``lightning-ssl`` console script (``lightning_ssl.console.main``: quick help, ``configs``, short errors)."""
+    from lightning_ssl.console import main as console_main
+
+    return console_main()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

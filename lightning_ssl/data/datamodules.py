@@ -25,6 +25,7 @@ from lightning_ssl.data.datasets import (
     list_image_folder,
     read_idx,
 )
+from lightning_ssl.data.preprocessing import Preprocessing
 from lightning_ssl.data.sampling import ResumableDataLoader, SeededSampler, mix_seed
 from lightning_ssl.data.transforms import (
     EVAL_RESIZE_RATIO,
@@ -85,6 +86,7 @@ class ImageDataModule(L.LightningDataModule):
     std: tuple[float, ...] = IMAGENET_STD
     labelled: bool = True
     decode_size: int | None = None  # file sources: the side workers resize to for the batched path
+    eval_resizes_files: ClassVar[bool] = False  # files of any size: resized by eval_resize_ratio, then cropped
 
     def __init__(
         self,
@@ -159,6 +161,16 @@ class ImageDataModule(L.LightningDataModule):
             mean = (sum(mean) / len(mean),) * self.channels
             std = (sum(std) / len(std),) * self.channels
         return mean, std
+
+    def preprocessing(self) -> Preprocessing:
+        """How an evaluation image is prepared (the record checkpoints and exports carry): channels, size,
+        normalization, and the resize of ``eval_transform`` (or of the batched path's ``_normalize_eval``)."""
+        mean, std = self.norm_stats()
+        if self.eval_resizes_files:
+            ratio, interpolation = getattr(self, "eval_resize_ratio", EVAL_RESIZE_RATIO), "bicubic"
+        else:  # one size in memory: resized whole, bilinear when batched on the device
+            ratio, interpolation = 1.0, "bilinear" if self.batch_augment else "bicubic"
+        return Preprocessing(self.channels, self.image_size, mean, std, round(self.image_size * ratio), interpolation)
 
     def train_transform(self):
         if self.batch_augment:
@@ -500,6 +512,7 @@ class FileDecoding:
     image_size: int
     views: ViewPreset
     batch_augment: bool
+    eval_resizes_files: ClassVar[bool] = True
 
     def _init_decoding(self, decode_size: int | None, decode: str) -> None:
         if decode not in ("workers", "device"):

@@ -138,6 +138,8 @@ class ImageTextDataModule(ImageDataModule):
         **kwargs: as for every ``ImageDataModule`` (``batch_size``, ``batch_augment``, ...).
     """
 
+    eval_resizes_files = True  # files of any size: resized, then center-cropped
+
     native_size, native_channels = 64, 3
 
     def __init__(

@@ -210,6 +210,8 @@ class MultiBandDataModule(ImageDataModule):
         **kwargs: as for every ``ImageDataModule`` (``batch_size``, ``batch_augment``, ``val_bank_size``...).
     """
 
+    eval_resizes_files = True  # files of any size: resized, then center-cropped
+
     def __init__(
         self,
         train_dir: str,

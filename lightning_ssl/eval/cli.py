@@ -6,7 +6,7 @@ Hugging Face, or raw pixels - with kNN, a linear probe, few-shot probes and embe
     lightning-ssl-eval fewshot --config configs/eval/fashion_mnist.yaml --shots [1,5,10,100] --seeds 5
     lightning-ssl-eval plot    --config configs/eval/fashion_mnist.yaml --method tsne
     lightning-ssl-eval all     --config configs/eval/fashion_mnist.yaml      # kNN + linear + few-shot + plot
-    lightning-ssl-eval export  --ckpt last.ckpt --out backbone.pt [--format state_dict|timm|hf]
+    lightning-ssl-eval export  --ckpt outputs/simclr/version_0 --out backbone.pt [--format state_dict|timm|hf|onnx]
 
 Features of the labelled training split (the kNN bank / probe training set) and of the test split are computed
 once per run, with a progress bar, and cached under ``out_dir/features`` (keyed by the backbone's settings and
@@ -16,20 +16,28 @@ fit`` takes; a training config (``--config simclr/fashion_mnist``) evaluates its
 Results are printed as tables, written to ``out_dir/<name>/results.json`` and logged to W&B (offline unless
 ``WANDB_MODE=online``; ``--wandb false`` turns it off). Fine-tuning is a training run:
 ``lightning-ssl fit --config configs/eval/finetune_fashion_mnist.yaml`` (``lightning_ssl.eval.Classifier``).
+
+Each subcommand's ``--help`` shows its own options (``PROTOCOLS``: a protocol names the option groups of
+``OPTIONS`` it uses); the other protocols' options are accepted too, unlisted, so one config file serves every
+subcommand. A new protocol is one entry in each table and its block in ``run_protocols``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
+from argparse import SUPPRESS
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 from torch import nn
 
 import lightning_ssl.data
@@ -44,14 +52,88 @@ from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.metrics.plots import embedding_plot
 from lightning_ssl.precision import auto_precision, limit_threads
 
-PROTOCOLS = ("knn", "linear", "fewshot", "plot", "all")
+DESCRIPTION = (
+    "Evaluate a frozen backbone (a checkpoint of this library, a timm, torchvision or Hugging Face model, raw "
+    "pixels) with kNN, a linear probe, few-shot probes and embedding plots, or export a checkpoint's backbone."
+)
+BACKBONE_HELP = (
+    "the frozen backbone, images (B, C, H, W) -> (B, D): CheckpointBackbone (--backbone.path: a checkpoint, "
+    "run folder or output root of this library), Pixels, TimmBackbone, TorchvisionBackbone, HFVisionBackbone, "
+    "or any nn.Module class_path; --backbone.help CLASS lists a class's options"
+)
+DATA_HELP = (
+    "a labelled image datamodule: FashionMNISTDataModule, MNISTDataModule, CIFAR10DataModule, "
+    "ImageFolderDataModule (--data.train_dir / --data.val_dir), SyntheticDataModule, ...; "
+    "--data.help CLASS lists a class's options"
+)
+
+
+def _knn_options(add: Callable[..., Any]) -> None:
+    add("--k", type=list[int], default=[10, 20, 100, 200], help="kNN: neighbour counts, e.g. [20,200]")
+    add("--temperature", type=float, default=0.07, help="kNN: temperature of the weighted votes")
+
+
+def _probe_options(add: Callable[..., Any]) -> None:
+    add("--epochs", type=int, default=100, help="linear / few-shot probe: epochs over the cached features")
+    add("--lr", type=float, default=1e-3, help="linear / few-shot probe: AdamW learning rate")
+    add("--weight_decay", type=float, default=1e-4, help="linear / few-shot probe: AdamW weight decay")
+    add("--batch_size", type=int, default=1024, help="linear / few-shot probe: features per step")
+
+
+def _fewshot_options(add: Callable[..., Any]) -> None:
+    add("--shots", type=list[int], default=[1, 5, 10, 100], help="few-shot: labelled examples per class")
+    add("--seeds", type=int, default=5, help="few-shot: random draws per number of shots (mean +- std)")
+
+
+def _plot_options(add: Callable[..., Any]) -> None:
+    add("--method", default="tsne", choices=["tsne", "umap"], help="plot: 2-D embedding method")
+    add("--max_points", type=int, default=2000, help="plot: test images drawn")
+
+
+OPTIONS: dict[str, Callable[[Callable[..., Any]], None]] = {
+    "knn": _knn_options,
+    "probe": _probe_options,
+    "fewshot": _fewshot_options,
+    "plot": _plot_options,
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A subcommand that evaluates a frozen backbone.
+
+    Args:
+        help: one line, listed by ``lightning-ssl-eval --help``.
+        options: the ``OPTIONS`` groups its ``--help`` shows.
+    """
+
+    help: str
+    options: tuple[str, ...]
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "knn": Protocol("weighted cosine kNN accuracy (top-1) for each k", ("knn",)),
+    "linear": Protocol("linear probe on the frozen features: top-1 / top-5", ("probe",)),
+    "fewshot": Protocol("linear probes on n labelled images per class, mean +- std over draws", ("probe", "fewshot")),
+    "plot": Protocol("t-SNE / UMAP picture of the test features, coloured by class", ("plot",)),
+    "all": Protocol("knn + linear + fewshot + plot on one pass of features", ("knn", "probe", "fewshot", "plot")),
+}
 
 
 def _feature_parser(name: str) -> ArgumentParser:
-    p = ArgumentParser(description=f"{name}: evaluate a frozen backbone")
-    p.add_argument("--config", action=ActionConfigFile)
-    p.add_subclass_arguments(nn.Module, "backbone", required=True, help="the backbone (its embed/forward gives (B, D))")
-    p.add_subclass_arguments(L.LightningDataModule, "data", required=True, help="a labelled image datamodule")
+    p = ArgumentParser(
+        prog=f"lightning-ssl-eval {name}",
+        description=f"{name}: {PROTOCOLS[name].help}",
+        formatter_class=_Formatter,
+        exit_on_error=False,
+    )
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML with any of these options (configs/eval/)")
+    p.add_subclass_arguments(nn.Module, "backbone", required=True, help=BACKBONE_HELP)
+    p.add_subclass_arguments(L.LightningDataModule, "data", required=True, help=DATA_HELP)
+    for key in ("backbone", "data"):  # jsonargparse titles the groups with the base classes' docstrings
+        section = (p.groups or {}).get(key)
+        if section is not None:
+            section.title, section.description = key, None
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument(
         "--precision",
@@ -59,47 +141,81 @@ def _feature_parser(name: str) -> ArgumentParser:
         choices=["32", "bf16", "auto"],
         help="feature extraction; auto: bf16 where the device has native bf16, else 32",
     )
-    p.add_argument("--out_dir", default="outputs/eval")
+    p.add_argument("--out_dir", default="outputs/eval", help="results, cached features and plots go under it")
     p.add_argument("--name", type=str | None, default=None, help="run name (default: derived from the backbone)")
-    p.add_argument("--cache_features", type=bool, default=True)
-    p.add_argument("--wandb", type=bool, default=True)
-    p.add_argument("--wandb_project", default="lightning-ssl-eval")
-    # every subcommand takes every protocol's options, so one config file serves them all
-    p.add_argument("--k", type=list[int], default=[10, 20, 100, 200], help="kNN: neighbour counts")
-    p.add_argument("--temperature", type=float, default=0.07, help="kNN: vote temperature")
-    p.add_argument("--epochs", type=int, default=100, help="linear / few-shot probe epochs")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight_decay", type=float, default=1e-4)
-    p.add_argument("--batch_size", type=int, default=1024)
-    p.add_argument("--shots", type=list[int], default=[1, 5, 10, 100], help="few-shot: examples per class")
-    p.add_argument("--seeds", type=int, default=5, help="few-shot: draws per number of shots")
-    p.add_argument("--method", default="tsne", choices=["tsne", "umap"], help="plot: 2-D embedding method")
-    p.add_argument("--max_points", type=int, default=2000, help="plot: points drawn")
+    p.add_argument("--cache_features", type=bool, default=True, help="reuse features computed by an earlier run")
+    p.add_argument("--wandb", type=bool, default=True, help="log to W&B (offline unless WANDB_MODE=online)")
+    p.add_argument("--wandb_project", default="lightning-ssl-eval", help="W&B project")
+    shown = PROTOCOLS[name].options
+    added: set[str] = set()
+    for group in (*shown, *(g for g in OPTIONS if g not in shown)):  # this protocol's first: they keep their help
+
+        def add(flag: str, *, visible: bool = group in shown, **kwargs: Any) -> None:
+            if flag not in added:  # an option two groups share is added once
+                added.add(flag)
+                p.add_argument(flag, **(kwargs if visible else {**kwargs, "help": SUPPRESS}))
+
+        OPTIONS[group](add)
     return p
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="lightning-ssl-eval", description=__doc__.splitlines()[0])
-    sub = parser.add_subcommands(dest="subcommand")
-    for name in PROTOCOLS:
-        sub.add_subcommand(name, _feature_parser(name))
-    exp = ArgumentParser(description="export: write a checkpoint's backbone as a plain state dict")
-    exp.add_argument("--ckpt", required=True)
-    exp.add_argument("--out", required=True)
-    exp.add_argument(
+def _export_parser() -> ArgumentParser:
+    from lightning_ssl.eval.export import FORMATS
+
+    p = ArgumentParser(
+        prog="lightning-ssl-eval export",
+        description="export: write a checkpoint's backbone with its preprocessing, loadable without lightning_ssl",
+        formatter_class=_Formatter,
+        exit_on_error=False,
+    )
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML with any of these options")
+    p.add_argument("--ckpt", required=True, help="a checkpoint file, a run folder (its last.ckpt) or an output root")
+    p.add_argument("--out", required=True, help="the file (state_dict, onnx) or folder (timm, hf) to write")
+    p.add_argument(
+        "--format",
+        default="state_dict",
+        help=f"{' | '.join(FORMATS)}: a .pt + .json; a folder for timm / transformers; an ONNX graph",
+    )
+    p.add_argument(
         "--weights",
         default="auto",
         choices=["auto", "student", "teacher"],
         help="auto: the network the method's embed() uses (DINO: the EMA teacher)",
     )
-    exp.add_argument(
-        "--format",
-        default="state_dict",
-        choices=["state_dict", "timm", "hf"],
-        help="state_dict: a .pt (+ .json recipe); timm / hf: a folder timm or transformers loads alone",
+    p.add_argument("--mean", type=list[float] | None, default=None, help="override the recorded normalization mean")
+    p.add_argument("--std", type=list[float] | None, default=None, help="override the recorded normalization std")
+    p.add_argument("--image_size", type=int | None, default=None, help="override the recorded input size (px)")
+    p.add_argument("--resize_size", type=int | None, default=None, help="override the short side before the crop")
+    return p
+
+
+SUBCOMMAND_HELP = {**{k: v.help for k, v in PROTOCOLS.items()}, "export": "a checkpoint's backbone for other code"}
+
+
+def build_parser(only: str | None = None) -> ArgumentParser:
+    """The ``lightning-ssl-eval`` parser; ``only``: with just that subcommand (a subcommand's ``--help`` and
+    parsing need no other)."""
+    parser = ArgumentParser(
+        prog="lightning-ssl-eval",
+        description=DESCRIPTION,
+        epilog="A failure prints a short message; --debug (or LIGHTNING_SSL_DEBUG=1) shows its traceback.",
+        formatter_class=_Formatter,
+        exit_on_error=False,
     )
-    sub.add_subcommand("export", exp)
+    sub = parser.add_subcommands(dest="subcommand")
+    for name in [only] if only else [*PROTOCOLS, "export"]:
+        sub.add_subcommand(
+            name, _export_parser() if name == "export" else _feature_parser(name), help=SUBCOMMAND_HELP[name]
+        )
     return parser
+
+
+class _Formatter(DefaultHelpFormatter):
+    """jsonargparse's help, without the list of every importable subclass of ``nn.Module`` /
+    ``LightningDataModule`` (1,400 lines); the options' own help names the usual classes."""
+
+    def _get_help_string(self, action: Any) -> str:
+        return re.sub(r", known subclasses: [^)]*", "", super()._get_help_string(action))
 
 
 def _device(name: str) -> torch.device:
@@ -261,21 +377,56 @@ def _write_results(path: Path, results: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    """Run a subcommand. Called with ``argv`` (from Python) it returns the results dict; as the
-    ``lightning-ssl-eval`` console script (``argv=None``) it returns None, so the exit status is 0 on success
-    (the results are printed as tables and written to results.json)."""
+def run(argv: list[str]) -> dict[str, Any] | None:
+    """Parse ``argv`` and run its subcommand: the results dict of a protocol, None for ``export``."""
     os.environ.setdefault("WANDB_SILENT", "true")
-    parser = build_parser()
-    cfg = parser.parse_args(with_eval_configs(argv if argv is not None else sys.argv[1:]))
+    from lightning_ssl.console import UsageError, did_you_mean
+
+    # --config: a file, a packaged config's short name (eval/fashion_mnist), or a training config (its newest run)
+    argv = with_eval_configs(argv)
+    names = [*PROTOCOLS, "export"]
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in names:
+        raise UsageError(did_you_mean(first, names, "subcommand"))
+    cfg = build_parser(first).parse_args(argv)
     if cfg.subcommand == "export":
-        out = export_backbone(cfg.export.ckpt, cfg.export.out, cfg.export.weights, cfg.export.format)
-        meta = out.with_suffix(".json") if cfg.export.format == "state_dict" else out / "lightning_ssl.json"
-        print(f"wrote {out} ({cfg.export.format}); load it with:\n\n{json.loads(meta.read_text())['how_to_load']}")
+        _export(cfg.export)
         return None
-    results = run_protocols(cfg.subcommand, cfg[cfg.subcommand])
-    return results if argv is not None else None
+    return run_protocols(cfg.subcommand, cfg[cfg.subcommand])
+
+
+def _export(cfg: Namespace) -> None:
+    from lightning_ssl.console import UsageError, did_you_mean, missing_path_hint
+    from lightning_ssl.eval.export import FORMATS
+
+    if cfg.format not in FORMATS:
+        raise UsageError(f"--format: {did_you_mean(cfg.format, FORMATS, 'format')}")
+    if not Path(cfg.ckpt).exists():
+        hint = missing_path_hint(cfg.ckpt)
+        raise UsageError(f"--ckpt: {cfg.ckpt!r} does not exist" + (f"; {hint}" if hint else ""))
+    fields = {k: cfg[k] for k in ("mean", "std", "image_size", "resize_size") if cfg[k] is not None}
+    out = export_backbone(cfg.ckpt, cfg.out, cfg.weights, cfg.format, fields or None)
+    meta = out.with_suffix(".json") if cfg.format in ("state_dict", "onnx") else out / "lightning_ssl.json"
+    info = json.loads(meta.read_text())
+    pre = info["preprocessing"]
+    print(
+        f"wrote {out} ({cfg.format}, {info['num_features']}-d features; preprocessing: {pre['channels']} channel(s), "
+        f"{pre['image_size']} px, mean {pre['mean']}, std {pre['std']}); load it with:\n\n{info['how_to_load']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | int | None:
+    """Run a subcommand. Called with ``argv`` (from Python) it returns the results dict and raises errors; as the
+    ``lightning-ssl-eval`` console script (``argv=None``) a mistake ends with a short message and exit status 2
+    (``lightning_ssl.console.eval_main``), success with 0 (the results are printed and written to results.json)."""
+    if argv is None:
+        from lightning_ssl.console import eval_main
+
+        return eval_main()
+    return run(argv)
 
 
 if __name__ == "__main__":
-    main()
+    from lightning_ssl.console import eval_main
+
+    sys.exit(eval_main())

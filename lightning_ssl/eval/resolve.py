@@ -61,7 +61,7 @@ def eval_config(name: str) -> str:
     ``lightning-ssl fit`` (``eval/fashion_mnist``, ``configs/eval/fashion_mnist.yaml``). A training config
     (``simclr/fashion_mnist``: it has a ``model``) stands for the backbone of its newest run
     (``CheckpointBackbone`` of its ``trainer.default_root_dir``) on its data: returned as that evaluation config."""
-    from lightning_ssl.cli import find_config
+    from lightning_ssl.console import find_config
 
     path = find_config(name)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.modules.backbones import Backbone, feature_dim
 from lightning_ssl.modules.momentum import cosine_momentum, rename_legacy_teacher_keys, update_momentum
+from lightning_ssl.modules.spec import plain_items
 from lightning_ssl.optim import WarmupCosineLR, param_groups
 
 
@@ -59,15 +62,66 @@ class SSLMethod(L.LightningModule):
         )
 
     def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``save_hyperparameters``, with what a method built in Python is given turned into plain data.
+
+        From a config (LightningCLI) every argument is already a ``class_path``/``init_args`` dict. From Python a
+        ``Buildable`` backbone (every backbone of the library) is written as the config that rebuilds it, an
+        optimizer class or ``partial`` as its ``class_path``/``init_args`` (``lightning_ssl.modules.spec.plain``),
+        and the same instantiator LightningCLI records is named, so ``hparams.yaml`` stays a few readable lines
+        and ``<Method>.load_from_checkpoint(path)`` rebuilds the model alone. An object without a plain form
+        (``torchvision.models.resnet18()``) is left out: its weights are in the checkpoint, and reloading takes it
+        again (``load_from_checkpoint(path, backbone=...)``). The checkpoint always loads with ``weights_only=True``.
+        """
         frame = kwargs.pop("frame", None) or _caller_frame()
         with warnings.catch_warnings():  # "Attribute 'backbone' is an instance of nn.Module": handled below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
             super().save_hyperparameters(*args, frame=frame, **kwargs)
-        # Objects passed in Python (a backbone module, an optimizer class) are not plain data: drop them so the
-        # checkpoint still loads with weights_only=True; pass them again to ``load_from_checkpoint``. From a
-        # config (LightningCLI) they are class_path/init_args dicts and are kept.
-        for key in [k for k, v in self._hparams.items() if not _is_plain(v)]:
-            self._hparams.pop(key)
+        if "_class_path" in self._hparams:  # written by LightningCLI: plain data already
+            return
+        values, dropped = plain_items(dict(self._hparams))
+        left_out = [k for k in dropped if isinstance(self._hparams[k], nn.Module)]  # others fall back to defaults
+        self._hparams.clear()
+        self._hparams.update(values)
+        cls = type(self)
+        self._hparams["_class_path"] = f"{cls.__module__}.{cls.__qualname__}"
+        if not left_out:  # every module can be rebuilt: load_from_checkpoint goes through jsonargparse as for a CLI run
+            self._hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+        self._hparams_initial = copy.deepcopy(self._hparams)  # what loggers write (hparams.yaml): no pickled network
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Lightning's ``load_from_checkpoint``; a model built in Python from a module that could not be recorded
+        (not ``Buildable``) says which argument to pass again instead of a bare ``TypeError``."""
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+            )
+        except TypeError as e:
+            missing = re.search(r"missing \d+ required positional arguments?: (.*)", str(e))
+            if missing is None:
+                raise
+            from lightning_ssl.checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"{str(checkpoint_path)!r} holds the weights of {cls.__name__}'s {missing.group(1)} but not how to "
+                f"build it (a module built in Python that is not Buildable): pass it again, e.g. "
+                f"{cls.__name__}.load_from_checkpoint(path, backbone=torchvision.models.resnet18())"
+            ) from e
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record how evaluation images were prepared (``checkpoint["preprocessing"]``: channels, size, mean, std,
+        resize and interpolation, from the datamodule), which ``lightning_ssl.load`` and every export carry."""
+        describe = getattr(getattr(self._trainer, "datamodule", None), "preprocessing", None)
+        if callable(describe):
+            checkpoint["preprocessing"] = describe().to_dict()
 
     def on_fit_start(self) -> None:
         self._check_input_shape()
@@ -93,6 +147,7 @@ class SSLMethod(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rename_legacy_teacher_keys(checkpoint.get("state_dict", {}))
+        self.preprocessing_record: dict[str, Any] | None = checkpoint.get("preprocessing")  # for lightning_ssl.load
         written_by = checkpoint.get("hyper_parameters", {}).get("_class_path")
         self._check_same_method(written_by)
         self._check_same_shapes(checkpoint.get("state_dict", {}), written_by or "the checkpoint")
@@ -262,16 +317,6 @@ def forward_views(fn: Callable[[Tensor], Tensor], views: Sequence[Tensor]) -> li
     for idx in groups.values():
         out.update(zip(idx, fn(torch.cat([views[i] for i in idx])).chunk(len(idx)), strict=True))
     return [out[i] for i in range(len(views))]
-
-
-def _is_plain(v: Any) -> bool:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return True
-    if isinstance(v, (list, tuple)):
-        return all(_is_plain(x) for x in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _is_plain(x) for k, x in v.items())
-    return False
 
 
 def _caller_frame():

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from lightning_ssl.losses.lm import IGNORE_INDEX
 from lightning_ssl.methods.lm import LanguageModel
 from lightning_ssl.modules.lm_masking import mlm_mask
+from lightning_ssl.modules.spec import Buildable
 from lightning_ssl.modules.transformer import TransformerTrunk, init_gpt2
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -33,7 +34,7 @@ def bert_adamw(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.01)
 
 
-class BERTNet(TransformerTrunk):
+class BERTNet(Buildable, TransformerTrunk):
     """``hidden(ids (B, T), mask (B, T) or None) -> (B, T, C)``; ``head(h (..., C)) -> logits (..., V)``.
 
     Args:

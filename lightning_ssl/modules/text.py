@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from lightning_ssl.modules.spec import Buildable
 from lightning_ssl.modules.tokenizer import TokenizerFile
 
 PAD, SOT, EOT = "<pad>", "<sot>", "<eot>"
@@ -102,7 +103,7 @@ class BPETokenizer(TokenizerFile):
         return self.tokenizer.decode([i for i in ids if i not in (self.pad_id, self.sot_id, self.eot_id)])
 
 
-class TextTransformer(TextEncoder):
+class TextTransformer(Buildable, TextEncoder):
     """Token + learned position embeddings, ``layers`` pre-norm transformer blocks, final LayerNorm.
 
     ``causal=True`` with ``pooling="eot"`` is CLIP's text tower; ``causal=False`` with ``pooling="mean"`` a

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.masking import gather_tokens
+from lightning_ssl.modules.spec import Buildable
 
 
 def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) -> Tensor:
@@ -46,7 +47,7 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) ->
     return emb.float()
 
 
-class ViT(Backbone):
+class ViT(Buildable, Backbone):
     """timm ``VisionTransformer`` with a CLS token, as a backbone (see the module docstring).
 
     Args:
