@@ -23,7 +23,7 @@ from lightning_ssl.modules.text import TextTransformer
 from lightning_ssl.trainer import Trainer
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "python_quickstart.md"
-SHORTER = {"TimeBudget(minutes=1)": "TimeBudget(minutes=0.05, calibrate_steps=2)"}
+SHORTER = {"TimeBudget(minutes=1)": "TimeBudget(minutes=0.05, calibrate_steps=3)"}
 
 
 def quickstart() -> str:
