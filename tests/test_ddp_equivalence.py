@@ -82,8 +82,8 @@ def one_view(g: torch.Generator):
     return [torch.randn(N, C, S, S, generator=g)], torch.arange(N) % 4
 
 
-def vit():
-    return ViT(in_channels=C, image_size=S, patch_size=4, embed_dim=16, depth=2, num_heads=2)
+def vit(**kw):
+    return ViT(in_channels=C, image_size=S, patch_size=4, embed_dim=16, depth=2, num_heads=2, **kw)
 
 
 def multi_crop(g: torch.Generator):  # DINO: 2 global crops of 16 px, 2 local crops of 8 px
@@ -183,6 +183,25 @@ CASES = {
         multi_crop,
     ),  # global KoLeo: exact
     "dino_resnet": (lambda: DINO(cnn(), hidden_dim=16, bottleneck_dim=8, out_dim=32), multi_crop),
+    # DINOv2: one Sinkhorn-Knopp plan over the global batch (for iBOT over the masked patches of both processes,
+    # their counts differ), registers, a separate iBOT head
+    "dino_sinkhorn": (
+        lambda: DINO(vit(num_registers=2), hidden_dim=16, bottleneck_dim=8, out_dim=32, centering="sinkhorn"),
+        multi_crop,
+    ),
+    "dino_ibot_sinkhorn_separate": (
+        lambda: DINO(
+            vit(num_registers=1),
+            hidden_dim=16,
+            bottleneck_dim=8,
+            out_dim=32,
+            ibot_weight=1.0,
+            centering="sinkhorn",
+            ibot_separate_head=True,
+            ibot_out_dim=24,
+        ),
+        multi_crop,
+    ),
     "rotation": (lambda: RotNet(cnn()), one_view),
     "jigsaw": (
         lambda: Jigsaw(SmallCNN(in_channels=C, image_size=4, width=4), num_permutations=10, head_hidden_dim=16),

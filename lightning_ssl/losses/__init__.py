@@ -4,8 +4,8 @@ from lightning_ssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from lightning_ssl.losses.beit import feature_cosine_loss, masked_token_loss
 from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
-from lightning_ssl.losses.dino import DINOLoss, dino_loss, updated_center
-from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_loss
+from lightning_ssl.losses.dino import DINOLoss, dino_cross_entropy, dino_loss, sinkhorn_knopp_teacher, updated_center
+from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_cross_entropy, ibot_loss
 from lightning_ssl.losses.ijepa import IJEPALoss, ijepa_loss
 from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss, nt_xent_loss
 from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
@@ -36,8 +36,10 @@ __all__ = [
     "clip_logits",
     "clip_loss",
     "colorization_loss",
+    "dino_cross_entropy",
     "dino_loss",
     "feature_cosine_loss",
+    "ibot_cross_entropy",
     "ibot_loss",
     "ijepa_loss",
     "info_nce_loss",
@@ -50,6 +52,7 @@ __all__ = [
     "nt_xent_loss",
     "simmim_loss",
     "sinkhorn",
+    "sinkhorn_knopp_teacher",
     "swav_loss",
     "updated_center",
     "vicreg_loss",

@@ -1,13 +1,16 @@
 """DINO: self-DIstillation with NO labels (Caron et al., "Emerging Properties in Self-Supervised Vision
-Transformers", ICCV 2021), with the iBOT and KoLeo terms of DINOv2 (Oquab et al., 2023) as options.
+Transformers", ICCV 2021), with the iBOT, KoLeo, Sinkhorn-Knopp and separate-head options of DINOv2 (Oquab et al.,
+2023).
 
 For a batch of multi-crop views (G global crops, then L local crops; see ``data.MultiCropViews``):
     t = g_t(f_t(globals))                  teacher: EMA of the student, global crops only, no gradient
     s = g_s(f_s(globals, locals))          student: backbone + DINO head on every crop
     loss = DINO(s, t; center C, tau_s = 0.1, tau_t: 0.04 -> 0.07 warm-up)     (losses/dino.py)
-         + ibot_weight  * iBOT(masked student patch tokens, teacher patch tokens)  (ViT only; losses/ibot.py)
+         + ibot_weight  * iBOT(masked student patch tokens, teacher patch tokens)  (ViT only; losses/ibot.py;
+                                            the DINO head, or its own head with ``ibot_separate_head``)
          + koleo_weight * sum over global crops of KoLeo(student CLS features)    (losses/koleo.py)
-    C <- 0.9 C + 0.1 mean(t)               over all processes
+    C <- 0.9 C + 0.1 mean(t)               over all processes; ``centering="sinkhorn"``: no C, the teacher's
+                                            targets are Sinkhorn-Knopp normalized over the global batch instead
     (f_t, g_t) <- m (f_t, g_t) + (1 - m) (f_s, g_s)   m from 0.996 to 1, cosine, after each optimizer step
 Also from the paper and its code: the head's last layer is frozen during the first epoch, weight decay rises from
 0.04 to 0.4 on a cosine schedule, and each parameter's gradient is clipped to norm 3.0 on its own
@@ -55,6 +58,45 @@ def teacher_temperature(step: float, warmup_steps: float, start: float = 0.04, e
 
 
 class DINO(MomentumMethod):
+    """DINO, with DINOv2's options (see the module docstring).
+
+    Args:
+        backbone: a ViT (``lightning_ssl.modules.vit.ViT``; needed for iBOT) or a CNN.
+        hidden_dim: the DINO head's MLP width (2048).
+        bottleneck_dim: the head's L2-normalized bottleneck (256).
+        out_dim: K, the number of prototypes (65536 in DINO and DINOv2).
+        norm_last_layer: unit-norm prototypes (True: more stable; DINO's ViT-S/16 recipe uses False).
+        student_temp: tau_s (0.1).
+        warmup_teacher_temp: tau_t at the start (0.04).
+        teacher_temp: tau_t after the warm-up (0.04 - 0.07).
+        warmup_teacher_temp_epochs: epochs of the linear tau_t warm-up (30).
+        center_momentum: the EMA center's momentum (0.9); unused with Sinkhorn centering.
+        num_global_crops: G, the global crops that come first in each batch (2).
+        freeze_last_layer_epochs: epochs with the heads' last layers frozen (1).
+        clip_grad: per-parameter gradient norm clip (3.0; None: off).
+        weight_decay: weight decay of the decayed parameters (weights, not biases and norms) at the start (0.04),
+            set by DINO whatever the optimizer's own default.
+        weight_decay_end: its value at the end of a cosine schedule by optimizer step (0.4; None: constant).
+        ibot_weight: weight of the iBOT loss (0: off; 1.0 in DINOv2); needs a ViT.
+        mask_ratio: range of iBOT's block-mask ratios, spread over the masked crops ((0.1, 0.5)).
+        mask_probability: fraction of the global crops that are masked (0.5).
+        koleo_weight: weight of KoLeo on the student's CLS features (0: off; 0.1 in DINOv2).
+        koleo_local: search KoLeo's neighbours within each process (True, as DINOv2) or the global batch.
+        centering: ``"ema"`` (DINO's center) or ``"sinkhorn"`` (DINOv2's Sinkhorn-Knopp, 3 iterations over the
+            global batch; for iBOT over the masked patches of all processes).
+        ibot_separate_head: iBOT gets its own head (DINOv2's ViT-L/g recipes) instead of sharing the DINO head.
+        ibot_out_dim: prototypes of the separate iBOT head (None: ``out_dim``).
+        eval_teacher: ``embed`` with the teacher backbone (True, as the paper evaluates) or the student.
+        momentum: the teacher EMA's momentum at the start (0.996; DINOv2 0.992 - 0.994).
+        momentum_end: its value at the end of a cosine schedule (1.0).
+        optimizer: the optimizer (AdamW).
+        scheduler: the LR schedule by optimizer step (warmup + cosine).
+    """
+
+    head: DINOHead
+    ibot_head: DINOHead | None
+    teacher_updates: Tensor
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -77,19 +119,15 @@ class DINO(MomentumMethod):
         mask_probability: float = 0.5,
         koleo_weight: float = 0.0,
         koleo_local: bool = True,
+        centering: str = "ema",
+        ibot_separate_head: bool = False,
+        ibot_out_dim: int | None = None,
         eval_teacher: bool = True,
         momentum: float = 0.996,
         momentum_end: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``weight_decay`` -> ``weight_decay_end``: the weight decay of the decayed parameter groups (weights, not
-        biases and norms), cosine by optimizer step, set by DINO whatever the optimizer's own default;
-        ``weight_decay_end=None`` keeps it at ``weight_decay``. ``clip_grad``: per-parameter gradient norm clip
-        (None: off). ``ibot_weight`` > 0 turns on iBOT (a ViT
-        backbone is needed), with ``mask_probability`` of the global crops block-masked at ratios spread over
-        ``mask_ratio``; ``koleo_weight`` > 0 turns on KoLeo (DINOv2 uses 1.0 and 0.1), with neighbours searched per
-        process as DINOv2 does (``koleo_local=False``: over the global batch)."""
         super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
         self.save_hyperparameters()
         for name, t in (
@@ -107,6 +145,10 @@ class DINO(MomentumMethod):
             raise ValueError(f"clip_grad must be > 0 (or None: no clipping), got {clip_grad}")
         if ibot_weight < 0 or koleo_weight < 0:
             raise ValueError(f"loss weights must be >= 0, got ibot {ibot_weight}, koleo {koleo_weight}")
+        if ibot_separate_head and ibot_weight == 0:
+            raise ValueError("ibot_separate_head needs iBOT: set ibot_weight > 0 (DINOv2 uses 1.0)")
+        if ibot_out_dim is not None and (ibot_out_dim < 1 or not ibot_separate_head):
+            raise ValueError(f"ibot_out_dim ({ibot_out_dim}) must be >= 1 and needs ibot_separate_head=True")
         self.use_ibot = ibot_weight > 0
         if self.use_ibot:
             if not hasattr(backbone, "add_mask_token"):
@@ -131,11 +173,24 @@ class DINO(MomentumMethod):
                 m.p = 0.0
             elif hasattr(m, "drop_prob"):  # timm's DropPath
                 m.drop_prob = 0.0
-        self.dino_loss = DINOLoss(out_dim, student_temp, center_momentum)
-        self.ibot_loss = IBOTPatchLoss(out_dim, student_temp, center_momentum) if self.use_ibot else None
+        self.ibot_head = None
+        if ibot_separate_head:
+            ibot_out_dim = ibot_out_dim or out_dim
+            self.ibot_head = DINOHead(
+                self.num_features, hidden_dim, bottleneck_dim, ibot_out_dim, norm_last_layer=norm_last_layer
+            )
+            self.teacher_ibot_head = make_teacher(self.ibot_head)
+        self.dino_loss = DINOLoss(out_dim, student_temp, center_momentum, centering)
+        self.ibot_loss = (
+            IBOTPatchLoss(ibot_out_dim or out_dim, student_temp, center_momentum, centering) if self.use_ibot else None
+        )
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+        pairs = [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+        return pairs + ([(self.ibot_head, self.teacher_ibot_head)] if self.ibot_head is not None else [])
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.backbone, self.head] + ([self.ibot_head] if self.ibot_head is not None else [])
 
     # -- schedules (functions of the optimizer step) ----------------------------------------------------------
     def steps_per_epoch(self) -> float:
@@ -201,9 +256,11 @@ class DINO(MomentumMethod):
         self.log("train/dino_loss", dino)
 
         if self.use_ibot:
-            s_patch_out = self.head(s_patches[mask])  # (M, K): masked patches only
+            s_patch_out = (self.ibot_head or self.head)(s_patches[mask])  # (M, K): masked patches only
             with torch.no_grad():
-                t_patch_out = self.teacher_head(t_tokens[:, 1:][mask])
+                t_patch_out = (self.teacher_ibot_head if self.ibot_head is not None else self.teacher_head)(
+                    t_tokens[:, 1:][mask]
+                )
             ibot = self.ibot_loss(s_patch_out, t_patch_out, mask, tau_t)
             loss = loss + self.ibot_weight * ibot
             self.log("train/ibot_loss", ibot)
@@ -227,8 +284,9 @@ class DINO(MomentumMethod):
         if self.clip_grad is not None:
             clip_gradients_per_parameter(self.parameters(), self.clip_grad)
         if self.current_epoch < self.freeze_last_layer_epochs:
-            for p in self.head.last_layer.parameters():
-                p.grad = None  # the optimizer skips it: no update, no weight decay, no moments
+            for head in [self.head] + ([self.ibot_head] if self.ibot_head is not None else []):
+                for p in head.last_layer.parameters():
+                    p.grad = None  # the optimizer skips it: no update, no weight decay, no moments
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         self._schedule_weight_decay()
