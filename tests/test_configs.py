@@ -96,7 +96,7 @@ CPU_OVERRIDES = {
             "--model.init_args.out_dim=256",
             "--model.init_args.ibot_out_dim=256",
         ]
-        for name in ("dinov2",)
+        for name in ("dinov2", "gram")
     },  # ViT-L/16 with two 65536-prototype heads: the wiring is what runs here
     "simclr/imagenet_streaming.yaml": RESNET18,
     "byol/imagenet.yaml": RESNET18,

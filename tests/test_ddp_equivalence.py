@@ -86,6 +86,14 @@ def vit(**kw):
     return ViT(in_channels=C, image_size=S, patch_size=4, embed_dim=16, depth=2, num_heads=2, **kw)
 
 
+def dino_gram():  # the Gram teacher an earlier model (perturbed), so the anchoring term has a gradient
+    model = DINO(vit(num_registers=2), hidden_dim=16, bottleneck_dim=8, out_dim=32, gram_weight=2.0)
+    with torch.no_grad():
+        for p in model.gram.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
 def multi_crop(g: torch.Generator):  # DINO: 2 global crops of 16 px, 2 local crops of 8 px
     views = [torch.randn(N, C, S, S, generator=g) for _ in range(2)] + [
         torch.randn(N, C, 8, 8, generator=g) for _ in range(2)
@@ -184,7 +192,7 @@ CASES = {
     ),  # global KoLeo: exact
     "dino_resnet": (lambda: DINO(cnn(), hidden_dim=16, bottleneck_dim=8, out_dim=32), multi_crop),
     # DINOv2: one Sinkhorn-Knopp plan over the global batch (for iBOT over the masked patches of both processes,
-    # their counts differ), registers, a separate iBOT head
+    # their counts differ), registers, a separate iBOT head; DINOv3: Gram anchoring
     "dino_sinkhorn": (
         lambda: DINO(vit(num_registers=2), hidden_dim=16, bottleneck_dim=8, out_dim=32, centering="sinkhorn"),
         multi_crop,
@@ -202,6 +210,7 @@ CASES = {
         ),
         multi_crop,
     ),
+    "dino_gram": (dino_gram, multi_crop),
     "rotation": (lambda: RotNet(cnn()), one_view),
     "jigsaw": (
         lambda: Jigsaw(SmallCNN(in_channels=C, image_size=4, width=4), num_permutations=10, head_hidden_dim=16),

@@ -227,7 +227,7 @@ VIT_METHODS = {  # every method that takes a lightning_ssl ViT
     "simmim": lambda v: SimMIM(v, mask_patch_size=8),
     "ijepa": lambda v: IJEPA(v, predictor_dim=16, predictor_depth=1, predictor_heads=2, min_context=2),
     "beit": lambda v: BEiT(v, _visual_tokenizer(tiny_vit())),
-    "dino_ibot": lambda v: DINO(v, **HEAD, ibot_weight=1.0, mask_probability=1.0),
+    "dino_ibot_gram": lambda v: DINO(v, **HEAD, ibot_weight=1.0, mask_probability=1.0, gram_weight=1.0),
     "colorization": lambda v: Colorization(v),
     "visual_tokenizer": _visual_tokenizer,
 }

@@ -5,6 +5,7 @@ from lightning_ssl.losses.beit import feature_cosine_loss, masked_token_loss
 from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.losses.dino import DINOLoss, dino_cross_entropy, dino_loss, sinkhorn_knopp_teacher, updated_center
+from lightning_ssl.losses.gram import GramLoss, gram_loss
 from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_cross_entropy, ibot_loss
 from lightning_ssl.losses.ijepa import IJEPALoss, ijepa_loss
 from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss, nt_xent_loss
@@ -20,6 +21,7 @@ __all__ = [
     "BarlowTwinsLoss",
     "CLIPLoss",
     "DINOLoss",
+    "GramLoss",
     "IBOTPatchLoss",
     "IJEPALoss",
     "InfoNCELoss",
@@ -39,6 +41,7 @@ __all__ = [
     "dino_cross_entropy",
     "dino_loss",
     "feature_cosine_loss",
+    "gram_loss",
     "ibot_cross_entropy",
     "ibot_loss",
     "ijepa_loss",

@@ -1,6 +1,6 @@
 """DINO: self-DIstillation with NO labels (Caron et al., "Emerging Properties in Self-Supervised Vision
 Transformers", ICCV 2021), with the iBOT, KoLeo, Sinkhorn-Knopp and separate-head options of DINOv2 (Oquab et al.,
-2023).
+2023) and the Gram anchoring of DINOv3 (Siméoni et al., 2025).
 
 For a batch of multi-crop views (G global crops, then L local crops; see ``data.MultiCropViews``):
     t = g_t(f_t(globals))                  teacher: EMA of the student, global crops only, no gradient
@@ -9,9 +9,12 @@ For a batch of multi-crop views (G global crops, then L local crops; see ``data.
          + ibot_weight  * iBOT(masked student patch tokens, teacher patch tokens)  (ViT only; losses/ibot.py;
                                             the DINO head, or its own head with ``ibot_separate_head``)
          + koleo_weight * sum over global crops of KoLeo(student CLS features)    (losses/koleo.py)
+         + gram_weight  * Gram(student patch tokens, Gram teacher's patch tokens)  from step ``gram_start``
+                                            (ViT only; losses/gram.py, modules/gram_teacher.py)
     C <- 0.9 C + 0.1 mean(t)               over all processes; ``centering="sinkhorn"``: no C, the teacher's
                                             targets are Sinkhorn-Knopp normalized over the global batch instead
     (f_t, g_t) <- m (f_t, g_t) + (1 - m) (f_s, g_s)   m from 0.996 to 1, cosine, after each optimizer step
+    Gram teacher <- f_t                     at ``gram_start``, then every ``gram_update_every`` steps
 Also from the paper and its code: the head's last layer is frozen during the first epoch, weight decay rises from
 0.04 to 0.4 on a cosine schedule, and each parameter's gradient is clipped to norm 3.0 on its own
 (``utils.clip_gradients``; ``clip_grad``), before the frozen last layer's gradients are cancelled. Lightning's
@@ -29,10 +32,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_ssl.losses.dino import DINOLoss
+from lightning_ssl.losses.gram import gram_loss
 from lightning_ssl.losses.ibot import IBOTPatchLoss
 from lightning_ssl.losses.koleo import koleo_loss
 from lightning_ssl.methods.base import MomentumMethod
 from lightning_ssl.modules.dino_head import DINOHead
+from lightning_ssl.modules.gram_teacher import GramTeacher
 from lightning_ssl.modules.masking import block_masking
 from lightning_ssl.modules.momentum import cosine_momentum, make_teacher
 from lightning_ssl.optim import WarmupCosineLR
@@ -58,10 +63,10 @@ def teacher_temperature(step: float, warmup_steps: float, start: float = 0.04, e
 
 
 class DINO(MomentumMethod):
-    """DINO, with DINOv2's options (see the module docstring).
+    """DINO, with DINOv2's and DINOv3's options (see the module docstring).
 
     Args:
-        backbone: a ViT (``lightning_ssl.modules.vit.ViT``; needed for iBOT) or a CNN.
+        backbone: a ViT (``lightning_ssl.modules.vit.ViT``; needed for iBOT and Gram anchoring) or a CNN.
         hidden_dim: the DINO head's MLP width (2048).
         bottleneck_dim: the head's L2-normalized bottleneck (256).
         out_dim: K, the number of prototypes (65536 in DINO and DINOv2).
@@ -86,6 +91,12 @@ class DINO(MomentumMethod):
             global batch; for iBOT over the masked patches of all processes).
         ibot_separate_head: iBOT gets its own head (DINOv2's ViT-L/g recipes) instead of sharing the DINO head.
         ibot_out_dim: prototypes of the separate iBOT head (None: ``out_dim``).
+        gram_weight: weight of DINOv3's Gram anchoring (0: off; 2.0 in DINOv3); needs a ViT.
+        gram_start: optimizer step from which the Gram loss applies, when the Gram teacher (a snapshot of the EMA
+            teacher's backbone) is taken; below 1, a fraction of the run (DINOv3: 1M of 1.2M iterations).
+        gram_update_every: refresh the Gram teacher from the EMA teacher every this many steps after
+            ``gram_start`` (DINOv3: 10,000); below 1, a fraction of the run; None: never.
+        gram_max_updates: at most this many refreshes (DINOv3: 3; None: no limit).
         eval_teacher: ``embed`` with the teacher backbone (True, as the paper evaluates) or the student.
         momentum: the teacher EMA's momentum at the start (0.996; DINOv2 0.992 - 0.994).
         momentum_end: its value at the end of a cosine schedule (1.0).
@@ -95,6 +106,7 @@ class DINO(MomentumMethod):
 
     head: DINOHead
     ibot_head: DINOHead | None
+    gram: GramTeacher | None
     teacher_updates: Tensor
 
     def __init__(
@@ -122,6 +134,10 @@ class DINO(MomentumMethod):
         centering: str = "ema",
         ibot_separate_head: bool = False,
         ibot_out_dim: int | None = None,
+        gram_weight: float = 0.0,
+        gram_start: float = 0,
+        gram_update_every: float | None = None,
+        gram_max_updates: int | None = None,
         eval_teacher: bool = True,
         momentum: float = 0.996,
         momentum_end: float = 1.0,
@@ -143,8 +159,10 @@ class DINO(MomentumMethod):
             raise ValueError(f"weight decay must be >= 0, got {weight_decay} -> {weight_decay_end}")
         if clip_grad is not None and clip_grad <= 0:
             raise ValueError(f"clip_grad must be > 0 (or None: no clipping), got {clip_grad}")
-        if ibot_weight < 0 or koleo_weight < 0:
-            raise ValueError(f"loss weights must be >= 0, got ibot {ibot_weight}, koleo {koleo_weight}")
+        if ibot_weight < 0 or koleo_weight < 0 or gram_weight < 0:
+            raise ValueError(
+                f"loss weights must be >= 0, got ibot {ibot_weight}, koleo {koleo_weight}, gram {gram_weight}"
+            )
         if ibot_separate_head and ibot_weight == 0:
             raise ValueError("ibot_separate_head needs iBOT: set ibot_weight > 0 (DINOv2 uses 1.0)")
         if ibot_out_dim is not None and (ibot_out_dim < 1 or not ibot_separate_head):
@@ -163,7 +181,7 @@ class DINO(MomentumMethod):
         self.freeze_last_layer_epochs, self.clip_grad = freeze_last_layer_epochs, clip_grad
         self.weight_decay, self.weight_decay_end = weight_decay, weight_decay_end
         self.ibot_weight, self.koleo_weight, self.eval_teacher = ibot_weight, koleo_weight, eval_teacher
-        self.koleo_local = koleo_local
+        self.koleo_local, self.gram_weight = koleo_local, gram_weight
         self.mask_ratio, self.mask_probability = tuple(mask_ratio), mask_probability
 
         self.head = DINOHead(self.num_features, hidden_dim, bottleneck_dim, out_dim, norm_last_layer=norm_last_layer)
@@ -183,6 +201,11 @@ class DINO(MomentumMethod):
         self.dino_loss = DINOLoss(out_dim, student_temp, center_momentum, centering)
         self.ibot_loss = (
             IBOTPatchLoss(ibot_out_dim or out_dim, student_temp, center_momentum, centering) if self.use_ibot else None
+        )
+        self.gram = (
+            GramTeacher(self.teacher_backbone, gram_start, gram_update_every, gram_max_updates)
+            if gram_weight > 0
+            else None
         )
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -223,12 +246,20 @@ class DINO(MomentumMethod):
         self.log("train/weight_decay", wd)
 
     # -- training ---------------------------------------------------------------------------------------------
-    def _student_globals(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Student on the global crops (G*B, C, H, W) -> CLS features, and with iBOT the patch tokens and mask."""
-        if not self.use_ibot:
+    def _step(self) -> tuple[int, int]:
+        """(optimizer steps done, the run's optimizer steps) for the Gram schedule; (n, 0) outside a Trainer."""
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
+        return int(self.teacher_updates), total
+
+    def _student_globals(self, x: Tensor, gram: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Student on the global crops (G*B, C, H, W) -> CLS features, and with iBOT (or Gram anchoring) the patch
+        tokens (G*B, N, D) and the iBOT mask (G*B, N)."""
+        if not (self.use_ibot or gram):
             return self.backbone(x), None, None
-        grid = (x.shape[-2] // self.backbone.patch_size, x.shape[-1] // self.backbone.patch_size)
-        mask = block_masking(len(x), grid, self.mask_ratio, self.mask_probability).to(x.device)  # (G*B, N)
+        mask = None
+        if self.use_ibot:
+            grid = (x.shape[-2] // self.backbone.patch_size, x.shape[-1] // self.backbone.patch_size)
+            mask = block_masking(len(x), grid, self.mask_ratio, self.mask_probability).to(x.device)
         tokens = self.backbone.forward_tokens(x, mask=mask)
         return self.backbone.pool(tokens), tokens[:, 1:], mask
 
@@ -248,7 +279,8 @@ class DINO(MomentumMethod):
                 t_feat = self.teacher_backbone(x_global)  # (G*B, D)
             t_out = self.teacher_head(t_feat)  # (G*B, K)
 
-        s_feat, s_patches, mask = self._student_globals(x_global)
+        gram = self.gram is not None and self.gram.active(*self._step())
+        s_feat, s_patches, mask = self._student_globals(x_global, gram)
         s_out = list(self.head(s_feat).chunk(g))
         if local_views:
             s_out += list(self.head(self.backbone(torch.cat(local_views))).chunk(len(local_views)))
@@ -268,6 +300,10 @@ class DINO(MomentumMethod):
             koleo = sum(koleo_loss(f, local=self.koleo_local) for f in s_feat.chunk(g))
             loss = loss + self.koleo_weight * koleo
             self.log("train/koleo_loss", koleo)
+        if gram and self.gram is not None:  # the student's (iBOT-masked) patches against the Gram teacher's
+            anchor = gram_loss(s_patches, self.gram.patches(x_global))
+            loss = loss + self.gram_weight * anchor
+            self.log("train/gram_loss", anchor)
 
         self.log("train/teacher_temp", tau_t)
         self.log("train/loss", loss, prog_bar=True)
@@ -291,6 +327,8 @@ class DINO(MomentumMethod):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         self._schedule_weight_decay()
         super().optimizer_step(*args, **kwargs)  # the teacher EMA follows the step
+        if self.gram is not None and self.gram.due(*self._step()):
+            self.gram.refresh(self.teacher_backbone, int(self.teacher_updates))  # DINOv3: after the EMA update
 
     # -- downstream -------------------------------------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:
