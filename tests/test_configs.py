@@ -89,6 +89,7 @@ CPU_OVERRIDES = {
         "--model.init_args.decoder_depth=1",
     ],
     "simclr/imagenet.yaml": RESNET18,
+    "aim/imagenet.yaml": [*SHRINK_VIT, "--model.init_args.head_width=32", "--model.init_args.head_depth=1"],
     **{
         f"dino/imagenet_{name}.yaml": [
             *SHRINK_VIT,

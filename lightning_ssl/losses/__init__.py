@@ -1,5 +1,6 @@
 """Losses: pure functions plus thin ``nn.Module`` wrappers. No Lightning imports here."""
 
+from lightning_ssl.losses.aim import AIMLoss, aim_loss
 from lightning_ssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from lightning_ssl.losses.beit import feature_cosine_loss, masked_token_loss
 from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
@@ -18,6 +19,7 @@ from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
 from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
+    "AIMLoss",
     "BarlowTwinsLoss",
     "CLIPLoss",
     "DINOLoss",
@@ -33,6 +35,7 @@ __all__ = [
     "SwAVLoss",
     "VICRegLoss",
     "ab_regression_loss",
+    "aim_loss",
     "barlow_twins_loss",
     "byol_loss",
     "clip_logits",
