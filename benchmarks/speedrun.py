@@ -6,6 +6,7 @@ side by side, with the raw-pixel and random-init rows it must beat.
     scripts/with_jemalloc.sh .venv/bin/python benchmarks/speedrun.py [--minutes 5 10 20]
         [--methods simclr mocov3 byol vicreg] [--steps 2000]   # --steps: a fixed step count instead (tuning)
         [-- extra CLI overrides for every run, e.g. --model.init_args.temperature=0.1]
+    e.g. --methods aim dino_v2 dino_gram simclr --minutes 5 10    (the 2024-26 methods beside SimCLR)
 
 VICReg is the fourth default: the best of the other methods after one epoch in benchmarks/compare_methods.py.
 
@@ -35,6 +36,9 @@ CONFIGS = {
     "lejepa": "configs/lejepa/fashion_mnist.yaml",
     "mmcr": "configs/mmcr/fashion_mnist.yaml",
     "densecl": "configs/densecl/fashion_mnist.yaml",
+    "dino_v2": "configs/dino/fashion_mnist_dinov2.yaml",  # Sinkhorn-Knopp, registers, iBOT (separate head), KoLeo
+    "dino_gram": "configs/dino/fashion_mnist_gram.yaml",  # the same + DINOv3's Gram anchoring from 5/6 of the run
+    "aim": "configs/aim/fashion_mnist.yaml",
 }
 
 

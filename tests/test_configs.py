@@ -89,6 +89,16 @@ CPU_OVERRIDES = {
         "--model.init_args.decoder_depth=1",
     ],
     "simclr/imagenet.yaml": RESNET18,
+    "aim/imagenet.yaml": [*SHRINK_VIT, "--model.init_args.head_width=32", "--model.init_args.head_depth=1"],
+    **{
+        f"dino/imagenet_{name}.yaml": [
+            *SHRINK_VIT,
+            "--model.init_args.hidden_dim=64",
+            "--model.init_args.out_dim=256",
+            "--model.init_args.ibot_out_dim=256",
+        ]
+        for name in ("dinov2", "gram")
+    },  # ViT-L/16 with two 65536-prototype heads: the wiring is what runs here
     "simclr/imagenet_streaming.yaml": RESNET18,
     "byol/imagenet.yaml": RESNET18,
     "lejepa/imagenet.yaml": RESNET18,

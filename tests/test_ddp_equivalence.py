@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+import lightning_ssl.methods.aim as aim_module
 import lightning_ssl.methods.beit as beit_module
 import lightning_ssl.methods.bert as bert_module
 import lightning_ssl.methods.dino as dino_module
@@ -30,6 +31,7 @@ import lightning_ssl.methods.mae as mae_module
 import lightning_ssl.methods.simmim as simmim_module
 import lightning_ssl.methods.t5 as t5_module
 from lightning_ssl.methods import (
+    AIM,
     BERT,
     BYOL,
     CLIP,
@@ -58,6 +60,7 @@ from lightning_ssl.methods import (
 )
 from lightning_ssl.modules.backbones import SmallCNN, TimmBackbone
 from lightning_ssl.modules.distributed import gather
+from lightning_ssl.modules.prefix_vit import PrefixCausalViT
 from lightning_ssl.modules.sync_bn import convert_batchnorm
 from lightning_ssl.modules.text import TextTransformer
 from lightning_ssl.modules.tokenizer import TextTokenizer
@@ -89,8 +92,16 @@ def one_view(g: torch.Generator):
     return [torch.randn(N, C, S, S, generator=g)], torch.arange(N) % 4
 
 
-def vit():
-    return ViT(in_channels=C, image_size=S, patch_size=4, embed_dim=16, depth=2, num_heads=2)
+def vit(**kw):
+    return ViT(in_channels=C, image_size=S, patch_size=4, embed_dim=16, depth=2, num_heads=2, **kw)
+
+
+def dino_gram():  # the Gram teacher an earlier model (perturbed), so the anchoring term has a gradient
+    model = DINO(vit(num_registers=2), hidden_dim=16, bottleneck_dim=8, out_dim=32, gram_weight=2.0)
+    with torch.no_grad():
+        for p in model.gram.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
 
 
 def multi_crop(g: torch.Generator):  # DINO: 2 global crops of 16 px, 2 local crops of 8 px
@@ -190,6 +201,34 @@ CASES = {
         multi_crop,
     ),  # global KoLeo: exact
     "dino_resnet": (lambda: DINO(cnn(), hidden_dim=16, bottleneck_dim=8, out_dim=32), multi_crop),
+    # DINOv2: one Sinkhorn-Knopp plan over the global batch (for iBOT over the masked patches of both processes,
+    # their counts differ), registers, a separate iBOT head; DINOv3: Gram anchoring
+    "dino_sinkhorn": (
+        lambda: DINO(vit(num_registers=2), hidden_dim=16, bottleneck_dim=8, out_dim=32, centering="sinkhorn"),
+        multi_crop,
+    ),
+    "dino_ibot_sinkhorn_separate": (
+        lambda: DINO(
+            vit(num_registers=1),
+            hidden_dim=16,
+            bottleneck_dim=8,
+            out_dim=32,
+            ibot_weight=1.0,
+            centering="sinkhorn",
+            ibot_separate_head=True,
+            ibot_out_dim=24,
+        ),
+        multi_crop,
+    ),
+    "dino_gram": (dino_gram, multi_crop),
+    "aim": (
+        lambda: AIM(
+            PrefixCausalViT(in_channels=C, image_size=S, patch_size=4, embed_dim=16, depth=2, num_heads=2),
+            head_width=16,
+            head_depth=1,
+        ),
+        one_view,
+    ),
     "rotation": (lambda: RotNet(cnn()), one_view),
     "jigsaw": (
         lambda: Jigsaw(SmallCNN(in_channels=C, image_size=4, width=4), num_permutations=10, head_hidden_dim=16),
@@ -301,6 +340,9 @@ def _gathered(fn, rank: int, world: int, seed: int = 7, batched=("ids", "special
 
 SHARDED_DRAWS = {  # name prefix: patches that make a process draw its rows of the whole batch's random numbers
     "mae": lambda r, w: [mock.patch.object(mae_module, "random_masking", _sharded(mae_module.random_masking, r, w))],
+    "aim": lambda r, w: [
+        mock.patch.object(aim_module, "random_prefix_lengths", _sharded(aim_module.random_prefix_lengths, r, w))
+    ],
     "dino_ibot": lambda r, w: [
         mock.patch.object(dino_module, "block_masking", _sharded(dino_module.block_masking, r, w, groups=2))
     ],

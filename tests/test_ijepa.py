@@ -24,9 +24,9 @@ def vit(**kw):
     return ViT(**kw)
 
 
-def ijepa(**kw):
+def ijepa(registers: int = 0, **kw):
     kw = {"predictor_dim": 16, "predictor_depth": 1, "predictor_heads": 2, "min_context": 2, **kw}
-    return IJEPA(vit(), **kw)
+    return IJEPA(vit(num_registers=registers), **kw)
 
 
 # --- masks ----------------------------------------------------------------------------------------------------
@@ -120,9 +120,12 @@ def test_predictor_runs_each_target_block_separately():
     assert not torch.allclose(pred(context, ctx_ids, moved)[:, 1], out[:, 1])
 
 
-def test_context_encoder_never_sees_target_pixels_and_teacher_gets_no_gradient():
+@pytest.mark.parametrize("registers", [0, 2], ids=["plain", "registers"])
+def test_context_encoder_never_sees_target_pixels_and_teacher_gets_no_gradient(registers):
+    """Also with register tokens: the context encoder's ``ids_keep`` and the targets' patch indices address the
+    patches, never the registers (which the ViT drops from its output)."""
     torch.manual_seed(0)
-    model = ijepa().eval()
+    model = ijepa(registers).eval()
     x = torch.randn(2, 1, 16, 16)
     context_ids = torch.tensor([[0, 1, 4, 5], [2, 3, 6, 7]])
     target_ids = torch.tensor([[[10, 11]], [[14, 15]]])
@@ -139,6 +142,9 @@ def test_context_encoder_never_sees_target_pixels_and_teacher_gets_no_gradient()
     out["loss"].backward()
     assert all(p.grad is None for p in model.teacher_backbone.parameters())
     assert model.backbone.model.patch_embed.proj.weight.grad is not None
+    assert (model.backbone.model.reg_token is not None) == (registers > 0)
+    if registers:
+        assert model.backbone.model.reg_token.grad.abs().sum() > 0  # the registers take part in the context encoder
     torch.testing.assert_close(out["features"], model.embed(x))  # embed: the target encoder on the full image
     from lightning_ssl.modules.pretrained import backbone_prefix
 

@@ -21,9 +21,9 @@ def tiny_vit(**kw):
     return ViT(**kw)
 
 
-def tiny_mae(**kw):
+def tiny_mae(registers: int = 0, **kw):
     kw = {"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2, **kw}
-    return MAE(tiny_vit(), **kw)
+    return MAE(tiny_vit(num_registers=registers), **kw)
 
 
 def tiny_data(**kw):
@@ -136,8 +136,11 @@ def test_changing_visible_predictions_leaves_the_loss_unchanged():
 
 
 # --- the model --------------------------------------------------------------------------------------------------
-def test_encoder_sees_only_the_visible_patches():
-    model = tiny_mae().eval()
+@pytest.mark.parametrize("registers", [0, 3], ids=["plain", "registers"])
+def test_encoder_sees_only_the_visible_patches(registers):
+    """Also with register tokens: ``ids_keep`` selects patches, the latent is CLS + the visible patches (the
+    registers are dropped), and the decoder puts the predictions back in place."""
+    model = tiny_mae(registers).eval()
     x = torch.randn(3, 1, 16, 16)
     ids_keep, mask, _ = random_masking(3, 16, 0.75, generator=torch.Generator().manual_seed(1))
     latent = model.backbone.forward_tokens(x, ids_keep=ids_keep)
@@ -155,8 +158,9 @@ def test_encoder_sees_only_the_visible_patches():
     assert mae_loss(pred2, target2, m2) != mae_loss(pred, target, m)
 
 
-def test_embed_uses_all_patches_and_training_step_runs():
-    model = tiny_mae()
+@pytest.mark.parametrize("registers", [0, 2], ids=["plain", "registers"])
+def test_embed_uses_all_patches_and_training_step_runs(registers):
+    model = tiny_mae(registers)
     x = torch.randn(4, 1, 16, 16)
     model.eval()
     torch.testing.assert_close(model.embed(x), model.backbone.forward_tokens(x)[:, 0])
@@ -167,6 +171,8 @@ def test_embed_uses_all_patches_and_training_step_runs():
     assert "features" not in out
     assert model.decoder.mask_token.grad is not None
     assert model.backbone.model.cls_token.grad is not None
+    if registers:
+        assert model.backbone.model.reg_token.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="ViT backbone"):
         MAE(torch.nn.Linear(4, 4))
 

@@ -260,6 +260,12 @@ def vit_to_hf(backbone: Any) -> Any:
     """Our timm-based ``ViT`` (``backbone``) as a ``transformers.ViTModel`` with the same weights (and features)."""
     from transformers import ViTConfig, ViTModel
 
+    registers = getattr(backbone, "num_registers", 0)
+    if registers:
+        raise ValueError(
+            f"a ViT with {registers} register tokens has no transformers ViTModel equivalent: "
+            "export it with --format timm or state_dict"
+        )
     m, kw = backbone.model, backbone.model_kwargs
     d, depth = kw["embed_dim"], kw["depth"]
     config = ViTConfig(

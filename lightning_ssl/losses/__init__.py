@@ -1,12 +1,14 @@
 """Losses: pure functions plus thin ``nn.Module`` wrappers. No Lightning imports here."""
 
+from lightning_ssl.losses.aim import AIMLoss, aim_loss
 from lightning_ssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from lightning_ssl.losses.beit import feature_cosine_loss, masked_token_loss
 from lightning_ssl.losses.clip import CLIPLoss, clip_logits, clip_loss
 from lightning_ssl.losses.colorization import ab_regression_loss, colorization_loss
 from lightning_ssl.losses.densecl import dense_correspondence, densecl_loss
-from lightning_ssl.losses.dino import DINOLoss, dino_loss, updated_center
-from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_loss
+from lightning_ssl.losses.dino import DINOLoss, dino_cross_entropy, dino_loss, sinkhorn_knopp_teacher, updated_center
+from lightning_ssl.losses.gram import GramLoss, gram_loss
+from lightning_ssl.losses.ibot import IBOTPatchLoss, ibot_cross_entropy, ibot_loss
 from lightning_ssl.losses.ijepa import IJEPALoss, ijepa_loss
 from lightning_ssl.losses.info_nce import InfoNCELoss, NTXentLoss, info_nce_loss, nt_xent_loss
 from lightning_ssl.losses.koleo import KoLeoLoss, koleo_loss
@@ -21,9 +23,11 @@ from lightning_ssl.losses.swav import SwAVLoss, sinkhorn, swav_loss
 from lightning_ssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
+    "AIMLoss",
     "BarlowTwinsLoss",
     "CLIPLoss",
     "DINOLoss",
+    "GramLoss",
     "IBOTPatchLoss",
     "IJEPALoss",
     "InfoNCELoss",
@@ -37,6 +41,7 @@ __all__ = [
     "SwAVLoss",
     "VICRegLoss",
     "ab_regression_loss",
+    "aim_loss",
     "barlow_twins_loss",
     "byol_loss",
     "clip_logits",
@@ -44,8 +49,11 @@ __all__ = [
     "colorization_loss",
     "dense_correspondence",
     "densecl_loss",
+    "dino_cross_entropy",
     "dino_loss",
     "feature_cosine_loss",
+    "gram_loss",
+    "ibot_cross_entropy",
     "ibot_loss",
     "ijepa_loss",
     "info_nce_loss",
@@ -61,6 +69,7 @@ __all__ = [
     "sigreg_loss",
     "simmim_loss",
     "sinkhorn",
+    "sinkhorn_knopp_teacher",
     "swav_loss",
     "updated_center",
     "vicreg_loss",

@@ -40,7 +40,7 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, gather_
     _check(epsilon, iterations)
     reduce = all_reduce_sum if gather_distributed else (lambda t: t)
     scores = scores.detach().float()
-    top = scores.max()
+    top = scores.max() if scores.numel() else scores.new_tensor(float("-inf"))  # a process may bring no rows
     if gather_distributed and is_distributed():  # a common shift keeps exp() finite; the plan does not change
         dist.all_reduce(top, op=dist.ReduceOp.MAX)
     q = torch.exp((scores - top) / epsilon).T  # (K, B)

@@ -1,6 +1,7 @@
 """Self-supervised methods (vision, multimodal, language): one LightningModule per file, each reading like its
 paper's algorithm."""
 
+from lightning_ssl.methods.aim import AIM
 from lightning_ssl.methods.barlow_twins import BarlowTwins
 from lightning_ssl.methods.base import MomentumMethod, SSLMethod
 from lightning_ssl.methods.beit import BEiT
@@ -30,6 +31,7 @@ from lightning_ssl.methods.vicreg import VICReg
 from lightning_ssl.methods.visual_tokenizer import PatchTokenizer, VisualTokenizer
 
 __all__ = [
+    "AIM",
     "BERT",
     "BYOL",
     "CLIP",

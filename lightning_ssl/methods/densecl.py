@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from lightning_ssl.losses.densecl import check_dense_weight, densecl_terms
 from lightning_ssl.methods.base import MomentumMethod
-from lightning_ssl.modules.backbones import feature_map, feature_map_channels
+from lightning_ssl.modules.backbones import Backbone, feature_map, feature_map_channels
 from lightning_ssl.modules.heads import DenseProjectionHead, ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.modules.queue import check_queue_size, enqueue
@@ -64,7 +64,7 @@ class DenseCL(MomentumMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         queue_size: int = 65536,

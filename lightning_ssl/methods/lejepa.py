@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.losses.lejepa import check_lambda, lejepa_prediction_loss
 from lightning_ssl.losses.sigreg import SIGReg
 from lightning_ssl.methods.base import SSLMethod, forward_views
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -54,7 +55,7 @@ class LeJEPA(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         proj_layers: int = 3,

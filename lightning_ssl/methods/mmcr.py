@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_ssl.losses.mmcr import MMCRLoss, mmcr_terms
 from lightning_ssl.methods.base import SSLMethod, forward_views
+from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.optim import WarmupCosineLR
 
@@ -44,7 +45,7 @@ class MMCR(SSLMethod):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         proj_hidden_dim: int = 512,
         proj_dim: int = 128,
         proj_layers: int = 2,

@@ -1,8 +1,9 @@
 """Metrics and pictures of representations, as plain functions (no Lightning): weighted kNN, zero-shot
-classification and retrieval recall for image-text models, 2-D embedding plots. Methods and callbacks use them
-during training; ``lightning_ssl.eval`` builds its protocols on them."""
+classification and retrieval recall for image-text models, 2-D embedding plots, patch-feature locality. Methods and
+callbacks use them during training; ``lightning_ssl.eval`` builds its protocols on them."""
 
 from lightning_ssl.metrics.knn import knn_accuracy, knn_predict
+from lightning_ssl.metrics.patches import patch_similarity_stats
 from lightning_ssl.metrics.plots import embed_2d, embedding_plot
 from lightning_ssl.metrics.zeroshot import (
     DEFAULT_TEMPLATES,
@@ -29,6 +30,7 @@ __all__ = [
     "index_images",
     "knn_accuracy",
     "knn_predict",
+    "patch_similarity_stats",
     "recall_at_k",
     "retrieve",
     "zero_shot_accuracy",

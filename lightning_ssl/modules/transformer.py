@@ -7,7 +7,8 @@ them), a 4x GELU MLP, GPT-2's initialisation.
     x = x + mlp(ln_3(x))
 
 Shapes: B batch, T query length, S key length, C width, H heads, C/H head size. Masks are (B, S) bool, True on
-the tokens that may be attended to (not padding); None means every token.
+the tokens that may be attended to (not padding), or (B, T, S) bool, True where query t may attend to key s (AIM's
+prefix-causal attention); None means every token.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Attention(nn.Module):
         )  # (B, H, T|S, C/H)
         attn_mask = None
         if mask is not None:
-            attn_mask = mask[:, None, None, :]  # (B, 1, 1, S)
+            attn_mask = mask[:, None] if mask.ndim == 3 else mask[:, None, None, :]  # (B, 1, T | 1, S)
             if causal:
                 attn_mask = attn_mask & torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril()
         y = F.scaled_dot_product_attention(

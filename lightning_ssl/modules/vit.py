@@ -13,6 +13,9 @@ self-supervised methods need on top of timm's blocks:
   (bicubic, as in DINO) for other grids, e.g. DINO's local crops.
 
 ``pos_embed="sincos"`` uses MAE's fixed 2-D sine-cosine positional embedding instead of a learned one.
+``num_registers`` > 0 adds register tokens (Darcet et al., "Vision Transformers Need Registers", ICLR 2024): learned
+tokens after the CLS token that take part in attention and are dropped from every output (tokens, pooled features,
+attention maps), so the token layout every method sees stays (B, 1 + K, D).
 Sizes: ViT-S/16 = (embed_dim 384, depth 12, heads 6); ViT-B/16 = (768, 12, 12); ViT-Ti = (192, 12, 3).
 """
 
@@ -51,17 +54,19 @@ class ViT(Buildable, Backbone):
     """timm ``VisionTransformer`` with a CLS token, as a backbone (see the module docstring).
 
     Args:
-        in_channels: Channels of the input images; from the datamodule in a config.
-        image_size: Side of the input images in pixels; from the datamodule in a config.
-        patch_size: Side of a patch in pixels, dividing ``image_size`` (16 for ViT-S/16; 4 at 28 px here).
-        embed_dim: Token width (384 for ViT-S, 768 for ViT-B).
-        depth: Transformer blocks (12 for ViT-S and ViT-B).
-        num_heads: Attention heads per block, dividing ``embed_dim`` (6 for ViT-S, 12 for ViT-B).
-        mlp_ratio: Hidden width of the blocks' MLP as a multiple of ``embed_dim`` (4).
-        qkv_bias: Biases in the query/key/value projection.
-        drop_path_rate: Stochastic-depth rate of the last block, in [0, 1) (0.1 in DINO's ViT-S).
-        pool: The feature ``forward`` returns: ``"token"`` (the CLS token) or ``"avg"`` (mean of the patch tokens).
-        pos_embed: ``"learned"`` positional embedding, or ``"sincos"``: MAE's fixed 2-D sine-cosine one.
+        in_channels: image channels.
+        image_size: side of the (square) training images in pixels; a multiple of ``patch_size``.
+        patch_size: side of a patch in pixels (16 in ViT-S/16 and ViT-B/16, 14 in DINOv2).
+        embed_dim: token width D (384 ViT-S, 768 ViT-B).
+        depth: number of transformer blocks (12 for ViT-S and ViT-B).
+        num_heads: attention heads (6 ViT-S, 12 ViT-B).
+        mlp_ratio: hidden width of the MLPs over D (4 in ViT).
+        qkv_bias: bias in the query/key/value projection.
+        drop_path_rate: stochastic depth rate, rising linearly to this value over the blocks (0.1 in DINO ViT-S).
+        pool: ``"token"`` (the CLS token) or ``"avg"`` (mean of the patch tokens) as ``forward``'s feature.
+        pos_embed: ``"learned"`` or ``"sincos"`` (MAE's fixed 2-D sine-cosine embedding).
+        num_registers: register tokens after the CLS token (0: none; 4 in Darcet et al. and DINOv2's reg4
+            models). Their position rows (timm's layout, one per prefix token) are zero with ``"sincos"``.
     """
 
     export_inner = "model"  # export_backbone writes the timm model's state dict (see export_recipe)
@@ -79,6 +84,7 @@ class ViT(Buildable, Backbone):
         drop_path_rate: float = 0.0,
         pool: str = "token",
         pos_embed: str = "learned",
+        num_registers: int = 0,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
@@ -87,6 +93,8 @@ class ViT(Buildable, Backbone):
             raise ValueError(f"pool must be 'token' (CLS) or 'avg' (mean of patch tokens), got {pool!r}")
         if pos_embed not in ("learned", "sincos"):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
+        if num_registers < 0:
+            raise ValueError(f"num_registers must be >= 0, got {num_registers}")
         self.model_kwargs = dict(
             img_size=image_size,
             patch_size=patch_size,
@@ -101,17 +109,19 @@ class ViT(Buildable, Backbone):
             fc_norm=False,
             num_classes=0,
             dynamic_img_size=True,
+            reg_tokens=num_registers,
         )
         # fc_norm=False: the final LayerNorm acts on every token (CLS and patches alike), which iBOT needs
         self.model = VisionTransformer(**self.model_kwargs)
         self.grid_size: tuple[int, int] = tuple(self.model.patch_embed.grid_size)
         if pos_embed == "sincos":
             with torch.no_grad():
-                self.model.pos_embed.copy_(sincos_pos_embed(embed_dim, self.grid_size)[None])
+                emb = sincos_pos_embed(embed_dim, self.grid_size, cls_token=False)  # zero rows: CLS, registers
+                self.model.pos_embed.copy_(torch.cat([emb.new_zeros(1 + num_registers, embed_dim), emb])[None])
             self.model.pos_embed.requires_grad_(False)
         self.mask_token: nn.Parameter | None = None
         self.num_features, self.embed_dim, self.patch_size = embed_dim, embed_dim, patch_size
-        self.num_heads, self.pos_embed_kind = num_heads, pos_embed
+        self.num_heads, self.pos_embed_kind, self.num_registers = num_heads, pos_embed, num_registers
         self.in_channels, self.image_size = in_channels, image_size
 
     def add_mask_token(self) -> None:
@@ -125,10 +135,15 @@ class ViT(Buildable, Backbone):
     def num_patches(self) -> int:
         return self.grid_size[0] * self.grid_size[1]
 
+    def _drop_registers(self, tokens: Tensor) -> Tensor:
+        """(B, 1 + R + K, D) -> (B, 1 + K, D): the CLS token and the patch tokens."""
+        r = self.num_registers
+        return tokens if r == 0 else torch.cat([tokens[:, :1], tokens[:, 1 + r :]], dim=1)
+
     # -- embedding ---------------------------------------------------------------------------------------------
     def _embed(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, tuple[int, int]]:
-        """Images (B, C, H, W) -> CLS token (B, 1, D) and patch tokens (B, N, D), both with positions, and
-        the grid (h, w)."""
+        """Images (B, C, H, W) -> prefix tokens (B, 1 + R, D: CLS, then the registers) and patch tokens (B, N, D),
+        both with positions, and the grid (h, w)."""
         m = self.model
         x = m.patch_embed(x)  # (B, h, w, D) with dynamic_img_size
         b, h, w, d = x.shape
@@ -139,11 +154,11 @@ class ViT(Buildable, Backbone):
             if mask.shape != x.shape[:2]:
                 raise ValueError(f"mask must be (B, N) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
             x = torch.where(mask.unsqueeze(-1).bool(), self.mask_token.to(x.dtype), x)
-        pos = m.pos_embed
+        pos, npt = m.pos_embed, 1 + self.num_registers
         if (h, w) != self.grid_size:  # another input size (e.g. DINO's local crops): interpolate the grid
-            pos = resample_abs_pos_embed(pos, new_size=[h, w], old_size=list(self.grid_size), num_prefix_tokens=1)
-        cls = (m.cls_token + pos[:, :1]).expand(b, -1, -1)
-        return cls, x + pos[:, 1:], (h, w)
+            pos = resample_abs_pos_embed(pos, new_size=[h, w], old_size=list(self.grid_size), num_prefix_tokens=npt)
+        prefix = torch.cat([t for t in (m.cls_token, m.reg_token) if t is not None], dim=1)  # (1, 1 + R, D)
+        return (prefix + pos[:, :npt]).expand(b, -1, -1), x + pos[:, npt:], (h, w)
 
     def _blocks(self, tokens: Tensor, upto: int | None = None) -> Tensor:
         m = self.model
@@ -157,11 +172,12 @@ class ViT(Buildable, Backbone):
         """Images (B, C, H, W) -> normalized tokens (B, 1 + K, D): CLS first, then the patch tokens.
 
         ``ids_keep`` (B, K): encode only these patches, in this order (MAE; K < N). ``mask`` (B, N) bool:
-        replace these patches by the mask token (iBOT). Without either, K = N in image order."""
-        cls, patches, _ = self._embed(x, mask)
+        replace these patches by the mask token (iBOT). Without either, K = N in image order. Register tokens are
+        dropped."""
+        prefix, patches, _ = self._embed(x, mask)
         if ids_keep is not None:
             patches = gather_tokens(patches, ids_keep)
-        return self.model.norm(self._blocks(torch.cat([cls, patches], dim=1)))
+        return self._drop_registers(self.model.norm(self._blocks(torch.cat([prefix, patches], dim=1))))
 
     def pool(self, tokens: Tensor) -> Tensor:
         """Tokens (B, 1 + K, D) -> feature (B, D): the CLS token, or the mean of the patch tokens."""
@@ -173,17 +189,17 @@ class ViT(Buildable, Backbone):
     @torch.no_grad()
     def last_attention(self, x: Tensor) -> Tensor:
         """CLS -> patch attention of the last block, per head: (B, heads, h, w), each map sums to < 1 (the
-        rest is the CLS token's attention to itself). The last block's q and k are recomputed from its input,
-        so timm's fused attention kernels stay in use everywhere else."""
-        cls, patches, (h, w) = self._embed(x)
-        tokens = self._blocks(torch.cat([cls, patches], dim=1), upto=-1)
+        rest is the CLS token's attention to itself and to the registers). The last block's q and k are recomputed
+        from its input, so timm's fused attention kernels stay in use everywhere else."""
+        prefix, patches, (h, w) = self._embed(x)
+        tokens = self._blocks(torch.cat([prefix, patches], dim=1), upto=-1)
         attn = self.model.blocks[-1].attn
         b, n, _ = tokens.shape
         y = self.model.blocks[-1].norm1(tokens)
         qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, heads, n, head_dim)
         weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)  # (B, heads, 1, n)
-        return weights[:, :, 0, 1:].reshape(b, attn.num_heads, h, w)
+        return weights[:, :, 0, 1 + self.num_registers :].reshape(b, attn.num_heads, h, w)
 
     def export_recipe(self) -> str:
         kwargs = ", ".join(f"{k}={v!r}" for k, v in self.model_kwargs.items())
