@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lightning_ssl.runs import missing_path_hint
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint or weights file that cannot be used, with the reason in the message."""
@@ -24,8 +26,6 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     contains pickled code (classes, functions) which we refuse to execute."""
     path = Path(path)
     if not path.exists():
-        from lightning_ssl.console import missing_path_hint
-
         hint = missing_path_hint(path)
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist" + (f"; {hint}" if hint else ""))
     if path.is_dir():

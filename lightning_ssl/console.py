@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lightning_ssl.runs import missing_path_hint as missing_path_hint  # re-exported: errors use it
+
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 SUBCOMMANDS = {
     "fit": "train a method (lightning-ssl fit --config simclr/fashion_mnist)",
@@ -63,24 +65,6 @@ def did_you_mean(name: str, choices: Sequence[str], what: str = "name") -> str:
         return f"unknown {what} {name!r}; did you mean {' or '.join(repr(c) for c in close)}?"
     shown = ", ".join(list(choices)[:12]) + (", ..." if len(choices) > 12 else "")
     return f"unknown {what} {name!r}; choose one of: {shown}"
-
-
-def missing_path_hint(path: str | os.PathLike) -> str:
-    """For a path that does not exist: the closest names in the deepest folder of it that does ("did you
-    mean"), or what that folder holds."""
-    p = Path(path)
-    parent = p.parent
-    while not parent.is_dir() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return ""
-    missing = p.relative_to(parent).parts[0] if p.is_relative_to(parent) and p != parent else p.name
-    names = sorted(c.name for c in parent.iterdir())
-    close = difflib.get_close_matches(missing, names, n=2, cutoff=0.5)
-    if close:
-        return "did you mean " + " or ".join(repr(str(parent / c)) for c in close) + "?"
-    where = str(parent) if str(parent) != "." else "this folder"
-    return f"{where} holds: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else ""
 
 
 # -- packaged configs ---------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ picked up by mistake, and when no run matches the error names the difference.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +155,21 @@ def fit_summary(trainer: Any, eval_config: str | None = None) -> str:
             f"   (or linear, fewshot, plot, all)"
         )
     return "\n".join(lines)
+
+
+def missing_path_hint(path: str | os.PathLike) -> str:
+    """For a path that does not exist: the closest names in the deepest folder of it that does ("did you
+    mean"), or what that folder holds."""
+    p = Path(path)
+    parent = p.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return ""
+    missing = p.relative_to(parent).parts[0] if p.is_relative_to(parent) and p != parent else p.name
+    names = sorted(c.name for c in parent.iterdir())
+    close = difflib.get_close_matches(missing, names, n=2, cutoff=0.5)
+    if close:
+        return "did you mean " + " or ".join(repr(str(parent / c)) for c in close) + "?"
+    where = str(parent) if str(parent) != "." else "this folder"
+    return f"{where} holds: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else ""

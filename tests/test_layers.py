@@ -27,6 +27,8 @@ LAYERS = {
     # 2: entry points
     "eval": 2,
     "cli": 2,
+    "console": 2,
+    "loading": 2,
 }
 
 

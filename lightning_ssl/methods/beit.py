@@ -30,7 +30,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_ssl.checkpoint import content_sha256
+from lightning_ssl.checkpoint import content_sha256, safe_load
 from lightning_ssl.losses.beit import masked_token_loss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.methods.visual_tokenizer import PatchTokenizer, VisualTokenizer
@@ -102,6 +102,8 @@ class BEiT(SSLMethod):
         self.tokenizer_checkpoint: dict[str, str] | None = None
         if isinstance(tokenizer, str):  # which file it was, by content: the run can be reproduced
             tokenizer = resolve_checkpoint(tokenizer)
+            if not Path(tokenizer).is_file():
+                safe_load(tokenizer)  # the checkpoint error that names the missing file and what lies beside it
             self.tokenizer_checkpoint = {"path": str(Path(tokenizer).resolve()), "sha256": content_sha256(tokenizer)}
             self.hparams["tokenizer_checkpoint"] = self.tokenizer_checkpoint  # the checkpoint and hparams.yaml
             self.__dict__["_hparams_initial"]["tokenizer_checkpoint"] = self.tokenizer_checkpoint  # the loggers
