@@ -52,6 +52,12 @@ def export_backbone(checkpoint: str, out: str, weights: str = "auto", format: st
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     backbone, config, hp = load_backbone(checkpoint, weights)
+    if getattr(backbone, "rel_pos_bias", None) is not None:
+        raise ValueError(
+            f"{checkpoint}: this ViT has a shared relative position bias (BEiT, SimMIM), which timm's "
+            f"VisionTransformer and Hugging Face's ViTModel cannot hold; load the checkpoint with "
+            f"lightning_ssl.modules.pretrained.CheckpointBackbone instead"
+        )
     out_path = Path(out)
     if format == "state_dict":
         inner = getattr(type(backbone), "export_inner", "")
