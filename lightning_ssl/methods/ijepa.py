@@ -10,10 +10,13 @@ For each image x (one view: random resized crop, no other augmentation), on its 
     s_y_hat = g(s_x, positions)            narrow ViT predictor: context tokens + one mask token per target patch
                                            (with its position), run once per target block -> (B, M, K_t, D)
     loss = smooth_l1(s_y_hat, LayerNorm(s_y))                       (losses/ijepa.py; as facebookresearch/ijepa)
-    f_t <- m f_t + (1 - m) f                m from 0.996 to 1 (cosine here, linear in the reference)
+    f_t <- m f_t + (1 - m) f                m from 0.996 to 1, linear in the optimizer step (as the reference)
 No pixel reconstruction and no hand-made view augmentations: the targets are representations. ``embed`` is the
 target encoder with its patch tokens pooled (the paper evaluates the target encoder, average-pooled); exported and
 evaluated from a checkpoint the same way (``teacher_backbone``, ``eval_teacher``; see ``lightning-ssl-eval export``).
+The reference's encoders have no CLS token (``ViT(class_token=False, pool="avg", pos_embed="sincos")``), and its
+recipe raises the weight decay 0.04 -> 0.4 on a cosine (``weight_decay_schedule.end``) and warms the LR up from
+2e-4 to 1e-3 (``WarmupCosineLR(warmup_start_ratio=0.2)``): configs/ijepa/imagenet.yaml.
 """
 
 from __future__ import annotations
@@ -36,7 +39,18 @@ from lightning_ssl.optim import WarmupCosineLR
 
 class JEPAPredictor(nn.Module):
     """The predictor: project the context tokens to ``dim``, add fixed 2-D sin-cos positions, append a learnable
-    mask token (plus its position) for every patch of one target block, transformer blocks, project back."""
+    mask token (plus its position) for every patch of one target block, transformer blocks, project back.
+    Initialised as the reference's ``init_model`` leaves it: every Linear weight trunc_normal(std 0.02) with zero
+    bias, LayerNorms (eps 1e-6) at weight 1 and bias 0, the mask token trunc_normal(0.02).
+
+    Args:
+        encoder_dim: the encoder's token width.
+        grid: the encoder's patch grid (h, w).
+        dim: the predictor's width (I-JEPA: 384).
+        depth: predictor blocks (I-JEPA: 12 for ViT-H/14, 6 in the reference code's default).
+        num_heads: attention heads per block (I-JEPA: the encoder's).
+        mlp_ratio: MLP hidden width / dim (4).
+    """
 
     def __init__(
         self,
@@ -52,8 +66,15 @@ class JEPAPredictor(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", sincos_pos_embed(dim, grid, cls_token=False)[None], persistent=False)
         self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.proj = nn.Linear(dim, encoder_dim)
+        for m in self.modules():  # the reference's init_weights (src/helper.py init_model)
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, context: Tensor, context_ids: Tensor, target_ids: Tensor) -> Tensor:
@@ -73,7 +94,7 @@ class IJEPA(MomentumMethod):
         backbone: nn.Module,
         predictor_dim: int = 384,
         predictor_depth: int = 12,
-        predictor_heads: int = 12,
+        predictor_heads: int | None = None,
         num_targets: int = 4,
         target_scale: tuple[float, float] = (0.15, 0.2),
         target_aspect: tuple[float, float] = (0.75, 1.5),
@@ -86,9 +107,25 @@ class IJEPA(MomentumMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``backbone``: a ``lightning_ssl.modules.vit.ViT`` (``pool: avg`` as in the paper's evaluation).
-        ``loss``: ``smooth_l1`` (the reference code) or ``mse`` (the paper's L2). ``eval_teacher``: ``embed`` with
-        the target encoder (the paper) or the context encoder."""
+        """I-JEPA (see the module docstring).
+
+        Args:
+            backbone: a ``lightning_ssl.modules.vit.ViT`` (the reference: ``class_token=False``, ``pool: avg``).
+            predictor_dim: the predictor's width (384).
+            predictor_depth: the predictor's blocks (12 for ViT-H/14).
+            predictor_heads: the predictor's attention heads; None: the encoder's (the reference).
+            num_targets: target blocks per image (4).
+            target_scale: range of a target block's area as a fraction of the grid ((0.15, 0.2)).
+            target_aspect: range of a target block's height / width ((0.75, 1.5)).
+            context_scale: range of the context block's area before the targets are cut out ((0.85, 1.0)).
+            min_context: fewest context patches kept (10).
+            loss: ``smooth_l1`` (the reference code) or ``mse`` (the paper's L2).
+            eval_teacher: ``embed`` with the target encoder (the paper) or the context encoder.
+            momentum: the target encoder's EMA momentum at the first step (0.996).
+            momentum_end: ... at the last step (1.0), reached linearly in the optimizer step (the reference).
+            optimizer: the optimizer (AdamW).
+            scheduler: the LR schedule (warm-up + cosine).
+        """
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "grid_size"):
             raise ValueError(
                 f"I-JEPA needs a ViT backbone that encodes a subset of patches "
@@ -104,6 +141,7 @@ class IJEPA(MomentumMethod):
             min_keep=min_context,
         )
         multiblock_masks(1, backbone.grid_size, **self.mask_kwargs)  # validates the settings
+        predictor_heads = predictor_heads or backbone.num_heads
         if predictor_dim % predictor_heads:
             raise ValueError(f"predictor_dim {predictor_dim} is not divisible by predictor_heads {predictor_heads}")
         self.criterion = IJEPALoss(loss)
@@ -115,6 +153,14 @@ class IJEPA(MomentumMethod):
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.teacher_backbone)]
+
+    def current_momentum(self) -> float:
+        """Linear from ``momentum`` to ``momentum_end`` over the run's optimizer steps (the reference's schedule)."""
+        if self._trainer is None:
+            return self.momentum
+        total = max(1, int(self.trainer.estimated_stepping_batches) - 1)
+        progress = min(1.0, self.trainer.global_step / total)
+        return self.momentum + (self.momentum_end - self.momentum) * progress
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         views, _ = batch
