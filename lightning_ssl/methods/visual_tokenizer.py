@@ -53,11 +53,28 @@ QUANTIZER_ARGS = (
     "restart",
     "dead_steps",
     "seed",
+    "update_rule",
 )
 
 
 class PatchTokenizer(nn.Module):
-    """Encoder ViT + BEiT v2's task layer + ``VectorQuantizer``: images (B, C, H, W) -> token ids (B, h, w)."""
+    """Encoder ViT + BEiT v2's task layer + ``VectorQuantizer``: images (B, C, H, W) -> token ids (B, h, w).
+
+    Args:
+        backbone: the encoder, a ``lightning_ssl.modules.vit.ViT`` (BEiT v2: ViT-B/16).
+        num_codes: vocabulary size K (BEiT v2: 8192).
+        code_dim: code width (BEiT v2: 32).
+        decay: the codebook's EMA decay (0.99).
+        commitment: beta of the commitment loss (BEiT v2: 1.0; VQ-VAE: 0.25).
+        cosine: l2-normalised codes, looked up by cosine similarity (BEiT v2).
+        kmeans_init: codebook from k-means on the first training batch (BEiT v2).
+        dead_threshold: codes whose EMA count per step falls below this are restarted (with ``restart``).
+        restart: restart dead codes on encoder outputs (not in BEiT v2).
+        dead_steps: codes unused for this many steps are dead too.
+        seed: seed of the quantizer's random draws.
+        update_rule: the codebook update, ``ema`` (VQ-VAE) or ``norm_ema`` (BEiT v2); see
+            ``lightning_ssl.modules.quantizer``.
+    """
 
     def __init__(
         self,
@@ -72,6 +89,7 @@ class PatchTokenizer(nn.Module):
         restart: bool = True,
         dead_steps: int = 10,
         seed: int = 0,
+        update_rule: str = "ema",
     ) -> None:
         super().__init__()
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "patch_size"):
@@ -93,6 +111,7 @@ class PatchTokenizer(nn.Module):
             restart=restart,
             dead_steps=dead_steps,
             seed=seed,
+            update_rule=update_rule,
         )
         self.num_codes, self.patch_size = num_codes, backbone.patch_size
         self.grid_size: tuple[int, int] = tuple(backbone.grid_size)
@@ -182,14 +201,36 @@ class VisualTokenizer(SSLMethod):
         decoder_depth: int = 2,
         decoder_heads: int = 4,
         teacher_image_size: int | None = None,
+        update_rule: str = "ema",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        """``backbone``: the encoder ViT. ``teacher``: None trains a VQ-VAE on pixels; a backbone trains VQ-KD on its
-        patch features (frozen; it sees the images resized to ``teacher_image_size`` if given, and 1-channel images
-        repeated to 3 channels if it takes 3). ``num_codes`` (K) / ``code_dim``: vocabulary size and code width
-        (BEiT v2: 8192 x 32). ``commitment``: beta (BEiT v2: 1.0; VQ-VAE: 0.25). With ``restart``, codes whose
-        EMA count per step is below ``dead_threshold`` or that went unused for ``dead_steps`` steps are restarted."""
+        """A VQ-VAE (pixels) or VQ-KD (a teacher's features) tokenizer (see the module docstring).
+
+        Args:
+            backbone: the encoder ViT.
+            teacher: None trains a VQ-VAE on pixels; a backbone trains VQ-KD on its patch features (frozen; it sees
+                the images resized to ``teacher_image_size`` if given, and 1-channel images repeated to 3 channels
+                if it takes 3). BEiT v2: CLIP ViT-B/16.
+            num_codes: vocabulary size K (BEiT v2: 8192).
+            code_dim: code width (BEiT v2: 32).
+            decay: the codebook's EMA decay (0.99).
+            commitment: beta of the commitment loss (BEiT v2: 1.0; VQ-VAE: 0.25).
+            cosine: l2-normalised codes, looked up by cosine similarity (BEiT v2).
+            kmeans_init: codebook from k-means on the first training batch (BEiT v2).
+            dead_threshold: with ``restart``, codes whose EMA count per step is below this are restarted.
+            restart: restart dead codes (also those unused for ``dead_steps`` steps; not in BEiT v2).
+            dead_steps: see ``restart``.
+            seed: seed of the quantizer's random draws.
+            decoder_dim: the decoder's width (BEiT v2: 768).
+            decoder_depth: the decoder's blocks (BEiT v2: 3).
+            decoder_heads: the decoder's attention heads (BEiT v2: 12).
+            teacher_image_size: the side the teacher sees (None: the images' own).
+            update_rule: the codebook update, ``ema`` (VQ-VAE) or ``norm_ema`` (BEiT v2); see
+                ``lightning_ssl.modules.quantizer``.
+            optimizer: the optimizer (BEiT v2: AdamW (0.9, 0.99), weight decay 1e-4).
+            scheduler: the LR schedule (warm-up + cosine).
+        """
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
         tokenizer = PatchTokenizer(
@@ -204,6 +245,7 @@ class VisualTokenizer(SSLMethod):
             restart,
             dead_steps,
             seed,
+            update_rule,
         )
         self.to_code, self.quantizer = tokenizer.to_code, tokenizer.quantizer  # registered here, shared with it
         self.__dict__["_tokenizer"] = tokenizer  # not a submodule: the parts above are the state
