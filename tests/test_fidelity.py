@@ -113,8 +113,10 @@ def test_moco_split_bn_shuffles_keys_and_refuses_sync_bn():
 
 
 def test_moco_config_and_ddp_layers_choose_one():
-    assert "sync_batchnorm" not in yaml.safe_load((ROOT / "configs/moco/cifar10.yaml").read_text())["trainer"]
-    assert yaml.safe_load((ROOT / "configs/moco/cifar10.yaml").read_text())["model"]["init_args"]["split_bn"] > 1
+    for name in ("cifar10", "imagenet"):  # solo-learn's CIFAR recipe: synchronized BN; MoCo v2's own: shuffled BN
+        cfg = yaml.safe_load((ROOT / f"configs/moco/{name}.yaml").read_text())
+        sync = cfg["trainer"].get("sync_batchnorm", False)
+        assert sync != cfg["model"]["init_args"].get("shuffle_bn", True), name
     assert "sync_batchnorm" not in yaml.safe_load((ROOT / "configs/shared/ddp.yaml").read_text())["trainer"]
     assert yaml.safe_load((ROOT / "configs/shared/ddp_syncbn.yaml").read_text())["trainer"]["sync_batchnorm"] is True
 
