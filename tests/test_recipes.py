@@ -723,26 +723,26 @@ def test_config_follows_its_reference(name):
     assert not stale, f"{name}: listed deviations that no longer differ (or are not in the table): {stale}"
 
 
-@pytest.mark.parametrize(
-    ("name", "size"),
-    [
-        ("simclr/imagenet", "resnet50"),
-        ("byol/imagenet", "resnet50"),
-        ("barlow_twins/imagenet", "resnet50"),
-        ("vicreg/imagenet", "resnet50"),
-        ("moco/imagenet", "resnet50"),
-        ("mocov3/imagenet", "resnet50"),
-        ("nnclr/imagenet", "resnet50"),
-        ("simsiam/imagenet", "resnet50"),
-        ("swav/imagenet", "resnet50"),
-        ("dino/imagenet", "ViT-S/16"),
-        ("mae/imagenet", "ViT-B/16"),
-        ("beit/imagenet", "ViT-B/16"),
-        ("simmim/imagenet", "ViT-B/16"),
-        ("visual_tokenizer/imagenet", "ViT-B/16"),
-        ("ijepa/imagenet", "ViT-H/14"),
-    ],
-)
+SIZED = [
+    ("simclr/imagenet", "resnet50"),
+    ("byol/imagenet", "resnet50"),
+    ("barlow_twins/imagenet", "resnet50"),
+    ("vicreg/imagenet", "resnet50"),
+    ("moco/imagenet", "resnet50"),
+    ("mocov3/imagenet", "resnet50"),
+    ("nnclr/imagenet", "resnet50"),
+    ("simsiam/imagenet", "resnet50"),
+    ("swav/imagenet", "resnet50"),
+    ("dino/imagenet", "ViT-S/16"),
+    ("mae/imagenet", "ViT-B/16"),
+    ("beit/imagenet", "ViT-B/16"),
+    ("simmim/imagenet", "ViT-B/16"),
+    ("visual_tokenizer/imagenet", "ViT-B/16"),
+    ("ijepa/imagenet", "ViT-H/14"),
+]
+
+
+@pytest.mark.parametrize(("name", "size"), SIZED)
 def test_imagenet_backbone_has_the_papers_size(name, size):
     """Built on the meta device through the CLI's parser: the size without allocating it."""
     assert resolved(name)["backbone_params_m"] == pytest.approx(PAPER_SIZES[size], rel=0.02)
@@ -750,8 +750,7 @@ def test_imagenet_backbone_has_the_papers_size(name, size):
 
 def test_every_imagenet_config_is_in_the_size_test():
     imagenet = {n for n in RECIPES if n.endswith("/imagenet")}
-    sized = {p.args[0] for p in test_imagenet_backbone_has_the_papers_size.pytestmark[0].args[1]}
-    assert imagenet == sized
+    assert imagenet == {name for name, _ in SIZED}
 
 
 # -- the docs page: generated from the headers -----------------------------------------------------------------------
