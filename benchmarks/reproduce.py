@@ -128,14 +128,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--epochs", type=int, default=200, help="epochs per recipe with CIFAR-10 on a GPU (200)")
     parser.add_argument("--steps", type=int, default=300, help="steps per recipe on stand-ins (300)")
-    parser.add_argument("--batch_size", type=int, default=None, help="default: the recipe's (stand-ins: 64)")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the recipe's (stand-ins: 32)")
     parser.add_argument("--data", type=Path, default=ROOT / "data", help="folder with torchvision's CIFAR-10")
     parser.add_argument("--download", action="store_true", help="download CIFAR-10 into --data (internet)")
     parser.add_argument("--stand-ins", action="store_true", help="generated images even where CIFAR-10 is there")
     args = parser.parse_args()
     real = torch.cuda.is_available() and (has_cifar10(args.data) or args.download) and not args.stand_ins
     if not real:
-        args.batch_size = args.batch_size or 64
+        args.batch_size = args.batch_size or 32
     print(describe_machine())
     if real:
         print(f"CIFAR-10 from {args.data}; {args.epochs} epochs per recipe; kNN k=200 on the test set every epoch")
