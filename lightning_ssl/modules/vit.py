@@ -13,7 +13,7 @@ self-supervised methods need on top of timm's blocks:
   (bicubic, as in DINO) for other grids, e.g. DINO's local crops.
 
 ``pos_embed="sincos"`` uses MAE's fixed 2-D sine-cosine positional embedding instead of a learned one, ``"none"``
-none (BEiT and SimMIM, whose positions come from the relative position bias). The options of BEiT (Bao et al., 2022)
+no absolute positions at all (BEiT and SimMIM, whose positions come from the relative position bias). The options of BEiT (Bao et al., 2022)
 and SimMIM, usable by every method: ``layer_scale`` (timm's LayerScale, init 0.1 for ViT-B), ``rel_pos_bias`` (one
 relative position bias table shared by all blocks, added to the attention logits), ``depth_scaled_init`` (block
 ``l``'s output projections divided by sqrt(2 l)), and ``class_token=False`` (I-JEPA's encoders have none: the first
