@@ -6,6 +6,7 @@ from lightning_ssl.eval.finetune import Classifier
 from lightning_ssl.eval.linear import few_shot, linear_probe, sample_few_shot, train_linear_probe
 from lightning_ssl.metrics.knn import knn_accuracy, knn_predict
 from lightning_ssl.metrics.plots import embedding_plot
+from lightning_ssl.metrics.retrieval import retrieval_metrics
 from lightning_ssl.metrics.zeroshot import (
     clip_embedding_plot,
     recall_at_k,
@@ -25,6 +26,7 @@ __all__ = [
     "knn_predict",
     "linear_probe",
     "recall_at_k",
+    "retrieval_metrics",
     "retrieve",
     "sample_few_shot",
     "train_linear_probe",

@@ -5,7 +5,8 @@ Hugging Face, or raw pixels - with kNN, a linear probe, few-shot probes and embe
     lightning-ssl-eval linear  --config configs/eval/fashion_mnist.yaml --backbone.path last.ckpt
     lightning-ssl-eval fewshot --config configs/eval/fashion_mnist.yaml --shots [1,5,10,100] --seeds 5
     lightning-ssl-eval plot    --config configs/eval/fashion_mnist.yaml --method tsne
-    lightning-ssl-eval all     --config configs/eval/fashion_mnist.yaml      # kNN + linear + few-shot + plot
+    lightning-ssl-eval retrieval --config configs/eval/fashion_mnist.yaml    # recall@k, MAP@R (kNN's features)
+    lightning-ssl-eval all     --config configs/eval/fashion_mnist.yaml    # kNN, linear, few-shot, plot, retrieval
     lightning-ssl-eval export  --ckpt last.ckpt --out backbone.pt [--format state_dict|timm|hf]
 
 Features of the labelled training split (the kNN bank / probe training set) and of the test split are computed
@@ -41,9 +42,10 @@ from lightning_ssl.eval.features import extract_features
 from lightning_ssl.eval.linear import few_shot, few_shot_table, linear_probe
 from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.metrics.plots import embedding_plot
+from lightning_ssl.metrics.retrieval import retrieval_metrics, retrieval_table
 from lightning_ssl.precision import auto_precision
 
-PROTOCOLS = ("knn", "linear", "fewshot", "plot", "all")
+PROTOCOLS = ("knn", "linear", "fewshot", "plot", "retrieval", "all")
 
 
 def _feature_parser(name: str) -> ArgumentParser:
@@ -74,6 +76,7 @@ def _feature_parser(name: str) -> ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="few-shot: draws per number of shots")
     p.add_argument("--method", default="tsne", choices=["tsne", "umap"], help="plot: 2-D embedding method")
     p.add_argument("--max_points", type=int, default=2000, help="plot: points drawn")
+    p.add_argument("--recall_k", type=list[int], default=[1, 5, 10], help="retrieval: the k of recall@k")
     return p
 
 
@@ -227,7 +230,27 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
         results["plot"] = str(plot_path)
         results["seconds"]["plot"] = round(time.time() - t, 1)
         text += ["", f"Embedding plot: {plot_path}"]
+    if subcommand in ("retrieval", "all"):
+        t = time.time()
+        results["retrieval"] = retrieval_metrics(test_f, test_y, cfg.recall_k)
+        results["seconds"]["retrieval"] = round(time.time() - t, 1)
+        metrics.update({f"eval/retrieval_{k}": v for k, v in results["retrieval"].items() if k != "queries"})
+        text += ["", f"Image retrieval on the test set (cosine, each image queries the other {len(test_y) - 1}):"]
+        text += ["", retrieval_table(results["retrieval"])]
+    _report(cfg, name, out, results, metrics, text, plot_path)
+    return results
 
+
+def _report(
+    cfg: Namespace,
+    name: str,
+    out: Path,
+    results: dict[str, Any],
+    metrics: dict[str, float],
+    text: list[str],
+    plot_path: Path | None = None,
+) -> None:
+    """Print the tables, merge the results into results.json and log them to W&B."""
     print("\n".join(text) + "\n")
     _write_results(out / "results.json", results)
     if cfg.wandb:
@@ -245,7 +268,6 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
                 data=[[int(n), r["mean"], r["std"]] for n, r in results["fewshot"].items()],
             )
         logger.experiment.finish()
-    return results
 
 
 def _write_results(path: Path, results: dict[str, Any]) -> None:
