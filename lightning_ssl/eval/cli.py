@@ -7,11 +7,14 @@ Hugging Face, or raw pixels - with kNN, a linear probe, few-shot probes and embe
     lightning-ssl-eval plot    --config configs/eval/fashion_mnist.yaml --method tsne
     lightning-ssl-eval retrieval --config configs/eval/fashion_mnist.yaml    # recall@k, MAP@R (kNN's features)
     lightning-ssl-eval all     --config configs/eval/fashion_mnist.yaml    # kNN, linear, few-shot, plot, retrieval
+    lightning-ssl-eval attentive --config configs/eval/fashion_mnist.yaml    # attentive probe on patch tokens
+    lightning-ssl-eval dense   --config configs/eval/fashion_mnist.yaml      # segmentation probe on item canvases
     lightning-ssl-eval export  --ckpt last.ckpt --out backbone.pt [--format state_dict|timm|hf]
 
 Features of the labelled training split (the kNN bank / probe training set) and of the test split are computed
 once per run, with a progress bar, and cached under ``out_dir/features`` (keyed by the backbone, its weights
-file and the data config), so further protocols on the same backbone skip the forward passes. Results are
+file and the data config), so further protocols on the same backbone skip the forward passes; ``attentive`` and
+``dense`` cache patch tokens / feature maps beside them (``lightning_ssl.eval.attentive``, ``.dense``). Results are
 printed as tables, written to ``out_dir/<name>/results.json`` and logged to W&B (offline unless
 ``WANDB_MODE=online``; ``--wandb false`` turns it off). Fine-tuning is a training run:
 ``lightning-ssl fit --config configs/eval/finetune_fashion_mnist.yaml`` (``lightning_ssl.eval.Classifier``).
@@ -37,6 +40,7 @@ import lightning_ssl.modules.backbones
 import lightning_ssl.modules.pretrained  # noqa: F401
 from lightning_ssl import runs
 from lightning_ssl.config import DATA_TO_MODEL, import_class, inject, to_dict
+from lightning_ssl.eval import attentive, dense
 from lightning_ssl.eval.export import export_backbone
 from lightning_ssl.eval.features import extract_features
 from lightning_ssl.eval.linear import few_shot, few_shot_table, linear_probe
@@ -45,7 +49,9 @@ from lightning_ssl.metrics.plots import embedding_plot
 from lightning_ssl.metrics.retrieval import retrieval_metrics, retrieval_table
 from lightning_ssl.precision import auto_precision
 
-PROTOCOLS = ("knn", "linear", "fewshot", "plot", "retrieval", "all")
+# protocols on patch tokens / feature maps, with features and data of their own: name -> (options, run)
+PATCH_PROTOCOLS = {"attentive": (attentive.AttentiveOptions, attentive.run), "dense": (dense.DenseOptions, dense.run)}
+PROTOCOLS = ("knn", "linear", "fewshot", "plot", "retrieval", "all", *PATCH_PROTOCOLS)
 
 
 def _feature_parser(name: str) -> ArgumentParser:
@@ -77,6 +83,8 @@ def _feature_parser(name: str) -> ArgumentParser:
     p.add_argument("--method", default="tsne", choices=["tsne", "umap"], help="plot: 2-D embedding method")
     p.add_argument("--max_points", type=int, default=2000, help="plot: points drawn")
     p.add_argument("--recall_k", type=list[int], default=[1, 5, 10], help="retrieval: the k of recall@k")
+    for name, (options, _) in PATCH_PROTOCOLS.items():
+        p.add_class_arguments(options, name, help=f"{name}: see {options.__module__}.{options.__name__}")
     return p
 
 
@@ -177,6 +185,17 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
         "data": to_dict(cfg.data),
         "seconds": {},
     }
+
+    if subcommand in PATCH_PROTOCOLS:
+        t = time.time()
+        stem = Path(cfg.out_dir) / "features" / _cache_key(cfg) if cfg.cache_features else None
+        section, lines, metrics = PATCH_PROTOCOLS[subcommand][1](
+            backbone, dm, init[subcommand], device, cfg.precision, stem
+        )
+        results[subcommand] = section
+        results["seconds"][subcommand] = round(time.time() - t, 1)
+        _report(cfg, name, out, results, metrics, [f"## {name}", *lines])
+        return results
 
     t = time.time()
     cache = Path(cfg.out_dir) / "features" / f"{_cache_key(cfg)}.pt" if cfg.cache_features else None
