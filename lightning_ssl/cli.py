@@ -77,7 +77,7 @@ class SaveAndLogConfig(SaveConfigCallback):
     trainer, seed, not only the model's hyperparameters - to every logger (the W&B run's config)."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
 
@@ -162,7 +162,7 @@ class SSLCLI(LightningCLI):
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else self.config
         self._fill_in_data_facts(cfg)
-        print((self._subcommand_parsers[sub] if sub else parser).dump(cfg, skip_none="skip_null" in flag), end="")
+        print((self._subcommand_parsers[sub] if sub else parser).dump(cfg, skip_unset="skip_null" in flag), end="")
         sys.exit(0)
 
     def _fill_in_data_facts(self, cfg: Namespace) -> None:

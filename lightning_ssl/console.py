@@ -84,7 +84,7 @@ def summary(header: list[str]) -> str:
     2020" does not; a sentence in parentheses after it does)."""
     paragraph = []
     for line in header:
-        if line.startswith(" ") or not line.strip() or line.startswith(("reference:", "deviation:", "processes:")):
+        if line.startswith((" ", "reference:", "deviation:", "processes:")) or not line.strip():
             break
         paragraph.append(line.strip())
     first = re.split(r"(?<=\.)\s+(?=[A-Z(])", " ".join(paragraph), maxsplit=1)[0]

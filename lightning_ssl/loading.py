@@ -79,7 +79,7 @@ def preprocessing_from_run(checkpoint: str | os.PathLike) -> dict[str, Any] | No
     try:
         parser = ArgumentParser(exit_on_error=False)
         parser.add_subclass_arguments(L.LightningDataModule, "data", fail_untyped=False)
-        dm = parser.instantiate_classes(parser.parse_object({"data": data})).data
+        dm = parser.instantiate(parser.parse_object({"data": data})).data
         return dm.preprocessing().to_dict() if callable(getattr(dm, "preprocessing", None)) else None
     except Exception:  # a datamodule that needs its files (band statistics) or an option gone since: no record
         return None

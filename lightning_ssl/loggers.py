@@ -49,6 +49,8 @@ class WandbLogger(_WandbLogger):
         if tags:
             kwargs["tags"] = list(tags)
         super().__init__(project=project, save_dir=save_dir, offline=offline, log_model=log_model, name=name, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # Lightning always passes it; wandb warns it has no effect
+            self._wandb_init.pop("anonymous", None)
 
     def log_hyperparams(self, params: Any) -> None:
         """Lightning's, without the ``_instantiator`` entry LightningCLI adds to a model's hyperparameters (how to

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 
 from lightning_ssl.callbacks.performance import Performance, is_convolutional
+from lightning_ssl.callbacks.summary import ModelSummary
 from lightning_ssl.checkpoint import safe_load
 from lightning_ssl.precision import (
     AUTO,
@@ -28,6 +30,19 @@ from lightning_ssl.precision import (
 )
 
 log = logging.getLogger("lightning.pytorch")
+
+
+class _DropAdvert(logging.Filter):
+    """Lightning's start-of-fit tip to install its cloud logger: not a message about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
+# Lightning's own pytree helper calls a torch API torch deprecates (lightning/pytorch/utilities/_pytree.py): nothing a
+# user of this package can change, printed on every fit
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 class Trainer(L.Trainer):
@@ -49,6 +64,13 @@ class Trainer(L.Trainer):
         chosen, why = resolve_precision(precision, kwargs.get("accelerator", "auto"))
         as_set = chosen == precision and not isinstance(precision, Chosen)
         self.precision_reason = f"precision {chosen} (as set)" if as_set else f"precision {chosen} ({why})"
+        callbacks = kwargs.get("callbacks")
+        callbacks = [callbacks] if isinstance(callbacks, L.Callback) else list(callbacks or [])
+        if kwargs.get("enable_model_summary") is not False and not any(
+            isinstance(c, L.pytorch.callbacks.ModelSummary) for c in callbacks
+        ):  # Lightning's default prints a column of 0 FLOPs (and warns under bf16-mixed): ours, in its place
+            kwargs["callbacks"] = [*callbacks, ModelSummary()]
+            kwargs["enable_model_summary"] = False  # Lightning adds no default of its own (and does not say so)
         super().__init__(*args, precision=cast(Any, chosen), **kwargs)  # "auto" is resolved: a Lightning value
         # measured when fit starts: only one process can time alone (ranks would have to agree)
         self.measure_precision = (

@@ -16,6 +16,7 @@ from lightning_ssl.callbacks.knn import KNNMonitor
 from lightning_ssl.callbacks.lr_scaling import LinearLRScaling
 from lightning_ssl.callbacks.optim import ParamGroups, WeightDecaySchedule
 from lightning_ssl.callbacks.probe import OnlineLinearProbe
+from lightning_ssl.callbacks.summary import ModelSummary
 from lightning_ssl.callbacks.text import TextSamples
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "LearningRateLogger",
     "LinearLRScaling",
     "MAEReconstructionLogger",
+    "ModelSummary",
     "NonFiniteError",
     "NonFiniteGuard",
     "OnlineLinearProbe",

@@ -300,7 +300,7 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
             prefix="backbone.",
         )
     parser = _feature_parser(subcommand)
-    init = parser.instantiate_classes(cfg)
+    init = parser.instantiate(cfg)
     backbone, dm = init.backbone, init.data
     print(f"threads: {limit_threads(int(getattr(dm, 'num_workers', 0) or 0))}")
     key = _cache_key(cfg)

@@ -42,7 +42,7 @@ def _instantiate(config: dict[str, Any]) -> nn.Module:
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(nn.Module, "module", fail_untyped=False)
-    return parser.instantiate_classes(parser.parse_object({"module": config})).module
+    return parser.instantiate(parser.parse_object({"module": config})).module
 
 
 def load_weights(module: nn.Module, state_dict: dict[str, Tensor], source: str = "file") -> None:
