@@ -5,7 +5,7 @@ LARS comes from timm (``timm.optim.Lars``: ``trust_coeff`` is LARS's eta, ``trus
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -169,3 +169,26 @@ class WarmupCosineLR(LambdaLR):
             return warmup_cosine(step, self.total_steps, self.warmup_steps, start_ratio=self.warmup_start_ratio)
         cosine = 0.5 * (1 + math.cos(math.pi * self._progress(step)))
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine
+
+
+def with_schedule(
+    optimizer: torch.optim.Optimizer, scheduler_fn: Callable[[torch.optim.Optimizer], Any] | None, trainer: Any
+) -> Any:
+    """What a method's ``configure_optimizers`` returns: ``optimizer`` alone when ``scheduler_fn`` is None, else
+    with ``scheduler_fn(optimizer)`` stepped every optimizer step. A ``WarmupCosineLR`` built without a length runs
+    over ``trainer.estimated_stepping_batches`` (epochs, limits and gradient accumulation accounted for).
+
+    Args:
+        optimizer: the optimizer, its groups' learning rates already at their peaks.
+        scheduler_fn: a factory of the LR scheduler (a config's ``scheduler``), or None for a constant LR.
+        trainer: the Lightning trainer fitting the method.
+
+    Returns:
+        The optimizer, or Lightning's ``{"optimizer", "lr_scheduler": {"scheduler", "interval": "step"}}``.
+    """
+    if scheduler_fn is None:
+        return optimizer
+    scheduler = scheduler_fn(optimizer)
+    if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
+        scheduler.set_total_steps(int(trainer.estimated_stepping_batches))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

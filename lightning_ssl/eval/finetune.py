@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.modules.backbones import Backbone
-from lightning_ssl.optim import WarmupCosineLR, param_groups
+from lightning_ssl.optim import WarmupCosineLR, param_groups, with_schedule
 
 
 class Classifier(SSLMethod):
@@ -121,9 +121,4 @@ class Classifier(SSLMethod):
         optimizer = self.optimizer_fn(groups)
         for g in optimizer.param_groups:  # layer-wise decay: scale each group's lr once, the schedule follows
             g["lr"] *= g.get("lr_scale", 1.0)
-        if self.scheduler_fn is None:
-            return optimizer
-        scheduler = self.scheduler_fn(optimizer)
-        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
-            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_schedule(optimizer, self.scheduler_fn, self.trainer)

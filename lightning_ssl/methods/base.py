@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from lightning_ssl.modules.backbones import Backbone, feature_dim
 from lightning_ssl.modules.momentum import cosine_momentum, rename_legacy_teacher_keys, update_momentum
 from lightning_ssl.modules.spec import plain_items
-from lightning_ssl.optim import WarmupCosineLR, param_groups
+from lightning_ssl.optim import WarmupCosineLR, param_groups, with_schedule
 
 
 class SSLMethod(L.LightningModule):
@@ -235,12 +235,7 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_fn(param_groups(self.trainable_modules()))
-        if self.scheduler_fn is None:
-            return optimizer
-        scheduler = self.scheduler_fn(optimizer)
-        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
-            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_schedule(optimizer, self.scheduler_fn, self.trainer)
 
 
 class MomentumMethod(SSLMethod):

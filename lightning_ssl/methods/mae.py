@@ -24,7 +24,7 @@ from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.masking import gather_tokens, num_kept, patchify, random_masking, unpatchify
 from lightning_ssl.modules.vit import sincos_pos_embed
-from lightning_ssl.optim import WarmupCosineLR, param_groups
+from lightning_ssl.optim import WarmupCosineLR, param_groups, with_schedule
 
 
 def mae_adamw(params: Any) -> torch.optim.Optimizer:
@@ -191,9 +191,4 @@ class MAE(SSLMethod):
             lr = self.base_lr * self.global_batch_size() / 256
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        if self.scheduler_fn is None:
-            return optimizer
-        scheduler = self.scheduler_fn(optimizer)
-        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
-            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_schedule(optimizer, self.scheduler_fn, self.trainer)
