@@ -116,8 +116,9 @@ class StandInTokenizer(torch.nn.Module):
 
 
 class _MasksOnCPU(TorchFunctionMode):
-    """Random draws and integer / boolean tensors (masks, indices) are made on the CPU; weights on the meta device.
-    The constructors validate their mask settings by drawing one mask and reading it, which meta tensors cannot.
+    """Random draws, integer / boolean tensors (masks, indices), ``linspace`` ranges and empty tensors are made on the
+    CPU; weights on the meta device. The constructors validate their mask settings by drawing one mask and reading it
+    (DINOv2's block masks spread their ratios with ``linspace``), which meta tensors cannot.
     In-place operations on meta tensors (weight initialisation) are skipped: they change no shape, and torch runs
     them through slow reference decompositions (a ViT-H's init would take seconds)."""
 
@@ -137,14 +138,31 @@ class _MasksOnCPU(TorchFunctionMode):
             dtype = kwargs.get("dtype")
             if (
                 "generator" in kwargs
-                or func in (torch.randint, torch.randperm)
+                or func in (torch.randint, torch.randperm, torch.linspace)
                 or (dtype is not None and not dtype.is_floating_point)
+                or _no_elements(args)
             ):
                 kwargs["device"] = "cpu"
         return func(*args, **kwargs)
 
 
-_FACTORIES = {torch.rand, torch.randn, torch.randint, torch.randperm, torch.zeros, torch.ones, torch.full}
+def _no_elements(args: Any) -> bool:
+    """Whether a factory's size arguments, ``(0,)`` or ``((2, 0),)``, describe a tensor without elements."""
+    shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+    return all(isinstance(n, int) for n in shape) and math.prod(shape) == 0
+
+
+_FACTORIES = {
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+    torch.zeros,
+    torch.ones,
+    torch.full,
+    torch.linspace,
+    torch.empty,
+}
 
 
 def build_model(cfg: Any, device: str = "meta") -> L.LightningModule:

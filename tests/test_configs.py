@@ -115,13 +115,12 @@ def reduced(config: Path) -> tuple[list[str], int]:
     args = cfg["model"]["init_args"]
     backbone = args["backbone"]
     extra = ["--trainer.strategy=auto"]
-    if backbone["class_path"].endswith(".ViT"):
+    if backbone["class_path"].endswith((".ViT", ".PrefixCausalViT")):
         size = 8 * backbone["init_args"]["patch_size"]
         extra += [f"--model.init_args.backbone.init_args.{k}={v}" for k, v in (("depth", 2), ("embed_dim", 64))]
-        extra += [
-            "--model.init_args.backbone.init_args.num_heads=2",
-            "--model.init_args.backbone.init_args.mlp_ratio=4",
-        ]
+        extra.append("--model.init_args.backbone.init_args.num_heads=2")
+        if backbone["class_path"].endswith(".ViT"):  # AIM's trunk has the language models' fixed 4x MLP
+            extra.append("--model.init_args.backbone.init_args.mlp_ratio=4")
     else:
         size = 64  # with the ImageNet stem (7x7/2 + max-pool) the full config has: 16x16 maps after it
         extra += [
@@ -208,7 +207,10 @@ def test_large_config_structure_at_full_size(config):
     backbone = model.backbone
     spec = yaml.safe_load(config.read_text())["model"]["init_args"]["backbone"]["init_args"]
     if hasattr(backbone, "embed_dim"):  # ViT: 12 d^2 per block (attention 4 d^2, MLP 2 r d^2) + patch embedding
-        d, depth, r = backbone.embed_dim, len(backbone.model.blocks), backbone.model_kwargs["mlp_ratio"]
+        if hasattr(backbone, "model"):  # timm's VisionTransformer
+            d, depth, r = backbone.embed_dim, len(backbone.model.blocks), backbone.model_kwargs["mlp_ratio"]
+        else:  # AIM's PrefixCausalViT: the language models' blocks (modules/transformer.py), a 4x MLP
+            d, depth, r = backbone.embed_dim, len(backbone.blocks), 4
         blocks = depth * ((4 + 2 * r) * d * d)
         embed = 3 * backbone.patch_size**2 * d
         count = sum(p.numel() for p in backbone.parameters())

@@ -634,6 +634,181 @@ RECIPES: dict[str, dict[str, Any]] = {
         "flip_prob": 0.0,
         "jitter": None,
     },
+    "densecl/imagenet": {  # WXinlong/DenseCL configs/selfsup/densecl/densecl_imagenet_200ep.py, openselfsup/models
+        "source": "WXinlong/DenseCL configs/selfsup/densecl/densecl_imagenet_200ep.py",
+        **RESNET50,
+        **SYMMETRIC_WEAK,  # MoCo v2's views
+        "crops": "2ximage[0.2, 1.0]",
+        "optimizer": "SGD",
+        "optimizer.momentum": 0.9,
+        "lr": 0.03,
+        "lr_scaling": "none",
+        "weight_decay": 1e-4,
+        "bias_norm_decay": True,  # OpenSelfSup's SGD decays every parameter
+        "warmup_epochs": 0.0,
+        "final_lr": 0.0,
+        "global_batch": 256,
+        "epochs": 200,
+        "ema": (0.999, 0.999),
+        "ema_schedule": "constant",
+        "model.proj_hidden_dim": 2048,
+        "model.proj_dim": 128,
+        "model.queue_size": 65536,
+        "model.temperature": 0.2,
+        "model.dense_weight": 0.5,
+        "model.shuffle_bn": True,
+        "head_init": "Kaiming normal",  # densecl.py: encoder_q[1].init_weights(init_linear='kaiming')
+    },
+    "lejepa/imagenet": {  # rbalestr-lab/lejepa README.md (GOTO hyperparameters), MINIMAL.md, scripts/launch_inet10.py
+        "source": "rbalestr-lab/lejepa README.md",
+        **RESNET50,
+        "optimizer": "AdamW",
+        "optimizer.betas": (0.9, 0.999),
+        "lr": 5e-4,
+        "lr_scaling": "none",
+        "weight_decay": 5e-4,  # the README's value for ResNets (ViTs: 5e-2)
+        "bias_norm_decay": True,  # MINIMAL.md: one group of net.parameters()
+        "warmup_epochs": 1.0,  # MINIMAL.md: LinearLR(start_factor=0.01) over len(train) steps
+        "warmup_start_lr": 5e-6,
+        "final_lr": 5e-7,  # the README: initial_lr / 1000
+        "global_batch": 512,  # launch_inet10.py
+        "epochs": 100,  # the README's ImageNet-1k pre-training
+        "grad_clip": None,
+        "model.proj_hidden_dim": 2048,  # MINIMAL.md: MLP(d, [2048, 2048, proj_dim], norm_layer=BatchNorm1d)
+        "model.proj_dim": 512,  # launch_inet10.py: projector_dim 512
+        "model.proj_layers": 3,
+        "model.lambda_sigreg": 0.05,  # launch_inet10.py's grid: 0.01, 0.02, 0.05, 0.1
+        "model.num_slices": 1024,  # the README's SIGReg example
+        "model.per_view": True,
+        "crops": "2ximage[0.3, 1.0] + 6x98[0.05, 0.3]",
+        "jitter": (0.4, 0.4, 0.2, 0.1),
+        "jitter_prob": 0.8,
+        "grayscale_prob": 0.2,
+        "blur_prob": 0.5,
+        "solarize_prob": 0.2,
+        "flip_prob": 0.5,
+    },
+    # AIM: apple/ml-aim publishes the models (aim-v1/aim/v1/torch/models.py, aim_600M: the trunk below), not the
+    # training code; the training values are El-Nouby et al. 2024, appendix (pre-training hyperparameters)
+    "aim/imagenet": {
+        "source": "apple/ml-aim aim-v1/aim/v1/torch/models.py",
+        "backbone": "PrefixCausalViT",
+        "backbone.patch_size": 14,
+        "backbone.embed_dim": 1536,
+        "backbone.depth": 24,
+        "backbone.num_heads": 12,
+        "backbone.bias": False,
+        "backbone_params_m": 680.5,
+        "image_size": 224,
+        "optimizer": "AdamW",
+        "optimizer.betas": (0.9, 0.95),
+        "lr": 1e-3,
+        "lr_scaling": "none",
+        "weight_decay": 0.05,
+        "warmup_epochs": "31,250 iterations",
+        "final_lr": 0.0,
+        "global_batch": 4096,
+        "epochs": "1.2M iterations of DFN-2B+",
+        "grad_clip": "global norm 1",
+        "model.head_width": 2048,
+        "model.head_depth": 12,
+        "model.min_prefix": 1,
+        "model.norm_pix_loss": True,
+        "crops": "1ximage[0.4, 1.0]",
+        "flip_prob": 0.5,
+        "jitter": None,
+    },
+    # DINOv2's ImageNet-1k recipe: vitl16_short.yaml over ssl_default_config.yaml (dinov2/configs/), train/train.py
+    # (an "epoch" is OFFICIAL_EPOCH_LENGTH = 1250 iterations of 2048 images: 2.0 passes over ImageNet-1k; its
+    # 100 epochs, 10 of warm-up, 30 of teacher-temperature warm-up, 1 frozen are given here in passes),
+    # utils/param_groups.py, layers/dino_head.py, data/augmentations.py, train/ssl_meta_arch.py
+    "dino/imagenet_dinov2": {
+        "source": "facebookresearch/dinov2 dinov2/configs/train/vitl16_short.yaml",
+        **vit(16, 1024, 24, 16, 303.4, drop_path_rate=0.3, drop_path_uniform=True, layer_scale=1e-5, num_registers=0),
+        "image_size": 224,
+        "optimizer": "AdamW",
+        "optimizer.betas": (0.9, 0.999),
+        "lr": 0.004 * math.sqrt(2048 / 1024),
+        "lr_scaling": "sqrt/1024",
+        "layerwise_lr_decay": 0.9,
+        "patch_embed_lr_mult": 0.2,
+        "weight_decay": 0.04,
+        "weight_decay_end": 0.4,
+        "bias_norm_decay": False,  # biases, norms and layer scales
+        "token_weight_decay": "decayed",  # CLS, mask and register tokens, positions: decayed
+        "warmup_epochs": 20.0,
+        "final_lr": 1e-6,
+        "global_batch": 2048,  # 64 per GPU x 32 (README: 4 nodes)
+        "epochs": 200,
+        "grad_clip": "per-module norm 3 (backbone, each head)",
+        "ema": (0.992, 1.0),
+        "ema_schedule": "cosine",
+        "model.out_dim": 65536,
+        "model.hidden_dim": 2048,
+        "model.bottleneck_dim": 256,
+        "model.norm_last_layer": False,  # weight_norm's g is trained (filled with 1, never frozen)
+        "model.student_temp": 0.1,
+        "model.warmup_teacher_temp": 0.04,
+        "model.teacher_temp": 0.07,
+        "model.warmup_teacher_temp_epochs": 60,
+        "model.freeze_last_layer_epochs": 2,
+        "model.centering": "ema",  # train.centering: centering
+        "model.center_momentum": 0.9,
+        "model.ibot_weight": 1.0,
+        "model.ibot_separate_head": False,
+        "model.ibot_out_dim": 65536,
+        "model.mask_ratio": (0.1, 0.5),
+        "model.mask_probability": 0.5,
+        "model.koleo_weight": 0.1,
+        "model.koleo_local": True,  # KoLeo per process, per global crop
+        "crops": "2ximage[0.32, 1.0] + 8x96[0.05, 0.32]",
+        "jitter": (0.4, 0.4, 0.2, 0.1),
+        "jitter_prob": 0.8,
+        "grayscale_prob": 0.2,
+        "blur_prob": [1.0, 0.1] + [0.5] * 8,
+        "solarize_prob": [0.0, 0.2] + [0.0] * 8,
+        "flip_prob": 0.5,
+    },
+    "mmcr/cifar10": {  # ThomasYerxa/mmcr pretrain_cifar_stl.py (defaults), mmcr/cifar_stl/train.py, models.py, data.py
+        "source": "ThomasYerxa/mmcr pretrain_cifar_stl.py",
+        "backbone": "ResNet",
+        "backbone.arch": "resnet50",
+        "backbone_params_m": 23.5,  # 3x3/1 stem, no max-pool
+        "image_size": 32,
+        "optimizer": "Adam",
+        "optimizer.betas": (0.9, 0.999),
+        "lr": 1e-3,
+        "lr_scaling": "none",
+        "weight_decay": 1e-6,
+        "bias_norm_decay": True,  # Adam(model.parameters(), weight_decay=1e-6)
+        "schedule": "constant",
+        "global_batch": 32,
+        "epochs": 500,
+        "grad_clip": None,
+        "model.proj_hidden_dim": 512,
+        "model.proj_dim": 128,
+        "model.proj_layers": 2,
+        "model.proj_last_bias": False,
+        "model.lambda_local": 0.0,
+        "crops": "40ximage[0.08, 1.0]",
+        "jitter": (0.4, 0.4, 0.4, 0.1),
+        "jitter_prob": 0.8,
+        "grayscale_prob": 0.2,
+        "blur_prob": 0.0,
+        "solarize_prob": 0.0,
+        "flip_prob": 0.5,
+    },
+}
+# DINOv2 with DINOv3's Gram anchoring (facebookresearch/dinov3 dinov3/configs/train/dinov3_vit7b16_gram_anchor.yaml,
+# gram: and its schedule over 1200 epochs of 1000 iterations; dinov3/train/ssl_meta_arch.py)
+RECIPES["dino/imagenet_gram"] = {
+    **RECIPES["dino/imagenet_dinov2"],
+    "model.gram_weight": 2.0,  # loss_weight_schedule end
+    "model.gram_start": 1000 / 1200,  # the weight is 0 for the first 1000 epochs
+    "model.gram_update_every": 10_000 / 1_200_000,  # update_frequency
+    "model.gram_max_updates": 3,
+    "gram_teacher_crops": "2x the global crops (512 px), features resized to the student's",
+    "gram_weight_warmup": "cosine 0 -> 2 over 1000 iterations",
 }
 # configs that follow an ImageNet recipe above, scaled to another dataset (their headers list what was scaled)
 RECIPES["simclr/imagenet_streaming"] = RECIPES["simclr/imagenet"]
@@ -648,6 +823,8 @@ RECIPES["dino/cifar10_vit"] = RECIPES["dino/imagenet"]
 
 # the papers' backbone sizes (millions of parameters, classifier excluded)
 PAPER_SIZES = {"resnet50": 23.5, "ViT-S/16": 22.0, "ViT-B/16": 86.0, "ViT-H/14": 632.0}
+# AIM-0.6B is ml-aim's aim_600M: 24 blocks of 12 x 1536^2 weights without biases and the patch embedding, 680M
+PAPER_SIZES["AIM-0.6B"] = 680.5
 
 
 # -- resolution (cached: test_configs.py reuses it for the networks' structure) ------------------------------------
@@ -739,6 +916,9 @@ SIZED = [
     ("simmim/imagenet", "ViT-B/16"),
     ("visual_tokenizer/imagenet", "ViT-B/16"),
     ("ijepa/imagenet", "ViT-H/14"),
+    ("densecl/imagenet", "resnet50"),
+    ("lejepa/imagenet", "resnet50"),
+    ("aim/imagenet", "AIM-0.6B"),
 ]
 
 
