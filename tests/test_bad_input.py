@@ -55,7 +55,7 @@ from lightning_ssl.modules.backbones import ResNet, SmallCNN
 from lightning_ssl.modules.color import rgb_to_lab
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.masking import block_masking, patchify
-from lightning_ssl.modules.pretrained import CheckpointBackbone
+from lightning_ssl.modules.pretrained import CheckpointBackbone, Pixels
 from lightning_ssl.modules.text import BPETokenizer, TextTransformer
 from lightning_ssl.modules.tokenizer import TextTokenizer, train_tokenizer
 from lightning_ssl.modules.vit import ViT
@@ -630,7 +630,12 @@ CASES = [
     ("tokenizer-one-code", lambda t: _tokenizer(num_codes=1), ValueError, r"num_codes must be >= 2"),
     ("tokenizer-decay-1", lambda t: _tokenizer(decay=1.0), ValueError, r"decay must lie in \[0, 1\)"),
     ("tokenizer-encoder-not-a-vit", lambda t: VisualTokenizer(cnn()), ValueError, r"must be a ViT"),
-    ("tokenizer-teacher-without-patches", lambda t: _tokenizer(teacher=cnn()), ValueError, r"no per-patch features"),
+    (
+        "tokenizer-teacher-without-patches",  # a CNN teacher's feature map serves; pooled features alone do not
+        lambda t: _tokenizer(teacher=Pixels(1, 16)),
+        ValueError,
+        r"gives no patch tokens or feature map",
+    ),
     # pretext tasks
     (
         "jigsaw-too-many-permutations",
