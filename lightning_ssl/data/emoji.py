@@ -65,7 +65,7 @@ def render_emoji(char: str, size: int = 64, font_path: str = EMOJI_FONT) -> torc
     square = Image.new("RGBA", (side, side), (255, 255, 255, 0))
     square.paste(glyph, ((side - glyph.width) // 2, (side - glyph.height) // 2))
     white = Image.new("RGBA", square.size, (255, 255, 255, 255))
-    rgb = Image.alpha_composite(white, square).convert("RGB").resize((size, size), Image.LANCZOS)
+    rgb = Image.alpha_composite(white, square).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
     t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).contiguous()
     return None if (t > 250).all() else t
 

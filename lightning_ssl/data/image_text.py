@@ -217,8 +217,8 @@ class ImageTextDataModule(ImageDataModule):
             ]
         else:
             images, fields = read_image_text_table(self.source, self.image_column, self.caption_column, self.label)
-        names = [f.get("label") for f in fields]
-        labelled = all(n not in (None, "") for n in names)
+        names: list[str] = [f.get("label") or "" for f in fields]
+        labelled = all(names)  # every row has a label
         # integer labels sort as numbers ("2" before "10"), names alphabetically
         self.class_names = sorted(set(names), key=lambda s: (len(s), s) if s.isdigit() else (0, s)) if labelled else []
         labels = (
