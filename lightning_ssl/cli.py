@@ -12,6 +12,9 @@ What is added to the plain LightningCLI:
   other CPUs, and says why; on a single CPU process with native bf16 the backbone is timed in both when fit starts
   and bf16 kept only when >= 10% faster (``lightning_ssl.precision.measure_cpu_precision``).
 * **A time budget**: ``budget.minutes`` trains for that long, with the schedules ending at the budget's end.
+* **Optimizer recipe settings for every method**, at the top level: ``lr_scaling.base_batch_size`` (the linear
+  scaling rule), ``param_groups`` (biases and norms: a learning rate of their own, or decayed like the weights) and
+  ``weight_decay_schedule.end`` (cosine weight decay), each off by default.
 * **Monitoring and safety callbacks are always there**, configured at the top level: ``knn:`` (KNNMonitor),
   ``probe:`` (OnlineLinearProbe), ``collapse:`` (CollapseMonitor), ``nonfinite:`` (NonFiniteGuard) and
   ``checkpoint:`` (ModelCheckpoint, ``save_last: true`` so ``--ckpt_path last`` resumes). Turn the monitors off
@@ -53,7 +56,9 @@ from lightning_ssl.callbacks import (
     LinearLRScaling,
     NonFiniteGuard,
     OnlineLinearProbe,
+    ParamGroups,
     ViewGrid,
+    WeightDecaySchedule,
 )
 from lightning_ssl.callbacks.budget import TimeBudget
 from lightning_ssl.callbacks.performance import Performance
@@ -95,6 +100,8 @@ class SSLCLI(LightningCLI):
         parser.add_lightning_class_args(Performance, "performance")
         parser.add_lightning_class_args(TimeBudget, "budget")
         parser.add_lightning_class_args(LinearLRScaling, "lr_scaling")
+        parser.add_lightning_class_args(ParamGroups, "param_groups")
+        parser.add_lightning_class_args(WeightDecaySchedule, "weight_decay_schedule")
         parser.add_lightning_class_args(ViewGrid, "views")
         parser.add_lightning_class_args(EmbeddingPlot, "embeddings")
         parser.add_lightning_class_args(LearningRateLogger, "lr_monitor")

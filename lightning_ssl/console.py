@@ -80,13 +80,14 @@ def config_header(path: Path) -> list[str]:
 
 def summary(header: list[str]) -> str:
     """The first sentence of a config's description: its first paragraph (up to an indented command line or a
-    blank line) to the first full stop that ends a sentence ("et al. 2020" does not)."""
+    blank line, or the ``reference:`` / ``deviation:`` lines) to the first full stop that ends a sentence ("et al.
+    2020" does not; a sentence in parentheses after it does)."""
     paragraph = []
     for line in header:
-        if line.startswith(" ") or not line.strip():
+        if line.startswith(" ") or not line.strip() or line.startswith(("reference:", "deviation:", "processes:")):
             break
         paragraph.append(line.strip())
-    first = re.split(r"(?<=\.)\s+(?=[A-Z])", " ".join(paragraph), maxsplit=1)[0]
+    first = re.split(r"(?<=\.)\s+(?=[A-Z(])", " ".join(paragraph), maxsplit=1)[0]
     return first if first.endswith((".", ":")) else first + "."
 
 

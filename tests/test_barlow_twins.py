@@ -82,3 +82,18 @@ def test_step_uses_separate_forwards_and_embed_is_the_backbone():
     want = barlow_twins_loss(same.projector(same.backbone(x_a)), same.projector(same.backbone(x_b)), 5e-3 * 256)
     assert out["loss"].item() == pytest.approx(want.item(), rel=1e-5)
     assert model.embed(x_a).shape == out["features"].shape == (8, model.backbone.num_features)
+
+
+def test_loss_scale_multiplies_the_loss_as_solo_learn():
+    """vturrisi/solo-learn solo/losses/barlow.py: scale_loss * (on_diag + lamb * off_diag)."""
+    torch.manual_seed(0)
+    views = [torch.randn(8, 1, 12, 12), torch.randn(8, 1, 12, 12)]
+    plain = BarlowTwins(SmallCNN(1, 12, width=4, stages=1), 16, 16, lambda_offdiag=0.0051)
+    scaled = BarlowTwins(SmallCNN(1, 12, width=4, stages=1), 16, 16, lambda_offdiag=0.0051, loss_scale=0.1)
+    scaled.load_state_dict(plain.state_dict())
+    plain.log = scaled.log = lambda *a, **k: None
+    a = plain.training_step((views, None), 0)["loss"]
+    b = scaled.training_step((views, None), 0)["loss"]
+    torch.testing.assert_close(b, 0.1 * a)
+    with pytest.raises(ValueError, match="loss_scale"):
+        BarlowTwins(SmallCNN(1, 12, width=4, stages=1), 16, 16, loss_scale=0.0)

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_ssl.cli import cli
 from lightning_ssl.config import import_class
 from lightning_ssl.eval.cli import main as eval_main
+from tests.recipe_tools import build_model, image_size, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "shared")
@@ -22,7 +24,7 @@ def _ids(p):
     return str(p.relative_to(ROOT / "configs"))
 
 
-def _synthetic(data: dict, tmp_path: Path) -> list[str]:
+def _synthetic(data: dict, tmp_path: Path, size: int | None = None) -> list[str]:
     if data["class_path"].endswith("ImageTextDataModule"):  # a table of generated pictures with captions
         from PIL import Image
 
@@ -62,7 +64,7 @@ def _synthetic(data: dict, tmp_path: Path) -> list[str]:
     info = import_class(data["class_path"]).describe(data.get("init_args") or {})
     return [
         "--data=lightning_ssl.data.SyntheticDataModule",
-        f"--data.image_size={info['image_size']}",
+        f"--data.image_size={size or info['image_size']}",
         f"--data.channels={info['channels']}",
         f"--data.num_classes={info['num_classes'] or 4}",
         "--data.num_samples=16",
@@ -71,40 +73,68 @@ def _synthetic(data: dict, tmp_path: Path) -> list[str]:
     ]  # 8: MoCo split-BN groups
 
 
-# Configs whose networks make a CPU smoke run slow run with a smaller one of the same kind (the wiring is what
-# is tested). The GPU-only FSDP config (Lightning refuses FSDP on CPU) runs with the default strategy and a
-# 2-block ViT; tests/test_multinode.py builds its FSDP strategy.
-SHRINK_VIT = [
-    "--trainer.strategy=auto",
-    "--trainer.accelerator=cpu",
-    "--model.init_args.backbone.init_args.depth=2",
-    "--model.init_args.backbone.init_args.embed_dim=64",
-    "--model.init_args.backbone.init_args.num_heads=2",
-]
-RESNET18 = ["--model.init_args.backbone.init_args.arch=resnet18"]
-CPU_OVERRIDES = {
-    "mae/imagenet_vit_gigantic_fsdp.yaml": [
-        *SHRINK_VIT,
-        "--model.init_args.decoder_dim=32",
-        "--model.init_args.decoder_depth=1",
-    ],
-    "simclr/imagenet.yaml": RESNET18,
-    "aim/imagenet.yaml": [*SHRINK_VIT, "--model.init_args.head_width=32", "--model.init_args.head_depth=1"],
-    **{
-        f"dino/imagenet_{name}.yaml": [
-            *SHRINK_VIT,
-            "--model.init_args.hidden_dim=64",
-            "--model.init_args.out_dim=256",
-            "--model.init_args.ibot_out_dim=256",
-        ]
-        for name in ("dinov2", "gram")
-    },  # ViT-L/16 with two 65536-prototype heads: the wiring is what runs here
-    "simclr/imagenet_streaming.yaml": RESNET18,
-    "byol/imagenet.yaml": RESNET18,
-    "lejepa/imagenet.yaml": RESNET18,
-    "densecl/imagenet.yaml": RESNET18,
-    "mmcr/cifar10.yaml": [*RESNET18, "--data.init_args.views.init_args.num_views=4"],  # 40 views of a ResNet-50
+# Configs at ImageNet resolution: their full-size network is checked on the meta device (parameter count, output
+# shape; nothing allocated), and a reduced copy of the same kind trains for the smoke run (the wiring is what is
+# tested): 2 blocks of width 64 for a ViT at 8 x 8 patches, a ResNet-18 (ImageNet stem) at 64 px, narrow heads.
+# The GPU-only FSDP config (Lightning refuses FSDP on CPU) runs with the default strategy; tests/test_multinode.py
+# builds its FSDP strategy.
+LARGE = [p for p in TRAIN if (image_size(p) or 0) >= 160]
+NARROW = {  # method arguments -> the reduced copy's value
+    "proj_hidden_dim": 64,
+    "proj_dim": 32,
+    "pred_hidden_dim": 64,
+    "hidden_dim": 64,
+    "bottleneck_dim": 32,
+    "out_dim": 256,
+    "num_prototypes": 32,
+    "queue_size": 64,
+    "decoder_dim": 32,
+    "decoder_depth": 1,
+    "decoder_heads": 2,
+    "predictor_dim": 32,
+    "predictor_depth": 1,
+    "num_codes": 64,
+    "num_masked": None,
+    "min_block": None,
+    "ibot_out_dim": 256,
+    "head_width": 32,
+    "head_depth": 1,
 }
+# below ImageNet resolution, still slow on a CPU: MMCR's CIFAR-10 recipe takes 40 views of a ResNet-50
+CPU_OVERRIDES = {
+    "mmcr/cifar10.yaml": [
+        "--model.init_args.backbone.init_args.arch=resnet18",
+        "--data.init_args.views.init_args.num_views=4",
+    ]
+}
+
+
+def reduced(config: Path) -> tuple[list[str], int]:
+    """CLI overrides that shrink a large config's network, and the image size the reduced copy trains at."""
+    cfg = yaml.safe_load(config.read_text())
+    args = cfg["model"]["init_args"]
+    backbone = args["backbone"]
+    extra = ["--trainer.strategy=auto"]
+    if backbone["class_path"].endswith(".ViT"):
+        size = 8 * backbone["init_args"]["patch_size"]
+        extra += [f"--model.init_args.backbone.init_args.{k}={v}" for k, v in (("depth", 2), ("embed_dim", 64))]
+        extra += [
+            "--model.init_args.backbone.init_args.num_heads=2",
+            "--model.init_args.backbone.init_args.mlp_ratio=4",
+        ]
+    else:
+        size = 64  # with the ImageNet stem (7x7/2 + max-pool) the full config has: 16x16 maps after it
+        extra += [
+            "--model.init_args.backbone.init_args.arch=resnet18",
+            "--model.init_args.backbone.init_args.small_input=false",
+        ]
+    for key, value in NARROW.items():
+        if key in args:
+            extra.append(f"--model.init_args.{key}={'null' if value is None else value}")
+    views = cfg["data"]["init_args"].get("views", {})
+    if views.get("class_path", "").endswith("MultiCropViews"):
+        extra.append(f"--data.views.init_args.local_size={size // 2}")
+    return extra, size
 
 
 def test_every_config_is_covered():
@@ -130,6 +160,10 @@ def test_config_fast_dev_run(config, tmp_path):
             "--model.init_args.backbone=lightning_ssl.modules.backbones.SmallCNN",
             "--model.init_args.backbone.init_args.width=4",
         ]
+    size = None
+    if config in LARGE:
+        shrink, size = reduced(config)
+        extra += shrink
     extra += CPU_OVERRIDES.get(_ids(config), [])
     # BEiT's tokenizer checkpoint and a VQ-KD tokenizer's teacher checkpoint: untrained tiny ViTs stand in
     patch = backbone.get("init_args", {}).get("patch_size", 16)
@@ -152,7 +186,7 @@ def test_config_fast_dev_run(config, tmp_path):
             "fit",
             "--config",
             str(config),
-            *_synthetic(cfg["data"], tmp_path),
+            *_synthetic(cfg["data"], tmp_path, size),
             *extra,
             "--trainer.fast_dev_run=true",
             "--trainer.logger=false",
@@ -161,6 +195,32 @@ def test_config_fast_dev_run(config, tmp_path):
             f"--checkpoint.dirpath={tmp_path}/ckpt",
         ]
     )
+
+
+FEATURES = {"resnet18": 512, "resnet50": 2048}
+
+
+@pytest.mark.parametrize("config", LARGE, ids=_ids)
+def test_large_config_structure_at_full_size(config):
+    """The network the config builds, at full size on the meta device (no memory, no compute): parameter count as
+    its own arguments dictate and the feature shape ``embed`` gives for a batch of the config's images."""
+    model = build_model(parse(config))
+    backbone = model.backbone
+    spec = yaml.safe_load(config.read_text())["model"]["init_args"]["backbone"]["init_args"]
+    if hasattr(backbone, "embed_dim"):  # ViT: 12 d^2 per block (attention 4 d^2, MLP 2 r d^2) + patch embedding
+        d, depth, r = backbone.embed_dim, len(backbone.model.blocks), backbone.model_kwargs["mlp_ratio"]
+        blocks = depth * ((4 + 2 * r) * d * d)
+        embed = 3 * backbone.patch_size**2 * d
+        count = sum(p.numel() for p in backbone.parameters())
+        assert blocks + embed < count < 1.01 * (blocks + embed) + 2e6, (count, blocks + embed)
+        assert (d, depth) == (spec["embed_dim"], spec["depth"])
+        expected = d
+    else:
+        expected = FEATURES[spec["arch"]]
+    assert all(p.device.type == "meta" for p in backbone.parameters())
+    size = backbone.image_size
+    features = model.embed(torch.empty(2, backbone.in_channels, size, size, device="meta"))
+    assert tuple(features.shape) == (2, expected) == (2, model.num_features)
 
 
 @pytest.mark.parametrize("config", EVAL, ids=_ids)

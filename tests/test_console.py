@@ -58,7 +58,7 @@ def test_configs_filter_shows_the_matching_configs_in_full(capsys):
     listing = capsys.readouterr().out
     assert len([line for line in listing.splitlines() if line.startswith("simclr/")]) == len(expected)
     first = next(line for line in listing.splitlines() if line.startswith("simclr/cifar10 "))
-    assert first.rstrip().endswith("with 10 warmup epochs and cosine decay, temperature 0.5, no blur.")  # not "et al."
+    assert first.rstrip().endswith('grayscale 0.2, blur 0.5 ("symmetric").')  # not at "et al.", not the aside
 
 
 def help_text(capsys, name: str) -> str:

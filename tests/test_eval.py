@@ -187,7 +187,8 @@ def test_eval_cli_all_protocols_and_feature_cache(tmp_path, capsys):
     assert res["linear"]["top1"] > 0.9
     assert set(res["fewshot"]) == {"1", "5"}
     assert Path(res["plot"]).exists()
-    assert set(res["seconds"]) == {"features", "knn", "linear", "fewshot", "plot"}
+    assert set(res["seconds"]) == {"features", "knn", "linear", "fewshot", "plot", "retrieval"}
+    assert res["retrieval"]["recall@1"] > 0.9  # the kNN's features, searched test image against test image
     assert json.loads((tmp_path / "pixels" / "results.json").read_text())["knn"]["k=5"] == res["knn"]["k=5"]
     assert len(list((tmp_path / "features").glob("*.pt"))) == 1
     out = capsys.readouterr().out

@@ -174,3 +174,47 @@ def test_exact_resume_with_the_ema_target_encoder(tmp_path):
     assert a.keys() == b.keys()
     for k in a:  # context encoder, predictor, target encoder, update counter (masks: reseeded per batch)
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k} differs after resume: {m}")
+
+
+def test_predictor_initialised_as_the_reference():
+    """facebookresearch/ijepa src/helper.py init_model: trunc_normal(std 0.02) Linear weights, zero biases,
+    LayerNorms at 1 / 0 (eps 1e-6); the predictor's heads are the encoder's."""
+    torch.manual_seed(0)
+    model = IJEPA(vit(embed_dim=64, num_heads=4), predictor_dim=128, predictor_depth=4, min_context=2)
+    pred = model.predictor
+    linears = [m for m in pred.modules() if isinstance(m, torch.nn.Linear)]
+    weights = torch.cat([m.weight.flatten() for m in linears])
+    assert weights.std().item() == pytest.approx(0.02, rel=0.05)
+    assert abs(weights.mean().item()) < 1e-3
+    assert all(torch.count_nonzero(m.bias) == 0 for m in linears)
+    norms = [m for m in pred.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms
+    assert all(m.eps == 1e-6 for m in norms)
+    assert all(blk.attn.num_heads == 4 for blk in pred.blocks)
+
+
+def test_ema_momentum_is_linear_in_the_step():
+    """src/train.py: ema[0] + i * (ema[1] - ema[0]) / (ipe * num_epochs * ipe_scale)."""
+    model = ijepa()
+
+    class T:
+        global_step, estimated_stepping_batches = 0, 11
+
+    model._trainer = T()
+    values = []
+    for step in range(11):
+        T.global_step = step
+        values.append(model.current_momentum())
+    assert values == pytest.approx([0.996 + step * 0.004 / 10 for step in range(11)])
+
+
+def test_encoders_without_a_cls_token_train():
+    model = IJEPA(
+        vit(class_token=False, pool="avg", pos_embed="sincos"), predictor_dim=16, predictor_depth=1, min_context=2
+    )
+    model.log = lambda *a, **k: None
+    out = model.training_step(([torch.randn(4, 1, 16, 16)], None), 0)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert out["features"].shape == (4, 16)
+    assert model.backbone.model.cls_token is None

@@ -172,7 +172,9 @@ def test_collapse_monitor_warns_and_logs(tmp_path):
 
 def _counting_mae():
     """A tiny MAE that counts its ``embed`` calls on training batches of 8 (the input-shape check at fit start
-    embeds 2 images), and synthetic data in batches of 8."""
+    embeds 2 images), and synthetic data in batches of 8 with one view per image, as the MAE configs have (two
+    views would add the collapse monitor's LiDAR forwards)."""
+    from lightning_ssl.data import ClassifierViews
     from lightning_ssl.methods import MAE
     from lightning_ssl.modules.vit import ViT
 
@@ -185,7 +187,9 @@ def _counting_mae():
             return super().embed(x)
 
     vit = ViT(in_channels=1, image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2)
-    dm = SyntheticDataModule(num_samples=64, batch_size=8, num_workers=0, image_size=16, channels=1, val_bank_size=0)
+    dm = SyntheticDataModule(
+        num_samples=64, batch_size=8, num_workers=0, image_size=16, channels=1, val_bank_size=0, views=ClassifierViews()
+    )
     return CountingMAE(vit, decoder_dim=16, decoder_depth=1, decoder_heads=2), dm
 
 
@@ -194,8 +198,9 @@ def test_collapse_monitor_adds_no_forwards_for_methods_without_step_features():
     monitor embeds the measuring step's batch only; SimCLR's step gives them, and the window spans batches. The
     first step is measured too (every run has the panels)."""
     mae, dm = _counting_mae()
+    two_views = SyntheticDataModule(num_samples=64, batch_size=8, num_workers=0, image_size=16, channels=1)
     sizes = []
-    for model in (mae, SimCLR(SmallCNN(1, 16, width=4), proj_hidden_dim=16, proj_dim=8)):
+    for model, data in ((mae, dm), (SimCLR(SmallCNN(1, 16, width=4), proj_hidden_dim=16, proj_dim=8), two_views)):
         mon = CollapseMonitor(every_n_steps=4, window=32)
         mon.measure = lambda z, _m=mon.measure: sizes.append(len(z)) or _m(z)
         trainer = L.Trainer(
@@ -208,7 +213,7 @@ def test_collapse_monitor_adds_no_forwards_for_methods_without_step_features():
             enable_model_summary=False,
             limit_val_batches=0,
         )
-        trainer.fit(model, datamodule=dm)
+        trainer.fit(model, datamodule=data)
     assert type(mae).calls == 3  # steps 1, 4 and 8 of 8, nothing in between
     # MAE: the measuring batch; SimCLR: the first step's batch, then the window's batches of 8 since
     assert sizes == [8, 8, 8, 8, 24, 32]

@@ -315,3 +315,36 @@ def test_reconstruction_callback_writes_original_reconstruction_and_token_grid(t
     assert colours.shape == (1, 3, 2, 2)
     assert torch.equal(colours[0, :, 0, 0], colours[0, :, 1, 1])
     assert not torch.equal(colours[0, :, 0, 0], colours[0, :, 0, 1])
+
+
+def test_norm_ema_update_follows_beit_v2():
+    """microsoft/unilm beit2/norm_ema_quantizer.py NormEMAVectorQuantizer.forward, transcribed: for codes the batch
+    uses, weight <- l2norm(decay * weight + (1 - decay) * l2norm(sum of their vectors / count)); unused codes keep
+    their weight; cluster_size <- decay * cluster_size + (1 - decay) * bins."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(
+        num_codes=6, code_dim=3, decay=0.9, cosine=True, kmeans_init=False, restart=False, update_rule="norm_ema"
+    ).train()
+    weight, cluster_size = q.codebook.clone(), q.cluster_size.clone()
+    z = torch.randn(2, 5, 3)
+    out = q(z)
+    z_flat = F.normalize(z.reshape(-1, 3), dim=1)
+    d = z_flat.pow(2).sum(1, keepdim=True) + weight.pow(2).sum(1) - 2 * z_flat @ weight.t()
+    encodings = F.one_hot(d.argmin(1), 6).float()
+    assert torch.equal(out.indices.flatten(), d.argmin(1))
+    bins = encodings.sum(0)
+    expected_size = 0.9 * cluster_size + 0.1 * bins
+    zero_mask = bins == 0
+    embed_normalized = F.normalize((z_flat.t() @ encodings / bins.masked_fill(zero_mask, 1.0)[None]).t(), dim=1)
+    embed_normalized = torch.where(zero_mask[:, None], weight, embed_normalized)
+    expected = F.normalize(0.9 * weight + 0.1 * embed_normalized, dim=1)
+    assert zero_mask.any()  # the check covers an unused code too
+    torch.testing.assert_close(q.codebook, expected)
+    torch.testing.assert_close(q.cluster_size, expected_size)
+
+
+def test_norm_ema_needs_cosine_codes():
+    with pytest.raises(ValueError, match="cosine=True"):
+        VectorQuantizer(num_codes=4, code_dim=2, cosine=False, update_rule="norm_ema")
+    with pytest.raises(ValueError, match="update_rule"):
+        VectorQuantizer(num_codes=4, code_dim=2, update_rule="vqgan")

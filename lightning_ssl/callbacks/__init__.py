@@ -14,6 +14,7 @@ from lightning_ssl.callbacks.images import (
 )
 from lightning_ssl.callbacks.knn import KNNMonitor
 from lightning_ssl.callbacks.lr_scaling import LinearLRScaling
+from lightning_ssl.callbacks.optim import ParamGroups, WeightDecaySchedule
 from lightning_ssl.callbacks.probe import OnlineLinearProbe
 from lightning_ssl.callbacks.text import TextSamples
 
@@ -31,8 +32,10 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteGuard",
     "OnlineLinearProbe",
+    "ParamGroups",
     "TextSamples",
     "TimeBudget",
     "TokenizerReconstructionLogger",
     "ViewGrid",
+    "WeightDecaySchedule",
 ]

@@ -112,14 +112,91 @@ def rankme(z: Tensor, eps: float = 1e-7) -> float:
     return math.exp(-(p * p.log()).sum().item())
 
 
+def lidar(views: Tensor, delta: float = 1e-4, eps: float = 1e-8) -> float:
+    """LiDAR (Thilak et al., "LiDAR: Sensing Linear Probing Performance in Joint Embedding SSL Architectures",
+    ICLR 2024): the effective rank of the linear-discriminant (LDA) matrix whose classes are the samples, each
+    seen through several augmentations. With per-sample means mu_x, their mean mu, n samples and q views:
+    Sigma_b = sum_x (mu_x - mu)(mu_x - mu)^T / (n - 1), Sigma_w = sum_x,i (e_xi - mu_x)(e_xi - mu_x)^T / (n (q - 1))
+    + delta I, Sigma_lidar = Sigma_w^-1/2 Sigma_b Sigma_w^-1/2, LiDAR = exp(-sum_k p_k log p_k) with
+    p_k = lambda_k / ||lambda||_1 + eps over its eigenvalues. Between 1 and min(n - 1, D): high when the views of
+    one image agree and different images differ along many directions.
+
+    Args:
+        views: (n, q, D) embeddings of n >= 2 samples under q >= 2 augmentations each.
+        delta: added to Sigma_w's diagonal so it is invertible (in the embeddings' squared units); 1e-4 as in
+            stable-pretraining's LiDAR callback. Matters when n (q - 1) < D, where Sigma_w is singular.
+        eps: added to each normalized eigenvalue before the entropy, as in the paper.
+
+    Returns:
+        The LiDAR score, a float >= 1.
+    """
+    if views.ndim != 3 or views.shape[0] < 2 or views.shape[1] < 2:
+        raise ValueError(
+            f"LiDAR needs (n, q, D) embeddings with n >= 2 samples and q >= 2 views, got {tuple(views.shape)}"
+        )
+    e = views.double()
+    n, q, d = e.shape
+    mu_x = e.mean(1)  # (n, D)
+    between = mu_x - mu_x.mean(0)
+    sigma_b = between.T @ between / (n - 1)
+    within = (e - mu_x[:, None]).reshape(n * q, d)
+    sigma_w = within.T @ within / (n * (q - 1)) + delta * torch.eye(d, dtype=e.dtype, device=e.device)
+    w_vals, w_vecs = torch.linalg.eigh(sigma_w)
+    inv_sqrt = (w_vecs * w_vals.clamp_min(torch.finfo(e.dtype).tiny).rsqrt()) @ w_vecs.T
+    lam = torch.linalg.eigvalsh(inv_sqrt @ sigma_b @ inv_sqrt).clamp_min(0)
+    p = lam / lam.sum() + eps
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def alpha_req(z: Tensor, fit_range: tuple[int, int] = (5, 100)) -> float:
+    """alpha-ReQ (Agrawal et al., "alpha-ReQ: Assessing Representation Quality in Self-Supervised Learning by
+    Measuring Eigenspectrum Decay", NeurIPS 2022): the exponent alpha of a power law lambda_k ~ k^-alpha fitted to
+    the eigenvalues lambda_1 >= lambda_2 >= ... of the covariance of the embeddings, by least squares in log-log
+    (log lambda_k = c - alpha log k) weighted by 1/k, as the authors' code (``reptrix.alpha.get_powerlaw``) does.
+    Near 1 for good representations in the paper; small alpha is a flat (white, noisy) spectrum, large alpha a
+    steep one (a few directions hold all the variance: collapse).
+
+    Args:
+        z: (N, D) embeddings.
+        fit_range: 0-based ranks [start, stop) of the eigenvalues used in the fit; (5, 100), the authors' default,
+            leaves out the first five (the head) and stops at rank 100. ``stop`` is clipped to the number of
+            eigenvalues, min(N - 1, D); at least 3 must remain.
+
+    Returns:
+        alpha, a float (> 0 for a decaying spectrum).
+    """
+    x = z.double()
+    x = x - x.mean(0)
+    lam = torch.linalg.svdvals(x) ** 2 / max(1, len(x) - 1)  # covariance eigenvalues, descending
+    start, stop = fit_range[0], min(fit_range[1], min(len(x) - 1, x.shape[1]))
+    if stop - start < 3:
+        raise ValueError(
+            f"alpha-ReQ fits ranks [{start}, {stop}): too few eigenvalues (N={len(x)}, D={x.shape[1]}); use more "
+            f"samples or a lower fit_range start"
+        )
+    rank = torch.arange(start + 1, stop + 1, dtype=x.dtype, device=x.device)  # 1-based ranks k
+    y = lam[start:stop].clamp_min(torch.finfo(x.dtype).tiny).log()
+    design = torch.stack([-rank.log(), torch.ones_like(rank)], dim=1)  # (K, 2): alpha, log c
+    w = (1.0 / rank)[:, None]
+    coef = torch.linalg.solve(design.T @ (design * w), (design * w).T @ y)
+    return coef[0].item()
+
+
 class CollapseMonitor(L.Callback):
     """Logs ``train/embedding_std`` (x sqrt(D): 1 is healthy, 0 collapsed), ``train/rankme`` and
-    ``train/rankme_ratio`` (RankMe / min(N, D)) of the training step's features (``step_features``: what
+    ``train/rankme_ratio`` (RankMe / min(N, D)), ``train/alpha_req`` (the eigenspectrum's power-law decay,
+    ``alpha_req``) and ``train/lidar`` (``lidar``) of the training step's features (``step_features``: what
     ``embed`` gives for the first view) at the first optimizer step, every ``every_n_steps`` steps on the last
     ``window`` samples, and at the last step, so every run, however short, has the panels; warns (once per epoch)
     when the embeddings look collapsed. ``every_n_steps=0`` turns it off. Features are kept only over the steps that
     fill the window before a measurement, so between them it costs nothing. The values go straight to the loggers at
     the step Lightning logs that moment under (``runs.logged_step``), and into ``trainer.callback_metrics``.
+
+    LiDAR needs several augmentations of the same images: it takes them from the measuring step's batch, whose
+    views are augmentations of the same images (SimCLR's two views, DINO's global crops: views of the first
+    view's size), and embeds the first ``lidar_samples`` images of each in eval mode without gradient (SimCLR at
+    batch 128, every 64 steps: 256 no-grad forwards against 64 x 256 images trained forward and backward, ~0.5%
+    of the compute). Methods whose batch has one view (MAE, SimMIM, BEiT, I-JEPA's masks) log no LiDAR.
 
     For methods whose step does not compute ``embed``'s features (masked inputs: MAE, SimMIM, BEiT) each batch
     of the window would cost an extra no-grad encoder forward (~70% of an MAE step): there it measures the
@@ -129,17 +206,28 @@ class CollapseMonitor(L.Callback):
     an MAE step at 64).
 
     Args:
-        every_n_steps: optimizer steps between measurements (0 turns the monitor off).
-        window: samples measured (the last ones of the steps before a measurement).
-        std_threshold: warn below this embedding std x sqrt(D).
-        rank_threshold: warn below this RankMe / min(N, D).
+        every_n_steps: optimizer steps between measurements; 0 turns the monitor off.
+        window: the number of most recent samples (over the steps before a measurement) that the statistics
+            are computed on.
+        std_threshold: warn when the std of normalized embeddings x sqrt(D) falls below this (1 is healthy).
+        rank_threshold: warn when RankMe / min(N, D) falls below this, in (0, 1].
+        lidar_samples: images per measurement whose views give LiDAR (its n; each view is embedded once more);
+            0 turns LiDAR off.
     """
 
     def __init__(
-        self, every_n_steps: int = 64, window: int = 1024, std_threshold: float = 0.1, rank_threshold: float = 0.05
+        self,
+        every_n_steps: int = 64,
+        window: int = 1024,
+        std_threshold: float = 0.1,
+        rank_threshold: float = 0.05,
+        lidar_samples: int = 256,
     ) -> None:
+        if lidar_samples < 0:
+            raise ValueError(f"lidar_samples must be >= 0 (0 turns LiDAR off), got {lidar_samples}")
         self.every_n_steps, self.window = every_n_steps, window
         self.std_threshold, self.rank_threshold = std_threshold, rank_threshold
+        self.lidar_samples = lidar_samples
         self._buffer: list[Tensor] = []
         self._warned_epoch = -1
         self._measured_at = self._buffered_at = -1
@@ -149,10 +237,31 @@ class CollapseMonitor(L.Callback):
     def measure(self, z: Tensor) -> dict[str, float]:
         d = z.shape[1]
         r = rankme(z)
-        return {"embedding_std": embedding_std(z) * math.sqrt(d), "rankme": r, "rankme_ratio": r / min(z.shape)}
+        stats = {"embedding_std": embedding_std(z) * math.sqrt(d), "rankme": r, "rankme_ratio": r / min(z.shape)}
+        if min(len(z) - 1, d) - 5 >= 3:  # enough eigenvalues for alpha-ReQ's fit (ranks 6 to 100)
+            stats["alpha_req"] = alpha_req(z)
+        return stats
 
     def is_collapsed(self, stats: dict[str, float]) -> bool:
         return stats["embedding_std"] < self.std_threshold or stats["rankme_ratio"] < self.rank_threshold
+
+    def lidar_views(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> Tensor | None:
+        """(n, q, D) embeddings of the batch's views that share the first view's shape, or None when the batch
+        has fewer than two such views."""
+        views = batch[0] if isinstance(batch, (list, tuple)) and batch else None
+        if not isinstance(views, (list, tuple)) or not all(isinstance(v, Tensor) for v in views):
+            return None
+        views = [v[: self.lidar_samples] for v in views if v.shape == views[0].shape]
+        if len(views) < 2 or len(views[0]) < 2:
+            return None
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                z = [pl_module.embed(v).float().flatten(1) for v in views]
+        finally:
+            pl_module.train(was_training)
+        return torch.stack(z, dim=1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
         if self.every_n_steps <= 0 or not isinstance(outputs, dict):
@@ -173,7 +282,7 @@ class CollapseMonitor(L.Callback):
         self._buffer.append(z.detach().float().flatten(1))
         self._buffered_at = step
         if due:
-            self._measure(trainer, pl_module)
+            self._measure(trainer, pl_module, batch)
 
     def on_train_end(self, trainer, pl_module) -> None:
         """The final model's values, unless the last step was measured."""
@@ -186,13 +295,18 @@ class CollapseMonitor(L.Callback):
             self._buffer.append(z.detach().float().flatten(1))
         self._measure(trainer, pl_module)
 
-    def _measure(self, trainer, pl_module) -> None:
+    def _measure(self, trainer, pl_module, batch: Any = None) -> None:
         z = torch.cat(self._buffer)[-self.window :]
         self._buffer = []
         if len(z) < 2:
             return
         self._measured_at = trainer.global_step
-        self.last = stats = self.measure(z)
+        stats = self.measure(z)
+        if self.lidar_samples > 0 and batch is not None:
+            views = self.lidar_views(trainer, pl_module, batch)
+            if views is not None:
+                stats["lidar"] = lidar(views)
+        self.last = stats
         metrics = {f"train/{k}": v for k, v in stats.items()}
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
         for logger in trainer.loggers:

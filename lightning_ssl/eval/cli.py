@@ -5,16 +5,20 @@ Hugging Face, or raw pixels - with kNN, a linear probe, few-shot probes and embe
     lightning-ssl-eval linear  --config configs/eval/fashion_mnist.yaml --backbone.path last.ckpt
     lightning-ssl-eval fewshot --config configs/eval/fashion_mnist.yaml --shots [1,5,10,100] --seeds 5
     lightning-ssl-eval plot    --config configs/eval/fashion_mnist.yaml --method tsne
-    lightning-ssl-eval all     --config configs/eval/fashion_mnist.yaml      # kNN + linear + few-shot + plot
+    lightning-ssl-eval retrieval --config configs/eval/fashion_mnist.yaml    # recall@k, MAP@R (kNN's features)
+    lightning-ssl-eval all     --config configs/eval/fashion_mnist.yaml    # kNN, linear, few-shot, plot, retrieval
+    lightning-ssl-eval attentive --config configs/eval/fashion_mnist.yaml    # attentive probe on patch tokens
+    lightning-ssl-eval dense   --config configs/eval/fashion_mnist.yaml      # segmentation probe on item canvases
     lightning-ssl-eval export  --ckpt outputs/simclr/version_0 --out backbone.pt [--format state_dict|timm|hf|onnx]
 
 Features of the labelled training split (the kNN bank / probe training set) and of the test split are computed
 once per run, with a progress bar, and cached under ``out_dir/features`` (keyed by the backbone's settings and
 its weights by content, the data config, the precision and the device type; ``lightning_ssl.eval.resolve``), so
-further protocols on the same backbone skip the forward passes. ``--config`` takes the short names ``lightning-ssl
-fit`` takes; a training config (``--config simclr/fashion_mnist``) evaluates its newest run's backbone on its data.
-Results are printed as tables, written to ``out_dir/<name>/results.json`` and logged to W&B (offline unless
-``WANDB_MODE=online``; ``--wandb false`` turns it off). Fine-tuning is a training run:
+further protocols on the same backbone skip the forward passes; ``attentive`` and ``dense`` cache patch tokens /
+feature maps beside them (``lightning_ssl.eval.attentive``, ``.dense``). ``--config`` takes the short names
+``lightning-ssl fit`` takes; a training config (``--config simclr/fashion_mnist``) evaluates its newest run's
+backbone on its data. Results are printed as tables, written to ``out_dir/<name>/results.json`` and logged to
+W&B (offline unless ``WANDB_MODE=online``; ``--wandb false`` turns it off). Fine-tuning is a training run:
 ``lightning-ssl fit --config configs/eval/finetune_fashion_mnist.yaml`` (``lightning_ssl.eval.Classifier``).
 
 Each subcommand's ``--help`` shows its own options (``PROTOCOLS``: a protocol names the option groups of
@@ -44,12 +48,14 @@ import lightning_ssl.data
 import lightning_ssl.modules.backbones
 import lightning_ssl.modules.pretrained  # noqa: F401
 from lightning_ssl.config import DATA_TO_MODEL, import_class, inject, to_dict
+from lightning_ssl.eval import attentive, dense
 from lightning_ssl.eval.export import export_backbone
 from lightning_ssl.eval.features import extract_features
 from lightning_ssl.eval.linear import few_shot, few_shot_table, linear_probe
 from lightning_ssl.eval.resolve import feature_cache_key, with_eval_configs
 from lightning_ssl.metrics.knn import knn_accuracy
 from lightning_ssl.metrics.plots import embedding_plot
+from lightning_ssl.metrics.retrieval import retrieval_metrics, retrieval_table
 from lightning_ssl.precision import auto_precision, limit_threads
 
 DESCRIPTION = (
@@ -90,11 +96,22 @@ def _plot_options(add: Callable[..., Any]) -> None:
     add("--max_points", type=int, default=2000, help="plot: test images drawn")
 
 
+def _retrieval_options(add: Callable[..., Any]) -> None:
+    add("--recall_k", type=list[int], default=[1, 5, 10], help="retrieval: the k of recall@k")
+
+
 OPTIONS: dict[str, Callable[[Callable[..., Any]], None]] = {
     "knn": _knn_options,
     "probe": _probe_options,
     "fewshot": _fewshot_options,
     "plot": _plot_options,
+    "retrieval": _retrieval_options,
+}
+# protocols on patch tokens / feature maps, with features, data and an options class of their own (``--<name>.*``):
+# name -> (options class, run)
+PATCH_PROTOCOLS: dict[str, tuple[type, Callable[..., tuple[dict[str, Any], list[str], dict[str, float]]]]] = {
+    "attentive": (attentive.AttentiveOptions, attentive.run),
+    "dense": (dense.DenseOptions, dense.run),
 }
 
 
@@ -116,7 +133,13 @@ PROTOCOLS: dict[str, Protocol] = {
     "linear": Protocol("linear probe on the frozen features: top-1 / top-5", ("probe",)),
     "fewshot": Protocol("linear probes on n labelled images per class, mean +- std over draws", ("probe", "fewshot")),
     "plot": Protocol("t-SNE / UMAP picture of the test features, coloured by class", ("plot",)),
-    "all": Protocol("knn + linear + fewshot + plot on one pass of features", ("knn", "probe", "fewshot", "plot")),
+    "retrieval": Protocol("image-to-image search on the test set: recall@k, R-precision, MAP@R", ("retrieval",)),
+    "all": Protocol(
+        "knn + linear + fewshot + plot + retrieval on one pass of features",
+        ("knn", "probe", "fewshot", "plot", "retrieval"),
+    ),
+    "attentive": Protocol("attentive probe (cross-attention pooling) on frozen patch tokens / map cells", ()),
+    "dense": Protocol("linear segmentation probe on frozen patch tokens / feature maps: mIoU, pixel accuracy", ()),
 }
 
 
@@ -156,6 +179,12 @@ def _feature_parser(name: str) -> ArgumentParser:
                 p.add_argument(flag, **(kwargs if visible else {**kwargs, "help": SUPPRESS}))
 
         OPTIONS[group](add)
+    for group, (options, _) in PATCH_PROTOCOLS.items():
+        before = len(p._actions)
+        p.add_class_arguments(options, group, help=f"{group}: see {options.__module__}.{options.__name__}")
+        if group != name:  # accepted (one config file serves every subcommand), not listed
+            for action in p._actions[before:]:
+                action.help = SUPPRESS
     return p
 
 
@@ -287,6 +316,17 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
         "seconds": {},
     }
 
+    if subcommand in PATCH_PROTOCOLS:
+        t = time.time()
+        stem = Path(cfg.out_dir) / "features" / key if cfg.cache_features else None
+        section, lines, metrics = PATCH_PROTOCOLS[subcommand][1](
+            backbone, dm, init[subcommand], device, cfg.precision, stem
+        )
+        results[subcommand] = section
+        results["seconds"][subcommand] = round(time.time() - t, 1)
+        _report(cfg, name, out, results, metrics, [f"## {name}", *lines])
+        return results
+
     t = time.time()
     cache = Path(cfg.out_dir) / "features" / f"{key}.pt" if cfg.cache_features else None
     train_f, train_y, test_f, test_y = compute_features(backbone, dm, device, cfg.precision, cache)
@@ -339,7 +379,27 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
         results["plot"] = str(plot_path)
         results["seconds"]["plot"] = round(time.time() - t, 1)
         text += ["", f"Embedding plot: {plot_path}"]
+    if subcommand in ("retrieval", "all"):
+        t = time.time()
+        results["retrieval"] = retrieval_metrics(test_f, test_y, cfg.recall_k)
+        results["seconds"]["retrieval"] = round(time.time() - t, 1)
+        metrics.update({f"eval/retrieval_{k}": v for k, v in results["retrieval"].items() if k != "queries"})
+        text += ["", f"Image retrieval on the test set (cosine, each image queries the other {len(test_y) - 1}):"]
+        text += ["", retrieval_table(results["retrieval"])]
+    _report(cfg, name, out, results, metrics, text, plot_path)
+    return results
 
+
+def _report(
+    cfg: Namespace,
+    name: str,
+    out: Path,
+    results: dict[str, Any],
+    metrics: dict[str, float],
+    text: list[str],
+    plot_path: Path | None = None,
+) -> None:
+    """Print the tables, merge the results into results.json and log them to W&B."""
     print("\n".join(text) + "\n")
     _write_results(out / "results.json", results)
     if cfg.wandb:
@@ -357,7 +417,6 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
                 data=[[int(n), r["mean"], r["std"]] for n, r in results["fewshot"].items()],
             )
         logger.experiment.finish()
-    return results
 
 
 def _write_results(path: Path, results: dict[str, Any]) -> None:

@@ -99,6 +99,12 @@ def export_backbone(
     checkpoint = resolve_checkpoint(checkpoint)
     backbone, config, hp, record = _load(checkpoint, weights)
     pre = _preprocessing(checkpoint, backbone, record, preprocessing)
+    if getattr(backbone, "rel_pos_bias", None) is not None and format != "onnx":
+        raise ValueError(
+            f"{checkpoint}: this ViT has a shared relative position bias (BEiT, SimMIM), which timm's "
+            f"VisionTransformer and Hugging Face's ViTModel cannot hold; export it with --format onnx, or load the "
+            f"checkpoint with lightning_ssl.load / lightning_ssl.modules.pretrained.CheckpointBackbone"
+        )
     out_path = Path(out)
     old_umask = os.umask(0)
     os.umask(old_umask)

@@ -44,3 +44,43 @@ def extract_features(
     if isinstance(model, nn.Module):
         model.train(was_training)
     return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def extract_patch_features(
+    backbone: nn.Module,
+    loader: DataLoader,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+    progress: bool = False,
+    batch_transform: Callable | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> tuple[Tensor, Tensor]:
+    """Per-patch features (``modules.pretrained.patch_features``) of a frozen backbone over ``loader`` of
+    ``(image, target)`` batches: feature maps (N, D, h, w) stored as ``dtype`` on the CPU (float16 halves the
+    memory of a token cache; probes compute in float32) and the targets (N,) labels or (N, H, W) masks.
+    A backbone without patch tokens or a feature map raises a ``ValueError`` on the first batch."""
+    from lightning_ssl.modules.pretrained import patch_features
+
+    was_training = backbone.training
+    backbone.eval().to(device)
+    device = torch.device(device)
+    maps: list[Tensor] = []
+    targets: list[Tensor] = []
+    it = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(loader, desc="patch features", leave=False)
+    try:
+        for x, y in it:
+            x = x.to(device, non_blocking=True)
+            if batch_transform is not None:
+                x, y = batch_transform((x, y), 0)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                f = patch_features(backbone, x)
+            maps.append(f.to(dtype).cpu())
+            targets.append(torch.as_tensor(y).cpu())
+    finally:
+        backbone.train(was_training)
+    return torch.cat(maps), torch.cat(targets)

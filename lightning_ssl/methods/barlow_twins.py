@@ -8,7 +8,9 @@ For each image, two augmented views x_a, x_b:
 Pushing C to the identity makes the views agree dimension by dimension (diagonal) and decorrelates the
 dimensions (off-diagonal), so no negatives, predictor or momentum encoder are needed. lambda = 5e-3 at D = 8192
 (the paper), scaled by 1/D for other widths unless given. The paper trains with LARS (lr 0.2 for weights, 0.0048
-for biases and BN parameters, batch 2048); the two views go through the networks separately, as in the reference.
+for biases and BN parameters, batch 2048: ``param_groups.no_decay_lr``); the two views go through the networks
+separately, as in the reference. solo-learn's CIFAR recipe scales the loss by 0.1 (``loss_scale``), which matters
+with LARS's clipped trust ratio (``trust_clip``): the gradients' norm sets where the clip binds.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class BarlowTwins(SSLMethod):
         proj_layers: Linear layers in the projector, BN + ReLU between them (3 in the paper).
         lambda_offdiag: Weight of the off-diagonal (redundancy-reduction) term, >= 0; None: 5e-3 * 8192 / D, the
             paper's 5e-3 at D = 8192 scaled to the width.
+        loss_scale: A factor on the whole loss, > 0 (1 in the paper; 0.1 in solo-learn's CIFAR-10 recipe).
         optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
             from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
         scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
@@ -51,11 +54,15 @@ class BarlowTwins(SSLMethod):
         proj_dim: int = 8192,
         proj_layers: int = 3,
         lambda_offdiag: float | None = None,
+        loss_scale: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
+        if not loss_scale > 0:
+            raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+        self.loss_scale = loss_scale
         self.projector = ProjectionHead(self.num_features, proj_hidden_dim, proj_dim, num_layers=proj_layers)
         self.criterion = BarlowTwinsLoss(lambda_offdiag)
 
@@ -63,6 +70,6 @@ class BarlowTwins(SSLMethod):
         (x_a, x_b), _ = batch
         h_a = self.backbone(x_a)
         z_a, z_b = self.projector(h_a), self.projector(self.backbone(x_b))
-        loss = self.criterion(z_a, z_b)
+        loss = self.loss_scale * self.criterion(z_a, z_b)
         self.log("train/loss", loss, prog_bar=True)
         return {"loss": loss, "features": h_a.detach()}

@@ -7,7 +7,10 @@ For each image x (one view: random resized crop + flip), patch size p, grid h x 
     z = ViT(x with masked patches -> [MASK])         (B, 1 + N, D) a learned [MASK] embedding replaces them
     logits = head(z[:, 1:][mask])                    (M, V)        the masked positions only
     loss = cross-entropy(logits, t[mask])            mean over the masked patches of the global batch
-Optimizer: AdamW (0.9, 0.999), weight decay 0.05, lr 1.5e-3 at batch 2048, warmup + cosine (paper, table 11).
+Optimizer: AdamW (0.9, 0.999), weight decay 0.05, lr 1.5e-3 at batch 2048, warmup + cosine (paper, table 11). The
+reference's ViT-B has layer scale 0.1, one relative position bias shared by all blocks instead of absolute positions
+and depth-scaled init, and its gradient norm is clipped at 3.0 (``ViT(layer_scale, rel_pos_bias, pos_embed="none",
+depth_scaled_init)``, ``trainer.gradient_clip_val``: configs/beit/imagenet.yaml).
 Downstream, the ViT sees the unmasked image (``embed``); the head and the tokenizer are dropped.
 
 The tokenizer is a checkpoint of ``VisualTokenizer`` (a path: its encoder and codebook are loaded), a

@@ -40,8 +40,8 @@ from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.dino_head import DINOHead
 from lightning_ssl.modules.gram_teacher import GramTeacher
 from lightning_ssl.modules.masking import block_masking
-from lightning_ssl.modules.momentum import cosine_momentum, make_teacher
-from lightning_ssl.optim import WarmupCosineLR
+from lightning_ssl.modules.momentum import make_teacher
+from lightning_ssl.optim import WarmupCosineLR, cosine_weight_decay, set_weight_decay
 
 
 @torch.no_grad()
@@ -232,18 +232,12 @@ class DINO(MomentumMethod):
     def current_weight_decay(self) -> float:
         if self.weight_decay_end is None or self._trainer is None:
             return self.weight_decay
-        return cosine_momentum(
-            self.trainer.global_step,
-            int(self.trainer.estimated_stepping_batches),
-            self.weight_decay,
-            self.weight_decay_end,
-        )
+        total = int(self.trainer.estimated_stepping_batches)
+        return cosine_weight_decay(self.trainer.global_step, total, self.weight_decay, self.weight_decay_end)
 
     def _schedule_weight_decay(self) -> None:
         wd = self.current_weight_decay()
-        for group in self.trainer.optimizers[0].param_groups:
-            if group.get("decayed", group.get("weight_decay", 0.0) > 0):  # the no-decay group stays at 0
-                group["weight_decay"] = wd
+        set_weight_decay(self.trainer.optimizers[0], wd)  # the no-decay group (biases, norms) stays at 0
         self.log("train/weight_decay", wd)
 
     # -- training ---------------------------------------------------------------------------------------------

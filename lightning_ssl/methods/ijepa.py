@@ -10,10 +10,13 @@ For each image x (one view: random resized crop, no other augmentation), on its 
     s_y_hat = g(s_x, positions)            narrow ViT predictor: context tokens + one mask token per target patch
                                            (with its position), run once per target block -> (B, M, K_t, D)
     loss = smooth_l1(s_y_hat, LayerNorm(s_y))                       (losses/ijepa.py; as facebookresearch/ijepa)
-    f_t <- m f_t + (1 - m) f                m from 0.996 to 1 (cosine here, linear in the reference)
+    f_t <- m f_t + (1 - m) f                m from 0.996 to 1, linear in the optimizer step (as the reference)
 No pixel reconstruction and no hand-made view augmentations: the targets are representations. ``embed`` is the
 target encoder with its patch tokens pooled (the paper evaluates the target encoder, average-pooled); exported and
 evaluated from a checkpoint the same way (``teacher_backbone``, ``eval_teacher``; see ``lightning-ssl-eval export``).
+The reference's encoders have no CLS token (``ViT(class_token=False, pool="avg", pos_embed="sincos")``), and its
+recipe raises the weight decay 0.04 -> 0.4 on a cosine (``weight_decay_schedule.end``) and warms the LR up from
+2e-4 to 1e-3 (``WarmupCosineLR(warmup_start_ratio=0.2)``): configs/ijepa/imagenet.yaml.
 """
 
 from __future__ import annotations
@@ -38,14 +41,16 @@ from lightning_ssl.optim import WarmupCosineLR
 class JEPAPredictor(nn.Module):
     """The predictor: project the context tokens to ``dim``, add fixed 2-D sin-cos positions, append a learnable
     mask token (plus its position) for every patch of one target block, transformer blocks, project back.
+    Initialised as the reference's ``init_model`` leaves it: every Linear weight trunc_normal(std 0.02) with zero
+    bias, LayerNorms (eps 1e-6) at weight 1 and bias 0, the mask token trunc_normal(0.02).
 
     Args:
-        encoder_dim: Width of the context encoder's tokens.
-        grid: Patch grid (h, w) of the images.
-        dim: Predictor width (384 in the paper for ViT-H encoders).
-        depth: Predictor transformer blocks (12 in the paper).
-        num_heads: Attention heads per block (12 in the paper).
-        mlp_ratio: Hidden width of the blocks' MLP as a multiple of ``dim`` (4 in the paper).
+        encoder_dim: the encoder's token width.
+        grid: the encoder's patch grid (h, w).
+        dim: the predictor's width (I-JEPA: 384).
+        depth: predictor blocks (I-JEPA: 12 for ViT-H/14, 6 in the reference code's default).
+        num_heads: attention heads per block (I-JEPA: the encoder's).
+        mlp_ratio: MLP hidden width / dim (4).
     """
 
     def __init__(
@@ -62,8 +67,15 @@ class JEPAPredictor(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", sincos_pos_embed(dim, grid, cls_token=False)[None], persistent=False)
         self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.proj = nn.Linear(dim, encoder_dim)
+        for m in self.modules():  # the reference's init_weights (src/helper.py init_model)
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, context: Tensor, context_ids: Tensor, target_ids: Tensor) -> Tensor:
@@ -82,10 +94,11 @@ class IJEPA(MomentumMethod):
 
     Args:
         backbone: The encoder, a ``lightning_ssl.modules.vit.ViT`` (images (B, C, H, W) -> features (B, D));
-            kept for downstream use (``embed``).
+            kept for downstream use (``embed``). The reference's encoders have no CLS token (``class_token:
+            false``, ``pool: avg``).
         predictor_dim: Width of the narrow ViT predictor (384 in the paper).
         predictor_depth: Transformer blocks in the predictor (12 in the paper).
-        predictor_heads: Attention heads per predictor block (12 in the paper).
+        predictor_heads: Attention heads per predictor block; None: the encoder's (the reference).
         num_targets: Target blocks M per image (4 in the paper).
         target_scale: Range of a target block's area as a fraction of the image ((0.15, 0.2) in the paper).
         target_aspect: Range of a target block's aspect ratio ((0.75, 1.5) in the paper).
@@ -96,9 +109,9 @@ class IJEPA(MomentumMethod):
             layer-normed target.
         eval_teacher: ``embed`` uses the EMA target encoder (the paper evaluates it); False: the context encoder.
         momentum: EMA momentum of the teacher (target) network at the first optimizer step, in [0, 1];
-            0.996 in the paper, rising to 1 (linearly there, on a cosine here).
-        momentum_end: Momentum at the last optimizer step, reached on a cosine schedule by optimizer step
-            (correct under gradient accumulation and resume); equal to ``momentum`` for a constant one.
+            0.996 in the paper, rising to 1.
+        momentum_end: Momentum at the last optimizer step, reached linearly in the optimizer step as in the
+            reference (correct under gradient accumulation and resume); equal to ``momentum`` for a constant one.
         optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
             from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
         scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
@@ -110,7 +123,7 @@ class IJEPA(MomentumMethod):
         backbone: Backbone,
         predictor_dim: int = 384,
         predictor_depth: int = 12,
-        predictor_heads: int = 12,
+        predictor_heads: int | None = None,
         num_targets: int = 4,
         target_scale: tuple[float, float] = (0.15, 0.2),
         target_aspect: tuple[float, float] = (0.75, 1.5),
@@ -138,6 +151,7 @@ class IJEPA(MomentumMethod):
             min_keep=min_context,
         )
         multiblock_masks(1, backbone.grid_size, **self.mask_kwargs)  # validates the settings
+        predictor_heads = predictor_heads or backbone.num_heads
         if predictor_dim % predictor_heads:
             raise ValueError(f"predictor_dim {predictor_dim} is not divisible by predictor_heads {predictor_heads}")
         self.criterion = IJEPALoss(loss)
@@ -149,6 +163,14 @@ class IJEPA(MomentumMethod):
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.teacher_backbone)]
+
+    def current_momentum(self) -> float:
+        """Linear from ``momentum`` to ``momentum_end`` over the run's optimizer steps (the reference's schedule)."""
+        if self._trainer is None:
+            return self.momentum
+        total = max(1, int(self.trainer.estimated_stepping_batches) - 1)
+        progress = min(1.0, self.trainer.global_step / total)
+        return self.momentum + (self.momentum_end - self.momentum) * progress
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         views, _ = batch

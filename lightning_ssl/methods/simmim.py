@@ -12,6 +12,8 @@ For each image x (one view: random resized crop + flip):
 Backbones: ``lightning_ssl.modules.vit.ViT`` (its own mask token, patch tokens as the feature map), or a timm model
 (``TimmBackbone``, e.g. Swin or ConvNeXt) with a ``patch_embed`` or ``stem`` module, whose output is masked by a
 forward hook before ``forward_features`` goes on; the last feature map's stride sets the head's pixel shuffle.
+The reference's ViT-B recipe (configs/simmim/imagenet.yaml): layer scale 0.1, a shared relative position bias and no
+absolute positions, depth-scaled init, gradient-norm clip 5.0, AdamW lr 1e-4 x batch/512.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ QUANTIZER_ARGS = (
     "restart",
     "dead_steps",
     "seed",
+    "update_rule",
 )
 
 
@@ -61,17 +62,19 @@ class PatchTokenizer(nn.Module):
     """Encoder ViT + BEiT v2's task layer + ``VectorQuantizer``: images (B, C, H, W) -> token ids (B, h, w).
 
     Args:
-        backbone: The encoder ViT (patch tokens -> codes).
-        num_codes: Vocabulary size K of the codebook (8192 in BEiT v2).
-        code_dim: Width of a code (32 in BEiT v2).
-        decay: EMA decay of the codebook statistics, in [0, 1) (0.99 in BEiT v2).
-        commitment: Weight beta of the commitment loss (BEiT v2: 1.0; VQ-VAE: 0.25).
-        cosine: L2-normalize codes and encoder outputs (cosine-similarity lookup, as BEiT v2).
-        kmeans_init: Initialize the codebook by k-means on the first batch's encoder outputs.
-        dead_threshold: A code whose EMA count per step falls below this is dead and may be restarted.
-        restart: Restart dead codes from random encoder outputs of the current batch.
-        dead_steps: Steps a code may go unused before it is restarted.
-        seed: Seed of the k-means initialization and the restarts (the same on every process).
+        backbone: the encoder, a ``lightning_ssl.modules.vit.ViT`` (BEiT v2: ViT-B/16).
+        num_codes: vocabulary size K (BEiT v2: 8192).
+        code_dim: code width (BEiT v2: 32).
+        decay: the codebook's EMA decay (0.99).
+        commitment: beta of the commitment loss (BEiT v2: 1.0; VQ-VAE: 0.25).
+        cosine: l2-normalised codes, looked up by cosine similarity (BEiT v2).
+        kmeans_init: codebook from k-means on the first training batch (BEiT v2).
+        dead_threshold: codes whose EMA count per step falls below this are restarted (with ``restart``).
+        restart: restart dead codes on encoder outputs (not in BEiT v2).
+        dead_steps: codes unused for this many steps are dead too.
+        seed: seed of the quantizer's random draws.
+        update_rule: the codebook update, ``ema`` (VQ-VAE) or ``norm_ema`` (BEiT v2); see
+            ``lightning_ssl.modules.quantizer``.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class PatchTokenizer(nn.Module):
         restart: bool = True,
         dead_steps: int = 10,
         seed: int = 0,
+        update_rule: str = "ema",
     ) -> None:
         super().__init__()
         if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "patch_size"):
@@ -108,6 +112,7 @@ class PatchTokenizer(nn.Module):
             restart=restart,
             dead_steps=dead_steps,
             seed=seed,
+            update_rule=update_rule,
         )
         self.num_codes, self.patch_size = num_codes, backbone.patch_size
         self.grid_size: tuple[int, int] = tuple(backbone.grid_size)
@@ -205,10 +210,12 @@ class VisualTokenizer(SSLMethod):
         restart: Restart dead codes from random encoder outputs of the current batch.
         dead_steps: Steps a code may go unused before it is restarted.
         seed: Seed of the k-means initialization and the restarts (the same on every process).
-        decoder_dim: Width of the decoder.
-        decoder_depth: Transformer blocks in the decoder.
-        decoder_heads: Attention heads per decoder block.
+        decoder_dim: Width of the decoder (768 in BEiT v2).
+        decoder_depth: Transformer blocks in the decoder (3 in BEiT v2).
+        decoder_heads: Attention heads per decoder block (12 in BEiT v2).
         teacher_image_size: Resize the images to this side for the teacher (VQ-KD); None: as they are.
+        update_rule: The codebook update, ``ema`` (VQ-VAE's EMA of counts and sums) or ``norm_ema`` (BEiT v2's
+            normalized EMA); see ``lightning_ssl.modules.quantizer``.
         optimizer: Factory called with the parameter groups (no weight decay on biases and norm parameters);
             from a config, the ``class_path`` / ``init_args`` of any ``torch.optim`` optimizer. Default AdamW.
         scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
@@ -233,6 +240,7 @@ class VisualTokenizer(SSLMethod):
         decoder_depth: int = 2,
         decoder_heads: int = 4,
         teacher_image_size: int | None = None,
+        update_rule: str = "ema",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
@@ -250,6 +258,7 @@ class VisualTokenizer(SSLMethod):
             restart,
             dead_steps,
             seed,
+            update_rule,
         )
         self.to_code, self.quantizer = tokenizer.to_code, tokenizer.quantizer  # registered here, shared with it
         self.__dict__["_tokenizer"] = tokenizer  # not a submodule: the parts above are the state

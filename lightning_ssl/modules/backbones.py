@@ -83,6 +83,10 @@ class SmallCNN(Buildable, Backbone):
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.features(x)).flatten(1)
 
+    def forward_patches(self, x: Tensor) -> Tensor:
+        """The last feature map before pooling, (B, C, H / 2**(stages-1), W / 2**(stages-1))."""
+        return self.features(x)
+
 
 class ResNet(Buildable, Backbone):
     """torchvision ResNet without its classifier, for any channel count.
@@ -168,6 +172,12 @@ class ResNet(Buildable, Backbone):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def forward_patches(self, x: Tensor) -> Tensor:
+        """The last stage's feature map before global pooling, (B, num_features, h, w)."""
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:

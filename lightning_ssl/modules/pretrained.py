@@ -226,6 +226,27 @@ class TorchvisionBackbone(Buildable, Backbone):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    def forward_patches(self, x: Tensor) -> Tensor:
+        """The feature map (B, D, h, w) the model pools: the input of its ``avgpool`` (ResNet, VGG, MobileNet,
+        EfficientNet, ConvNeXt, RegNet, Swin), or a ViT's patch tokens (the encoder's output after its norm)."""
+        m, seen = self.model, []
+        pool, encoder = getattr(m, "avgpool", None), getattr(m, "encoder", None)
+        if isinstance(pool, nn.Module):
+            hook = pool.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+        elif isinstance(encoder, nn.Module) and hasattr(m, "class_token"):
+            hook = encoder.register_forward_hook(lambda _m, _in, out: seen.append(out[:, 1:]))
+        else:
+            raise ValueError(f"torchvision's {self.name} pools its features inside forward: no feature map to take")
+        try:
+            m(x)
+        finally:
+            hook.remove()
+        out = seen[0]
+        if out.ndim == 3:
+            h, w = _grid_of(out.shape[1], x.shape[-2:])
+            out = out.transpose(1, 2).reshape(len(x), -1, h, w)
+        return out
+
 
 class HFVisionBackbone(Buildable, Backbone):
     """A ``transformers`` vision model as a (B, D) backbone.
@@ -335,8 +356,10 @@ def _grid_of(n: int, image_hw: tuple[int, int]) -> tuple[int, int]:
 
 def patch_features(backbone: nn.Module, x: Tensor) -> Tensor:
     """Per-patch features of a backbone as a map (B, D, h, w): our ``ViT`` (patch tokens after the final norm),
-    a timm model (``forward_features``: a CNN's last feature map or a ViT's patch tokens), a Hugging Face vision
-    model (``HFVisionBackbone.forward_patches``), or a ``CheckpointBackbone`` of any of them."""
+    a CNN's last feature map before pooling (``SmallCNN``, ``ResNet``, ``TorchvisionBackbone``: their
+    ``forward_patches``), a timm model (``forward_features``: a CNN's last feature map or a ViT's patch tokens),
+    a Hugging Face vision model (``HFVisionBackbone.forward_patches``), or a ``CheckpointBackbone`` of any of
+    them. Other backbones (``Pixels``, text encoders) raise a ``ValueError``."""
     if isinstance(backbone, CheckpointBackbone):
         return patch_features(backbone.backbone, x)
     if hasattr(backbone, "forward_patches"):
@@ -345,16 +368,22 @@ def patch_features(backbone: nn.Module, x: Tensor) -> Tensor:
         patches = backbone.forward_tokens(x)[:, 1:]
     elif hasattr(getattr(backbone, "model", None), "forward_features"):  # TimmBackbone
         out = backbone.model.forward_features(x)
-        if out.ndim == 4:
-            return out
+        if out.ndim == 4:  # timm's Swin / MambaOut give channels last
+            return out.permute(0, 3, 1, 2) if getattr(backbone.model, "output_fmt", "NCHW") == "NHWC" else out
         patches = out[:, getattr(backbone.model, "num_prefix_tokens", 1) :]
     else:
         raise ValueError(
-            f"{type(backbone).__name__} gives no per-patch features: use a ViT, a timm model, a Hugging "
-            f"Face vision model or a checkpoint of one"
+            f"{type(backbone).__name__} gives no patch tokens or feature map (only pooled (B, D) features): use a "
+            f"ViT, a CNN (SmallCNN, ResNet, torchvision, timm), a Hugging Face vision model or a checkpoint of one"
         )
     h, w = _grid_of(patches.shape[1], x.shape[-2:])
     return patches.transpose(1, 2).reshape(len(x), -1, h, w)
+
+
+def patch_tokens(backbone: nn.Module, x: Tensor) -> Tensor:
+    """``patch_features`` as a token sequence: (B, N, D) with N = h * w in row-major order (a ViT's patch
+    tokens, a CNN's feature-map cells)."""
+    return patch_features(backbone, x).flatten(2).transpose(1, 2)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,7 @@
-"""Vector quantization with an EMA codebook (van den Oord et al., 2017, app. A.1; Razavi et al., 2019, VQ-VAE-2),
-as used by visual tokenizers (BEiT v2's VQ-KD: Peng et al., 2022).
+"""Vector quantization with an EMA codebook, as used by visual tokenizers, with two codebook updates:
+``ema`` (the default), the classic VQ-VAE EMA of cluster counts and sums (van den Oord et al., 2017, app. A.1;
+Razavi et al., 2019, VQ-VAE-2), and ``norm_ema``, BEiT v2's (Peng et al., 2022; microsoft/unilm
+beit2/norm_ema_quantizer.py), which moves each code used by the batch towards the normalized mean of its vectors.
 
 For encoder outputs z (M, D) and a codebook e (K, D):
     k_i   = argmin_k ||z_i - e_k||           (with ``cosine``: z and e l2-normalised, k_i = argmax_k <z_i, e_k>)
@@ -7,8 +9,13 @@ For encoder outputs z (M, D) and a codebook e (K, D):
     loss  = beta * ||z - sg(z_q)||^2          (commitment; the codebook gets no gradient)
 While training, the codebook follows exponential moving averages of its clusters (decay gamma):
     N_k <- gamma N_k + (1 - gamma) n_k,      n_k = #{i : k_i = k}
-    m_k <- gamma m_k + (1 - gamma) sum_{i : k_i = k} z_i
-    e_k  = m_k / N~_k   (N~: Laplace-smoothed N),  l2-normalised with ``cosine``
+    ema:       m_k <- gamma m_k + (1 - gamma) sum_{i : k_i = k} z_i
+               e_k  = m_k / N~_k   (N~: Laplace-smoothed N),  l2-normalised with ``cosine``
+    norm_ema:  e_k <- normalize(gamma e_k + (1 - gamma) normalize(mean_{i : k_i = k} z_i))   for codes with n_k > 0
+               (the others keep their code; needs ``cosine``)
+The two differ in what a code remembers: ``ema`` the count-weighted history of its cluster (a code that won many
+vectors long ago moves slowly), ``norm_ema`` only the direction of recent batches' means, one step of size
+1 - gamma per batch that uses it, whatever the counts.
 Under DDP n_k and the sums are all-reduced, so every process holds the codebook one process would compute with
 the whole global batch. Also:
 - **k-means initialisation** (BEiT v2): the first training batch (gathered from all processes) is clustered
@@ -125,8 +132,31 @@ class VectorQuantizer(nn.Module):
         dead_steps: int = 10,
         eps: float = 1e-5,
         seed: int = 0,
+        update_rule: str = "ema",
     ) -> None:
+        """See the module docstring.
+
+        Args:
+            num_codes: codebook size K (BEiT v2: 8192).
+            code_dim: code width (BEiT v2: 32).
+            decay: EMA decay gamma (0.99).
+            commitment: beta of the commitment loss (BEiT v2: 1.0; VQ-VAE: 0.25).
+            cosine: l2-normalise vectors and codes and look up by cosine similarity (BEiT v2).
+            kmeans_init: initialise the codebook by k-means on the first training batch (BEiT v2).
+            kmeans_iters: Lloyd iterations of that k-means.
+            kmeans_samples: most vectors the k-means sees (a random subset of the global batch); None: all.
+            dead_threshold: a code whose EMA count falls below this is restarted (with ``restart``).
+            restart: restart dead codes on encoder outputs of the batch (Jukebox; not in BEiT v2).
+            dead_steps: a code unused for this many updates is dead too.
+            eps: Laplace smoothing of the counts (``ema``).
+            seed: seed of the k-means and restart draws.
+            update_rule: ``ema`` (VQ-VAE) or ``norm_ema`` (BEiT v2; needs ``cosine``).
+        """
         super().__init__()
+        if update_rule not in ("ema", "norm_ema"):
+            raise ValueError(f"update_rule must be 'ema' (VQ-VAE) or 'norm_ema' (BEiT v2), got {update_rule!r}")
+        if update_rule == "norm_ema" and not cosine:
+            raise ValueError("update_rule 'norm_ema' keeps codes on the unit sphere: it needs cosine=True")
         if num_codes < 2:
             raise ValueError(f"num_codes must be >= 2, got {num_codes}")
         if code_dim < 1:
@@ -145,7 +175,7 @@ class VectorQuantizer(nn.Module):
         self.cosine, self.kmeans_init, self.kmeans_iters = cosine, kmeans_init, kmeans_iters
         self.kmeans_samples = kmeans_samples
         self.dead_threshold, self.restart, self.dead_steps = dead_threshold, restart, dead_steps
-        self.eps, self.seed = eps, seed
+        self.eps, self.seed, self.update_rule = eps, seed, update_rule
         codebook = torch.randn(num_codes, code_dim, generator=torch.Generator().manual_seed(seed))
         if cosine:
             codebook = F.normalize(codebook, dim=1)
@@ -208,11 +238,17 @@ class VectorQuantizer(nn.Module):
         sums = torch.zeros_like(self.embed_sum).index_add_(0, indices, flat)
         counts, sums = _all_reduce(counts), _all_reduce(sums)  # statistics of the global batch
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        n = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
-        codebook = self.embed_sum / smoothed.unsqueeze(1)
-        self.codebook.copy_(F.normalize(codebook, dim=1) if self.cosine else codebook)
+        if self.update_rule == "norm_ema":  # BEiT v2: used codes step towards their batch mean's direction
+            used = counts > 0
+            mean = F.normalize(sums[used] / counts[used].unsqueeze(1), dim=1)
+            self.codebook[used] = F.normalize(self.decay * self.codebook[used] + (1 - self.decay) * mean, dim=1)
+            self.embed_sum.copy_(self.codebook * self.cluster_size.unsqueeze(1))
+        else:
+            self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+            n = self.cluster_size.sum()
+            smoothed = (self.cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
+            codebook = self.embed_sum / smoothed.unsqueeze(1)
+            self.codebook.copy_(F.normalize(codebook, dim=1) if self.cosine else codebook)
         self.updates += 1
         self.last_used[counts > 0] = self.updates
         if self.restart:
