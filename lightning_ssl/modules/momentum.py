@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def make_teacher(student: nn.Module) -> nn.Module:
+
+def make_teacher(student: ModuleT) -> ModuleT:
     """A frozen deep copy of ``student``: same weights, ``requires_grad=False`` everywhere."""
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
