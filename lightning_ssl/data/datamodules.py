@@ -616,7 +616,7 @@ class ImageFolderDataModule(FileDecoding, ImageDataModule):
         return info
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
+    def num_classes(self) -> int | None:  # type: ignore[override]  # a property over the class attribute
         if self._num_classes is None and self.train_labelled:
             self._num_classes = len(list_image_folder(self.train_dir)[2])
         return self._num_classes
@@ -679,7 +679,7 @@ class SyntheticDataModule(ImageDataModule):
         self.num_samples, self._num_classes, self.noise = num_samples, num_classes, noise
 
     @property
-    def num_classes(self) -> int:  # type: ignore[override]
+    def num_classes(self) -> int:  # type: ignore[override]  # a property over the class attribute
         return self._num_classes
 
     def prepare_data(self) -> None:

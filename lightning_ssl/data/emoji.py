@@ -155,7 +155,7 @@ class EmojiDataModule(ImageDataModule):
         return info
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
+    def num_classes(self) -> int | None:  # type: ignore[override]  # a property over the class attribute
         return len(self.class_names) or (9 if self.label == "group" else None)
 
     def prepare_data(self) -> None:

@@ -188,7 +188,7 @@ class ImageTextDataModule(ImageDataModule):
         return info
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
+    def num_classes(self) -> int | None:  # type: ignore[override]  # a property over the class attribute
         return len(self.class_names) or (9 if self.source == "emoji" and self.label == "group" else None)
 
     def prepare_data(self) -> None:

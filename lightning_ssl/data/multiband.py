@@ -295,7 +295,7 @@ class MultiBandDataModule(ImageDataModule):
         }
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
+    def num_classes(self) -> int | None:  # type: ignore[override]  # a property over the class attribute
         if self._num_classes is None and (names := self.class_names) is not None:  # None: unlabelled
             self._num_classes = len(names)
         return self._num_classes

@@ -472,7 +472,7 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
         return info
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
+    def num_classes(self) -> int | None:  # type: ignore[override]  # a property over the class attribute
         return self._num_classes if self._num_classes is not None else (len(self.class_names) or None)
 
     def _stream_kwargs(self) -> dict[str, Any]:
