@@ -102,3 +102,16 @@ def test_bad_settings():
             ),
             mask_patch_size=8,
         )
+
+
+def test_encode_gives_the_embedding_like_every_method():
+    """``encode(images)`` is ``SSLMethod.encode``: embed's features in eval mode, on the CPU (the masked forward
+    is ``encode_masked``)."""
+    torch.manual_seed(0)
+    model = SimMIM(vit(), mask_patch_size=8)
+    x = torch.randn(3, 1, 16, 16)
+    features = model.encode(x)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(features, model.embed(x))
+    assert features.shape == (3, model.num_features)
