@@ -40,6 +40,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
+from lightning.pytorch.strategies import ParallelStrategy
 
 import lightning_ssl.data
 import lightning_ssl.eval.finetune
@@ -135,10 +136,13 @@ class SSLCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make it atomic
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        if isinstance(getattr(trainer.strategy, "_layer_sync", None), TorchSyncBatchNorm) and isinstance(
-            trainer.accelerator, CPUAccelerator
+        strategy = trainer.strategy
+        if (
+            isinstance(strategy, ParallelStrategy)  # the strategies with a layer sync
+            and isinstance(strategy._layer_sync, TorchSyncBatchNorm)
+            and isinstance(trainer.accelerator, CPUAccelerator)
         ):  # torch's SyncBatchNorm is GPU-only
-            trainer.strategy._layer_sync = DistributedBatchNormSync()
+            strategy._layer_sync = DistributedBatchNormSync()
         return trainer
 
     def after_fit(self) -> None:

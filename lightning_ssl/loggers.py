@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
@@ -36,7 +36,7 @@ class WandbLogger(_WandbLogger):
         project: str = "lightning-ssl",
         save_dir: str = "outputs",
         offline: bool | None = None,
-        log_model: bool | str = False,
+        log_model: bool | Literal["all"] = False,
         name: str | None = None,
         tags: list[str] | None = None,
         **kwargs: Any,
@@ -85,7 +85,7 @@ class CSVLogger(_CSVLogger):
 
     @property
     def experiment(self) -> _ExperimentWriter:
-        if self._experiment is None:
+        if not isinstance(self._experiment, _ExperimentWriter):  # None until first used
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment

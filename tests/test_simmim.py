@@ -72,10 +72,11 @@ def test_masked_pixels_do_not_reach_the_encoder(make, size, stride):
     pixel_mask = mask.repeat_interleave(4, 1).repeat_interleave(4, 2).unsqueeze(1)
     x2 = torch.where(pixel_mask, x + 3.0, x)  # change only the masked pixels
     with torch.no_grad():
-        torch.testing.assert_close(model.encode(x2, mask), model.encode(x, mask))
-        assert not torch.allclose(model.encode(x2, torch.zeros_like(mask)), model.encode(x, torch.zeros_like(mask)))
+        torch.testing.assert_close(model.encode_masked(x2, mask), model.encode_masked(x, mask))
+        unmasked = torch.zeros_like(mask)
+        assert not torch.allclose(model.encode_masked(x2, unmasked), model.encode_masked(x, unmasked))
     out = model.training_step(([x], torch.zeros(2)), 0)
-    assert model.decoder(model.encode(x, mask)).shape == x.shape  # one linear layer + pixel shuffle: every pixel
+    assert model.decoder(model.encode_masked(x, mask)).shape == x.shape  # one linear layer + pixel shuffle: every pixel
     out["loss"].backward()
     token = model.backbone.mask_token if make is vit else model.mask_token
     assert token.grad is not None
@@ -101,3 +102,16 @@ def test_bad_settings():
             ),
             mask_patch_size=8,
         )
+
+
+def test_encode_gives_the_embedding_like_every_method():
+    """``encode(images)`` is ``SSLMethod.encode``: embed's features in eval mode, on the CPU (the masked forward
+    is ``encode_masked``)."""
+    torch.manual_seed(0)
+    model = SimMIM(vit(), mask_patch_size=8)
+    x = torch.randn(3, 1, 16, 16)
+    features = model.encode(x)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(features, model.embed(x))
+    assert features.shape == (3, model.num_features)

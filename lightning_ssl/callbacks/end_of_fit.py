@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 
 
 def is_final_validation(trainer: L.Trainer) -> bool:
     """True during the validation ``EndOfRun`` asked for after the last training step."""
-    return bool(getattr(trainer, "_lightning_ssl_final_validation", False))
+    return any(isinstance(c, EndOfRun) and c.final_validation for c in getattr(trainer, "callbacks", ()))
 
 
 def validation_due(trainer: L.Trainer, every_n_epochs: int) -> bool:
@@ -39,11 +41,13 @@ class EndOfRun(L.Callback):
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
+        self.final_validation = False  # True during the validation asked for after the last training step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         batches = trainer.num_training_batches
-        if self.enabled and isinstance(batches, int) and 0 < batches < trainer.log_every_n_steps:
-            trainer.log_every_n_steps = batches
+        every = getattr(trainer, "log_every_n_steps", None)  # set by Lightning's logger connector
+        if self.enabled and isinstance(batches, int) and isinstance(every, int) and 0 < batches < every:
+            trainer.log_every_n_steps = batches  # type: ignore[attr-defined]  # Trainer sets it without declaring it
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if not self.enabled or trainer.limit_val_batches == 0 or trainer.sanity_checking:
@@ -58,10 +62,10 @@ class EndOfRun(L.Callback):
             if last_step and not end_of_epoch:
                 trainer.should_stop = True  # Lightning validates mid-epoch only when asked to stop
             trainer.check_val_every_n_epoch = 1
-            trainer._lightning_ssl_final_validation = True
+            self.final_validation = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer._lightning_ssl_final_validation = False
+        self.final_validation = False
 
 
 class LearningRateLogger(LearningRateMonitor):
@@ -75,7 +79,10 @@ class LearningRateLogger(LearningRateMonitor):
     """
 
     def __init__(
-        self, logging_interval: str | None = "step", log_momentum: bool = False, log_weight_decay: bool = False
+        self,
+        logging_interval: Literal["step", "epoch"] | None = "step",
+        log_momentum: bool = False,
+        log_weight_decay: bool = False,
     ) -> None:
         super().__init__(
             logging_interval=logging_interval, log_momentum=log_momentum, log_weight_decay=log_weight_decay

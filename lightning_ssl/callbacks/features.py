@@ -21,11 +21,14 @@ def step_features(trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any
     x = outputs.get("embed_input")
     if x is None:
         return None
+    embed = getattr(pl_module, "embed", None)
+    if not callable(embed):
+        raise TypeError(f"{type(pl_module).__name__} returned embed_input but has no embed() to run on it")
     was_training = pl_module.training
     pl_module.eval()
     try:
         with torch.no_grad(), trainer.precision_plugin.forward_context():
-            features = pl_module.embed(x).detach()
+            features = embed(x).detach()
     finally:
         pl_module.train(was_training)
     outputs["features"] = features

@@ -254,11 +254,14 @@ class CollapseMonitor(L.Callback):
         views = [v[: self.lidar_samples] for v in views if v.shape == views[0].shape]
         if len(views) < 2 or len(views[0]) < 2:
             return None
+        embed = getattr(pl_module, "embed", None)
+        if not callable(embed):
+            raise TypeError(f"LiDAR embeds the views with embed(): {type(pl_module).__name__} has none")
         was_training = pl_module.training
         pl_module.eval()
         try:
             with torch.no_grad(), trainer.precision_plugin.forward_context():
-                z = [pl_module.embed(v).float().flatten(1) for v in views]
+                z = [embed(v).float().flatten(1) for v in views]
         finally:
             pl_module.train(was_training)
         return torch.stack(z, dim=1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
+from torch.optim import Optimizer
 
 
 class LinearLRScaling(L.Callback):
@@ -26,6 +29,8 @@ class LinearLRScaling(L.Callback):
         self.factor: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lightning_ssl.methods.base import SSLMethod  # the methods are imported by the time a fit starts
+
         if self.base_batch_size is None or stage != "fit" or self.factor is not None:
             return
         if getattr(pl_module, "base_lr", None) is not None:
@@ -33,19 +38,19 @@ class LinearLRScaling(L.Callback):
                 f"{type(pl_module).__name__} scales its lr by base_lr already: set lr_scaling.base_batch_size "
                 f"to null, or the method's base_lr to null"
             )
-        if not hasattr(pl_module, "optimizer_fn"):
+        if not isinstance(pl_module, SSLMethod):
             raise ValueError(
                 f"lr_scaling needs a method with an injected optimizer (optimizer_fn); "
                 f"{type(pl_module).__name__} has none"
             )
-        batch = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule is not None else None
+        batch = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
         if not isinstance(batch, int):
             raise ValueError("lr_scaling cannot find the batch size: the datamodule has no int batch_size")
         global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
         self.factor = factor = global_batch / self.base_batch_size
         make = pl_module.optimizer_fn
 
-        def scaled(params):
+        def scaled(params: Iterable) -> Optimizer:
             optimizer = make(params)
             for group in optimizer.param_groups:
                 group["lr"] *= factor

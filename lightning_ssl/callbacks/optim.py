@@ -4,16 +4,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 
 from lightning_ssl.optim import cosine_weight_decay, set_weight_decay
 
+if TYPE_CHECKING:
+    from lightning_ssl.methods.base import SSLMethod
 
-def _check_optimizer_fn(pl_module: L.LightningModule, what: str, own_lr: bool) -> None:
-    if not hasattr(pl_module, "optimizer_fn"):
+
+def _check_optimizer_fn(pl_module: L.LightningModule, what: str, own_lr: bool) -> SSLMethod:
+    """``pl_module`` as a method with an injected optimizer (``optimizer_fn``), or a clear error."""
+    from lightning_ssl.methods.base import SSLMethod  # the methods are imported by the time a fit starts
+
+    if not isinstance(pl_module, SSLMethod):
         raise ValueError(
             f"{what} needs a method with an injected optimizer (optimizer_fn); {type(pl_module).__name__} has none"
         )
@@ -22,6 +28,7 @@ def _check_optimizer_fn(pl_module: L.LightningModule, what: str, own_lr: bool) -
             f"{type(pl_module).__name__} sets one lr for every group from base_lr: set {what} to null, or the "
             f"method's base_lr to null and give the optimizer's lr (with lr_scaling.base_batch_size for the rule)"
         )
+    return pl_module
 
 
 class ParamGroups(L.Callback):
@@ -49,8 +56,8 @@ class ParamGroups(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if (self.no_decay_lr is None and not self.decay_bias_norm) or stage != "fit" or self._applied:
             return
-        _check_optimizer_fn(pl_module, "param_groups.no_decay_lr", own_lr=self.no_decay_lr is not None)
-        make, lr, merge = pl_module.optimizer_fn, self.no_decay_lr, self.decay_bias_norm
+        method = _check_optimizer_fn(pl_module, "param_groups.no_decay_lr", own_lr=self.no_decay_lr is not None)
+        make, lr, merge = method.optimizer_fn, self.no_decay_lr, self.decay_bias_norm
 
         def regroup(groups: Any) -> torch.optim.Optimizer:
             groups = list(groups)
@@ -59,7 +66,7 @@ class ParamGroups(L.Callback):
                 return make([{"params": params, "decayed": True, "always_adapt": True}])
             return make([dict(g, lr=lr) if isinstance(g, dict) and g.get("decayed") is False else g for g in groups])
 
-        pl_module.optimizer_fn = regroup
+        method.optimizer_fn = regroup
         self._applied = True
 
 

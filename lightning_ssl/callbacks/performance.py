@@ -61,7 +61,8 @@ class Performance(L.Callback):
             return
         self._done = True
         backbone = getattr(pl_module, "backbone", None)
-        self.uses_channels_last = is_convolutional(backbone) if self.channels_last == "auto" else self.channels_last
+        wanted = self.channels_last
+        self.uses_channels_last = wanted if isinstance(wanted, bool) else is_convolutional(backbone)  # else "auto"
         if self.uses_channels_last:
             pl_module.to(memory_format=torch.channels_last)
             if isinstance(backbone, nn.Module):

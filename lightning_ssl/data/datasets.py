@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,13 @@ from torchvision.io import ImageReadMode, decode_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
+
+
+def dataset_len(dataset: Dataset) -> int:
+    """The number of items of a map-style ``dataset``; refuses one without a length (an iterable stream)."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"{type(dataset).__name__} has no length: a map-style dataset (with __len__) is needed")
+    return len(dataset)
 
 
 def match_channels(image: Tensor, channels: int) -> Tensor:

@@ -65,7 +65,7 @@ def render_emoji(char: str, size: int = 64, font_path: str = EMOJI_FONT) -> torc
     square = Image.new("RGBA", (side, side), (255, 255, 255, 0))
     square.paste(glyph, ((side - glyph.width) // 2, (side - glyph.height) // 2))
     white = Image.new("RGBA", square.size, (255, 255, 255, 255))
-    rgb = Image.alpha_composite(white, square).convert("RGB").resize((size, size), Image.LANCZOS)
+    rgb = Image.alpha_composite(white, square).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
     t = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).contiguous()
     return None if (t > 250).all() else t
 
@@ -155,7 +155,7 @@ class EmojiDataModule(ImageDataModule):
         return info
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
+    def num_classes(self) -> int | None:  # type: ignore[override]  # a property over the class attribute
         return len(self.class_names) or (9 if self.label == "group" else None)
 
     def prepare_data(self) -> None:

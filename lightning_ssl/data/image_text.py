@@ -188,7 +188,7 @@ class ImageTextDataModule(ImageDataModule):
         return info
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
+    def num_classes(self) -> int | None:  # type: ignore[override]  # a property over the class attribute
         return len(self.class_names) or (9 if self.source == "emoji" and self.label == "group" else None)
 
     def prepare_data(self) -> None:
@@ -217,8 +217,8 @@ class ImageTextDataModule(ImageDataModule):
             ]
         else:
             images, fields = read_image_text_table(self.source, self.image_column, self.caption_column, self.label)
-        names = [f.get("label") for f in fields]
-        labelled = all(n not in (None, "") for n in names)
+        names: list[str] = [f.get("label") or "" for f in fields]
+        labelled = all(names)  # every row has a label
         # integer labels sort as numbers ("2" before "10"), names alphabetically
         self.class_names = sorted(set(names), key=lambda s: (len(s), s) if s.isdigit() else (0, s)) if labelled else []
         labels = (

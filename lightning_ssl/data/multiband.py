@@ -104,21 +104,22 @@ def band_statistics(
     """Per-band mean and standard deviation over every pixel of ``paths`` (non-finite values, e.g. no-data NaNs,
     left out). Sums are taken in float64, exact enough for reflectances over millions of pixels. A band that is
     constant gets std 1 (normalization then only centres it)."""
-    count = total = squares = None
+    sums: list[np.ndarray] | None = None  # per band: finite values, their sum, their sum of squares
     for path in paths:
         x = read_tiff(path, bands)
         x = x.reshape(len(x), -1).astype(np.float64)
-        if count is None:
-            count, total, squares = (np.zeros(len(x)) for _ in range(3))
-        elif len(x) != len(count):
-            raise ValueError(f"{str(path)!r} has {len(x)} bands, the files before it {len(count)}")
+        if sums is None:
+            sums = [np.zeros(len(x)) for _ in range(3)]
+        elif len(x) != len(sums[0]):
+            raise ValueError(f"{str(path)!r} has {len(x)} bands, the files before it {len(sums[0])}")
         finite = np.isfinite(x)
         x = np.where(finite, x, 0.0)
-        count += finite.sum(1)
-        total += x.sum(1)
-        squares += (x * x).sum(1)
-    if count is None:
+        sums[0] += finite.sum(1)
+        sums[1] += x.sum(1)
+        sums[2] += (x * x).sum(1)
+    if sums is None:
         raise ValueError("no files to compute band statistics from")
+    count, total, squares = sums
     if (count == 0).any():
         raise ValueError(f"bands {np.flatnonzero(count == 0).tolist()} have no finite value in any training file")
     mean = total / count
@@ -251,7 +252,11 @@ class MultiBandDataModule(ImageDataModule):
             raise ValueError(
                 "give both mean and std (one value per band), or neither to measure them on the training files"
             )
-        if mean is not None and (len(mean) != self.native_channels or len(std) != self.native_channels):
+        if (
+            mean is not None
+            and std is not None
+            and (len(mean) != self.native_channels or len(std) != self.native_channels)
+        ):
             raise ValueError(
                 f"mean and std need one value per band ({self.native_channels}), got {len(mean)} and {len(std)}"
             )
@@ -260,7 +265,9 @@ class MultiBandDataModule(ImageDataModule):
         )
         self.labelled = labelled and val_dir is not None
         self._num_classes = num_classes
-        self._stats: tuple[tuple[float, ...], tuple[float, ...]] | None = (tuple(mean), tuple(std)) if mean else None
+        self._stats: tuple[tuple[float, ...], tuple[float, ...]] | None = (
+            (tuple(mean), tuple(std)) if mean and std else None
+        )
         self._verified: set[str] = set()
 
     # -- what the model needs to know, before anything is built ------------------------------------------------------
@@ -288,9 +295,9 @@ class MultiBandDataModule(ImageDataModule):
         }
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
-        if self._num_classes is None and self.train_labelled:
-            self._num_classes = len(self.class_names)
+    def num_classes(self) -> int | None:  # type: ignore[override]  # a property over the class attribute
+        if self._num_classes is None and (names := self.class_names) is not None:  # None: unlabelled
+            self._num_classes = len(names)
         return self._num_classes
 
     @property
@@ -365,6 +372,8 @@ class MultiBandDataModule(ImageDataModule):
 
     def make_dataset(self, split: str, transform) -> Dataset:
         folder = self.val_dir if split == "test" else self.train_dir
+        if folder is None:
+            raise ValueError(f"{type(self).__name__} has no val_dir to read the {split!r} split from")
         labelled = self.train_labelled if split == "train" else True
         paths, labels, classes = list_image_folder(folder, labelled=labelled, extensions=TIFF_EXTENSIONS)
         if labels is not None and self._num_classes is not None and len(classes) != self._num_classes:

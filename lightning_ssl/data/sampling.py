@@ -69,10 +69,15 @@ class SeededSampler(DistributedSampler):
 class ResumableDataLoader(DataLoader):
     """A DataLoader over a ``SeededSampler`` that can continue mid-epoch after a restart."""
 
+    sampler: SeededSampler  # checked in __init__
+    batch_size: int
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.sampler, SeededSampler):
             raise TypeError("ResumableDataLoader needs a SeededSampler")
+        if self.batch_size is None:
+            raise ValueError("ResumableDataLoader needs a batch_size: it resumes by counting whole batches")
         self._yielded = 0
         self._offset = 0
 

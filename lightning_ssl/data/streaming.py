@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_ssl.data.datamodules import IMAGENET_MEAN, IMAGENET_STD, FileDecoding, ImageDataModule, collate_images
-from lightning_ssl.data.datasets import apply_transform, decode_resized, list_image_folder, match_channels
+from lightning_ssl.data.datasets import apply_transform, dataset_len, decode_resized, list_image_folder, match_channels
 from lightning_ssl.data.sampling import mix_seed
 
 META_FILE = "lightning_ssl.json"  # written beside litdata's index.json
@@ -109,7 +109,7 @@ def list_items(
     image_column: str = "image",
     caption_column: str = "caption",
     label_column: str | None = "label",
-) -> tuple[list[tuple], list[str], bool, Path]:
+) -> tuple[list[tuple[int, str, int, str | None]], list[str], bool, Path]:
     """The items of an image folder or an image-text table: ``[(index, path, label, caption)]``, the class
     names, whether there are captions, and the folder relative paths are taken from."""
     from lightning_ssl.data.image_text import read_image_text_table
@@ -117,18 +117,20 @@ def list_items(
     p = Path(source)
     if p.is_file():
         paths, fields = read_image_text_table(source, image_column, caption_column, label_column)
-        names = [f.get("label") for f in fields] if label_column else [None] * len(fields)
-        if all(n not in (None, "") for n in names):
+        names = [f.get("label") or "" for f in fields] if label_column else [""] * len(fields)
+        if all(names):  # every row has a label
             classes = sorted(set(names), key=lambda s: (len(s), s) if s.isdigit() else (0, s))
             labels = [classes.index(n) for n in names]
         else:
             classes, labels = [], [-1] * len(fields)
-        items = [(i, str(q), y, f["caption"]) for i, (q, y, f) in enumerate(zip(paths, labels, fields, strict=True))]
+        items: list[tuple[int, str, int, str | None]] = [
+            (i, str(q), y, f["caption"]) for i, (q, y, f) in enumerate(zip(paths, labels, fields, strict=True))
+        ]
         return items, classes, True, p.parent
     if labelled is None:  # class sub-folders holding images: labelled
         labelled = p.is_dir() and any(d.is_dir() for d in p.iterdir())
-    paths, labels, classes = list_image_folder(source, labelled=labelled)
-    items = [(i, str(q), (labels[i] if labels is not None else -1), None) for i, q in enumerate(paths)]
+    files, file_labels, classes = list_image_folder(source, labelled=labelled)
+    items = [(i, str(q), (file_labels[i] if file_labels is not None else -1), None) for i, q in enumerate(files)]
     return items, classes, False, p
 
 
@@ -337,7 +339,7 @@ def _decode_full(data: bytes, channels: int, name: str) -> Tensor:
 def _stream_class():
     """``StreamingDataset`` whose items go through an ``ItemDecoder`` (knowing the epoch, for seeding) and whose
     chunk read errors name the dataset."""
-    StreamingDataset = _litdata().StreamingDataset
+    StreamingDataset: Any = _litdata().StreamingDataset  # a base class of no static type (litdata is untyped)
     from litdata.exceptions import ChunkWaitTimeoutError
 
     class ImageStream(StreamingDataset):
@@ -362,7 +364,7 @@ def _loader_class():
     """litdata's ``StreamingDataLoader``, made to forget a restored position once that epoch has been iterated.
     litdata keeps it until the restored epoch is exhausted, but Lightning stops fetching when it has counted
     the epoch's batches (``len``), so every later epoch would replay the restored position again."""
-    StreamingDataLoader = _litdata().StreamingDataLoader
+    StreamingDataLoader: Any = _litdata().StreamingDataLoader  # likewise
 
     class ResumableStreamingDataLoader(StreamingDataLoader):
         _iterated_restore = False
@@ -470,7 +472,7 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
         return info
 
     @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
+    def num_classes(self) -> int | None:  # type: ignore[override]  # a property over the class attribute
         return self._num_classes if self._num_classes is not None else (len(self.class_names) or None)
 
     def _stream_kwargs(self) -> dict[str, Any]:
@@ -501,7 +503,7 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
             self.train_set = _stream_class()(
                 self.input_dir, decoder, shuffle=True, drop_last=True, seed=self.seed, **self._stream_kwargs()
             )
-        if self.labelled:
+        if self.labelled and self.val_dir is not None:  # labelled: there is a val_dir
             eval_decoder = ItemDecoder(self.channels, None, self.eval_transform(), "workers", self.seed, "")
             self.val_set = ChunkItems(self.val_dir, _with_source(eval_decoder, self.val_dir), **self._stream_kwargs())
             self.bank_set = ChunkItems(
@@ -534,7 +536,7 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
         )
         if len(loader) == 0:
             raise ValueError(
-                f"the training stream {self.input_dir!r} has {len(self.train_set)} items, fewer than one "
+                f"the training stream {self.input_dir!r} has {dataset_len(self.train_set)} items, fewer than one "
                 f"batch ({self.batch_size}) per process and worker"
             )
         return loader

@@ -133,7 +133,8 @@ def _jitter(jitter: Sequence[float] | None, strength: float) -> tuple[float, flo
     if jitter is not None:
         if len(jitter) != 4 or min(jitter) < 0:
             raise ValueError(f"jitter must be 4 values >= 0 (brightness, contrast, saturation, hue), got {jitter}")
-        return tuple(float(v) for v in jitter)  # type: ignore[return-value]
+        brightness, contrast, saturation, hue = (float(v) for v in jitter)
+        return brightness, contrast, saturation, hue
     s = strength
     return 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s
 

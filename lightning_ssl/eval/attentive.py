@@ -40,6 +40,9 @@ class AttentiveProbe(nn.Module):
         std: (D,) per-channel token std (default 1).
     """
 
+    mean: Tensor  # (D,) buffers: the token standardization
+    std: Tensor
+
     def __init__(
         self,
         dim: int,
@@ -173,7 +176,7 @@ def load_or_extract(backbone: nn.Module, loaders: list, device: torch.device, pr
         print(f"patch features: reusing {cache}")
         d = torch.load(cache, weights_only=True)
         return d["test_f"], d["test_y"], d["train_f"], d["train_y"]
-    out = []
+    out: list[Tensor] = []
     for loader, transform in loaders:
         out += extract_patch_features(
             backbone, loader, device, "bf16" if precision == "bf16" else None, True, batch_transform=transform

@@ -319,12 +319,12 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
     if subcommand in PATCH_PROTOCOLS:
         t = time.time()
         stem = Path(cfg.out_dir) / "features" / key if cfg.cache_features else None
-        section, lines, metrics = PATCH_PROTOCOLS[subcommand][1](
+        section, lines, patch_metrics = PATCH_PROTOCOLS[subcommand][1](
             backbone, dm, init[subcommand], device, cfg.precision, stem
         )
         results[subcommand] = section
         results["seconds"][subcommand] = round(time.time() - t, 1)
-        _report(cfg, name, out, results, metrics, [f"## {name}", *lines])
+        _report(cfg, name, out, results, patch_metrics, [f"## {name}", *lines])
         return results
 
     t = time.time()
@@ -349,13 +349,13 @@ def run_protocols(subcommand: str, cfg: Namespace) -> dict[str, Any]:
         probe_kw = dict(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size)
     if subcommand in ("linear", "all"):
         t = time.time()
-        acc = linear_probe(train_f, train_y, test_f, test_y, num_classes, progress=True, **probe_kw)
-        results["linear"] = acc
+        linear = linear_probe(train_f, train_y, test_f, test_y, num_classes, progress=True, **probe_kw)
+        results["linear"] = linear
         results["seconds"]["linear"] = round(time.time() - t, 1)
-        metrics.update({"eval/linear_top1": acc["top1"], "eval/linear_top5": acc["top5"]})
+        metrics.update({"eval/linear_top1": linear["top1"], "eval/linear_top5": linear["top5"]})
         text += [
             "",
-            f"Linear probe ({cfg.epochs} epochs): top-1 {100 * acc['top1']:.2f}%, top-5 {100 * acc['top5']:.2f}%",
+            f"Linear probe ({cfg.epochs} epochs): top-1 {100 * linear['top1']:.2f}%, top-5 {100 * linear['top5']:.2f}%",
         ]
     if subcommand in ("fewshot", "all"):
         t = time.time()

@@ -36,6 +36,9 @@ class DenseProbe(nn.Module):
         std: (D,) per-channel feature std (default 1).
     """
 
+    mean: Tensor  # (D,) buffers: the feature standardization
+    std: Tensor
+
     def __init__(self, dim: int, num_classes: int, mean: Tensor | None = None, std: Tensor | None = None) -> None:
         super().__init__()
         if num_classes < 2:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ def extract_features(
         model.eval().to(device)
     feats, labels = [], []
     device = torch.device(device)
-    it = loader
+    it: Iterable = loader
     if progress:
         from tqdm.auto import tqdm
 
@@ -67,7 +67,7 @@ def extract_patch_features(
     device = torch.device(device)
     maps: list[Tensor] = []
     targets: list[Tensor] = []
-    it = loader
+    it: Iterable = loader
     if progress:
         from tqdm.auto import tqdm
 

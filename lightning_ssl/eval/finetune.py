@@ -59,12 +59,11 @@ class Classifier(SSLMethod):
             raise ValueError(f"layer_decay must lie in (0, 1], got {layer_decay}")
         self.freeze_backbone, self.layer_decay, self.label_smoothing = freeze_backbone, layer_decay, label_smoothing
         # MAE's linear probing puts a BatchNorm without affine parameters before the head (He et al. 2021, A.2)
-        self.head = nn.Sequential(
-            nn.BatchNorm1d(self.num_features, affine=False) if head_batch_norm else nn.Identity(),
-            nn.Linear(self.num_features, num_classes),
-        )
-        nn.init.trunc_normal_(self.head[1].weight, std=0.01)
-        nn.init.zeros_(self.head[1].bias)
+        norm = nn.BatchNorm1d(self.num_features, affine=False) if head_batch_norm else nn.Identity()
+        classifier = nn.Linear(self.num_features, num_classes)
+        nn.init.trunc_normal_(classifier.weight, std=0.01)
+        nn.init.zeros_(classifier.bias)
+        self.head = nn.Sequential(norm, classifier)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -75,8 +74,7 @@ class Classifier(SSLMethod):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        dm = self.trainer.datamodule
-        n = getattr(dm, "num_classes", None) if dm is not None else None
+        n = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
         if isinstance(n, int) and n != self.head[-1].out_features:
             raise ValueError(
                 f"the head has {self.head[-1].out_features} classes but the data has {n} (num_classes mismatch)"
@@ -99,7 +97,8 @@ class Classifier(SSLMethod):
         features = self.embed(x)
         if dataloader_idx == 0:
             logits = self.head(features)
-            self.val_top1.update(logits, y), self.val_top5.update(logits, y)
+            self.val_top1.update(logits, y)
+            self.val_top5.update(logits, y)
             self.log("val/top1", self.val_top1, prog_bar=True, add_dataloader_idx=False)
             self.log("val/top5", self.val_top5, add_dataloader_idx=False)
         return {"features": features, "labels": y}

@@ -9,7 +9,8 @@ over seeds of the probe's top-1 on the whole test set.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ class LinearProbe(nn.Module):
         std: Per-dimension std of the training features (D,).
         num_classes: Output classes.
     """
+
+    mean: Tensor  # buffers
+    std: Tensor
 
     def __init__(self, mean: Tensor, std: Tensor, num_classes: int) -> None:
         super().__init__()
@@ -65,7 +69,7 @@ def train_linear_probe(
     steps_per_epoch = math.ceil(n / batch_size)
     total = max(epochs * steps_per_epoch, min_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    it = range(total)
+    it: Iterable[int] = range(total)
     if progress:
         from tqdm.auto import tqdm
 
@@ -114,6 +118,14 @@ def sample_few_shot(labels: Tensor, shots: int, seed: int, num_classes: int | No
     return torch.cat(picked)
 
 
+class FewShotResult(TypedDict):
+    """Top-1 of the few-shot probes of one shot count: mean and std over the draws, and each draw's."""
+
+    mean: float
+    std: float
+    runs: list[float]
+
+
 def few_shot(
     train_f: Tensor,
     train_y: Tensor,
@@ -123,10 +135,10 @@ def few_shot(
     seeds: int = 5,
     num_classes: int | None = None,
     **kwargs,
-) -> dict[int, dict[str, float | list[float]]]:
+) -> dict[int, FewShotResult]:
     """For each n in ``shots``: top-1 of a linear probe trained on n examples per class, over ``seeds`` draws."""
     num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
-    out = {}
+    out: dict[int, FewShotResult] = {}
     for n in shots:
         accs = []
         for seed in range(seeds):
@@ -138,7 +150,7 @@ def few_shot(
     return out
 
 
-def few_shot_table(results: dict[int, dict]) -> str:
+def few_shot_table(results: dict[int, FewShotResult]) -> str:
     lines = ["| shots per class | top-1 (mean ± std) | runs |", "|---|---|---|"]
     for n, r in results.items():
         lines.append(f"| {n} | {100 * r['mean']:.2f}% ± {100 * r['std']:.2f} | {len(r['runs'])} |")

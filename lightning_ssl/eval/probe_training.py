@@ -4,14 +4,17 @@ random mini-batches moved to the device, AdamW with a cosine learning-rate decay
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
+ProbeT = TypeVar("ProbeT", bound=nn.Module)
+
 
 def fit_probe(
-    probe: nn.Module,
+    probe: ProbeT,
     inputs: Tensor,
     targets: Tensor,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -23,7 +26,7 @@ def fit_probe(
     device: str | torch.device = "cpu",
     progress: bool = False,
     desc: str = "probe",
-) -> nn.Module:
+) -> ProbeT:
     """Train ``probe`` in place on ``inputs`` (N, ...) (any float dtype; cast to float32 per batch) and
     ``targets`` (N, ...) for ``epochs`` passes; returns it in eval mode on ``device``.
 
@@ -56,7 +59,7 @@ def fit_probe(
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    it = range(total)
+    it: Iterable[int] = range(total)
     if progress:
         from tqdm.auto import tqdm
 

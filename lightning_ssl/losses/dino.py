@@ -130,6 +130,8 @@ class DINOLoss(nn.Module):
         sinkhorn_iterations: Sinkhorn-Knopp iterations (3 in DINOv2).
     """
 
+    center: Tensor  # (1, K) EMA of the teacher outputs (a buffer)
+
     def __init__(
         self,
         out_dim: int,

@@ -89,6 +89,8 @@ class IBOTPatchLoss(nn.Module):
         sinkhorn_iterations: Sinkhorn-Knopp iterations (3 in DINOv2).
     """
 
+    center: Tensor  # (1, K) EMA of the teacher patch outputs (a buffer)
+
     def __init__(
         self,
         out_dim: int,

@@ -128,7 +128,7 @@ class SSLMethod(L.LightningModule):
 
     def _check_input_shape(self) -> None:
         """Fail before training, with a clear message, if the backbone cannot take the data's images."""
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = getattr(self._trainer, "datamodule", None)
         c, s = getattr(dm, "channels", None), getattr(dm, "image_size", None)
         if not isinstance(c, int) or not isinstance(s, int):
             return
@@ -218,11 +218,12 @@ class SSLMethod(L.LightningModule):
         finally:
             self.train(was_training)
 
-    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor] | None:
+        # None: a method that scores its own validation (the language models), with nothing for the kNN monitor
         x, y = batch
         return {"features": self.embed(x), "labels": y}
 
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor] | None:
         return self.validation_step(batch, batch_idx, dataloader_idx)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
@@ -260,6 +261,8 @@ class MomentumMethod(SSLMethod):
         momentum_end: Momentum at the last optimizer step, reached on a cosine schedule by optimizer step
             (correct under gradient accumulation and resume); equal to ``momentum`` for a constant one.
     """
+
+    teacher_updates: Tensor  # teacher updates so far (a buffer, saved in checkpoints)
 
     def __init__(
         self,

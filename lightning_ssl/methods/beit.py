@@ -25,7 +25,7 @@ in the log, so the run says exactly which tokenizer it learned from.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -40,6 +40,7 @@ from lightning_ssl.methods.visual_tokenizer import PatchTokenizer, VisualTokeniz
 from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import is_distributed, world_size
 from lightning_ssl.modules.masking import beit_masking
+from lightning_ssl.modules.vit import ViT
 from lightning_ssl.optim import WarmupCosineLR
 from lightning_ssl.runs import resolve_checkpoint
 
@@ -49,18 +50,31 @@ def beit_adamw(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1.5e-3, betas=(0.9, 0.999), weight_decay=0.05)
 
 
-def load_tokenizer(tokenizer: str | nn.Module) -> nn.Module:
+@runtime_checkable
+class ImageTokenizer(Protocol):
+    """What BEiT learns to predict: a module with ``tokenize(images (B, C, H, W)) -> ids (B, h, w)`` and an int
+    ``num_codes`` (``PatchTokenizer``, or any module alike)."""
+
+    num_codes: int
+
+    def tokenize(self, images: Tensor) -> Tensor: ...
+
+    def eval(self) -> Any: ...
+
+
+def load_tokenizer(tokenizer: str | nn.Module) -> ImageTokenizer:
     """A frozen tokenizer from a checkpoint path or a module (see the module docstring)."""
     if isinstance(tokenizer, str):  # a checkpoint file, a run directory or a config's output root
         tokenizer = PatchTokenizer.from_checkpoint(resolve_checkpoint(tokenizer))
     elif isinstance(tokenizer, VisualTokenizer):
         tokenizer = tokenizer.tokenizer
-    if not callable(getattr(tokenizer, "tokenize", None)) or not isinstance(getattr(tokenizer, "num_codes", None), int):
+    if not isinstance(tokenizer, ImageTokenizer) or not isinstance(tokenizer.num_codes, int):
         raise ValueError(
             f"a BEiT tokenizer needs tokenize(images) -> (B, h, w) ids and an int num_codes; "
             f"{type(tokenizer).__name__} lacks them"
         )
-    return tokenizer.requires_grad_(False).eval()
+    tokenizer.requires_grad_(False).eval()
+    return tokenizer
 
 
 class BEiT(SSLMethod):
@@ -81,6 +95,8 @@ class BEiT(SSLMethod):
             (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
     """
 
+    backbone: ViT  # checked in __init__
+
     def __init__(
         self,
         backbone: Backbone,
@@ -91,16 +107,17 @@ class BEiT(SSLMethod):
         optimizer: OptimizerCallable = beit_adamw,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "add_mask_token"):
+        if not isinstance(backbone, ViT):
             raise ValueError(
                 f"BEiT needs a ViT backbone with a mask token (lightning_ssl.modules.vit.ViT), "
                 f"got {type(backbone).__name__}"
             )
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
-        self.grid: tuple[int, int] = tuple(backbone.grid_size)
+        self.grid: tuple[int, int] = backbone.grid_size
         beit_masking(1, self.grid, num_masked, min_block, aspect)  # rejects impossible settings now
-        self.num_masked, self.min_block, self.aspect = num_masked, min_block, tuple(aspect)
+        self.num_masked, self.min_block = num_masked, min_block
+        self.aspect: tuple[float, float] = (aspect[0], aspect[1])
         backbone.add_mask_token()
         self.tokenizer_checkpoint: dict[str, str] | None = None
         if isinstance(tokenizer, str):  # which file it was, by content: the run can be reproduced

@@ -15,7 +15,7 @@ so the head's transform starts fresh (the output layer is tied to the pretrained
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -27,6 +27,9 @@ from lightning_ssl.modules.lm_masking import mlm_mask
 from lightning_ssl.modules.spec import Buildable
 from lightning_ssl.modules.transformer import TransformerTrunk, init_gpt2
 from lightning_ssl.optim import WarmupCosineLR
+
+if TYPE_CHECKING:
+    from lightning_ssl.modules.pretrained import HFMaskedLM
 
 
 def bert_adamw(params: Any) -> torch.optim.Optimizer:
@@ -96,6 +99,8 @@ class BERT(LanguageModel):
     """
 
     needs = ("mask",)
+    backbone: BERTNet | HFMaskedLM
+    special_ids: Tensor  # the tokenizer's special token ids (a buffer set with the tokenizer)
 
     def __init__(
         self,
@@ -128,19 +133,21 @@ class BERT(LanguageModel):
             raise ValueError(
                 f"mask_fraction ({mask_fraction}) + random_fraction ({random_fraction}) must lie in [0, 1]"
             )
+        tokenizer = None
         if pretrained:
             from lightning_ssl.modules.pretrained import HFMaskedLM
 
-            net = HFMaskedLM(pretrained)
-            vocab_size, block_size = net.vocab_size, net.block_size
+            hf = HFMaskedLM(pretrained)
+            net: BERTNet | HFMaskedLM = hf
+            vocab_size, block_size, tokenizer = hf.vocab_size, hf.block_size, hf.tokenizer
         else:
             net = BERTNet(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
         super().__init__(net, vocab_size, optimizer, scheduler)
         self.save_hyperparameters()
         self.block_size = block_size
         self.mlm_probability, self.mask_fraction, self.random_fraction = mlm_probability, mask_fraction, random_fraction
-        if pretrained and net.tokenizer is not None:
-            self.set_tokenizer(net.tokenizer)
+        if tokenizer is not None:  # the pretrained folder's
+            self.set_tokenizer(tokenizer)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -166,8 +173,8 @@ class BERT(LanguageModel):
         inputs, labels = mlm_mask(
             ids,
             self.special_mask(ids),
-            self.tokenizer.mask_id,
-            self.tokenizer.vocab_size,
+            self._mask()[0],
+            self._tok().vocab_size,
             self.mlm_probability,
             self.mask_fraction,
             self.random_fraction,
@@ -192,8 +199,9 @@ class BERT(LanguageModel):
         ``text``, in order; a list of texts gives one such list per text, concatenated."""
         tok = self._tok()
         texts = [text] if isinstance(text, str) else list(text)
+        mask_token = self._mask()[1]
         rows = [
-            ids[: self.block_size] for ids in tok.encode_documents([t.replace("[MASK]", tok.mask_token) for t in texts])
+            ids[: self.block_size] for ids in tok.encode_documents([t.replace("[MASK]", mask_token) for t in texts])
         ]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), tok.pad_id or 0, dtype=torch.long, device=self.device)
@@ -215,12 +223,19 @@ class BERT(LanguageModel):
             for val, idx in zip(*top, strict=True)
         ]
 
+    def _mask(self) -> tuple[int, str]:
+        """The tokenizer's mask token: (id, text). ``set_tokenizer`` refuses a tokenizer without one."""
+        tok = self._tok()
+        if tok.mask_id is None or tok.mask_token is None:
+            raise ValueError(f"BERT needs a tokenizer with a mask token; {tok} has none")
+        return tok.mask_id, tok.mask_token
+
     def _show(self, i: int) -> str:
-        return self._tok().decode([i]).strip() or self._tok().id_to_token(i)
+        return self._tok().decode([i]).strip() or self._tok().id_to_token(i) or ""
 
     def complete(self, prompt: str, max_new_tokens: int = 0, **_: Any) -> str:
         """``prompt`` with every [MASK] replaced by the most likely token."""
-        parts = prompt.replace(self._tok().mask_token, "[MASK]").split("[MASK]")
+        parts = prompt.replace(self._mask()[1], "[MASK]").split("[MASK]")
         fills = [f[0][0] for f in self.fill_mask(prompt, top_k=1)]
         # a prompt longer than the context has masks past its end: those stay unfilled (strict=False)
         return parts[0] + "".join(fill + part for fill, part in zip(fills, parts[1:], strict=False))
@@ -233,7 +248,7 @@ class BERT(LanguageModel):
         inputs, labels = mlm_mask(
             ids,
             self.special_mask(ids),
-            tok.mask_id,
+            self._mask()[0],
             tok.vocab_size,
             self.mlm_probability,
             self.mask_fraction,

@@ -18,8 +18,9 @@ the kNN monitor and online probe, and the two embeddings for ``callbacks.CLIPEmb
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,19 @@ from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.metrics.zeroshot import DEFAULT_TEMPLATES, recall_at_k, zero_shot_accuracy
 from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.distributed import gather
-from lightning_ssl.modules.text import TextEncoder
+from lightning_ssl.modules.text import BPETokenizer, TextEncoder
 from lightning_ssl.optim import WarmupCosineLR
+
+
+@runtime_checkable
+class _TrainsTokenizer(Protocol):
+    """A text tower that trains its own BPE (``TextTransformer``): CLIP fits it on the training captions."""
+
+    tokenizer: BPETokenizer | None
+
+    def fit_tokenizer(self, texts: Iterable[str]) -> BPETokenizer: ...
+
+    def set_tokenizer(self, tokenizer: BPETokenizer) -> None: ...
 
 
 class CLIP(SSLMethod):
@@ -167,26 +179,28 @@ class CLIP(SSLMethod):
 
     # -- training ---------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        fit = getattr(self.text_encoder, "fit_tokenizer", None)
-        if stage != "fit" or fit is None or getattr(self.text_encoder, "tokenizer", None) is not None:
+        encoder = self.text_encoder
+        if stage != "fit" or not isinstance(encoder, _TrainsTokenizer) or encoder.tokenizer is not None:
             return  # a resumed run gets the tokenizer back from the checkpoint's state_dict
-        dm = self.trainer.datamodule
-        if not hasattr(dm, "train_captions"):
+        dm = getattr(self.trainer, "datamodule", None)
+        train_captions = getattr(dm, "train_captions", None)
+        if train_captions is None:
             raise ValueError(
                 f"{type(self.text_encoder).__name__} has no tokenizer and the datamodule "
                 f"{type(dm).__name__} has no train_captions() to train one on: give tokenizer_path"
             )
-        from lightning_ssl.modules.text import BPETokenizer
-
         # rank 0 trains the BPE and every process takes its copy: identical vocabularies under DDP
         state = self.trainer.strategy.broadcast(
-            fit(dm.train_captions()).to_str() if self.global_rank == 0 else None, src=0
+            encoder.fit_tokenizer(train_captions()).to_str() if self.global_rank == 0 else None, src=0
         )
-        self.text_encoder.set_tokenizer(BPETokenizer.from_str(state))
+        if state is None:
+            raise RuntimeError("the tokenizer trained on rank 0 did not reach this process")
+        tokenizer = BPETokenizer.from_str(state)
+        encoder.set_tokenizer(tokenizer)
         if self.global_rank == 0:
             ckpt = self.trainer.checkpoint_callback
             folder = Path(getattr(ckpt, "dirpath", None) or self.trainer.default_root_dir)
-            self.text_encoder.tokenizer.save(folder / "tokenizer.json")  # also stored in every checkpoint
+            tokenizer.save(folder / "tokenizer.json")  # also stored in every checkpoint
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         x, _, captions = batch
@@ -233,7 +247,7 @@ class CLIP(SSLMethod):
         for name, q, t in (("i2t", img, txt), ("t2i", txt, img)):
             for k, r in recall_at_k(q, t, self.recall_ks).items():
                 self.log(f"{prefix}/{name}_recall@{k}", r, rank_zero_only=True)
-        dm = self.trainer.datamodule
+        dm = getattr(self.trainer, "datamodule", None)
         class_names = list(getattr(dm, "class_names", None) or [])
         if class_names and (labels >= 0).all():
             templates = self.zeroshot_templates or getattr(dm, "zeroshot_templates", None) or DEFAULT_TEMPLATES

@@ -93,6 +93,12 @@ class Colorization(SSLMethod):
             (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
     """
 
+    # buffers
+    bins: Tensor  # (Q, 2) the ab bin centres
+    bin_counts: Tensor  # (Q,) float64 ab histogram of the training batches so far
+    rgb_mean: Tensor  # (1, 3, 1, 1) the input normalization
+    rgb_std: Tensor  # (1, 3, 1, 1)
+
     def __init__(
         self,
         backbone: Backbone,
@@ -131,17 +137,17 @@ class Colorization(SSLMethod):
 
     # -- input: normalized RGB -> Lab -> what the backbone sees ------------------------------------------------
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if not self._norm_given and hasattr(dm, "norm_stats"):
-            mean, std = dm.norm_stats()
+        norm_stats = getattr(getattr(self._trainer, "datamodule", None), "norm_stats", None)
+        if not self._norm_given and norm_stats is not None:
+            mean, std = norm_stats()
             if len(mean) == 3:
                 self.rgb_mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
                 self.rgb_std.copy_(torch.tensor(std).view(1, 3, 1, 1))
 
     def on_fit_start(self) -> None:
-        dm = self.trainer.datamodule
-        if getattr(dm, "channels", 3) != 3:
-            raise ValueError(f"colorization needs colour images (data.channels: 3), got {dm.channels} channel(s)")
+        channels = getattr(getattr(self.trainer, "datamodule", None), "channels", 3)
+        if channels != 3:
+            raise ValueError(f"colorization needs colour images (data.channels: 3), got {channels} channel(s)")
         super().on_fit_start()
 
     def to_lab(self, x: Tensor) -> Tensor:
@@ -169,7 +175,7 @@ class Colorization(SSLMethod):
         lab = self.to_lab(views[0])
         lightness, ab = lab[:, :1], lab[:, 1:]
         pred, h = self.predict_ab(lightness)
-        ab = F.adaptive_avg_pool2d(ab, pred.shape[-2:])  # ground truth at the prediction's resolution
+        ab = F.adaptive_avg_pool2d(ab, (pred.shape[-2], pred.shape[-1]))  # ground truth at the prediction's resolution
         if self.mode == "regression":
             loss = ab_regression_loss(pred * AB_SCALE, ab, AB_SCALE)
         else:

@@ -41,6 +41,7 @@ from lightning_ssl.modules.dino_head import DINOHead
 from lightning_ssl.modules.gram_teacher import GramTeacher
 from lightning_ssl.modules.masking import block_masking
 from lightning_ssl.modules.momentum import make_teacher
+from lightning_ssl.modules.vit import ViT
 from lightning_ssl.optim import WarmupCosineLR, cosine_weight_decay, set_weight_decay
 
 
@@ -61,6 +62,13 @@ def teacher_temperature(step: float, warmup_steps: float, start: float = 0.04, e
     if warmup_steps <= 0:
         return end
     return start + (end - start) * min(1.0, step / warmup_steps)
+
+
+def _vit(backbone: nn.Module) -> ViT:
+    """The backbone as the ViT iBOT and Gram anchoring need (their patch tokens)."""
+    if not isinstance(backbone, ViT):
+        raise ValueError(f"iBOT and Gram anchoring need a lightning_ssl.modules.vit.ViT, got {type(backbone).__name__}")
+    return backbone
 
 
 class DINO(MomentumMethod):
@@ -170,7 +178,7 @@ class DINO(MomentumMethod):
             raise ValueError(f"ibot_out_dim ({ibot_out_dim}) must be >= 1 and needs ibot_separate_head=True")
         self.use_ibot = ibot_weight > 0
         if self.use_ibot:
-            if not hasattr(backbone, "add_mask_token"):
+            if not isinstance(backbone, ViT):
                 raise ValueError(
                     f"iBOT (ibot_weight > 0) needs a ViT backbone with patch tokens "
                     f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}"
@@ -183,7 +191,8 @@ class DINO(MomentumMethod):
         self.weight_decay, self.weight_decay_end = weight_decay, weight_decay_end
         self.ibot_weight, self.koleo_weight, self.eval_teacher = ibot_weight, koleo_weight, eval_teacher
         self.koleo_local, self.gram_weight = koleo_local, gram_weight
-        self.mask_ratio, self.mask_probability = tuple(mask_ratio), mask_probability
+        self.mask_ratio: tuple[float, float] = (mask_ratio[0], mask_ratio[1])
+        self.mask_probability = mask_probability
 
         self.head = DINOHead(self.num_features, hidden_dim, bottleneck_dim, out_dim, norm_last_layer=norm_last_layer)
         self.teacher_backbone, self.teacher_head = make_teacher(self.backbone), make_teacher(self.head)
@@ -191,8 +200,9 @@ class DINO(MomentumMethod):
             if isinstance(m, nn.Dropout):
                 m.p = 0.0
             elif hasattr(m, "drop_prob"):  # timm's DropPath
-                m.drop_prob = 0.0
-        self.ibot_head = None
+                m.drop_prob = 0.0  # type: ignore[assignment]  # a float on timm's DropPath, not a submodule
+        self.ibot_head: DINOHead | None = None  # DINOv2's separate iBOT head, and its teacher
+        self.teacher_ibot_head: DINOHead | None = None
         if ibot_separate_head:
             ibot_out_dim = ibot_out_dim or out_dim
             self.ibot_head = DINOHead(
@@ -211,7 +221,9 @@ class DINO(MomentumMethod):
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         pairs = [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
-        return pairs + ([(self.ibot_head, self.teacher_ibot_head)] if self.ibot_head is not None else [])
+        if self.ibot_head is not None and self.teacher_ibot_head is not None:
+            pairs.append((self.ibot_head, self.teacher_ibot_head))
+        return pairs
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.backbone, self.head] + ([self.ibot_head] if self.ibot_head is not None else [])
@@ -251,12 +263,13 @@ class DINO(MomentumMethod):
         tokens (G*B, N, D) and the iBOT mask (G*B, N)."""
         if not (self.use_ibot or gram):
             return self.backbone(x), None, None
+        vit = _vit(self.backbone)
         mask = None
         if self.use_ibot:
-            grid = (x.shape[-2] // self.backbone.patch_size, x.shape[-1] // self.backbone.patch_size)
+            grid = (x.shape[-2] // vit.patch_size, x.shape[-1] // vit.patch_size)
             mask = block_masking(len(x), grid, self.mask_ratio, self.mask_probability).to(x.device)
-        tokens = self.backbone.forward_tokens(x, mask=mask)
-        return self.backbone.pool(tokens), tokens[:, 1:], mask
+        tokens = vit.forward_tokens(x, mask=mask)
+        return vit.pool(tokens), tokens[:, 1:], mask
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         views, _ = batch
@@ -268,8 +281,9 @@ class DINO(MomentumMethod):
 
         with torch.no_grad():
             if self.use_ibot:
-                t_tokens = self.teacher_backbone.forward_tokens(x_global)
-                t_feat = self.teacher_backbone.pool(t_tokens)
+                teacher = _vit(self.teacher_backbone)
+                t_tokens = teacher.forward_tokens(x_global)
+                t_feat = teacher.pool(t_tokens)
             else:
                 t_feat = self.teacher_backbone(x_global)  # (G*B, D)
             t_out = self.teacher_head(t_feat)  # (G*B, K)
@@ -282,12 +296,13 @@ class DINO(MomentumMethod):
         loss = dino = self.dino_loss(s_out, t_out.chunk(g), tau_t)
         self.log("train/dino_loss", dino)
 
-        if self.use_ibot:
+        if self.ibot_loss is not None:  # iBOT
+            if s_patches is None or mask is None:  # _student_globals gives both with iBOT
+                raise RuntimeError("iBOT needs the student's patch tokens and their mask")
             s_patch_out = (self.ibot_head or self.head)(s_patches[mask])  # (M, K): masked patches only
             with torch.no_grad():
-                t_patch_out = (self.teacher_ibot_head if self.ibot_head is not None else self.teacher_head)(
-                    t_tokens[:, 1:][mask]
-                )
+                t_head = self.teacher_ibot_head if self.teacher_ibot_head is not None else self.teacher_head
+                t_patch_out = t_head(t_tokens[:, 1:][mask])
             ibot = self.ibot_loss(s_patch_out, t_patch_out, mask, tau_t)
             loss = loss + self.ibot_weight * ibot
             self.log("train/ibot_loss", ibot)
@@ -333,6 +348,6 @@ class DINO(MomentumMethod):
     def attention_maps(self, x: Tensor) -> Tensor:
         """CLS -> patch self-attention of the last block of the (teacher) ViT: (B, heads, h, w)."""
         backbone = self.teacher_backbone if self.eval_teacher else self.backbone
-        if not hasattr(backbone, "last_attention"):
+        if not isinstance(backbone, ViT):
             raise ValueError(f"attention maps need a ViT backbone, got {type(backbone).__name__}")
         return backbone.last_attention(x)

@@ -13,7 +13,7 @@ transformer. ``pretrained``: start from a Hugging Face causal LM saved in a loca
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -23,6 +23,9 @@ from lightning_ssl.methods.lm import LanguageModel, sample_logits
 from lightning_ssl.modules.spec import Buildable
 from lightning_ssl.modules.transformer import TransformerTrunk, init_gpt2
 from lightning_ssl.optim import WarmupCosineLR
+
+if TYPE_CHECKING:
+    from lightning_ssl.modules.pretrained import HFCausalLM
 
 
 def gpt_adamw(params: Any) -> torch.optim.Optimizer:
@@ -108,18 +111,20 @@ class GPT(LanguageModel):
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        tokenizer = None
         if pretrained:
             from lightning_ssl.modules.pretrained import HFCausalLM
 
-            net = HFCausalLM(pretrained)
-            vocab_size, block_size = net.vocab_size, net.block_size
+            hf = HFCausalLM(pretrained)
+            net: GPTNet | HFCausalLM = hf
+            vocab_size, block_size, tokenizer = hf.vocab_size, hf.block_size, hf.tokenizer
         else:
             net = GPTNet(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
         super().__init__(net, vocab_size, optimizer, scheduler)
         self.save_hyperparameters()
         self.block_size = block_size
-        if pretrained and net.tokenizer is not None:
-            self.set_tokenizer(net.tokenizer)
+        if tokenizer is not None:  # the pretrained folder's
+            self.set_tokenizer(tokenizer)
 
     def predict_targets(self, rows: Tensor, generator: torch.Generator | None = None):
         x, y = rows[:, :-1], rows[:, 1:]  # (B, T)

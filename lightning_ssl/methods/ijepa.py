@@ -34,7 +34,7 @@ from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.masking import gather_tokens
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.modules.multiblock import multiblock_masks
-from lightning_ssl.modules.vit import sincos_pos_embed
+from lightning_ssl.modules.vit import ViT, sincos_pos_embed
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -52,6 +52,8 @@ class JEPAPredictor(nn.Module):
         num_heads: attention heads per block (I-JEPA: the encoder's).
         mlp_ratio: MLP hidden width / dim (4).
     """
+
+    pos_embed: Tensor  # (1, N, dim) fixed sine-cosine positions (a buffer)
 
     def __init__(
         self,
@@ -118,6 +120,8 @@ class IJEPA(MomentumMethod):
             (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
     """
 
+    backbone: ViT  # checked in __init__
+
     def __init__(
         self,
         backbone: Backbone,
@@ -136,14 +140,14 @@ class IJEPA(MomentumMethod):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "grid_size"):
+        if not isinstance(backbone, ViT):
             raise ValueError(
                 f"I-JEPA needs a ViT backbone that encodes a subset of patches "
                 f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}"
             )
         super().__init__(backbone, optimizer, scheduler, momentum, momentum_end)
         self.save_hyperparameters()
-        self.mask_kwargs = dict(
+        self.mask_kwargs: dict[str, Any] = dict(
             num_targets=num_targets,
             target_scale=tuple(target_scale),
             target_aspect=tuple(target_aspect),

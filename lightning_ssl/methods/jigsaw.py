@@ -54,6 +54,8 @@ class Jigsaw(SSLMethod):
             (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
     """
 
+    permutations: Tensor  # (P, N) the permutation set (a buffer)
+
     def __init__(
         self,
         backbone: Backbone,

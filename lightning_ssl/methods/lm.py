@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,11 @@ from lightning_ssl.modules.distributed import world_size
 from lightning_ssl.modules.tokenizer import TextTokenizer
 from lightning_ssl.optim import WarmupCosineLR
 from lightning_ssl.runs import log_dir
+
+if TYPE_CHECKING:
+    from lightning_ssl.methods.t5 import T5Net
+    from lightning_ssl.modules.pretrained import HFCausalLM, HFMaskedLM, HFSeq2SeqLM
+    from lightning_ssl.modules.transformer import TransformerTrunk
 
 
 def sample_logits(
@@ -75,7 +80,8 @@ class LanguageModel(SSLMethod):
             (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
     """
 
-    needs = ()  # token roles the objective needs: "mask" (BERT), "sentinels" and "eos" (T5)
+    needs: tuple[str, ...] = ()  # token roles the objective needs: "mask" (BERT), "sentinels" and "eos" (T5)
+    backbone: TransformerTrunk | T5Net | HFCausalLM | HFMaskedLM | HFSeq2SeqLM  # each has hidden(ids)
 
     def __init__(
         self,
@@ -113,8 +119,7 @@ class LanguageModel(SSLMethod):
 
     def _bind_tokenizer(self) -> None:
         """Take the datamodule's tokenizer, or check that it is the model's own."""
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        data_tok = getattr(dm, "tokenizer", None) if dm is not None else None
+        data_tok = getattr(getattr(self._trainer, "datamodule", None), "tokenizer", None)
         if data_tok is None:
             if self.tokenizer is None:
                 raise ValueError(f"{type(self).__name__} has no tokenizer and the datamodule gives none")
@@ -133,7 +138,7 @@ class LanguageModel(SSLMethod):
         if self.global_rank == 0:
             ckpt = self.trainer.checkpoint_callback
             folder = Path(getattr(ckpt, "dirpath", None) or log_dir(self.trainer))  # no broadcast on rank 0 alone
-            self.tokenizer.save(folder / "tokenizer.json")  # also stored in every checkpoint
+            self._tok().save(folder / "tokenizer.json")  # also stored in every checkpoint
 
     def on_validation_start(self) -> None:
         if self.tokenizer is None:

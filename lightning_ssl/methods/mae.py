@@ -23,7 +23,7 @@ from lightning_ssl.losses.mae import mae_loss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.masking import gather_tokens, num_kept, patchify, random_masking, unpatchify
-from lightning_ssl.modules.vit import sincos_pos_embed
+from lightning_ssl.modules.vit import ViT, sincos_pos_embed
 from lightning_ssl.optim import WarmupCosineLR, param_groups, with_schedule
 
 
@@ -46,6 +46,8 @@ class MAEDecoder(nn.Module):
         num_heads: Attention heads per decoder block (16 in the paper).
         mlp_ratio: Hidden width of the blocks' MLP as a multiple of ``dim`` (4 in the paper).
     """
+
+    pos_embed: Tensor  # (1, 1 + N, dim) fixed sine-cosine positions (a buffer)
 
     def __init__(
         self,
@@ -99,6 +101,8 @@ class MAE(SSLMethod):
             None: a constant LR.
     """
 
+    backbone: ViT  # checked in __init__
+
     def __init__(
         self,
         backbone: Backbone,
@@ -111,7 +115,7 @@ class MAE(SSLMethod):
         optimizer: OptimizerCallable = mae_adamw,
         scheduler: LRSchedulerCallable | None = WarmupCosineLR,
     ) -> None:
-        if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "patch_size"):
+        if not isinstance(backbone, ViT):
             raise ValueError(
                 f"MAE needs a ViT backbone that encodes visible patches only "
                 f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}"
@@ -174,7 +178,7 @@ class MAE(SSLMethod):
     def global_batch_size(self) -> int:
         """Images per optimizer step over all processes: batch size x world size x accumulate_grad_batches."""
         trainer = self.trainer
-        size = getattr(trainer.datamodule, "batch_size", None)
+        size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
         if not isinstance(size, int):
             trainer.estimated_stepping_batches  # noqa: B018  (sets up the training dataloader)
             size = getattr(trainer.train_dataloader, "batch_size", None)

@@ -62,6 +62,10 @@ class MoCo(MomentumMethod):
             (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
     """
 
+    # buffers, saved in checkpoints
+    queue: Tensor  # (K, d) the negative keys
+    queue_ptr: Tensor  # () where the next keys are written
+
     def __init__(
         self,
         backbone: Backbone,
@@ -98,7 +102,7 @@ class MoCo(MomentumMethod):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        batch = getattr(self.trainer.datamodule, "batch_size", None) if self.trainer.datamodule is not None else None
+        batch = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
         synced = [
             type(m).__name__
             for m in self.teacher_backbone.modules()

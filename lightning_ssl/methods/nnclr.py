@@ -48,6 +48,10 @@ class NNCLR(SSLMethod):
             (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
     """
 
+    # buffers, saved in checkpoints
+    queue: Tensor  # (K, d) the support set
+    queue_ptr: Tensor  # () where the next projections are written
+
     def __init__(
         self,
         backbone: Backbone,
@@ -74,7 +78,7 @@ class NNCLR(SSLMethod):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        batch = getattr(self.trainer.datamodule, "batch_size", None) if self.trainer.datamodule is not None else None
+        batch = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
         check_queue_size("NNCLR", len(self.queue), batch, self.trainer.world_size)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ absolute positions, depth-scaled init, gradient-norm clip 5.0, AdamW lr 1e-4 x b
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lightning_ssl.losses.simmim import simmim_loss
 from lightning_ssl.methods.base import SSLMethod
 from lightning_ssl.modules.backbones import Backbone
+from lightning_ssl.modules.vit import ViT
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -51,6 +52,13 @@ def simmim_masks(
     mask = torch.zeros(batch_size, gh * gw, dtype=torch.bool)
     mask.scatter_(1, order[:, :count], True)
     return mask.view(batch_size, gh, gw).repeat_interleave(mask_patch, 1).repeat_interleave(mask_patch, 2)
+
+
+@runtime_checkable
+class _FeatureModel(Protocol):
+    """A timm model: ``forward_features(x)`` gives its last feature map (NCHW, or NHWC for some)."""
+
+    def forward_features(self, x: Tensor) -> Tensor: ...
 
 
 def _is_nhwc(module: nn.Module) -> bool:
@@ -83,17 +91,19 @@ class SimMIM(SSLMethod):
     ) -> None:
         super().__init__(backbone, optimizer, scheduler)
         self.save_hyperparameters()
-        self.is_vit = hasattr(backbone, "forward_tokens") and hasattr(backbone, "add_mask_token")
         inner = getattr(backbone, "model", backbone)
         self.stem_name = next(
             (n for n in ("patch_embed", "stem") if isinstance(getattr(inner, n, None), nn.Module)), None
         )
-        if not self.is_vit and (self.stem_name is None or not hasattr(inner, "forward_features")):
+        if not isinstance(backbone, ViT) and (self.stem_name is None or not isinstance(inner, _FeatureModel)):
             raise ValueError(
                 f"SimMIM needs a lightning_ssl.modules.vit.ViT or a timm model with a patch_embed or stem "
                 f"module (TimmBackbone), got {type(backbone).__name__}"
             )
-        self.channels, self.image_size = backbone.in_channels, backbone.image_size
+        channels, image_size = getattr(backbone, "in_channels", None), getattr(backbone, "image_size", None)
+        if not isinstance(channels, int) or not isinstance(image_size, int):
+            raise ValueError(f"SimMIM needs int in_channels and image_size on the backbone ({type(backbone).__name__})")
+        self.channels, self.image_size = channels, image_size
         try:
             stem_channels, self.grid, out_channels, out_size = self._shapes()
         except RuntimeError as e:
@@ -113,9 +123,9 @@ class SimMIM(SSLMethod):
                 f"the backbone's last feature map ({out_size}x{out_size}) does not tile the {self.image_size} px image"
             )
         self.mask_patch_size, self.mask_ratio = mask_patch_size, mask_ratio
-        if self.is_vit:
+        self.mask_token: nn.Parameter | None = None  # a timm model's; a ViT has its own
+        if isinstance(backbone, ViT):
             backbone.add_mask_token()
-            self.mask_token = None
         else:
             self.mask_token = nn.Parameter(torch.zeros(stem_channels))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -127,7 +137,15 @@ class SimMIM(SSLMethod):
         return getattr(self.backbone, "model", self.backbone)
 
     def _stem(self) -> nn.Module:
+        if self.stem_name is None:
+            raise RuntimeError("a ViT backbone has no stem to hook: its own mask token replaces the patches")
         return getattr(self._inner(), self.stem_name)
+
+    def _features(self, x: Tensor) -> Tensor:
+        inner = self._inner()
+        if not isinstance(inner, _FeatureModel):
+            raise RuntimeError(f"{type(inner).__name__} has no forward_features")  # refused in __init__
+        return inner.forward_features(x)
 
     @torch.no_grad()
     def _shapes(self) -> tuple[int, tuple[int, int], int, int]:
@@ -136,32 +154,35 @@ class SimMIM(SSLMethod):
         was_training = self.backbone.training
         self.backbone.eval()
         try:
-            if self.is_vit:
+            if isinstance(self.backbone, ViT):
                 grid = self.backbone.grid_size
                 return self.backbone.embed_dim, grid, self.backbone.embed_dim, grid[0]
-            e, f = self._stem()(x), self._inner().forward_features(x)
+            e, f = self._stem()(x), self._features(x)
         finally:
             self.backbone.train(was_training)
         e = e.permute(0, 3, 1, 2) if _is_nhwc(self._stem()) else e
         f = f.permute(0, 3, 1, 2) if _is_nhwc(self._inner()) else f
-        return e.shape[1], tuple(e.shape[2:]), f.shape[1], f.shape[2]
+        return e.shape[1], (e.shape[2], e.shape[3]), f.shape[1], f.shape[2]
 
-    def encode(self, x: Tensor, mask: Tensor) -> Tensor:
+    def encode_masked(self, x: Tensor, mask: Tensor) -> Tensor:
         """Images (B, C, H, W) with ``mask`` (B, h, w) at the stem's resolution -> last feature map (B, D, H/s, W/s)."""
-        if self.is_vit:
+        if isinstance(self.backbone, ViT):
             tokens = self.backbone.forward_tokens(x, mask=mask.flatten(1))[:, 1:]  # (B, N, D), CLS dropped
             return tokens.transpose(1, 2).reshape(len(x), -1, *self.grid)
         stem, inner = self._stem(), self._inner()
         nhwc = _is_nhwc(stem)
+        mask_token = self.mask_token
+        if mask_token is None:
+            raise RuntimeError("SimMIM's mask token for a timm model is missing")  # made in __init__
 
         def replace_masked(module: nn.Module, inputs: Any, e: Tensor) -> Tensor:
             m = mask.unsqueeze(-1) if nhwc else mask.unsqueeze(1)
-            token = self.mask_token.to(e.dtype)
+            token = mask_token.to(e.dtype)
             return torch.where(m, token if nhwc else token.view(1, -1, 1, 1), e)
 
         handle = stem.register_forward_hook(replace_masked)
         try:
-            f = inner.forward_features(x)
+            f = self._features(x)
         finally:
             handle.remove()
         return f.permute(0, 3, 1, 2) if _is_nhwc(inner) else f
@@ -172,7 +193,7 @@ class SimMIM(SSLMethod):
         if tuple(x.shape[-2:]) != (self.image_size,) * 2:
             raise ValueError(f"SimMIM's head is built for {self.image_size} px images, got {tuple(x.shape[-2:])}")
         mask = simmim_masks(len(x), self.grid, self.mask_patch_size // self.stem_stride, self.mask_ratio).to(x.device)
-        x_hat = self.decoder(self.encode(x, mask))
+        x_hat = self.decoder(self.encode_masked(x, mask))
         s = self.stem_stride
         loss = simmim_loss(x_hat, x, mask.repeat_interleave(s, 1).repeat_interleave(s, 2))
         self.log("train/loss", loss, prog_bar=True)

@@ -17,7 +17,7 @@ holds every process's embeddings and each process brings its own share of it to 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,12 @@ from lightning_ssl.modules.distributed import rank, world_size
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.queue import check_queue_size, enqueue
 from lightning_ssl.optim import WarmupCosineLR
+
+
+class _Queue(NamedTuple):
+    queue: Tensor  # (K, A, d) global-crop embeddings
+    ptr: Tensor  # () where the next ones are written
+    rows: Tensor  # () rows written so far, up to K
 
 
 class SwAV(SSLMethod):
@@ -58,6 +64,11 @@ class SwAV(SSLMethod):
         scheduler: Factory called with the optimizer, stepped every optimizer step. Default ``WarmupCosineLR``
             (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
     """
+
+    # buffers, saved in checkpoints; None without a queue (queue_size 0)
+    queue: Tensor | None  # (K, A, d) global-crop embeddings of earlier batches
+    queue_ptr: Tensor | None  # () where the next embeddings are written
+    queue_count: Tensor | None  # () rows written so far, up to K
 
     def __init__(
         self,
@@ -95,9 +106,7 @@ class SwAV(SSLMethod):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         if self.queue is not None:
-            batch = (
-                getattr(self.trainer.datamodule, "batch_size", None) if self.trainer.datamodule is not None else None
-            )
+            batch = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
             check_queue_size("SwAV", len(self.queue), batch, self.trainer.world_size)
 
     def _embeddings(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -114,18 +123,26 @@ class SwAV(SSLMethod):
     def _codes(self, scores: list[Tensor], z: list[Tensor]) -> list[Tensor]:
         """Sinkhorn codes (B, K) of the assigned crops, with this process's share of the queue when it is in use."""
         a, c = self.criterion.num_assigned, self.criterion
-        use_queue = self.queue is not None and self.current_epoch >= self.queue_start_epoch
+        live = self._live_queue()
         stored = None
-        if use_queue and int(self.queue_count) == len(self.queue):
-            stored = self.queue.tensor_split(world_size())[rank()]  # (K / W, A, d): every row counted once
+        if live is not None and int(live.rows) == len(live.queue):
+            stored = live.queue.tensor_split(world_size())[rank()]  # (K / W, A, d): every row counted once
         codes = []
         for i in range(a):
             s = scores[i] if stored is None else torch.cat([stored[:, i] @ self.prototypes.weight.T, scores[i]])
             codes.append(sinkhorn(s, c.epsilon, c.iterations)[-len(scores[i]) :])
-        if use_queue:
-            enqueue(self.queue, self.queue_ptr, torch.stack(z[:a], dim=1))
-            self.queue_count.copy_(torch.clamp(self.queue_count + len(z[0]) * world_size(), max=len(self.queue)))
+        if live is not None:
+            enqueue(live.queue, live.ptr, torch.stack(z[:a], dim=1))
+            live.rows.copy_(torch.clamp(live.rows + len(z[0]) * world_size(), max=len(live.queue)))
         return codes
+
+    def _live_queue(self) -> _Queue | None:
+        """The queue buffers once the queue is in use (from ``queue_start_epoch``), else None."""
+        if self.queue is None or self.queue_ptr is None or self.queue_count is None:
+            return None
+        if self.current_epoch < self.queue_start_epoch:
+            return None
+        return _Queue(self.queue, self.queue_ptr, self.queue_count)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         views, _ = batch

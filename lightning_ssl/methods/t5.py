@@ -16,7 +16,7 @@ the span-token accuracy: the predicted tokens of the corrupted spans, sentinels 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -27,6 +27,9 @@ from lightning_ssl.modules.lm_masking import span_corruption, span_counts, span_
 from lightning_ssl.modules.spec import Buildable
 from lightning_ssl.modules.transformer import Block, init_gpt2
 from lightning_ssl.optim import WarmupCosineLR
+
+if TYPE_CHECKING:
+    from lightning_ssl.modules.pretrained import HFSeq2SeqLM
 
 
 def t5_adamw(params: Any) -> torch.optim.Optimizer:
@@ -120,6 +123,8 @@ class T5(LanguageModel):
     """
 
     needs = ("sentinels", "eos")
+    backbone: T5Net | HFSeq2SeqLM
+    sentinel_ids: Tensor  # the tokenizer's sentinel token ids (a buffer set with the tokenizer)
 
     def __init__(
         self,
@@ -148,11 +153,13 @@ class T5(LanguageModel):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         span_counts(block_size, noise_density, mean_noise_span_length)  # checks the two values
+        tokenizer = None
         if pretrained:
             from lightning_ssl.modules.pretrained import HFSeq2SeqLM
 
-            net = HFSeq2SeqLM(pretrained)
-            vocab_size = net.vocab_size
+            hf = HFSeq2SeqLM(pretrained)
+            net: T5Net | HFSeq2SeqLM = hf
+            vocab_size, tokenizer = hf.vocab_size, hf.tokenizer
         else:
             net = T5Net(vocab_size, block_size, n_layer, n_decoder_layer, n_head, n_embd, dropout, bias)
         super().__init__(net, vocab_size, optimizer, scheduler)
@@ -164,8 +171,8 @@ class T5(LanguageModel):
             mean_noise_span_length,
         )
         self.input_length, self.target_length = span_lengths(block_size, noise_density, mean_noise_span_length)
-        if pretrained and net.tokenizer is not None:
-            self.set_tokenizer(net.tokenizer)
+        if tokenizer is not None:  # the pretrained folder's
+            self.set_tokenizer(tokenizer)
 
     def set_tokenizer(self, tokenizer) -> None:
         super().set_tokenizer(tokenizer)
@@ -179,7 +186,7 @@ class T5(LanguageModel):
     @property
     def start_id(self) -> int:
         start = getattr(self.backbone, "decoder_start_id", None)
-        return start if start is not None else (self.tokenizer.pad_id or 0)
+        return start if start is not None else (self._tok().pad_id or 0)
 
     def shift_right(self, tgt: Tensor) -> Tensor:
         """Decoder inputs: the start token, then the targets but the last (teacher forcing)."""
@@ -189,7 +196,7 @@ class T5(LanguageModel):
         return span_corruption(
             ids,
             self.sentinel_ids.to(ids.device),
-            self.tokenizer.eos_id,
+            self._eos_id(),
             self.noise_density,
             self.mean_noise_span_length,
             generator,
@@ -198,7 +205,7 @@ class T5(LanguageModel):
     def predict_targets(self, rows: Tensor, generator: torch.Generator | None = None):
         src, tgt = self.corrupt(rows[:, :-1], generator)  # (B, L_in), (B, L_tgt)
         logits = self.backbone(src, self.shift_right(tgt))  # (B, L_tgt, V)
-        scored = ~torch.isin(tgt, self.sentinel_ids.to(tgt.device)) & (tgt != self.tokenizer.eos_id)
+        scored = ~torch.isin(tgt, self.sentinel_ids.to(tgt.device)) & (tgt != self._eos_id())
         return logits.flatten(0, 1), tgt.flatten(), scored.flatten()
 
     @torch.no_grad()
@@ -220,13 +227,20 @@ class T5(LanguageModel):
         for _ in range(max_new_tokens):
             logits = self._valid_logits(self.backbone.decode(out[:, -self.block_size :], memory)[:, -1])
             nxt = sample_logits(logits, temperature, top_k, top_p, generator)
-            nxt = nxt.masked_fill(done, self.tokenizer.pad_id or 0)
+            nxt = nxt.masked_fill(done, self._tok().pad_id or 0)
             out = torch.cat([out, nxt[:, None]], dim=1)
-            done |= nxt == self.tokenizer.eos_id
+            done |= nxt == self._tok().eos_id
             if done.all():
                 break
         self.train(was_training)
         return out[:, 1:]
+
+    def _eos_id(self) -> int:
+        """The tokenizer's </s>. ``set_tokenizer`` refuses a tokenizer without one."""
+        eos = self._tok().eos_id
+        if eos is None:
+            raise ValueError(f"T5 needs a tokenizer with an eos token; {self._tok()} has none")
+        return eos
 
     def _show(self, ids: Tensor) -> str:
         tok = self._tok()

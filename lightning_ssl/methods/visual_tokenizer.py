@@ -39,7 +39,7 @@ from lightning_ssl.modules.distributed import is_distributed
 from lightning_ssl.modules.masking import patchify, unpatchify
 from lightning_ssl.modules.pretrained import _instantiate, load_weights, patch_features
 from lightning_ssl.modules.quantizer import Quantized, VectorQuantizer, codebook_usage
-from lightning_ssl.modules.vit import sincos_pos_embed
+from lightning_ssl.modules.vit import ViT, sincos_pos_embed
 from lightning_ssl.optim import WarmupCosineLR
 
 # PatchTokenizer's constructor arguments, which VisualTokenizer shares (and its checkpoints record)
@@ -77,6 +77,8 @@ class PatchTokenizer(nn.Module):
             ``lightning_ssl.modules.quantizer``.
     """
 
+    backbone: ViT  # checked in __init__
+
     def __init__(
         self,
         backbone: Backbone,
@@ -93,7 +95,7 @@ class PatchTokenizer(nn.Module):
         update_rule: str = "ema",
     ) -> None:
         super().__init__()
-        if not hasattr(backbone, "forward_tokens") or not hasattr(backbone, "patch_size"):
+        if not isinstance(backbone, ViT):
             raise ValueError(
                 f"the tokenizer's encoder must be a ViT with patch tokens "
                 f"(lightning_ssl.modules.vit.ViT), got {type(backbone).__name__}"
@@ -115,7 +117,7 @@ class PatchTokenizer(nn.Module):
             update_rule=update_rule,
         )
         self.num_codes, self.patch_size = num_codes, backbone.patch_size
-        self.grid_size: tuple[int, int] = tuple(backbone.grid_size)
+        self.grid_size: tuple[int, int] = backbone.grid_size
 
     def encode(self, x: Tensor, update: bool | None = None) -> tuple[Tensor, Quantized]:
         """Images -> (encoder tokens (B, 1 + N, D), quantized patches: z_q (B, N, d), ids (B, N), loss, counts)."""
@@ -167,6 +169,8 @@ class TokenDecoder(nn.Module):
         num_heads: Attention heads per block.
         mlp_head: Linear-Tanh-Linear head (BEiT v2's, for teacher features) instead of one linear layer.
     """
+
+    pos_embed: Tensor  # (1, N, dim) fixed sine-cosine positions (a buffer)
 
     def __init__(
         self,
@@ -222,6 +226,10 @@ class VisualTokenizer(SSLMethod):
             (linear warm-up, then cosine over ``trainer.estimated_stepping_batches``); None: a constant LR.
     """
 
+    backbone: ViT  # checked by PatchTokenizer
+    _tokenizer: PatchTokenizer  # in __dict__, not a submodule (see __init__)
+    val_counts: Tensor  # (K,) codes picked in this validation (a buffer)
+
     def __init__(
         self,
         backbone: Backbone,
@@ -262,13 +270,14 @@ class VisualTokenizer(SSLMethod):
         )
         self.to_code, self.quantizer = tokenizer.to_code, tokenizer.quantizer  # registered here, shared with it
         self.__dict__["_tokenizer"] = tokenizer  # not a submodule: the parts above are the state
-        self.num_codes, self.patch_size, self.teacher_image_size = num_codes, backbone.patch_size, teacher_image_size
-        self.channels, grid = backbone.in_channels, tuple(backbone.grid_size)
+        vit = tokenizer.backbone
+        self.num_codes, self.patch_size, self.teacher_image_size = num_codes, vit.patch_size, teacher_image_size
+        self.channels, grid = vit.in_channels, vit.grid_size
         self.teacher = teacher
         if teacher is not None:
             teacher.requires_grad_(False).eval()
             out_dim = self._teacher_features(
-                torch.zeros(1, self.channels, backbone.image_size, backbone.image_size), grid
+                teacher, torch.zeros(1, self.channels, vit.image_size, vit.image_size), grid
             ).shape[-1]
         else:
             out_dim = self.patch_size**2 * self.channels
@@ -297,13 +306,13 @@ class VisualTokenizer(SSLMethod):
 
     # -- targets -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _teacher_features(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+    def _teacher_features(self, teacher: nn.Module, x: Tensor, grid: tuple[int, int]) -> Tensor:
         """The teacher's patch features resized to the token grid: (B, N, D_t)."""
         if self.teacher_image_size is not None and x.shape[-1] != self.teacher_image_size:
             x = F.interpolate(x, size=(self.teacher_image_size,) * 2, mode="bilinear", align_corners=False)
-        if x.shape[1] == 1 and getattr(self.teacher, "in_channels", 1) == 3:
+        if x.shape[1] == 1 and getattr(teacher, "in_channels", 1) == 3:
             x = x.expand(-1, 3, -1, -1)
-        fmap = patch_features(self.teacher, x).float()  # (B, D_t, h_t, w_t)
+        fmap = patch_features(teacher, x).float()  # (B, D_t, h_t, w_t)
         if tuple(fmap.shape[-2:]) != grid:
             fmap = F.interpolate(fmap, size=grid, mode="bilinear", align_corners=False)
         return fmap.flatten(2).transpose(1, 2)
@@ -317,7 +326,7 @@ class VisualTokenizer(SSLMethod):
             target = patchify(x, self.patch_size).float()
             rec_loss = F.mse_loss(rec.float(), target)
         else:
-            target = self._teacher_features(x, grid)
+            target = self._teacher_features(self.teacher, x, grid)
             rec_loss = feature_cosine_loss(rec, target)
         return {
             "rec": rec,

@@ -76,10 +76,19 @@ def zero_shot_classifier(model, class_names: Sequence[str], templates: Sequence[
     return F.normalize(emb.mean(1), dim=-1)
 
 
+def _image_embeddings(model, images: Tensor | None, image_embeddings: Tensor | None) -> Tensor:
+    """L2-normalized image embeddings (N, D): the given ones, else ``images`` encoded by ``model``."""
+    if image_embeddings is not None:
+        return F.normalize(image_embeddings.float(), dim=-1)
+    if images is None:
+        raise ValueError("give images or their image_embeddings")
+    return encode_images(model, images)
+
+
 @torch.no_grad()
 def zero_shot_classify(
     model,
-    images: Tensor,
+    images: Tensor | None,
     labels: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     image_embeddings: Tensor | None = None,
@@ -87,9 +96,7 @@ def zero_shot_classify(
     """Class probabilities (N, C) of ``images`` (or precomputed ``image_embeddings``) over the class names
     ``labels``: softmax of the model's logit scale (100 if it has none) times cosine similarity."""
     classes = zero_shot_classifier(model, labels, templates)
-    img = (
-        F.normalize(image_embeddings.float(), dim=-1) if image_embeddings is not None else encode_images(model, images)
-    )
+    img = _image_embeddings(model, images, image_embeddings)
     scale = float(getattr(model, "logit_scale", 100.0))
     return (scale * img @ classes.T).softmax(-1)
 
@@ -144,10 +151,8 @@ def retrieve(
     if images is None and image_embeddings is None:
         raise ValueError("retrieve needs images or image_embeddings to search")
     single = isinstance(query_text, str)
-    text = encode_texts(model, [query_text] if single else list(query_text))
-    img = (
-        F.normalize(image_embeddings.float(), dim=-1) if image_embeddings is not None else encode_images(model, images)
-    )
+    text = encode_texts(model, [query_text] if isinstance(query_text, str) else list(query_text))
+    img = _image_embeddings(model, images, image_embeddings)
     scores, idx = (text @ img.T).topk(min(k, len(img)), dim=1)
     return (scores[0], idx[0]) if single else (scores, idx)
 
@@ -179,7 +184,7 @@ class ImageIndex:
     def search(self, query: str | Sequence[str], k: int = 5) -> tuple[Tensor, list]:
         """Cosine scores (Q, k) and the ids of the ``k`` best images for each text query (one string: (k,), ids)."""
         single = isinstance(query, str)
-        scores, ids = self._top(encode_texts(self.model, [query] if single else list(query)), k)
+        scores, ids = self._top(encode_texts(self.model, [query] if isinstance(query, str) else list(query)), k)
         return (scores[0], ids[0]) if single else (scores, ids)
 
     def search_image(self, images: Tensor, k: int = 5) -> tuple[Tensor, list]:

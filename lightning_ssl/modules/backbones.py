@@ -204,13 +204,13 @@ def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool = True
         return old
     if old.groups != 1:
         raise ValueError(f"cannot adapt the grouped input convolution {name!r} of {type(model).__name__}")
+    geometry: dict[str, Any] = dict(  # as the old convolution stores it (tuples, or a padding mode's name)
+        kernel_size=old.kernel_size, stride=old.stride, padding=old.padding, dilation=old.dilation
+    )
     new = nn.Conv2d(
         in_channels,
         old.out_channels,
-        old.kernel_size,
-        old.stride,
-        old.padding,
-        old.dilation,
+        **geometry,
         bias=old.bias is not None,
         padding_mode=old.padding_mode,
         device=old.weight.device,
@@ -219,7 +219,7 @@ def adapt_first_conv(model: nn.Module, in_channels: int, pretrained: bool = True
     if pretrained:
         with torch.no_grad():
             new.weight.copy_(adapt_input_conv(in_channels, old.weight.detach()))
-            if old.bias is not None:
+            if old.bias is not None and new.bias is not None:  # both or neither
                 new.bias.copy_(old.bias)
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
@@ -295,7 +295,8 @@ def load_into_timm(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
     from timm.models import adapt_input_conv
 
     own = model.state_dict()
-    stem = model.pretrained_cfg.get("first_conv") if isinstance(getattr(model, "pretrained_cfg", None), dict) else None
+    cfg = getattr(model, "pretrained_cfg", None)
+    stem = cfg.get("first_conv") if isinstance(cfg, dict) else None
     stem = f"{stem}.weight" if isinstance(stem, str) and f"{stem}.weight" in own else None
     if stem is None:
         try:
@@ -381,8 +382,9 @@ def is_vit(backbone: nn.Module) -> bool:
 
 def feature_dim(backbone: nn.Module, in_channels: int = 3, image_size: int = 32) -> int:
     """The backbone's output width: its ``num_features`` attribute, else measured with one dummy forward."""
-    if isinstance(getattr(backbone, "num_features", None), int):
-        return backbone.num_features
+    num_features = getattr(backbone, "num_features", None)
+    if isinstance(num_features, int):
+        return num_features
     was_training = backbone.training
     backbone.eval()
     with torch.no_grad():

@@ -45,8 +45,9 @@ def _permutation_set(num_permutations: int, num_tiles: int, seed: int, num_candi
         cand = np.array(list(itertools.permutations(range(num_tiles))), dtype=np.int8)
         cand = cand[torch.randperm(total, generator=g).numpy()]  # the seed decides the first pick and the ties
     else:
-        cand = torch.stack([torch.randperm(num_tiles, generator=g) for _ in range(num_candidates)])
-        cand = cand.numpy().astype(np.int8)
+        cand = (
+            torch.stack([torch.randperm(num_tiles, generator=g) for _ in range(num_candidates)]).numpy().astype(np.int8)
+        )
     cols = np.ascontiguousarray(cand.T)  # (num_tiles, M): one contiguous row per position, fast to compare
     min_d = np.full(len(cand), num_tiles + 1, dtype=np.int32)
     sum_d = np.zeros(len(cand), dtype=np.int32)

@@ -44,7 +44,6 @@ def mlm_mask(
             f"impossible MLM fractions: probability={probability} (must lie in (0, 1)), "
             f"mask_fraction={mask_fraction} + random_fraction={random_fraction} (must be <= 1)"
         )
-    kw = dict(device=ids.device, generator=generator)
     labels, inputs = ids.clone(), ids.clone()
     prob = torch.full(ids.shape, probability, device=ids.device).masked_fill_(special, 0.0)
     selected = torch.bernoulli(prob, generator=generator).bool()
@@ -56,7 +55,7 @@ def mlm_mask(
         scaled = random_fraction / (1 - mask_fraction)  # of the selected tokens not replaced by [MASK]
         randomized = torch.bernoulli(torch.full(ids.shape, scaled, device=ids.device), generator=generator).bool()
         randomized &= selected & ~replaced
-        words = torch.randint(vocab_size, ids.shape, dtype=ids.dtype, **kw)
+        words = torch.randint(vocab_size, ids.shape, dtype=ids.dtype, device=ids.device, generator=generator)
         inputs[randomized] = words[randomized]
     return inputs, labels
 

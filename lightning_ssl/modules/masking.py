@@ -16,6 +16,7 @@ p * p * C values in (row, column, channel) order, as in the MAE reference code (
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -140,6 +141,33 @@ def block_masking(
 
 
 BEIT_MASKED, BEIT_MIN_BLOCK, BEIT_GRID = 75, 16, 196  # BEiT's counts at 224 px / patch 16 (14 x 14 patches)
+
+
+@overload
+def beit_masking(
+    batch_size: int,
+    grid: tuple[int, int],
+    num_masked: int | None = ...,
+    min_block: int | None = ...,
+    aspect: tuple[float, float] = ...,
+    attempts: int = ...,
+    generator: torch.Generator | None = ...,
+    return_blocks: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def beit_masking(
+    batch_size: int,
+    grid: tuple[int, int],
+    num_masked: int | None = ...,
+    min_block: int | None = ...,
+    aspect: tuple[float, float] = ...,
+    attempts: int = ...,
+    generator: torch.Generator | None = ...,
+    *,
+    return_blocks: Literal[True],
+) -> tuple[Tensor, list[list[tuple[int, int, int, int]]]]: ...
 
 
 def beit_masking(

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
-def make_teacher(student: nn.Module) -> nn.Module:
+def make_teacher(student: ModuleT) -> ModuleT:
     """A frozen deep copy of ``student``: same weights, ``requires_grad=False`` everywhere."""
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
@@ -45,7 +48,7 @@ def update_momentum(student: nn.Module, teacher: nn.Module, m: float) -> None:
     """
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum must lie in [0, 1], got {m}")
-    t_params = list(teacher.parameters())
+    t_params: list[Tensor] = list(teacher.parameters())
     s_params = [p.detach() for p in student.parameters()]
     if len(t_params) != len(s_params):
         raise ValueError(f"student and teacher differ: {len(s_params)} vs {len(t_params)} parameter tensors")

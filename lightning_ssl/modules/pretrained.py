@@ -266,7 +266,7 @@ class HFVisionBackbone(Buildable, Backbone):
 
     def __init__(self, name_or_path: str, pooling: str = "cls", in_channels: int = 3, image_size: int = 224) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoConfig, AutoModel, PreTrainedModel
 
         from lightning_ssl.modules.backbones import resolve_weights
 
@@ -280,7 +280,7 @@ class HFVisionBackbone(Buildable, Backbone):
         if config.model_type == "clip":
             from transformers import CLIPVisionModel
 
-            model = CLIPVisionModel.from_pretrained(name_or_path)
+            model: PreTrainedModel = CLIPVisionModel.from_pretrained(name_or_path)
         elif config.model_type == "beit" and "BeitForMaskedImageModeling" in (config.architectures or []):
             from transformers import BeitForMaskedImageModeling
 
@@ -345,7 +345,7 @@ class HFVisionBackbone(Buildable, Backbone):
         return patches.transpose(1, 2).reshape(len(x), -1, h, w)
 
 
-def _grid_of(n: int, image_hw: tuple[int, int]) -> tuple[int, int]:
+def _grid_of(n: int, image_hw: tuple[int, ...]) -> tuple[int, int]:
     """The (h, w) token grid of n patch tokens for an image of this height and width."""
     hh, ww = int(image_hw[0]), int(image_hw[1])
     for h in range(1, n + 1):
@@ -362,15 +362,19 @@ def patch_features(backbone: nn.Module, x: Tensor) -> Tensor:
     them. Other backbones (``Pixels``, text encoders) raise a ``ValueError``."""
     if isinstance(backbone, CheckpointBackbone):
         return patch_features(backbone.backbone, x)
-    if hasattr(backbone, "forward_patches"):
-        return backbone.forward_patches(x)
-    if hasattr(backbone, "forward_tokens"):  # lightning_ssl.modules.vit.ViT: CLS first
-        patches = backbone.forward_tokens(x)[:, 1:]
-    elif hasattr(getattr(backbone, "model", None), "forward_features"):  # TimmBackbone
-        out = backbone.model.forward_features(x)
+    forward_patches = getattr(backbone, "forward_patches", None)
+    if forward_patches is not None:
+        return forward_patches(x)
+    forward_tokens = getattr(backbone, "forward_tokens", None)
+    inner = getattr(backbone, "model", None)
+    forward_features = getattr(inner, "forward_features", None)
+    if forward_tokens is not None:  # lightning_ssl.modules.vit.ViT: CLS first
+        patches = forward_tokens(x)[:, 1:]
+    elif forward_features is not None:  # TimmBackbone
+        out = forward_features(x)
         if out.ndim == 4:  # timm's Swin / MambaOut give channels last
-            return out.permute(0, 3, 1, 2) if getattr(backbone.model, "output_fmt", "NCHW") == "NHWC" else out
-        patches = out[:, getattr(backbone.model, "num_prefix_tokens", 1) :]
+            return out.permute(0, 3, 1, 2) if getattr(inner, "output_fmt", "NCHW") == "NHWC" else out
+        patches = out[:, getattr(inner, "num_prefix_tokens", 1) :]
     else:
         raise ValueError(
             f"{type(backbone).__name__} gives no patch tokens or feature map (only pooled (B, D) features): use a "
@@ -478,7 +482,7 @@ class HFCLIP(Buildable, nn.Module):
 
     def __init__(self, name_or_path: str, max_length: int = 77, in_channels: int = 3, image_size: int = 224) -> None:
         super().__init__()
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel, CLIPVisionConfig
 
         from lightning_ssl.modules.backbones import resolve_weights
 
@@ -488,7 +492,10 @@ class HFCLIP(Buildable, nn.Module):
             AutoTokenizer.from_pretrained(name_or_path),
         )
         self.max_length = max_length
-        self.num_features = self.model.config.vision_config.hidden_size
+        vision_config = self.model.config.vision_config  # CLIPConfig makes one from the checkpoint's dict
+        if not isinstance(vision_config, CLIPVisionConfig):
+            raise ValueError(f"{name_or_path!r} holds no CLIP vision tower configuration")
+        self.num_features = vision_config.hidden_size
         self.in_channels, self.image_size = in_channels, image_size
 
     @property
@@ -591,9 +598,10 @@ class HFMaskedLM(Buildable, nn.Module):
             self.model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
         self.model.train()
         self.missing = sorted(info.get("missing_keys", []))  # said once training starts (BERT.on_fit_start)
-        self.mlm_head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
-        if self.mlm_head is None:
+        head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
+        if head is None:
             raise ValueError(f"{type(self.model).__name__} has no BERT-style (cls) or RoBERTa-style (lm_head) MLM head")
+        self.mlm_head: nn.Module = head
         cfg = self.model.config
         self.vocab_size, self.block_size, self.num_features = (
             cfg.vocab_size,

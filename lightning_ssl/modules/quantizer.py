@@ -117,6 +117,15 @@ class VectorQuantizer(nn.Module):
         seed: Seed of the k-means and the restarts (the same on every process).
     """
 
+    # buffers: the EMA state, in the checkpoint
+    codebook: Tensor  # (K, D)
+    cluster_size: Tensor  # (K,) EMA count of each code
+    embed_sum: Tensor  # (K, D) EMA sum of the vectors assigned to each code
+    initialized: Tensor  # () bool: the k-means initialization is done
+    updates: Tensor  # () codebook updates so far
+    last_used: Tensor  # (K,) the update that last picked each code
+    restarted: Tensor  # () codes restarted so far
+
     def __init__(
         self,
         num_codes: int = 8192,

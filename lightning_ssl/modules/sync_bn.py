@@ -24,6 +24,8 @@ class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
     gradients flowing back through the reduction) before normalizing. Outside training or DDP it is a plain
     BatchNorm."""
 
+    replaced: type[nn.modules.batchnorm._BatchNorm]  # the class convert_batchnorm swapped out (set by _swap)
+
     def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() < 2:
             raise ValueError(f"expected at least 2-D input (N, C, ...), got {x.dim()}-D")
@@ -39,17 +41,27 @@ class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
         n = total[2 * c]
         mean = total[:c] / n
         var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)  # biased, as BatchNorm normalizes with
-        if self.track_running_stats:
+        stats = _running_stats(self)
+        if stats is not None:
+            running_mean, running_var, count = stats
             with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
-                self.running_var.lerp_((var.detach() * n / (n - 1)).to(self.running_var.dtype), m)
+                count += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(count)
+                running_mean.lerp_(mean.detach().to(running_mean.dtype), m)
+                running_var.lerp_((var.detach() * n / (n - 1)).to(running_var.dtype), m)
         shape = [1, c] + [1] * (x.dim() - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
+
+
+def _running_stats(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The running mean, variance and batch count ``bn`` updates in training, or None when it keeps none."""
+    mean, var, count = bn.running_mean, bn.running_var, bn.num_batches_tracked
+    if not bn.track_running_stats or mean is None or var is None or count is None:
+        return None
+    return mean, var, count
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
@@ -118,8 +130,9 @@ class SplitBatchNorm(nn.BatchNorm2d):
         n, c = x.shape[:2]
         if n % s:
             raise ValueError(f"SplitBatchNorm: a batch of {n} does not split into {s} equal groups")
-        track = self.track_running_stats and self.running_mean is not None
-        mean, var = (self.running_mean.repeat(s), self.running_var.repeat(s)) if track else (None, None)
+        stats = _running_stats(self)
+        split = (stats[0].repeat(s), stats[1].repeat(s)) if stats is not None else None  # (C * s,) each
+        mean, var = split if split is not None else (None, None)
         weight, bias = (self.weight.repeat(s), self.bias.repeat(s)) if self.affine else (None, None)
         out = nn.functional.batch_norm(
             x.reshape(n // s, c * s, *x.shape[2:]),
@@ -131,11 +144,12 @@ class SplitBatchNorm(nn.BatchNorm2d):
             self.momentum if self.momentum is not None else 0.1,
             self.eps,
         ).view_as(x)
-        if track:
+        if stats is not None and split is not None:
+            running_mean, running_var, count = stats
             with torch.no_grad():
-                self.running_mean.copy_(mean.view(s, c).mean(0))
-                self.running_var.copy_(var.view(s, c).mean(0))
-                self.num_batches_tracked += 1
+                running_mean.copy_(split[0].view(s, c).mean(0))
+                running_var.copy_(split[1].view(s, c).mean(0))
+                count += 1
         return out
 
 

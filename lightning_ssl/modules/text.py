@@ -169,8 +169,9 @@ class TextTransformer(Buildable, TextEncoder):
 
     def fit_tokenizer(self, texts: Iterable[str]) -> BPETokenizer:
         """Train the BPE on ``texts`` (e.g. all training captions) with at most ``vocab_size`` tokens."""
-        self.set_tokenizer(BPETokenizer.train(texts, self.vocab_size, self.min_frequency, self.lowercase))
-        return self.tokenizer
+        tokenizer = BPETokenizer.train(texts, self.vocab_size, self.min_frequency, self.lowercase)
+        self.set_tokenizer(tokenizer)
+        return tokenizer
 
     def get_extra_state(self) -> Tensor:
         # the tokenizer travels in the state_dict as UTF-8 bytes: a tensor, so weights_only loading accepts it

@@ -61,7 +61,7 @@ def train_tokenizer(
     texts = [t for t in texts if t]
     if not texts:
         raise ValueError("cannot train a tokenizer on no text")
-    norms = [normalizers.NFC()] + ([normalizers.Lowercase()] if lowercase else [])
+    norms: list[normalizers.Normalizer] = [normalizers.NFC()] + ([normalizers.Lowercase()] if lowercase else [])
     if kind == "byte":
         alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
         vocab = {t: i for i, t in enumerate(special_tokens + alphabet)}
@@ -79,7 +79,7 @@ def train_tokenizer(
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
+        trainer: trainers.Trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
             show_progress=False,
@@ -127,6 +127,13 @@ class TextTokenizer(TokenizerFile):
         tokenizer: A ``tokenizers.Tokenizer`` (``TextTokenizer.train`` or ``load`` make one).
         source: Where it came from, for messages and ``repr`` (a path, "checkpoint", "bpe trained on the corpus").
     """
+
+    # the token roles, set from ROLES by __init__; None where the tokenizer has no such token
+    pad_id: int | None
+    unk_id: int | None
+    eos_id: int | None
+    mask_id: int | None
+    bos_id: int | None
 
     def __init__(self, tokenizer, source: str = "") -> None:
         self.tokenizer, self.source = tokenizer, source

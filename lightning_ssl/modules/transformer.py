@@ -41,7 +41,8 @@ class Attention(nn.Module):
         else:
             self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
-        self.proj.residual = True  # GPT-2 scales the init of residual projections by 1/sqrt(2 * layers)
+        # GPT-2 scales the init of residual projections by 1/sqrt(2 * layers)
+        self.proj.residual = True  # type: ignore[assignment]  # a plain flag on nn.Linear, read by init_gpt2
 
     def forward(
         self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None, causal: bool = False
@@ -86,7 +87,7 @@ class MLP(nn.Module):
             nn.Linear(4 * dim, dim, bias=bias),
             nn.Dropout(dropout),
         )
-        self.proj.residual = True
+        self.proj.residual = True  # type: ignore[assignment]  # a plain flag on nn.Linear, read by init_gpt2
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.proj(F.gelu(self.fc(x))))
@@ -120,7 +121,7 @@ class Block(nn.Module):
         memory_mask: Tensor | None = None,
     ) -> Tensor:
         x = x + self.drop(self.attn(self.ln_1(x), mask=mask, causal=causal))
-        if self.cross is not None:
+        if self.cross is not None and self.ln_2 is not None:  # both exist in decoder blocks
             x = x + self.drop(self.cross(self.ln_2(x), memory=memory, mask=memory_mask))
         return x + self.mlp(self.ln_3(x))
 
@@ -167,5 +168,5 @@ def init_gpt2(module: nn.Module, n_layer: int) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             std = 0.02 / math.sqrt(2 * n_layer) if getattr(m, "residual", False) else 0.02
             nn.init.normal_(m.weight, mean=0.0, std=std)
-            if getattr(m, "bias", None) is not None:
+            if isinstance(m, nn.Linear) and m.bias is not None:  # nn.Embedding has no bias
                 nn.init.zeros_(m.bias)

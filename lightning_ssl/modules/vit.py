@@ -27,10 +27,12 @@ Sizes: ViT-S/16 = (embed_dim 384, depth 12, heads 6); ViT-B/16 = (768, 12, 12); 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from timm.layers import resample_abs_pos_embed
+from timm.layers import Attention, resample_abs_pos_embed
 from timm.models.beit import RelativePositionBias
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from lightning_ssl.modules.backbones import Backbone
@@ -116,7 +118,7 @@ class ViT(Buildable, Backbone):
             raise ValueError(f"num_registers must be >= 0, got {num_registers}")
         if num_registers and rel_pos_bias:
             raise ValueError("register tokens and a relative position bias do not go together: choose one")
-        self.model_kwargs = dict(
+        self.model_kwargs: dict[str, Any] = dict(
             img_size=image_size,
             patch_size=patch_size,
             in_chans=in_channels,
@@ -142,8 +144,8 @@ class ViT(Buildable, Backbone):
             with torch.no_grad():
                 emb = sincos_pos_embed(embed_dim, self.grid_size, cls_token=False)  # zero rows: CLS, registers
                 table = torch.cat([emb.new_zeros(int(class_token) + num_registers, embed_dim), emb])[None]
-                self.model.pos_embed.copy_(table if pos_embed == "sincos" else torch.zeros_like(table))
-            self.model.pos_embed.requires_grad_(False)
+                self.pos_table.copy_(table if pos_embed == "sincos" else torch.zeros_like(table))
+            self.pos_table.requires_grad_(False)
         self.rel_pos_bias = RelativePositionBias(self.grid_size, num_heads) if rel_pos_bias else None
         self.mask_token: nn.Parameter | None = None
         self.num_features, self.embed_dim, self.patch_size = embed_dim, embed_dim, patch_size
@@ -156,6 +158,13 @@ class ViT(Buildable, Backbone):
         if self.mask_token is None:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    @property
+    def pos_table(self) -> nn.Parameter:
+        """timm's position embedding (1, P + N, D) of the prefix tokens and the patch grid."""
+        if self.model.pos_embed is None:  # timm's pos_embed="none"; this class always builds a table
+            raise RuntimeError("this ViT's timm model has no position embedding table")
+        return self.model.pos_embed
 
     @property
     def num_patches(self) -> int:
@@ -180,12 +189,12 @@ class ViT(Buildable, Backbone):
             if mask.shape != x.shape[:2]:
                 raise ValueError(f"mask must be (B, N) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
             x = torch.where(mask.unsqueeze(-1).bool(), self.mask_token.to(x.dtype), x)
-        pos, p = m.pos_embed, int(m.cls_token is not None) + self.num_registers
+        pos, p = self.pos_table, int(m.cls_token is not None) + self.num_registers
         if (h, w) != self.grid_size:  # another input size (e.g. DINO's local crops): interpolate the grid
             if self.rel_pos_bias is not None:
                 raise ValueError(f"a ViT with a relative position bias runs at its {self.grid_size} grid, got {(h, w)}")
             pos = resample_abs_pos_embed(pos, new_size=[h, w], old_size=list(self.grid_size), num_prefix_tokens=p)
-        prefix = [t for t in (m.cls_token, m.reg_token) if t is not None]  # (1, 1, D), (1, R, D)
+        prefix: list[Tensor] = [t for t in (m.cls_token, m.reg_token) if t is not None]  # (1, 1, D), (1, R, D)
         prefix_tokens = (torch.cat(prefix, dim=1) + pos[:, :p]).expand(b, -1, -1) if prefix else x[:, :0]
         return prefix_tokens, x + pos[:, p:], (h, w)
 
@@ -244,9 +253,12 @@ class ViT(Buildable, Backbone):
         prefix, patches, (h, w) = self._embed(x)
         bias = self._attn_bias()
         tokens = self._blocks(torch.cat([prefix, patches], dim=1), upto=-1, bias=bias)
-        attn = self.model.blocks[-1].attn
+        block = self.model.blocks[-1]
+        if not isinstance(block, Block) or not isinstance(block.attn, Attention):  # what VisionTransformer builds
+            raise TypeError(f"attention maps are read from timm's Block and Attention, got {type(block).__name__}")
+        attn = block.attn
         b, n, _ = tokens.shape
-        y = self.model.blocks[-1].norm1(tokens)
+        y = block.norm1(tokens)
         qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, heads, n, head_dim)
         logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, n)
