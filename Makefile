@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - set up, get Fashion-MNIST, pretrain SimCLR for DEMO_MINUTES of training (8), print the kNN table
 #   make test   - set up, run the test suite
+#   make lint   - the gates every commit passes: ruff format --check, ruff check, mypy (the versions the constraints pin)
 #   make docs   - build the documentation site (offline, warnings are errors) into docs/_build/html
 #   make doctest - run the examples in the docstrings, the docs' pages and the README
 #   make beit-demo - BEiT's two stages on Fashion-MNIST: train the visual tokenizer, then BEiT on its tokens; kNN table
@@ -11,7 +12,7 @@ DEMO_CONFIG ?= configs/simclr/fashion_mnist.yaml
 DEMO_MINUTES ?= 8
 PYTEST_ARGS ?= -n auto --durations=15
 
-.PHONY: demo beit-demo test docs doctest install data clean
+.PHONY: demo beit-demo test lint docs doctest install data clean
 
 install:
 	@scripts/system_deps.sh
@@ -32,6 +33,11 @@ beit-demo: data  # BEiT's config names the tokenizer by its output root: the new
 
 test: install
 	$(RUN) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 docs: install
 	$(VENV)/bin/sphinx-build -b html -W --keep-going -q docs docs/_build/html
