@@ -42,7 +42,10 @@ class _DropAdvert(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
 # Lightning's own pytree helper calls a torch API torch deprecates (lightning/pytorch/utilities/_pytree.py): nothing a
 # user of this package can change, printed on every fit
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# frozen parts (BEiT's tokenizer, a VQ-KD teacher, the Gram teacher) stay in eval mode on purpose:
+# each method's train() keeps them there, which Lightning's start-of-training check reads as a mistake
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class Trainer(L.Trainer):

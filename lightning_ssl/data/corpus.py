@@ -194,7 +194,7 @@ class TextCorpusDataModule(L.LightningDataModule):
         root: data folder; ``"shakespeare"`` is read from ``root/shakespeare``.
         seed: seed of the document split, the row order and the BERT masks / T5 spans.
         num_workers: dataloader workers (0: in the main process; rows are cheap to read).
-        pin_memory: pin the batches' memory (for CUDA).
+        pin_memory: pin the batches' memory for faster copies to a GPU (ignored where there is none).
     """
 
     def __init__(
@@ -361,7 +361,7 @@ class TextCorpusDataModule(L.LightningDataModule):
             sampler=SeededSampler(rows, self.seed),
             drop_last=True,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),  # pinning needs a GPU to copy to
             persistent_workers=self.num_workers > 0,
         )
 
@@ -377,7 +377,7 @@ class TextCorpusDataModule(L.LightningDataModule):
                     batch_size=self.batch_size,
                     shuffle=False,
                     num_workers=self.num_workers,
-                    pin_memory=self.pin_memory,
+                    pin_memory=self.pin_memory and torch.cuda.is_available(),  # pinning needs a GPU to copy to
                 )
             ]
             if len(rows)

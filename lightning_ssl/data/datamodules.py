@@ -72,7 +72,7 @@ class ImageDataModule(L.LightningDataModule):
         val_bank_size: Labelled training images used as the kNN monitor's bank (None: all; 0: no bank).
         download: Let torchvision download the dataset (needs internet).
         seed: Seed of the sampling order and of every image's augmentation (exact resume).
-        pin_memory: Pin the batches' memory (for CUDA).
+        pin_memory: Pin the batches' memory for faster copies to a GPU (ignored where there is none).
         batch_augment: Run the view transforms batched on the device after transfer (kornia, per-sample random
             parameters) instead of per image in the workers; evaluation images are normalized there too. Much
             cheaper per image, and keeps a GPU fed with few CPU workers.
@@ -268,7 +268,7 @@ class ImageDataModule(L.LightningDataModule):
             shuffle=shuffle,
             drop_last=drop_last,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),  # pinning needs a GPU to copy to
             persistent_workers=self.num_workers > 0,
         )
 
@@ -285,7 +285,7 @@ class ImageDataModule(L.LightningDataModule):
             sampler=SeededSampler(self.train_set, self.seed),
             drop_last=True,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),  # pinning needs a GPU to copy to
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_images,
         )

@@ -530,7 +530,7 @@ class StreamingImageDataModule(FileDecoding, ImageDataModule):
             self.train_set,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),  # pinning needs a GPU to copy to
             collate_fn=collate_images,
             drop_last=True,
         )
