@@ -190,5 +190,11 @@ def with_schedule(
         return optimizer
     scheduler = scheduler_fn(optimizer)
     if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
-        scheduler.set_total_steps(int(trainer.estimated_stepping_batches))
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "the LR schedule runs over the whole training, which has no end here (max_epochs=-1 and no "
+                "max_steps): set trainer.max_steps or max_epochs, a time budget, or the scheduler's total_steps"
+            )
+        scheduler.set_total_steps(int(total))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -13,7 +13,7 @@ from lightning_ssl.callbacks import LinearLRScaling, ParamGroups, WeightDecaySch
 from lightning_ssl.methods import DINO, BarlowTwins
 from lightning_ssl.modules.backbones import SmallCNN
 from lightning_ssl.modules.vit import ViT
-from lightning_ssl.optim import WarmupCosineLR, cosine_weight_decay, param_groups, set_weight_decay
+from lightning_ssl.optim import WarmupCosineLR, cosine_weight_decay, param_groups, set_weight_decay, with_schedule
 
 
 def net() -> nn.Module:
@@ -173,3 +173,13 @@ def test_weight_decay_schedule_refuses_a_method_with_its_own():
     with pytest.raises(ValueError, match="schedules its weight decay itself"):
         WeightDecaySchedule(end=0.4).setup(SimpleNamespace(), dino, "fit")
     WeightDecaySchedule(end=None).setup(SimpleNamespace(), dino, "fit")  # off: nothing to refuse
+
+
+def test_a_schedule_over_an_endless_run_is_refused_by_name():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    endless = SimpleNamespace(estimated_stepping_batches=float("inf"))
+    with pytest.raises(ValueError, match="has no end here"):
+        with_schedule(opt, WarmupCosineLR, endless)
+    out = with_schedule(opt, WarmupCosineLR, SimpleNamespace(estimated_stepping_batches=10))
+    assert out["lr_scheduler"]["scheduler"].total_steps == 10
+    assert with_schedule(opt, None, endless) is opt
