@@ -115,6 +115,8 @@ class VectorQuantizer(nn.Module):
         dead_steps: Steps a code may go unused before it is restarted.
         eps: Laplace smoothing of the EMA counts.
         seed: Seed of the k-means and the restarts (the same on every process).
+        update_rule: The codebook update: ``ema`` (VQ-VAE's EMA of counts and sums) or ``norm_ema`` (BEiT v2's
+            normalize(gamma * code + (1 - gamma) * normalize(mean of its vectors)); needs ``cosine``).
     """
 
     # buffers: the EMA state, in the checkpoint
@@ -143,24 +145,6 @@ class VectorQuantizer(nn.Module):
         seed: int = 0,
         update_rule: str = "ema",
     ) -> None:
-        """See the module docstring.
-
-        Args:
-            num_codes: codebook size K (BEiT v2: 8192).
-            code_dim: code width (BEiT v2: 32).
-            decay: EMA decay gamma (0.99).
-            commitment: beta of the commitment loss (BEiT v2: 1.0; VQ-VAE: 0.25).
-            cosine: l2-normalise vectors and codes and look up by cosine similarity (BEiT v2).
-            kmeans_init: initialise the codebook by k-means on the first training batch (BEiT v2).
-            kmeans_iters: Lloyd iterations of that k-means.
-            kmeans_samples: most vectors the k-means sees (a random subset of the global batch); None: all.
-            dead_threshold: a code whose EMA count falls below this is restarted (with ``restart``).
-            restart: restart dead codes on encoder outputs of the batch (Jukebox; not in BEiT v2).
-            dead_steps: a code unused for this many updates is dead too.
-            eps: Laplace smoothing of the counts (``ema``).
-            seed: seed of the k-means and restart draws.
-            update_rule: ``ema`` (VQ-VAE) or ``norm_ema`` (BEiT v2; needs ``cosine``).
-        """
         super().__init__()
         if update_rule not in ("ema", "norm_ema"):
             raise ValueError(f"update_rule must be 'ema' (VQ-VAE) or 'norm_ema' (BEiT v2), got {update_rule!r}")
