@@ -129,9 +129,9 @@ def _timing_batch(net: torch.nn.Module, in_channels: int, image_size: int, batch
     try:
         from torch.utils.flop_counter import FlopCounterMode
 
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net.eval()(torch.zeros(8, in_channels, image_size, image_size))
-        per_image = counter.get_total_flops() / 8
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:  # one image: FLOPs scale with the batch
+            net.eval()(torch.zeros(1, in_channels, image_size, image_size))
+        per_image = counter.get_total_flops()
     except Exception:  # a model the counter cannot trace: the training batch
         return batch
     finally:
