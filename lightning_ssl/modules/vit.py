@@ -66,7 +66,7 @@ class ViT(Buildable, Backbone):
         in_channels: image channels (filled in from the data by the CLI).
         image_size: side of the square training images in pixels, a multiple of ``patch_size``; other sizes run
             with interpolated positions.
-        patch_size: side of a patch in pixels (16 for ViT-*/16, 14 in DINOv2).
+        patch_size: side of a patch in pixels (16 for ViT-S/16 and ViT-B/16, 14 in DINOv2).
         embed_dim: token width D (ViT-S 384, ViT-B 768, ViT-L 1024, ViT-H 1280).
         depth: number of transformer blocks (12; ViT-L 24, ViT-H 32).
         num_heads: attention heads per block (ViT-S 6, ViT-B 12, ViT-L/H 16).
