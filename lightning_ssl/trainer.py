@@ -13,11 +13,13 @@ from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
 from lightning.pytorch.accelerators import CPUAccelerator
 
 from lightning_ssl.callbacks.performance import Performance, is_convolutional
 from lightning_ssl.callbacks.summary import ModelSummary
 from lightning_ssl.checkpoint import safe_load
+from lightning_ssl.loggers import CSVLogger
 from lightning_ssl.precision import (
     AUTO,
     Chosen,
@@ -69,6 +71,9 @@ class Trainer(L.Trainer):
         self.precision_reason = f"precision {chosen} (as set)" if as_set else f"precision {chosen} ({why})"
         callbacks = kwargs.get("callbacks")
         callbacks = [callbacks] if isinstance(callbacks, L.Callback) else list(callbacks or [])
+        if kwargs.get("logger") in (None, True) and not (_TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE):
+            # Lightning's default logger is then a CSVLogger, with a warning that TensorBoard is not installed
+            kwargs["logger"] = CSVLogger(save_dir=kwargs.get("default_root_dir") or os.getcwd())
         if kwargs.get("enable_model_summary") is not False and not any(
             isinstance(c, L.pytorch.callbacks.ModelSummary) for c in callbacks
         ):  # Lightning's default prints a column of 0 FLOPs (and warns under bf16-mixed): ours, in its place
