@@ -34,7 +34,7 @@ from lightning_ssl.modules.backbones import Backbone, feature_map, feature_map_c
 from lightning_ssl.modules.heads import DenseProjectionHead, ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.modules.queue import check_queue_size, enqueue
-from lightning_ssl.modules.sync_bn import DistributedBatchNorm, shuffled_forward, split_batchnorm
+from lightning_ssl.modules.sync_bn import check_shuffle_bn, shuffled_forward, split_batchnorm
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -113,17 +113,10 @@ class DenseCL(MomentumMethod):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        dm = getattr(self.trainer, "datamodule", None)
-        batch = getattr(dm, "batch_size", None) if dm is not None else None
-        synced = any(isinstance(m, (nn.SyncBatchNorm, DistributedBatchNorm)) for m in self.teacher_backbone.modules())
-        if self.shuffle_bn and synced and self.trainer.world_size > 1:
-            raise ValueError(
-                "DenseCL's shuffle-BN and synchronized BatchNorm exclude each other: with trainer.sync_batchnorm the "
-                "statistics cover the whole global batch and the shuffle does nothing. Choose one: "
-                "--trainer.sync_batchnorm false (shuffle-BN, the paper's) or --model.init_args.shuffle_bn false."
-            )
-        if batch is not None and self.split_bn > 1 and batch % self.split_bn:
-            raise ValueError(f"DenseCL split_bn={self.split_bn} does not divide the batch size {batch}")
+        batch = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
+        check_shuffle_bn(
+            "DenseCL", self.teacher_backbone, self.shuffle_bn, self.split_bn, batch, self.trainer.world_size
+        )
         check_queue_size("DenseCL", len(self.queue), batch, self.trainer.world_size)
 
     @torch.no_grad()

@@ -30,7 +30,7 @@ from lightning_ssl.modules.backbones import Backbone
 from lightning_ssl.modules.heads import ProjectionHead
 from lightning_ssl.modules.momentum import make_teacher
 from lightning_ssl.modules.queue import check_queue_size, enqueue
-from lightning_ssl.modules.sync_bn import DistributedBatchNorm, shuffled_forward, split_batchnorm
+from lightning_ssl.modules.sync_bn import check_shuffle_bn, shuffled_forward, split_batchnorm
 from lightning_ssl.optim import WarmupCosineLR
 
 
@@ -103,19 +103,7 @@ class MoCo(MomentumMethod):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         batch = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
-        synced = [
-            type(m).__name__
-            for m in self.teacher_backbone.modules()
-            if isinstance(m, (nn.SyncBatchNorm, DistributedBatchNorm))
-        ]
-        if self.shuffle_bn and synced and self.trainer.world_size > 1:
-            raise ValueError(
-                "MoCo's shuffle-BN and synchronized BatchNorm exclude each other: with trainer.sync_batchnorm the key "
-                "encoder's statistics cover the whole global batch and the shuffle does nothing. Choose one: "
-                "--trainer.sync_batchnorm false (shuffle-BN, the paper's) or --model.init_args.shuffle_bn false."
-            )
-        if batch is not None and self.split_bn > 1 and batch % self.split_bn:
-            raise ValueError(f"MoCo split_bn={self.split_bn} does not divide the batch size {batch}")
+        check_shuffle_bn("MoCo", self.teacher_backbone, self.shuffle_bn, self.split_bn, batch, self.trainer.world_size)
         check_queue_size("MoCo", len(self.queue), batch, self.trainer.world_size)
 
     @torch.no_grad()

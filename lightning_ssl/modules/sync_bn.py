@@ -193,3 +193,29 @@ def shuffled_forward(
         back = torch.argsort(perm)
         return tuple(o[back] for o in fn(x[perm]))
     return fn(x)
+
+
+def check_shuffle_bn(
+    owner: str, key_encoder: nn.Module, shuffle_bn: bool, split_bn: int, batch: int | None, world_size: int
+) -> None:
+    """Refuse a key encoder whose BatchNorm set-up defeats the shuffle: shuffle-BN with synchronized BatchNorm
+    over several processes (the statistics cover the whole global batch, so the shuffle does nothing), or split-BN
+    groups that do not divide the batch.
+
+    Args:
+        owner: the method's name, for the message (``MoCo``, ``DenseCL``).
+        key_encoder: the momentum encoder whose BatchNorm layers are inspected.
+        shuffle_bn: whether the method shuffles the batch across processes for the key encoder.
+        split_bn: the number of split-BN groups (1: none).
+        batch: the per-process batch size, or None when unknown.
+        world_size: the number of processes.
+    """
+    synced = any(isinstance(m, (nn.SyncBatchNorm, DistributedBatchNorm)) for m in key_encoder.modules())
+    if shuffle_bn and synced and world_size > 1:
+        raise ValueError(
+            f"{owner}'s shuffle-BN and synchronized BatchNorm exclude each other: with trainer.sync_batchnorm the key "
+            "encoder's statistics cover the whole global batch and the shuffle does nothing. Choose one: "
+            "--trainer.sync_batchnorm false (shuffle-BN, the paper's) or --model.init_args.shuffle_bn false."
+        )
+    if batch is not None and split_bn > 1 and batch % split_bn:
+        raise ValueError(f"{owner} split_bn={split_bn} does not divide the batch size {batch}")
