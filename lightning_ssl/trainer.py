@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
 from lightning.pytorch.accelerators import CPUAccelerator
 
+from lightning_ssl.callbacks.budget import TimeBudget
 from lightning_ssl.callbacks.performance import Performance, is_convolutional
 from lightning_ssl.callbacks.summary import ModelSummary
 from lightning_ssl.checkpoint import safe_load
@@ -71,6 +72,13 @@ class Trainer(L.Trainer):
         self.precision_reason = f"precision {chosen} (as set)" if as_set else f"precision {chosen} ({why})"
         callbacks = kwargs.get("callbacks")
         callbacks = [callbacks] if isinstance(callbacks, L.Callback) else list(callbacks or [])
+        unlimited = kwargs.get("max_epochs") is None and kwargs.get("max_steps") in (None, -1)
+        if (
+            unlimited
+            and kwargs.get("max_time") is None
+            and any(isinstance(c, TimeBudget) and c.minutes for c in callbacks)
+        ):
+            kwargs["max_epochs"] = 1000  # the budget plans the length: Lightning's default, without its warning
         if kwargs.get("logger") in (None, True) and not (_TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE):
             # Lightning's default logger is then a CSVLogger, with a warning that TensorBoard is not installed
             kwargs["logger"] = CSVLogger(save_dir=kwargs.get("default_root_dir") or os.getcwd())

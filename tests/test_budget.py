@@ -55,7 +55,7 @@ class Trace(L.Callback):
         self.max_epochs.append(trainer.max_epochs)
 
 
-def run(tmp_path, budget, *callbacks, num_samples=64, batch_size=8, max_epochs=3, **trainer_kw):
+def run(tmp_path, budget, *callbacks, num_samples=64, batch_size=8, max_epochs=3, trainer_cls=L.Trainer, **trainer_kw):
     dm = SyntheticDataModule(
         num_samples=num_samples,
         num_classes=4,
@@ -70,7 +70,7 @@ def run(tmp_path, budget, *callbacks, num_samples=64, batch_size=8, max_epochs=3
     model = BYOL(SmallCNN(1, 16, width=4, stages=2), proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16, momentum=0.9)
     trace = Trace()
     kw = dict(check_val_every_n_epoch=100, num_sanity_val_steps=0)
-    trainer = L.Trainer(
+    trainer = trainer_cls(
         max_epochs=max_epochs,
         accelerator="cpu",
         logger=False,
@@ -115,6 +115,20 @@ def test_budget_sets_the_steps_and_the_schedules_end_there(monkeypatch, tmp_path
     bar = RichProgressBar()
     bar._trainer = trainer
     assert bar._get_train_description(7).strip() == "Epoch 7/7"  # Lightning's bar showed "Epoch 7/-2"
+
+
+def test_a_budget_without_other_limits_runs_without_lightnings_max_epochs_warning(monkeypatch, tmp_path, recwarn):
+    from lightning_ssl.trainer import Trainer
+
+    # Trainer(callbacks=[TimeBudget(...)]) as in the Python quickstart: no max_epochs / max_steps / max_time
+    trainer, budget, trace = fake(monkeypatch, tmp_path, minutes=0.5, max_epochs=None, trainer_cls=Trainer)
+    assert trainer.global_step == budget.total_steps == 30  # the budget, not Lightning's 1000 epochs, rules
+    assert_schedules_end(trace)
+    assert not [w for w in recwarn if "max_epochs" in str(w.message)]
+    plain = Trainer(max_epochs=None, logger=False, enable_checkpointing=False)  # no budget: Lightning's rule
+    assert plain.fit_loop.max_epochs is None
+    endless = Trainer(max_epochs=-1, callbacks=[TimeBudget(1.0)], logger=False, enable_checkpointing=False)
+    assert endless.fit_loop.max_epochs == -1  # a limit the user set is kept
 
 
 def test_a_slower_machine_gets_fewer_steps(monkeypatch, tmp_path):
