@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shutil
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
@@ -137,7 +138,10 @@ def configs_command(args: list[str]) -> int:
     if not words:
         rows = list_configs()
         width = max(len(n) for n, _ in rows)
-        print("\n".join(f"{n:<{width}}  {d}" for n, d in rows))
+        # one line per config, cut at a word to the terminal's width (at least 100 columns): the full
+        # description is one `configs <filter>` away
+        room = max(100, shutil.get_terminal_size((120, 24)).columns) - width - 2
+        print("\n".join(f"{n:<{width}}  {textwrap.shorten(d, room, placeholder=' ...')}" for n, d in rows))
         print(f"\n{len(rows)} configs in {PACKAGED_CONFIGS}")
         print(
             "lightning-ssl configs <filter> shows the matching ones in full; run one: lightning-ssl fit --config <name>"

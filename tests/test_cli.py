@@ -171,6 +171,13 @@ def test_configs_ship_with_the_package_and_are_listed(tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert "simclr/fashion_mnist" in out
     assert str(PACKAGED_CONFIGS) in out
+    listing = [line for line in out.splitlines() if line.startswith("aim/imagenet ")]
+    assert len(listing) == 1
+    assert listing[0].endswith(" ...")  # a long first sentence, cut to one line
+    monkeypatch.setenv("COLUMNS", "130")
+    main()
+    rows = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in rows if line.startswith(tuple(names))) <= 130
     c = cli(
         [
             "--config",

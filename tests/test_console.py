@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lightning_ssl.cli import cli
-from lightning_ssl.console import PACKAGED_CONFIGS, UsageError, config_header, eval_main, main
+from lightning_ssl.console import PACKAGED_CONFIGS, UsageError, config_header, eval_main, main, summary
 from lightning_ssl.eval.cli import OPTIONS, PROTOCOLS, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,11 +54,13 @@ def test_configs_filter_shows_the_matching_configs_in_full(capsys):
     for name in expected:  # every line of every description, none cut off
         for line in config_header(PACKAGED_CONFIGS / "simclr" / f"{name}.yaml"):
             assert line in out
-    assert main(["configs"]) == 0  # unfiltered: one line per config, the first sentence whole
+    sentence = summary(config_header(PACKAGED_CONFIGS / "simclr" / "cifar10.yaml"))
+    assert sentence.endswith('grayscale 0.2, blur 0.5 ("symmetric").')  # not at "et al.", not the aside
+    assert main(["configs"]) == 0  # unfiltered: one line per config, its first sentence cut to the terminal
     listing = capsys.readouterr().out
     assert len([line for line in listing.splitlines() if line.startswith("simclr/")]) == len(expected)
     first = next(line for line in listing.splitlines() if line.startswith("simclr/cifar10 "))
-    assert first.rstrip().endswith('grayscale 0.2, blur 0.5 ("symmetric").')  # not at "et al.", not the aside
+    assert sentence.startswith(first.split(None, 1)[1].removesuffix(" ..."))
 
 
 def help_text(capsys, name: str) -> str:
