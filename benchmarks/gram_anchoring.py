@@ -13,7 +13,11 @@ measured on held-out test images:
     scripts/with_jemalloc.sh .venv/bin/python benchmarks/gram_anchoring.py [--minutes 10] [--steps 3000]
         [--images 2000] [--no-knn] [-- extra CLI overrides for both runs, e.g. --model.init_args.gram_start=0.5]
 
-Run it alone on the machine: a time budget measured while other jobs run buys fewer steps.
+Run it alone on the machine: a time budget measured while other jobs run buys fewer steps. Runs already trained
+(the speedrun's ``dino_v2`` and ``dino_gram``) are measured without training again:
+
+    .venv/bin/python benchmarks/gram_anchoring.py --no-knn --checkpoints \
+        outputs/speedrun_10/dino_v2_10.0min/ckpt/last.ckpt outputs/speedrun_10/dino_gram_10.0min/ckpt/last.ckpt
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from pathlib import Path
 
 import torch
 
+from lightning_ssl.checkpoint import safe_load
 from lightning_ssl.cli import cli
 from lightning_ssl.eval.report import evaluate_knn
+from lightning_ssl.loading import load
 from lightning_ssl.metrics import patch_similarity_stats
 from lightning_ssl.modules.masking import patchify
 from lightning_ssl.precision import describe_machine
@@ -100,22 +106,48 @@ def run(name: str, config: str, minutes: float | None, steps: int | None, out: P
     return row
 
 
+def measure(name: str, checkpoint: Path, args) -> dict:
+    """The same measurements on a trained run's checkpoint, with the test images its config.yaml prepares."""
+    module, backbone, _ = load(checkpoint)  # the teacher backbone, as ``embed``
+    config = next((d / "config.yaml" for d in checkpoint.resolve().parents if (d / "config.yaml").is_file()), None)
+    if config is None:
+        raise SystemExit(f"no config.yaml in a folder above {checkpoint}: its run's data settings are needed")
+    c = cli(["--config", str(config), "--trainer.logger=false"], run=False)
+    row = {"name": name, "config": str(config), "steps": safe_load(checkpoint)["global_step"], "wall_s": None}
+    row.update(dense_measurements(backbone, held_out_images(c.datamodule, args.images)))
+    if not args.no_knn:
+        row["knn20"] = evaluate_knn(module, c.datamodule, ks=(20,))["k=20"]
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per run")
     p.add_argument("--steps", type=int, default=None, help="fixed optimizer steps instead of a time budget")
     p.add_argument("--images", type=int, default=2000, help="held-out test images for the patch measurements")
     p.add_argument("--no-knn", action="store_true", help="skip the kNN evaluation (60k-image bank)")
+    p.add_argument(
+        "--checkpoints",
+        nargs=2,
+        type=Path,
+        metavar=("PLAIN", "GRAM"),
+        help="measure two trained runs (plain, then Gram-anchored) instead of training them",
+    )
     p.add_argument("--out", default="outputs/gram_anchoring")
     a, extra = p.parse_known_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     extra = [e for e in extra if e != "--"]
     rows = []
-    for name, config in CONFIGS.items():
-        rows.append(run(name, config, None if a.steps else a.minutes, a.steps, out, extra, a))
+    for (name, config), checkpoint in zip(CONFIGS.items(), a.checkpoints or [None, None], strict=True):
+        if checkpoint is not None:
+            rows.append(measure(name, checkpoint, a))
+        else:
+            rows.append(run(name, config, None if a.steps else a.minutes, a.steps, out, extra, a))
         print(json.dumps(rows[-1]), flush=True)
     budget = f"{a.steps} optimizer steps" if a.steps else f"{a.minutes:g} min each"
+    if a.checkpoints:
+        budget = "trained runs " + ", ".join(str(c) for c in a.checkpoints)
     lines = [
         describe_machine(),
         f"Fashion-MNIST, {budget}; teacher backbone's patch features on {a.images} test images",
@@ -125,9 +157,10 @@ def main() -> None:
     ]
     for r in rows:
         knn = f"{100 * r['knn20']:.2f}%" if "knn20" in r else "-"
+        wall = f"{r['wall_s'] / 60:.1f} min" if r["wall_s"] is not None else "-"
         lines.append(
             f"| {r['name']} | {r['steps']} | {r['locality']:.3f} | {r['near']:.3f} / {r['far']:.3f} | "
-            f"{r['mean']:.3f} | {r['r2']:.3f} | {knn} | {r['wall_s'] / 60:.1f} min |"
+            f"{r['mean']:.3f} | {r['r2']:.3f} | {knn} | {wall} |"
         )
     text = "\n".join(lines)
     print("\n" + text)
